@@ -1,0 +1,2 @@
+//! Registro: a tiny service registry. (work in progress)
+#![forbid(unsafe_code)]
