@@ -1,0 +1,1 @@
+//! Registro client (work in progress)
