@@ -1,2 +1,27 @@
-//! Registro: a tiny service registry. (work in progress)
+//! Registro: a tiny service registry. Services register themselves
+//! (application, instance id, ip, port), renew every 30 seconds, and find
+//! each other through it; silent instances read `down` after 90 seconds and
+//! are removed after 10 minutes.
+//!
+//! The library is the whole server, so that tests and programs can run one in
+//! process:
+//!
+//! ```no_run
+//! let server = registro::Server::start(registro::Config {
+//!     addr: "127.0.0.1:0".parse().unwrap(),
+//!     ..Default::default()
+//! })?;
+//! println!("serving on {}", server.local_addr());
+//! server.shutdown();
+//! # Ok::<(), std::io::Error>(())
+//! ```
 #![forbid(unsafe_code)]
+
+mod api;
+mod http;
+mod log;
+pub mod registry;
+mod server;
+mod sweeper;
+
+pub use server::{Config, Server};
