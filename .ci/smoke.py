@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""End-to-end check of a built Registro server as it ships: no Rust, no cargo.
+
+    smoke.py chroot BINARY   copy BINARY alone into an empty directory and run
+                             it there with chroot(8), exactly as in a FROM
+                             scratch image (needs root)
+    smoke.py docker IMAGE    run IMAGE with `docker run --network host`
+
+Either way the server listens on 127.0.0.1:0 (a free port, read back from its
+"listening on" line), is driven through the original client's whole flow over
+loopback, then stopped with SIGTERM (`docker stop` for the image) while a client
+holds an idle keep-alive connection open; it must exit 0 within a second.
+Standard library only. Exit status 0 when every check passed.
+"""
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+STARTUP_DEADLINE = 10.0  # seconds for the "listening on" line to appear
+STOP_LIMIT = 1.0  # seconds from SIGTERM to exit
+LISTENING = re.compile(r"listening on (\S+)\s*$")
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def check(cond, message):
+    if not cond:
+        raise CheckFailed(message)
+
+
+def say(message):
+    print(f"smoke: {message}", flush=True)
+
+
+def split_addr(addr):
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def request(conn, method, path, body=None):
+    headers = {}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    conn.request(method, path, body=data, headers=headers)
+    resp = conn.getresponse()
+    raw = resp.read()
+    return resp.status, resp.getheader("Content-Type", ""), raw
+
+
+def exercise(addr):
+    """The original client's flow, checked step by step; returns the
+    connection, still open (idle keep-alive), for the stop check."""
+    host, port = split_addr(addr)
+    check(host in ("127.0.0.1", "::1"), f"server bound {addr}, not a loopback address")
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    root = "/registro/1.0"
+
+    status, ctype, raw = request(conn, "GET", f"{root}/apps")
+    check(status == 200, f"GET /apps answered {status}, want 200: {raw!r}")
+    check(ctype.startswith("application/json"), f"GET /apps Content-Type {ctype!r}")
+    listing = json.loads(raw)
+    check(isinstance(listing, dict) and isinstance(listing.get("applications"), list),
+          f"GET /apps body is not {{\"applications\": [...]}}: {raw!r}")
+    say(f"GET {root}/apps -> 200 {raw.decode()}")
+
+    status, _, raw = request(conn, "POST", f"{root}/apps", {"name": "smoke"})
+    check(status == 201, f"POST /apps answered {status}, want 201: {raw!r}")
+    instance = {"id": "smoke-1", "ip": "127.0.0.1", "port": 8080}
+    status, _, raw = request(conn, "POST", f"{root}/apps/smoke", instance)
+    check(status == 201, f"POST /apps/smoke answered {status}, want 201: {raw!r}")
+    status, _, raw = request(conn, "PUT", f"{root}/apps/smoke/smoke-1")
+    check(status == 204, f"PUT (heartbeat) answered {status}, want 204: {raw!r}")
+    status, _, raw = request(conn, "GET", f"{root}/apps/smoke/smoke-1")
+    check(status == 200, f"GET the instance answered {status}, want 200: {raw!r}")
+    got = json.loads(raw)
+    check(got.get("status") == "up", f"instance after a heartbeat: {raw!r}, want status up")
+    status, _, raw = request(conn, "GET", f"{root}/apps/nope")
+    check(status == 404 and "error" in json.loads(raw), f"unknown app answered {status} {raw!r}")
+    status, _, raw = request(conn, "GET", f"{root}/apps")
+    names = [a.get("name") for a in json.loads(raw).get("applications", [])]
+    check(status == 200 and names == ["smoke"], f"listing after registration: {raw!r}")
+    say("register, heartbeat, lookup and listing all answered as the contract says")
+    return conn
+
+
+class LineCollector:
+    """Reads a pipe on a thread and keeps its lines, so the child never blocks
+    on a full pipe and the caller can wait for a line with a deadline."""
+
+    def __init__(self, pipe):
+        self.lines = []
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, args=(pipe,), daemon=True)
+        self.thread.start()
+
+    def _run(self, pipe):
+        for raw in iter(pipe.readline, b""):
+            with self.cond:
+                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+                self.cond.notify_all()
+        with self.cond:
+            self.lines.append(None)  # end of stream
+            self.cond.notify_all()
+
+    def wait_for(self, pattern, deadline):
+        with self.cond:
+            while True:
+                for line in self.lines:
+                    if line is None:
+                        raise CheckFailed("server's stderr closed before it listened: "
+                                          + " | ".join(l for l in self.lines if l))
+                    m = pattern.search(line)
+                    if m:
+                        return m
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CheckFailed("no 'listening on' line within "
+                                      f"{STARTUP_DEADLINE:.0f} s: {self.lines!r}")
+                self.cond.wait(left)
+
+
+def run_chroot(binary):
+    check(os.geteuid() == 0, "chroot needs root")
+    root = tempfile.mkdtemp(prefix="registro-scratch-")
+    proc = None
+    try:
+        shutil.copy2(binary, os.path.join(root, "registro"))
+        check(os.listdir(root) == ["registro"], f"chroot root is not empty: {os.listdir(root)}")
+        say(f"root {root} holds only registro ({os.path.getsize(binary)} bytes)")
+        proc = subprocess.Popen(
+            ["chroot", root, "/registro", "--addr", "127.0.0.1:0"],
+            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        logs = LineCollector(proc.stderr)
+        addr = logs.wait_for(LISTENING, time.monotonic() + STARTUP_DEADLINE).group(1)
+        say(f"chrooted server listening on {addr}")
+        conn = exercise(addr)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            raise CheckFailed("server still running 5 s after SIGTERM")
+        elapsed = time.monotonic() - started
+        conn.close()
+        say(f"SIGTERM -> exit code {code} after {elapsed * 1000:.0f} ms "
+            "(an idle keep-alive connection was open)")
+        check(code == 0, f"exit code {code} after SIGTERM, want 0; stderr: {logs.lines!r}")
+        check(elapsed < STOP_LIMIT, f"took {elapsed:.2f} s to exit, limit {STOP_LIMIT} s")
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def docker(*args, check_rc=True):
+    out = subprocess.run(["docker", *args], stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True)
+    if check_rc and out.returncode != 0:
+        raise CheckFailed(f"docker {' '.join(args)} failed: {out.stderr.strip()}")
+    return out
+
+
+def run_docker(image):
+    size = int(docker("image", "inspect", "-f", "{{.Size}}", image).stdout.strip())
+    say(f"image {image}: {size} bytes ({size / 1e6:.2f} MB)")
+    name = f"registro-smoke-{os.getpid()}"
+    docker("run", "-d", "--network", "host", "--name", name, image, "--addr", "127.0.0.1:0")
+    try:
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        while True:
+            logs = docker("logs", name).stderr
+            m = next((LISTENING.search(l) for l in logs.splitlines() if LISTENING.search(l)), None)
+            if m:
+                break
+            state = docker("inspect", "-f", "{{.State.Running}}", name).stdout.strip()
+            check(state == "true", f"container stopped before listening: {logs!r}")
+            check(time.monotonic() < deadline, f"no 'listening on' line: {logs!r}")
+            time.sleep(0.05)
+        addr = m.group(1)
+        say(f"container {name} (PID 1 = registro) listening on {addr}")
+        conn = exercise(addr)
+        started = time.monotonic()
+        docker("stop", "-t", "10", name)
+        elapsed = time.monotonic() - started
+        conn.close()
+        code = docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()
+        say(f"docker stop took {elapsed * 1000:.0f} ms; exit code {code} "
+            "(an idle keep-alive connection was open)")
+        check(code == "0", f"exit code {code} after docker stop, want 0 (137 = killed)")
+        check(elapsed < STOP_LIMIT, f"docker stop took {elapsed:.2f} s, limit {STOP_LIMIT} s")
+    finally:
+        docker("rm", "-f", name, check_rc=False)
+
+
+def main(argv):
+    if len(argv) != 3 or argv[1] not in ("chroot", "docker"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    try:
+        if argv[1] == "chroot":
+            run_chroot(argv[2])
+        else:
+            run_docker(argv[2])
+    except (CheckFailed, OSError, ValueError, http.client.HTTPException) as e:
+        print(f"smoke: FAILED ({argv[1]}): {e}", file=sys.stderr, flush=True)
+        return 1
+    say(f"{argv[1]} check passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
