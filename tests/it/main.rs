@@ -1,0 +1,6 @@
+//! The server's integration tests: one binary, modules by area. Every test
+//! starts the real server on 127.0.0.1:0 (in process, or the `registro`
+//! binary where flags, logs, signals or process limits are under test) and
+//! speaks HTTP to it.
+
+mod support;

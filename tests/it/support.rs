@@ -1,0 +1,231 @@
+//! Starting servers and talking to them.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use registro::{Config, Server};
+
+/// An in-process server on 127.0.0.1:0 with the production periods.
+pub fn start() -> Server {
+    start_with(|_| {})
+}
+
+/// An in-process server on 127.0.0.1:0, `tweak` applied to its config.
+pub fn start_with(tweak: impl FnOnce(&mut Config)) -> Server {
+    let mut config = Config {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        threads: 2,
+        log: false,
+        ..Config::default()
+    };
+    tweak(&mut config);
+    Server::start(config).expect("server starts on loopback")
+}
+
+/// `http://127.0.0.1:PORT/registro/1.0`
+pub fn base(addr: SocketAddr) -> String {
+    format!("http://{addr}/registro/1.0")
+}
+
+/// A ureq agent that hands every status back instead of failing on 4xx/5xx.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// A response as the tests look at it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The `error` field of a JSON error body.
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error message in {:?}", self.body))
+            .to_string()
+    }
+}
+
+/// One request over a fresh raw connection; the raw bytes are sent as given.
+/// Returns the first response read (or panics on a malformed one).
+pub fn raw(addr: SocketAddr, request: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream.write_all(request).expect("send");
+    read_reply(&mut BufReader::new(stream)).expect("a response")
+}
+
+/// Reads one HTTP/1.1 response (Content-Length framed or empty).
+pub fn read_reply<R: BufRead>(r: &mut R) -> Option<Reply> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let status: u16 = line.split(' ').nth(1)?.parse().ok()?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).ok()?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (n, v) = l.split_once(':')?;
+        headers.push((n.trim().to_string(), v.trim().to_string()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map_or(0, |(_, v)| v.parse().unwrap_or(0));
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// Polls `f` until it returns `Some`, or panics after `deadline`.
+pub fn eventually<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `registro` binary, running; killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Proc {
+    /// Starts `registro --addr 127.0.0.1:0 ARGS...` and waits for its
+    /// "listening on" line.
+    pub fn start(args: &[&str]) -> Proc {
+        Proc::start_in(Command::new(env!("CARGO_BIN_EXE_registro")), args)
+    }
+
+    /// Same, with a prepared command (e.g. a wrapper such as `prlimit`).
+    pub fn start_in(mut command: Command, args: &[&str]) -> Proc {
+        let mut child = command
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn registro");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&lines);
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("registro printed its address")
+            .parse()
+            .expect("a socket address");
+        Proc {
+            child,
+            addr,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    /// Every stderr line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits until a stderr line contains `needle`.
+    pub fn wait_line(&self, needle: &str, deadline: Duration) -> String {
+        eventually(deadline, needle, || {
+            self.lines().into_iter().find(|l| l.contains(needle))
+        })
+    }
+
+    /// Sends a signal with the `kill` command.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, up to `deadline`; returns its exit
+    /// code and how long it took.
+    pub fn wait_exit(&mut self, deadline: Duration) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        let status = eventually(deadline, "registro to exit", || {
+            self.child.try_wait().expect("try_wait")
+        });
+        (status.code(), started.elapsed())
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
