@@ -1,0 +1,139 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything that can go wrong when talking to the registry.
+///
+/// The variants tell apart a registry that never answered
+/// ([`Error::Transport`], [`Error::Timeout`]) from one that answered with a
+/// status the client did not expect ([`Error::Status`]).
+///
+/// `Error` is `Clone` so that a [`Heartbeat`](crate::Heartbeat) can hand out
+/// copies of its last error.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request got no HTTP answer: the registry refused the connection,
+    /// the host name did not resolve, the connection broke, or the URL is
+    /// not one the client can use (e.g. `https` without the `tls` feature).
+    Transport(TransportError),
+    /// The registry did not answer in full within the client's timeout
+    /// (the duration it was given).
+    Timeout(Duration),
+    /// The registry answered with a status code other than the one the
+    /// operation expects, e.g. 404 for an unknown application.
+    Status {
+        /// The HTTP status code, e.g. 404.
+        code: u16,
+        /// The server's explanation, from a `{"error": "..."}` body, when the
+        /// answer had one (the original Go server sends none).
+        message: Option<String>,
+    },
+    /// The registry answered with the expected status, but the body is not the
+    /// JSON the operation expects.
+    InvalidResponse(InvalidResponse),
+    /// The operating system would not start the heartbeat's thread.
+    Spawn(Arc<std::io::Error>),
+}
+
+impl Error {
+    /// The HTTP status code, when the registry answered with an unexpected one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Whether the registry answered 404: no such application or instance.
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
+
+    /// Whether the registry could not be reached or did not answer in time:
+    /// an error worth retrying later.
+    pub fn is_transport(&self) -> bool {
+        matches!(self, Error::Transport(_) | Error::Timeout(_))
+    }
+
+    pub(crate) fn from_ureq(err: ureq::Error, timeout: Duration) -> Error {
+        match err {
+            ureq::Error::Timeout(_) => Error::Timeout(timeout),
+            other => Error::Transport(TransportError(Arc::new(other))),
+        }
+    }
+
+    pub(crate) fn spawn_failed(err: std::io::Error) -> Error {
+        Error::Spawn(Arc::new(err))
+    }
+
+    pub(crate) fn invalid_response(err: serde_json::Error) -> Error {
+        Error::InvalidResponse(InvalidResponse(Arc::new(err)))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Transport(e) => write!(f, "registry unreachable: {e}"),
+            Error::Timeout(d) => write!(f, "registry did not answer within {d:?}"),
+            Error::Status {
+                code,
+                message: Some(m),
+            } => write!(f, "http status: {code}: {m}"),
+            Error::Status {
+                code,
+                message: None,
+            } => write!(f, "http status: {code}"),
+            Error::InvalidResponse(e) => write!(f, "invalid response from registry: {e}"),
+            Error::Spawn(e) => write!(f, "cannot start the heartbeat thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Transport(e) => Some(e),
+            Error::InvalidResponse(e) => Some(e),
+            Error::Spawn(e) => Some(&**e),
+            Error::Timeout(_) | Error::Status { .. } => None,
+        }
+    }
+}
+
+/// Why a request got no HTTP answer (see [`Error::Transport`]).
+///
+/// Its [`source`](std::error::Error::source) is the HTTP library's own error.
+#[derive(Debug, Clone)]
+pub struct TransportError(Arc<ureq::Error>);
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// Why a body could not be decoded (see [`Error::InvalidResponse`]).
+///
+/// Its [`source`](std::error::Error::source) is the JSON parser's error.
+#[derive(Debug, Clone)]
+pub struct InvalidResponse(Arc<serde_json::Error>);
+
+impl fmt::Display for InvalidResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for InvalidResponse {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
