@@ -5,12 +5,19 @@
                              it there with chroot(8), exactly as in a FROM
                              scratch image (needs root)
     smoke.py docker IMAGE    run IMAGE with `docker run --network host`
+    smoke.py readme BINARY README.md
+                             run every `$ curl` command of the README's
+                             console blocks, in order, against a fresh BINARY
+                             and compare each output with the README's
 
 Either way the server listens on 127.0.0.1:0 (a free port, read back from its
 "listening on" line), is driven through the original client's whole flow over
 loopback, then stopped with SIGTERM (`docker stop` for the image) while a client
 holds an idle keep-alive connection open; it must exit 0 within a second.
-Standard library only. Exit status 0 when every check passed.
+The README check keeps the documentation true of the code: its examples are
+written against `localhost:8080`, which is replaced by the server's real
+address; `lastRenewal` values are compared as "some number". Standard library
+only. Exit status 0 when every check passed.
 """
 
 import http.client
@@ -206,16 +213,71 @@ def run_docker(image):
         docker("rm", "-f", name, check_rc=False)
 
 
+def readme_examples(path):
+    """(command, expected output) for each `$ ` line of the console blocks."""
+    examples = []
+    in_console = False
+    with open(path, encoding="utf-8") as f:
+        for line in f.read().splitlines():
+            if line.startswith("```"):
+                in_console = line.strip() == "```console"
+                continue
+            if not in_console:
+                continue
+            if line.startswith("$ "):
+                examples.append((line[2:], []))
+            elif examples:
+                examples[-1][1].append(line)
+    return [(cmd, "\n".join(out)) for cmd, out in examples]
+
+
+RENEWAL = re.compile(r'"lastRenewal":\d+')
+
+
+def run_readme(binary, readme):
+    examples = readme_examples(readme)
+    check(examples, f"no console examples in {readme}")
+    check(shutil.which("curl"), "curl is needed to run the README's examples")
+    proc = subprocess.Popen([binary, "--addr", "127.0.0.1:0"],
+                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        logs = LineCollector(proc.stderr)
+        addr = logs.wait_for(LISTENING, time.monotonic() + STARTUP_DEADLINE).group(1)
+        for cmd, expected in examples:
+            real = cmd.replace("localhost:8080", addr)
+            check(real != cmd, f"README example does not use localhost:8080: {cmd}")
+            out = subprocess.run(["bash", "-c", real], stdin=subprocess.DEVNULL,
+                                 capture_output=True, text=True, timeout=10)
+            got = out.stdout.rstrip("\n")
+            same = RENEWAL.sub('"lastRenewal":N', got) == RENEWAL.sub('"lastRenewal":N', expected)
+            check(out.returncode == 0 and same,
+                  f"README example differs from the server:\n  $ {cmd}\n"
+                  f"  README says:\n{expected}\n  server said (exit {out.returncode}):\n"
+                  f"{got}{out.stderr}")
+        say(f"all {len(examples)} README examples answered as written")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def main(argv):
-    if len(argv) != 3 or argv[1] not in ("chroot", "docker"):
+    modes = {"chroot": 3, "docker": 3, "readme": 4}
+    if len(argv) < 2 or modes.get(argv[1]) != len(argv):
         print(__doc__, file=sys.stderr)
         return 2
     try:
         if argv[1] == "chroot":
             run_chroot(argv[2])
-        else:
+        elif argv[1] == "docker":
             run_docker(argv[2])
-    except (CheckFailed, OSError, ValueError, http.client.HTTPException) as e:
+        else:
+            run_readme(argv[2], argv[3])
+    except (CheckFailed, OSError, ValueError, http.client.HTTPException,
+            subprocess.TimeoutExpired) as e:
         print(f"smoke: FAILED ({argv[1]}): {e}", file=sys.stderr, flush=True)
         return 1
     say(f"{argv[1]} check passed")
