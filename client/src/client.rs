@@ -200,7 +200,11 @@ impl Client {
     /// [`Status::OutOfService`](crate::Status::OutOfService) and refuses its
     /// heartbeats; it is removed after the registry's eviction period.
     pub fn delete_instance(&self, app: &Application, inst: &Instance) -> Result<(), Error> {
-        self.send(Method::Delete, &self.url(&["apps", &app.name, &inst.id]), 204)?;
+        self.send(
+            Method::Delete,
+            &self.url(&["apps", &app.name, &inst.id]),
+            204,
+        )?;
         Ok(())
     }
 
@@ -316,8 +320,16 @@ mod tests {
 
     #[test]
     fn builds_urls() {
-        check_url("http://h:1/registro", &["apps"], "http://h:1/registro/1.0/apps");
-        check_url("http://h:1/registro/", &["apps"], "http://h:1/registro/1.0/apps");
+        check_url(
+            "http://h:1/registro",
+            &["apps"],
+            "http://h:1/registro/1.0/apps",
+        );
+        check_url(
+            "http://h:1/registro/",
+            &["apps"],
+            "http://h:1/registro/1.0/apps",
+        );
         check_url("http://h:1", &["apps", "web"], "http://h:1/1.0/apps/web");
         check_url(
             "http://h:1/r",

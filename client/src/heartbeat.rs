@@ -248,7 +248,9 @@ fn first_backoff(interval: Duration) -> Duration {
 /// The progress, even if a panic poisoned the lock (nothing here panics
 /// while holding it, and the data stays consistent anyway).
 fn lock(shared: &Mutex<Progress>) -> MutexGuard<'_, Progress> {
-    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -264,7 +266,10 @@ mod tests {
         let mut s = Schedule::new(Duration::from_secs(30), RandomState::new());
         let waits: Vec<Duration> = (0..1000).map(|_| s.after_success()).collect();
         for w in &waits {
-            assert!(*w >= Duration::from_secs(30) && *w < Duration::from_secs(33), "{w:?}");
+            assert!(
+                *w >= Duration::from_secs(30) && *w < Duration::from_secs(33),
+                "{w:?}"
+            );
         }
         // Jittered: not all the same, and spread over the range.
         let min = waits.iter().min().copied().unwrap_or_default();

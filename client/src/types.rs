@@ -136,8 +136,14 @@ mod tests {
     #[test]
     fn decodes_wire_shapes() {
         check_app(r#"{"name":"web"}"#, Ok(Application::new("web")));
-        check_app(r#"{"name":"web","instances":null}"#, Ok(Application::new("web")));
-        check_app(r#"{"name":"web","instances":[]}"#, Ok(Application::new("web")));
+        check_app(
+            r#"{"name":"web","instances":null}"#,
+            Ok(Application::new("web")),
+        );
+        check_app(
+            r#"{"name":"web","instances":[]}"#,
+            Ok(Application::new("web")),
+        );
         check_app(
             r#"{"name":"web","instances":[{"id":"a","ip":"10.0.0.7","port":8080,"status":"up","lastRenewal":17}],"extra":1}"#,
             Ok(Application {

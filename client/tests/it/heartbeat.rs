@@ -1,0 +1,178 @@
+//! The heartbeat thread against the real server, with intervals of tens of
+//! milliseconds (or 30 s, where the point is that nothing waits for it).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use registro_client::{Client, Error, Status};
+
+use crate::support::{client, eventually, root, server, server_on, status, wait_for_status};
+
+const FAST: Duration = Duration::from_millis(30);
+const LIMIT: Duration = Duration::from_secs(5);
+
+#[test]
+fn renews_at_once_then_every_interval() -> Result<(), Error> {
+    let server = server();
+    let c = client(&server);
+    let (app, inst) = c.register_service("web-1", "web", "10.0.0.7", 8080)?;
+    assert_eq!(status(&c, "web", "web-1"), Some(Status::Starting));
+
+    // With the 30 s default, only the immediate renewal can bring it up.
+    let slow = c.start_heartbeat(&app, &inst);
+    assert_eq!(slow.interval(), Duration::from_secs(30));
+    wait_for_status(&c, "web", "web-1", Status::Up, LIMIT);
+    eventually(LIMIT, "first renewal counted", || {
+        (slow.renewals() == 1).then_some(())
+    });
+    assert!(slow.last_error().is_none());
+    slow.stop()?;
+
+    let (app, inst) = c.register_service("web-2", "web", "10.0.0.8", 8080)?;
+    let fast = c.start_heartbeat_every(&app, &inst, FAST);
+    eventually(LIMIT, "five renewals", || {
+        (fast.renewals() >= 5).then_some(())
+    });
+    assert_eq!(status(&c, "web", "web-2"), Some(Status::Up));
+    assert!(fast.last_error().is_none(), "{:?}", fast.last_error());
+    fast.stop()
+}
+
+#[test]
+fn stop_wakes_the_thread_and_deregisters() -> Result<(), Error> {
+    let server = server();
+    let c = client(&server);
+    let (app, inst) = c.register_service("web-1", "web", "10.0.0.7", 8080)?;
+    let hb = c.start_heartbeat(&app, &inst);
+    wait_for_status(&c, "web", "web-1", Status::Up, LIMIT);
+
+    // The thread is now waiting out its 30 s interval.
+    let started = Instant::now();
+    hb.stop()?;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "stop took {took:?}");
+    assert_eq!(status(&c, "web", "web-1"), Some(Status::OutOfService));
+    // And nothing renews it any more: a renewal would have been refused
+    // (403), never have made it up again.
+    assert_eq!(
+        c.app("web")?.available_instances(),
+        Vec::<&registro_client::Instance>::new()
+    );
+    Ok(())
+}
+
+#[test]
+fn drop_wakes_the_thread_and_deregisters() -> Result<(), Error> {
+    let server = server();
+    let c = client(&server);
+    let (app, inst) = c.register_service("web-1", "web", "10.0.0.7", 8080)?;
+    let hb = c.start_heartbeat_every(&app, &inst, Duration::from_secs(30));
+    wait_for_status(&c, "web", "web-1", Status::Up, LIMIT);
+
+    let started = Instant::now();
+    drop(hb);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "drop took {took:?}");
+    assert_eq!(status(&c, "web", "web-1"), Some(Status::OutOfService));
+    Ok(())
+}
+
+#[test]
+fn survives_a_registry_restart_by_registering_again() -> Result<(), Error> {
+    let first = server();
+    let addr: SocketAddr = first.local_addr();
+    let c = client(&first);
+    // Two instances of one application: after the restart one of them
+    // re-creates the application and the other finds it taken (409), which
+    // must not stop it.
+    let (app, one) = c.register_service("web-1", "web", "10.0.0.7", 8080)?;
+    let (_, two) = c.register_service("web-2", "web", "10.0.0.8", 8080)?;
+    let hb1 = c.start_heartbeat_every(&app, &one, FAST);
+    let hb2 = c.start_heartbeat_every(&app, &two, FAST);
+    wait_for_status(&c, "web", "web-1", Status::Up, LIMIT);
+    wait_for_status(&c, "web", "web-2", Status::Up, LIMIT);
+
+    first.shutdown();
+    // While it is down, the heartbeats fail and say so.
+    eventually(
+        LIMIT,
+        "a transport error while the registry is down",
+        || hb1.last_error().filter(Error::is_transport),
+    );
+    let second = server_on(addr);
+    assert_eq!(c.apps()?, [], "a restarted registry starts empty");
+    // Back within a few intervals (one, plus the backoff then in effect).
+    wait_for_status(&c, "web", "web-1", Status::Up, LIMIT);
+    wait_for_status(&c, "web", "web-2", Status::Up, LIMIT);
+    eventually(LIMIT, "errors cleared", || {
+        (hb1.last_error().is_none() && hb2.last_error().is_none()).then_some(())
+    });
+    let stored = c.app("web")?;
+    assert_eq!(
+        stored.instance("web-1").map(|i| (i.ip.as_str(), i.port)),
+        Some(("10.0.0.7", 8080))
+    );
+    assert_eq!(
+        stored.instance("web-2").map(|i| (i.ip.as_str(), i.port)),
+        Some(("10.0.0.8", 8080))
+    );
+
+    hb1.stop()?;
+    hb2.stop()?;
+    assert_eq!(status(&c, "web", "web-1"), Some(Status::OutOfService));
+    assert_eq!(status(&c, "web", "web-2"), Some(Status::OutOfService));
+    second.shutdown();
+    Ok(())
+}
+
+#[test]
+fn an_instance_taken_out_of_service_is_not_brought_back() -> Result<(), Error> {
+    let server = server();
+    let c = client(&server);
+    let (app, inst) = c.register_service("web-1", "web", "10.0.0.7", 8080)?;
+    let hb = c.start_heartbeat_every(&app, &inst, FAST);
+    wait_for_status(&c, "web", "web-1", Status::Up, LIMIT);
+    // An operator takes it out: the heartbeat reports the refusal (403)
+    // and keeps out of the way.
+    c.delete_instance(&app, &inst)?;
+    eventually(LIMIT, "the refusal is reported", || {
+        (hb.last_error().and_then(|e| e.status()) == Some(403)).then_some(())
+    });
+    assert_eq!(status(&c, "web", "web-1"), Some(Status::OutOfService));
+    hb.stop()?;
+    Ok(())
+}
+
+#[test]
+fn an_unreachable_registry_is_reported_not_fatal() -> Result<(), Error> {
+    let server = server();
+    let addr = server.local_addr();
+    let short = Client::builder(&root(addr))
+        .timeout(Duration::from_millis(500))
+        .build();
+    let (app, inst) = short.register_service("web-1", "web", "10.0.0.7", 8080)?;
+    server.shutdown();
+
+    let hb = short.start_heartbeat_every(&app, &inst, FAST);
+    let seen = eventually(LIMIT, "a transport error", || hb.last_error());
+    assert!(seen.is_transport(), "{seen:?}");
+    assert_eq!(hb.renewals(), 0);
+
+    // The thread keeps trying: once a registry is back, the instance is too.
+    let again = server_on(addr);
+    wait_for_status(&short, "web", "web-1", Status::Up, LIMIT);
+
+    again.shutdown();
+    let started = Instant::now();
+    let stopped = hb.stop();
+    assert!(
+        matches!(&stopped, Err(e) if e.is_transport()),
+        "{stopped:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    Ok(())
+}

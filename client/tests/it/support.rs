@@ -1,0 +1,63 @@
+//! Starting servers and waiting, with deadlines, for things to happen.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use registro_client::{Client, Status};
+
+/// A server on 127.0.0.1:0 that logs nothing.
+pub fn server() -> registro::Server {
+    server_on(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// A server on `addr` (e.g. the address a stopped server had).
+pub fn server_on(addr: SocketAddr) -> registro::Server {
+    let config = registro::Config {
+        addr,
+        log: false,
+        ..Default::default()
+    };
+    match registro::Server::start(config) {
+        Ok(server) => server,
+        Err(e) => panic!("cannot start a server on {addr}: {e}"),
+    }
+}
+
+/// The root URL of a server, as a program would configure it.
+pub fn root(addr: SocketAddr) -> String {
+    format!("http://{addr}/registro")
+}
+
+/// A client of `server` with the default timeout.
+pub fn client(server: &registro::Server) -> Client {
+    Client::new(&root(server.local_addr()))
+}
+
+/// Calls `probe` until it returns `Some`, for at most `limit`; the answer, or
+/// a panic naming `what`. Polls every few milliseconds: it waits for an
+/// event, never for a period of time.
+#[track_caller]
+pub fn eventually<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(answer) = probe() {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The status of an instance as the registry reports it now, if it has it.
+pub fn status(client: &Client, app: &str, id: &str) -> Option<Status> {
+    client.instance(app, id).ok().map(|i| i.status)
+}
+
+/// Waits until the registry reports `expected` for the instance.
+#[track_caller]
+pub fn wait_for_status(client: &Client, app: &str, id: &str, expected: Status, limit: Duration) {
+    let what = format!("{app}/{id} reads {expected}");
+    eventually(limit, &what, || {
+        (status(client, app, id) == Some(expected)).then_some(())
+    });
+}

@@ -1,0 +1,109 @@
+//! Registries that are not there, or do not answer: errors within the
+//! timeout, never hangs.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use registro_client::{Application, Client, Error, Instance};
+
+use crate::support::root;
+
+/// A loopback address nothing listens on: bound, then closed.
+fn closed_port() -> SocketAddr {
+    let listener = match TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l,
+        Err(e) => panic!("cannot bind: {e}"),
+    };
+    match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(e) => panic!("no address: {e}"),
+    }
+}
+
+/// Every operation on `client`, each with how long it took to fail.
+fn every_operation(client: &Client) -> Vec<(&'static str, Result<(), Error>, Duration)> {
+    let app = Application::new("web");
+    let inst = Instance::new("web-1", "10.0.0.7", 8080);
+    let timed = |name, op: &dyn Fn() -> Result<(), Error>| {
+        let started = Instant::now();
+        let outcome = op();
+        (name, outcome, started.elapsed())
+    };
+    vec![
+        timed("apps", &|| client.apps().map(drop)),
+        timed("app", &|| client.app("web").map(drop)),
+        timed("instance", &|| client.instance("web", "web-1").map(drop)),
+        timed("update_application", &|| {
+            client.update_application(&mut app.clone())
+        }),
+        timed("new_app", &|| client.new_app("web").map(drop)),
+        timed("new_instance", &|| {
+            client
+                .new_instance(&app, "web-1", "10.0.0.7", 8080)
+                .map(drop)
+        }),
+        timed("renew_instance", &|| client.renew_instance(&app, &inst)),
+        timed("delete_instance", &|| client.delete_instance(&app, &inst)),
+        timed("register_service", &|| {
+            client
+                .register_service("web-1", "web", "10.0.0.7", 8080)
+                .map(drop)
+        }),
+    ]
+}
+
+#[test]
+fn a_closed_port_fails_fast_as_a_transport_error() {
+    let timeout = Duration::from_millis(300);
+    let client = Client::builder(&root(closed_port()))
+        .timeout(timeout)
+        .build();
+    assert_eq!(client.timeout(), timeout);
+    for (name, outcome, took) in every_operation(&client) {
+        match outcome {
+            Err(Error::Transport(e)) => assert!(!e.to_string().is_empty()),
+            other => panic!("{name}: expected a transport error, got {other:?}"),
+        }
+        assert!(
+            took < timeout + Duration::from_millis(200),
+            "{name} took {took:?}"
+        );
+    }
+}
+
+#[test]
+fn a_registry_that_never_answers_times_out() {
+    // Connections complete (the kernel queues them) but nobody reads or writes.
+    let listener = match TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l,
+        Err(e) => panic!("cannot bind: {e}"),
+    };
+    let addr = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(e) => panic!("no address: {e}"),
+    };
+    let timeout = Duration::from_millis(200);
+    let client = Client::builder(&root(addr)).timeout(timeout).build();
+    let started = Instant::now();
+    let outcome = client.apps();
+    let took = started.elapsed();
+    match outcome {
+        Err(Error::Timeout(d)) => assert_eq!(d, timeout),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(took >= timeout, "gave up early: {took:?}");
+    assert!(took < timeout + Duration::from_secs(1), "took {took:?}");
+    let e = Error::Timeout(timeout);
+    assert_eq!(e.to_string(), "registry did not answer within 200ms");
+    drop(listener);
+}
+
+#[test]
+fn a_bad_url_is_a_transport_error() {
+    for url in ["not a url", "ftp://127.0.0.1:1/registro", ""] {
+        match Client::new(url).apps() {
+            Err(Error::Transport(_)) => {}
+            other => panic!("{url:?}: expected a transport error, got {other:?}"),
+        }
+    }
+}
