@@ -69,7 +69,11 @@ impl Heartbeat {
         };
         let progress = Arc::clone(&shared);
         let thread = thread::Builder::new()
-            .name(format!("registro-heartbeat-{}", instance.id))
+            // A NUL in a thread name would make `spawn` panic.
+            .name(format!(
+                "registro-heartbeat-{}",
+                instance.id.replace('\0', "")
+            ))
             .spawn(move || run(beat, interval, asleep, progress));
         let thread = match thread {
             Ok(handle) => Some(handle),
@@ -259,6 +263,14 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn handles_can_be_shared_between_threads() {
+        fn check<T: Send + Sync>() {}
+        check::<Heartbeat>();
+        check::<Client>();
+        check::<Error>();
     }
 
     #[test]

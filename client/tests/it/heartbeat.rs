@@ -176,3 +176,16 @@ fn an_unreachable_registry_is_reported_not_fatal() -> Result<(), Error> {
     );
     Ok(())
 }
+
+#[test]
+fn any_instance_id_can_be_heartbeaten() -> Result<(), Error> {
+    let server = server();
+    let c = client(&server);
+    // Odd ids travel percent-encoded; a NUL must not upset the thread's name.
+    let (app, inst) = c.register_service("a\0b c%d", "web", "10.0.0.7", 8080)?;
+    let hb = c.start_heartbeat_every(&app, &inst, FAST);
+    wait_for_status(&c, "web", "a\0b c%d", Status::Up, LIMIT);
+    hb.stop()?;
+    assert_eq!(status(&c, "web", "a\0b c%d"), Some(Status::OutOfService));
+    Ok(())
+}
