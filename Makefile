@@ -9,7 +9,7 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 CARGO ?= cargo
-# Extra flags for every cargo command (CI passes --locked).
+# Extra flags for every cargo command, e.g. CARGOFLAGS=--locked.
 CARGOFLAGS ?=
 # Listening address for `make run`: `:PORT` (every interface), `HOST:PORT`, `[::1]:PORT`.
 ADDR ?= :8080
