@@ -99,8 +99,9 @@ fn survives_a_registry_restart_by_registering_again() -> Result<(), Error> {
         "a transport error while the registry is down",
         || hb1.last_error().filter(Error::is_transport),
     );
+    // A new registry on the same port knows nothing: the heartbeats'
+    // renewals answer 404 until they register again.
     let second = server_on(addr);
-    assert_eq!(c.apps()?, [], "a restarted registry starts empty");
     // Back within a few intervals (one, plus the backoff then in effect).
     wait_for_status(&c, "web", "web-1", Status::Up, LIMIT);
     wait_for_status(&c, "web", "web-2", Status::Up, LIMIT);
