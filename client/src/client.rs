@@ -161,13 +161,16 @@ impl Client {
     /// already is an [`Error::Status`] with code 409.
     pub fn new_app(&self, name: &str) -> Result<Application, Error> {
         let body = json!({ "name": name });
-        self.send(Method::Post(body), &self.url(&["apps"]), 201)?;
-        Ok(Application::new(name))
+        let answer = self.send(Method::Post(body), &self.url(&["apps"]), 201)?;
+        // This project's server answers with the application; the original,
+        // with an empty body.
+        Ok(serde_json::from_slice(&answer).unwrap_or_else(|_| Application::new(name)))
     }
 
     /// Registers an instance of `app`, reachable at `ip:port`; returns it as
     /// the registry records it: [`Status::Starting`](crate::Status::Starting),
-    /// renewed now.
+    /// renewed now (by the registry's clock when its answer says, else by
+    /// this machine's).
     ///
     /// An unknown application is an [`Error::Status`] with code 404; an
     /// instance of that id existing already may be one with code 409 (this
@@ -180,11 +183,15 @@ impl Client {
         port: u16,
     ) -> Result<Instance, Error> {
         let body = json!({ "id": id, "ip": ip, "port": port });
-        self.send(Method::Post(body), &self.url(&["apps", &app.name]), 201)?;
-        Ok(Instance {
-            last_renewal: unix_now(),
-            ..Instance::new(id, ip, port)
-        })
+        let answer = self.send(Method::Post(body), &self.url(&["apps", &app.name]), 201)?;
+        // This project's server answers with the instance; the original, with
+        // an empty body.
+        Ok(
+            serde_json::from_slice(&answer).unwrap_or_else(|_| Instance {
+                last_renewal: unix_now(),
+                ..Instance::new(id, ip, port)
+            }),
+        )
     }
 
     /// Sends one heartbeat for `inst`, which makes it [`Status::Up`](crate::Status::Up).
