@@ -3,4 +3,8 @@
 //! binary where flags, logs, signals or process limits are under test) and
 //! speaks HTTP to it.
 
+mod api;
+mod cli;
+mod concurrency;
+mod lifecycle;
 mod support;

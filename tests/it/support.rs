@@ -142,9 +142,22 @@ impl Proc {
 
     /// Same, with a prepared command (e.g. a wrapper such as `prlimit`).
     pub fn start_in(mut command: Command, args: &[&str]) -> Proc {
+        command.args(["--addr", "127.0.0.1:0"]).args(args);
+        Proc::launch(command)
+    }
+
+    /// Starts `registro ARGS...` with exactly these arguments (`--addr`
+    /// included, if any) and waits for its "listening on" line.
+    pub fn start_exact(args: &[&str]) -> Proc {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_registro"));
+        command.args(args);
+        Proc::launch(command)
+    }
+
+    /// Spawns a prepared command with stderr captured line by line and
+    /// waits for its "listening on" line.
+    fn launch(mut command: Command) -> Proc {
         let mut child = command
-            .args(["--addr", "127.0.0.1:0"])
-            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -228,4 +241,112 @@ impl Drop for Proc {
             let _ = r.join();
         }
     }
+}
+
+/// One keep-alive HTTP/1.1 connection for byte-exact requests. Every request
+/// goes over the same socket, so a test using it also proves the server kept
+/// the connection open.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let writer = stream.try_clone().expect("clone socket");
+        Conn {
+            reader: BufReader::new(stream),
+            writer,
+        }
+    }
+
+    /// `METHOD /registro/1.0PATH` with `body` (sent with a Content-Length
+    /// when not empty); reads the response, without a body for HEAD.
+    pub fn send(&mut self, method: &str, path: &str, body: &str) -> Reply {
+        let mut request = format!("{method} /registro/1.0{path} HTTP/1.1\r\nHost: test\r\n");
+        if !body.is_empty() {
+            request.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        self.send_raw(request.as_bytes(), method == "HEAD")
+    }
+
+    /// Sends `bytes` as they are and reads one response (its body skipped
+    /// when `head`). Panics if the server closed the connection.
+    pub fn send_raw(&mut self, bytes: &[u8], head: bool) -> Reply {
+        self.writer.write_all(bytes).expect("send");
+        self.read(head)
+            .unwrap_or_else(|| panic!("no response on the kept-alive connection"))
+    }
+
+    /// Reads one response (its body skipped when `head`).
+    pub fn read(&mut self, head: bool) -> Option<Reply> {
+        if head {
+            read_head(&mut self.reader)
+        } else {
+            read_reply(&mut self.reader)
+        }
+    }
+
+    /// Writes bytes without reading anything.
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("send");
+    }
+
+    /// Whether the server has closed the connection (end of file, with no
+    /// further bytes), waiting up to the read timeout.
+    pub fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest).is_ok() && rest.is_empty()
+    }
+
+    pub fn get(&mut self, path: &str) -> Reply {
+        self.send("GET", path, "")
+    }
+
+    pub fn post(&mut self, path: &str, body: &str) -> Reply {
+        self.send("POST", path, body)
+    }
+
+    pub fn put(&mut self, path: &str) -> Reply {
+        self.send("PUT", path, "")
+    }
+
+    pub fn delete(&mut self, path: &str) -> Reply {
+        self.send("DELETE", path, "")
+    }
+}
+
+/// Reads the status line and headers of a response that has no body on the
+/// wire whatever its Content-Length says (the answer to a HEAD request).
+pub fn read_head<R: BufRead>(r: &mut R) -> Option<Reply> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let status: u16 = line.split(' ').nth(1)?.parse().ok()?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).ok()?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (n, v) = l.split_once(':')?;
+        headers.push((n.trim().to_string(), v.trim().to_string()));
+    }
+    Some(Reply {
+        status,
+        headers,
+        body: String::new(),
+    })
 }

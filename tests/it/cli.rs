@@ -1,0 +1,372 @@
+//! The `registro` binary: `--help` and `--version`, one clear line and a
+//! non-zero exit for every bad flag or unbindable address, the Go-style
+//! `--addr :PORT`, one UTC-stamped log line per event (and none per
+//! heartbeat), and a prompt exit 0 on SIGTERM and SIGINT.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::api::{app_body, check, instance_body};
+use crate::support::{eventually, Conn, Proc};
+
+/// What one run of the binary printed, and how it ended.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `registro ARGS` to its end (killing it after 10 s: a run that does
+/// not end on its own is a failure).
+fn run(args: &[&str]) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_registro"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn registro");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("registro {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_string(&mut stdout);
+    }
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut stderr);
+    }
+    Run {
+        code: status.code(),
+        stdout,
+        stderr,
+    }
+}
+
+/// A refused start: a non-zero exit code, nothing on stdout, exactly one
+/// line on stderr and no trace of a panic. Returns that line.
+#[track_caller]
+fn assert_refused(args: &[&str]) -> String {
+    let r = run(args);
+    assert!(
+        matches!(r.code, Some(c) if c != 0),
+        "{args:?} exited with {:?}",
+        r.code
+    );
+    assert_eq!(r.stdout, "", "{args:?} printed on stdout");
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?} printed {:?}", r.stderr);
+    let line = lines[0];
+    assert!(line.trim().len() > 10, "{args:?}: unclear line {line:?}");
+    for bad in ["panicked", "backtrace", "RUST_BACKTRACE", "unwrap"] {
+        assert!(!line.contains(bad), "{args:?}: {line:?}");
+    }
+    line.to_string()
+}
+
+#[test]
+fn help_lists_every_flag_with_its_default() {
+    let r = run(&["--help"]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let help = r.stdout;
+    // One entry per flag: its line and the indented lines that follow.
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for line in help.lines().skip_while(|l| !l.starts_with("Options")) {
+        let trimmed = line.trim_start();
+        if line.starts_with("  --") {
+            let flag = trimmed.split_whitespace().next().unwrap_or_default();
+            entries.push((flag.trim_end_matches(',').to_string(), trimmed.to_string()));
+        } else if let Some((_, text)) = entries.last_mut() {
+            text.push(' ');
+            text.push_str(trimmed);
+        }
+    }
+    let flags: Vec<&str> = entries.iter().map(|(f, _)| f.as_str()).collect();
+    for flag in [
+        "--addr",
+        "--threads",
+        "--down-after",
+        "--evict-after",
+        "--sweep-every",
+        "--version",
+        "--help",
+    ] {
+        assert!(flags.contains(&flag), "{flag} missing from\n{help}");
+    }
+    for (flag, text) in &entries {
+        if flag != "--version" && flag != "--help" {
+            assert!(text.contains("default"), "{flag} shows no default: {text}");
+        }
+    }
+    let text = |flag: &str| {
+        entries
+            .iter()
+            .find(|(f, _)| f == flag)
+            .map(|(_, t)| t.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    for (flag, default) in [
+        ("--addr", ":8080"),
+        ("--down-after", "90"),
+        ("--evict-after", "600"),
+        ("--sweep-every", "60"),
+    ] {
+        assert!(
+            text(flag).contains(default),
+            "{flag}: default {default} not shown in {:?}",
+            text(flag)
+        );
+    }
+}
+
+#[test]
+fn version_prints_the_version() {
+    let r = run(&["--version"]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stdout.contains(env!("CARGO_PKG_VERSION")),
+        "{:?}",
+        r.stdout
+    );
+    assert_eq!(r.stdout.lines().count(), 1, "{:?}", r.stdout);
+}
+
+#[test]
+fn bad_flags_print_one_line_and_fail() {
+    // Every case but the --addr ones also names a loopback address, so a
+    // start that should have been refused binds nothing public.
+    let lo = ["--addr", "127.0.0.1:0"];
+    for args in [
+        &["--threads", "x"][..],
+        &["--threads", "0"],
+        &["--threads", "-1"],
+        &["--threads", "1.5"],
+        &["--down-after", "-1"],
+        &["--down-after", "0"],
+        &["--down-after", "ninety"],
+        &["--evict-after", ""],
+        &["--sweep-every", "NaN"],
+        &["--max-connections", "0"],
+        &["--bogus"],
+        &["--threads"],
+        &["positional"],
+    ] {
+        let args = [&lo[..], args].concat();
+        assert_refused(&args);
+    }
+    for addr in ["nonsense", ":99999", ":http", "8080", "127.0.0.1", ""] {
+        let line = assert_refused(&["--addr", addr]);
+        assert!(line.contains("addr"), "--addr {addr:?}: {line:?}");
+    }
+    assert_refused(&["--addr"]);
+    assert_refused(&["--addr", "127.0.0.1:0", "--addr", "127.0.0.1:0"]);
+}
+
+#[test]
+fn an_address_in_use_is_one_clear_line() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let line = assert_refused(&["--addr", &addr]);
+    assert!(
+        line.contains(&addr),
+        "the line does not name {addr}: {line:?}"
+    );
+    drop(taken);
+}
+
+#[test]
+fn go_style_and_ipv6_addresses() {
+    // ":PORT" is every interface, as in Go; reached here over loopback.
+    let p = Proc::start_exact(&["--addr", ":0"]);
+    assert!(p.addr.ip().is_unspecified(), "listening on {}", p.addr);
+    let lo = SocketAddr::from(([127, 0, 0, 1], p.addr.port()));
+    let mut c = Conn::open(lo);
+    check(&mut c, "GET", "/apps", "", 200);
+    drop(p);
+
+    // "[::1]:PORT", where this machine has IPv6 loopback.
+    if TcpListener::bind("[::1]:0").is_ok() {
+        let p = Proc::start_exact(&["--addr", "[::1]:0"]);
+        assert_eq!(p.addr.ip().to_string(), "::1");
+        let mut c = Conn::open(p.addr);
+        check(&mut c, "POST", "/apps", &app_body("web"), 201);
+        check(&mut c, "GET", "/apps/web", "", 200);
+    }
+}
+
+/// Unix seconds of a `YYYY/MM/DD HH:MM:SS` stamp read as UTC, if it is one.
+fn stamp_secs(line: &str) -> Option<i64> {
+    let stamp = line.get(..19)?;
+    let b = stamp.as_bytes();
+    let shape = b.iter().enumerate().all(|(i, &c)| match i {
+        4 | 7 => c == b'/',
+        10 => c == b' ',
+        13 | 16 => c == b':',
+        _ => c.is_ascii_digit(),
+    });
+    if !shape || line.as_bytes().get(19) != Some(&b' ') {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| stamp[r].parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from 1970-01-01 to y-m-d (proleptic Gregorian).
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+#[test]
+fn stamp_parsing() {
+    assert_eq!(stamp_secs("1970/01/01 00:00:00 x"), Some(0));
+    assert_eq!(stamp_secs("2026/11/28 18:32:45 x"), Some(1_795_890_765));
+    assert_eq!(stamp_secs("2000/03/01 00:00:00 x"), Some(951_868_800));
+    assert_eq!(stamp_secs("2026-11-28 18:32:45 x"), None);
+    assert_eq!(stamp_secs("2026/11/28 18:32:45x"), None);
+    assert_eq!(stamp_secs("2026/13/28 18:32:45 x"), None);
+}
+
+/// Waits for a stderr line for which `f` holds.
+fn wait_for(p: &Proc, what: &str, f: impl Fn(&str) -> bool) -> String {
+    eventually(Duration::from_secs(5), what, || {
+        p.lines().into_iter().find(|l| f(l))
+    })
+}
+
+#[test]
+fn one_log_line_per_event_and_none_per_heartbeat() {
+    let p = Proc::start(&[
+        "--down-after",
+        "0.3",
+        "--evict-after",
+        "0.6",
+        "--sweep-every",
+        "0.1",
+    ]);
+    let mut c = Conn::open(p.addr);
+    wait_for(&p, "listening", |l| {
+        l.contains("listening on") && l.contains(&p.addr.to_string())
+    });
+
+    check(&mut c, "POST", "/apps", &app_body("shop"), 201);
+    wait_for(&p, "app created", |l| {
+        l.contains("shop") && l.contains("created")
+    });
+    check(
+        &mut c,
+        "POST",
+        "/apps/shop",
+        &instance_body("s-1", "10.0.0.1", 80),
+        201,
+    );
+    wait_for(&p, "s-1 added", |l| {
+        l.contains("s-1") && l.contains("added")
+    });
+    check(&mut c, "PUT", "/apps/shop/s-1", "", 204);
+    wait_for(&p, "s-1 up", |l| l.contains("s-1") && l.contains(" up"));
+
+    // Twenty more heartbeats, then an event that is logged after any line
+    // they could have caused: still one "s-1" line per event.
+    let about_s1 = |p: &Proc| {
+        p.lines()
+            .iter()
+            .filter(|l| l.contains("s-1") && !l.contains("down") && !l.contains("removed"))
+            .count()
+    };
+    let before = about_s1(&p);
+    for _ in 0..20 {
+        check(&mut c, "PUT", "/apps/shop/s-1", "", 204);
+    }
+    check(
+        &mut c,
+        "POST",
+        "/apps/shop",
+        &instance_body("s-2", "10.0.0.2", 80),
+        201,
+    );
+    wait_for(&p, "s-2 added", |l| {
+        l.contains("s-2") && l.contains("added")
+    });
+    assert_eq!(
+        about_s1(&p),
+        before,
+        "heartbeats were logged: {:#?}",
+        p.lines()
+    );
+
+    check(&mut c, "DELETE", "/apps/shop/s-2", "", 204);
+    wait_for(&p, "s-2 out of service", |l| {
+        l.contains("s-2") && (l.contains("out of service") || l.contains("out-of-service"))
+    });
+    // No more heartbeats: s-1 goes down, then both are removed, then the app.
+    wait_for(&p, "s-1 down", |l| l.contains("s-1") && l.contains("down"));
+    for id in ["s-1", "s-2"] {
+        wait_for(&p, "instance removed", |l| {
+            l.contains(id) && l.contains("removed")
+        });
+    }
+    wait_for(&p, "app removed", |l| {
+        l.contains("shop") && l.contains("removed") && !l.contains("s-1") && !l.contains("s-2")
+    });
+
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    let lines = p.lines();
+    for line in &lines {
+        let secs = stamp_secs(line).unwrap_or_else(|| panic!("no UTC stamp: {line:?}"));
+        assert!(
+            (now - 60..=now + 1).contains(&secs),
+            "stamp is not UTC now ({now}): {line:?}"
+        );
+    }
+    // Each event is logged once.
+    let once = |what: &str, f: &dyn Fn(&str) -> bool| {
+        let n = lines.iter().filter(|l| f(l)).count();
+        assert_eq!(n, 1, "{what} logged {n} times: {lines:#?}");
+    };
+    once("app created", &|l| {
+        l.contains("shop") && l.contains("created")
+    });
+    once("s-1 added", &|l| l.contains("s-1") && l.contains("added"));
+    once("s-1 up", &|l| l.contains("s-1") && l.contains(" up"));
+    once("s-1 down", &|l| l.contains("s-1") && l.contains("down"));
+}
+
+#[test]
+fn sigterm_and_sigint_exit_0_within_a_second() {
+    for sig in ["TERM", "INT"] {
+        let mut p = Proc::start(&[]);
+        // An idle keep-alive connection must not hold the exit up.
+        let mut c = Conn::open(p.addr);
+        check(&mut c, "GET", "/apps", "", 200);
+        p.signal(sig);
+        let (code, took) = p.wait_exit(Duration::from_secs(5));
+        assert_eq!(code, Some(0), "SIG{sig}");
+        assert!(
+            took < Duration::from_secs(1),
+            "SIG{sig}: exit took {took:?}"
+        );
+    }
+}
