@@ -976,3 +976,26 @@ fn fresh_connections_and_raw_reads_agree() {
     assert_eq!(c.read(true).map(|r| r.status), Some(200));
     assert_eq!(c.read(false).map(|r| r.status), Some(404));
 }
+
+#[test]
+fn absolute_form_targets_are_served() {
+    // RFC 9112 3.2.2: a server must accept a request target in absolute
+    // form (Go's net/http, the original's server, does).
+    let (s, mut c) = fresh();
+    let addr = s.local_addr();
+    let r = c.send_raw(
+        &request(
+            "POST",
+            &format!("http://{addr}/registro/1.0/apps"),
+            &app_body("web"),
+        ),
+        false,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = c.send_raw(
+        &request("GET", &format!("http://{addr}/registro/1.0/apps/web"), ""),
+        false,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    check(&mut c, "GET", "/apps/web", "", 200);
+}

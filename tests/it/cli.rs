@@ -188,12 +188,29 @@ fn an_address_in_use_is_one_clear_line() {
 }
 
 #[test]
-fn go_style_and_ipv6_addresses() {
+fn go_style_addresses_ipv6_and_integer_periods() {
     // ":PORT" is every interface, as in Go; reached here over loopback.
     let p = Proc::start_exact(&["--addr", ":0"]);
     assert!(p.addr.ip().is_unspecified(), "listening on {}", p.addr);
     let lo = SocketAddr::from(([127, 0, 0, 1], p.addr.port()));
     let mut c = Conn::open(lo);
+    check(&mut c, "GET", "/apps", "", 200);
+    drop(p);
+
+    // Periods as plain integers of seconds, as the original took them.
+    let p = Proc::start_exact(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--down-after",
+        "1",
+        "--evict-after",
+        "2",
+        "--sweep-every",
+        "1",
+        "--threads",
+        "1",
+    ]);
+    let mut c = Conn::open(p.addr);
     check(&mut c, "GET", "/apps", "", 200);
     drop(p);
 
@@ -257,9 +274,9 @@ fn wait_for(p: &Proc, what: &str, f: impl Fn(&str) -> bool) -> String {
 fn one_log_line_per_event_and_none_per_heartbeat() {
     let p = Proc::start(&[
         "--down-after",
-        "0.3",
+        "0.5",
         "--evict-after",
-        "0.6",
+        "1",
         "--sweep-every",
         "0.1",
     ]);

@@ -70,6 +70,11 @@ fn starting_never_decays_to_down() {
     });
     let v = read(&mut c, "web", "s").expect("s is present");
     assert_instance(&v, "s", "10.0.0.1", 80, "starting");
+    // A down instance can still be taken out of service, and then refuses
+    // heartbeats like any other.
+    check(&mut c, "DELETE", "/apps/web/u", "", 204);
+    assert_eq!(status_of(&mut c, "web", "u"), "out-of-service");
+    check(&mut c, "PUT", "/apps/web/u", "", 403);
 }
 
 #[test]
@@ -275,6 +280,39 @@ fn the_sweeper_removes_applications_left_empty() {
         "POST",
         "/apps/empty",
         &instance_body("e", "10.0.0.1", 80),
+        201,
+    );
+}
+
+#[test]
+fn an_empty_app_reads_absent_exactly_when_evict_after_has_passed() {
+    // No sweep runs: the read alone decides, and the name is free again.
+    let (_s, mut c) = server(200, 300, HOUR);
+    let created = Instant::now();
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    eventually(DEADLINE, "the empty app to read absent", || {
+        (c.get("/apps/web").status == 404).then_some(())
+    });
+    let waited = created.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "absent after {waited:?}"
+    );
+    let apps = check(&mut c, "GET", "/apps", "", 200).json();
+    assert_eq!(apps["applications"], serde_json::json!([]), "{apps}");
+    check(
+        &mut c,
+        "POST",
+        "/apps/web",
+        &instance_body("w", "10.0.0.1", 80),
+        404,
+    );
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    check(
+        &mut c,
+        "POST",
+        "/apps/web",
+        &instance_body("w", "10.0.0.1", 80),
         201,
     );
 }
