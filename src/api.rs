@@ -4,6 +4,7 @@
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use serde::de::DeserializeOwned;
 use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -256,8 +257,15 @@ struct NewInstance {
     port: u64,
 }
 
-fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| error(400, format!("invalid request body: {e}")))
+/// Parses a JSON object body. Serde would also take an array for a struct
+/// (`["web"]` as `{"name": "web"}`); the contract wants an object.
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| error(400, format!("invalid request body: {e}")))?;
+    if !value.is_object() {
+        return Err(error(400, "invalid request body: expected a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|e| error(400, format!("invalid request body: {e}")))
 }
 
 fn check_name(field: &str, value: &str) -> Result<(), Response> {
@@ -277,8 +285,13 @@ fn check_name(field: &str, value: &str) -> Result<(), Response> {
 }
 
 /// Splits a request target below `ROOT` into percent-decoded segments,
-/// ignoring the query and one trailing slash.
+/// ignoring the query and one trailing slash. The absolute form
+/// (`http://host/registro/...`, RFC 9112 3.2.2) is accepted too.
 fn parse_path(target: &str) -> Result<Vec<String>, Response> {
+    let target = match target.split_once("://") {
+        Some((scheme, rest)) if !scheme.contains('/') => rest.find('/').map_or("/", |i| &rest[i..]),
+        _ => target,
+    };
     let path = target.split(['?', '#']).next().unwrap_or_default();
     let Some(rest) = path.strip_prefix(ROOT) else {
         return Err(error(
@@ -435,6 +448,11 @@ mod tests {
         check_path("/registro/1.0", Err(404));
         check_path("/registro/1.0x/apps", Err(404));
         check_path("/other", Err(404));
+        check_path("http://h:8080/registro/1.0/apps/web", Ok(&["apps", "web"]));
+        check_path("HTTP://h/registro/1.0/apps?a=b://c", Ok(&["apps"]));
+        check_path("http://h", Err(404));
+        check_path("/registro/1.0/apps/a:%2F%2Fb", Ok(&["apps", "a://b"]));
+        check_path("/registro/1.0/apps/a://b", Err(404));
     }
 
     #[test]
