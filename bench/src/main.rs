@@ -1,1 +1,525 @@
-fn main() {}
+//! `make bench`: measures the release `registro` server against the targets
+//! of issue 6 and prints a markdown table.
+//!
+//! Each scenario runs against a fresh server process on loopback, driven by
+//! the load generator in `load.rs` (std only: keep-alive HTTP/1.1 on
+//! `TcpStream`). The baseline is this same binary run as a child process
+//! with `--baseline-server`: a bare tiny_http server answering 204.
+//!
+//! Usage: `registro-bench [--quick] [--server PATH] [--runs N] [--secs S]
+//! [--per-thread K] [--only hb,fresh,mixed,sweep,memory]`;
+//! `REGISTRO_BENCH_QUICK=1` is the same as `--quick`.
+
+#![forbid(unsafe_code)]
+
+mod baseline;
+mod hist;
+mod http;
+mod load;
+mod proc;
+mod report;
+
+use load::{Fleet, Load, Outcome, Reader, ReaderOutcome};
+use proc::{ServerProc, Stop, Sweep};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+/// Concurrent connections of every heartbeat measurement (issue 6).
+const CONNS: usize = 32;
+/// Registration: connections, and requests pipelined on each at a time.
+const REG_CONNS: usize = 32;
+const REG_DEPTH: usize = 1;
+/// tiny_http worker threads of the baseline.
+const BASELINE_WORKERS: usize = 2;
+
+/// What to run, and how big.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub quick: bool,
+    pub server: PathBuf,
+    pub runs: usize,
+    /// Length of one heartbeat measurement.
+    pub secs: Duration,
+    /// Connections per load thread.
+    pub per_thread: usize,
+    /// The fleet sizes of scenario 1 (1,000, 100,000 and 1,000,000).
+    pub sizes: [usize; 3],
+    /// The fleet of the fresh-connection scenario (10,000).
+    pub fresh_n: usize,
+    /// The sweep scenario's `--sweep-every` and `--down-after`.
+    pub sweep_every: f64,
+    pub down_after: f64,
+    pub only: Vec<String>,
+}
+
+impl Settings {
+    fn wants(&self, scenario: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
+    }
+}
+
+/// Everything measured, run by run.
+#[derive(Default)]
+pub struct Results {
+    /// Resident memory of each freshly started registry server.
+    pub idle_rss: Vec<u64>,
+    /// (instances, instances registered per second).
+    pub registrations: Vec<(usize, f64)>,
+    /// Scenario 2, one per round.
+    pub baseline: Vec<Outcome>,
+    /// Scenario 1: per size, one per round.
+    pub heartbeats: [Vec<Outcome>; 3],
+    /// Scenario 3.
+    pub fresh: Vec<Outcome>,
+    /// Scenario 4: heartbeats and the listing reader.
+    pub mixed: Vec<(Outcome, ReaderOutcome)>,
+    /// Scenario 5: bytes per instance at the largest size.
+    pub per_instance: Vec<f64>,
+    /// Scenario 6: each observed sweep and the worst heartbeat overlapping it.
+    pub sweeps: Vec<(Sweep, u64)>,
+    /// The heartbeat load running while the sweeps were observed.
+    pub sweep_load: Option<Outcome>,
+    /// Server processes that did not exit cleanly (0) when stopped.
+    pub bad_exits: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = if args.first().is_some_and(|a| a == "--baseline-server") {
+        baseline::serve(BASELINE_WORKERS)
+    } else {
+        parse_args(&args).and_then(|s| run(&s))
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("registro-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_args(args: &[String]) -> Result<Settings, String> {
+    let quick = args.iter().any(|a| a == "--quick")
+        || std::env::var("REGISTRO_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let mut s = Settings {
+        quick,
+        server: default_server()?,
+        runs: 3,
+        secs: Duration::from_secs(if quick { 0 } else { 3 }),
+        per_thread: 4,
+        sizes: if quick {
+            [100, 1_000, 3_000]
+        } else {
+            [1_000, 100_000, 1_000_000]
+        },
+        fresh_n: if quick { 300 } else { 10_000 },
+        sweep_every: if quick { 0.2 } else { 2.0 },
+        down_after: if quick { 0.1 } else { 1.0 },
+        only: Vec::new(),
+    };
+    if quick {
+        s.secs = Duration::from_millis(200);
+    }
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            "--quick" => {}
+            "--server" => s.server = PathBuf::from(value("--server")?),
+            "--runs" => s.runs = parse_num(&value("--runs")?, "--runs")?,
+            "--secs" => s.secs = Duration::from_secs_f64(parse_num(&value("--secs")?, "--secs")?),
+            "--per-thread" => s.per_thread = parse_num(&value("--per-thread")?, "--per-thread")?,
+            "--only" => s.only = value("--only")?.split(',').map(str::to_string).collect(),
+            "-h" | "--help" => {
+                return Err(
+                    "usage: registro-bench [--quick] [--server PATH] [--runs N] [--secs S] \
+                     [--per-thread K] [--only hb,fresh,mixed,sweep,memory]"
+                        .to_string(),
+                )
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    if s.runs == 0 || s.per_thread == 0 || s.secs.is_zero() {
+        return Err("--runs, --per-thread and --secs must be positive".to_string());
+    }
+    Ok(s)
+}
+
+fn parse_num<T: std::str::FromStr>(v: &str, name: &str) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("{name}: not a number: {v:?}"))
+}
+
+/// `registro` next to this binary (both live in `target/release`).
+fn default_server() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own path: {e}"))?;
+    let dir = exe.parent().ok_or("own path has no directory")?;
+    // Test binaries live one level down, in `deps/`.
+    let dir = if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    };
+    Ok(dir.join("registro"))
+}
+
+fn run(s: &Settings) -> Result<(), String> {
+    if !s.server.is_file() {
+        return Err(format!(
+            "no server binary at {}: build it first (`cargo build --release -p registro`; `make bench` does)",
+            s.server.display()
+        ));
+    }
+    let began = Instant::now();
+    let mut r = Results::default();
+    progress(
+        began,
+        format_args!(
+            "server {}; {} runs of {:?} per figure; {CONNS} connections, {} per load thread",
+            s.server.display(),
+            s.runs,
+            s.secs,
+            s.per_thread
+        ),
+    );
+    if s.wants("hb") || s.wants("fresh") || s.wants("mixed") {
+        scenarios_1_to_4(s, &mut r, began)?;
+    }
+    if s.wants("sweep") {
+        scenario_sweep(s, &mut r, began)?;
+    }
+    if s.wants("memory") {
+        scenario_memory(s, &mut r, began)?;
+    }
+    let elapsed = began.elapsed();
+    print!("{}", report::render(s, &r, elapsed));
+    if r.bad_exits.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "servers did not stop cleanly: {}",
+            r.bad_exits.join("; ")
+        ))
+    }
+}
+
+/// Prints one progress line on stderr, stamped with the seconds elapsed.
+fn progress(began: Instant, what: std::fmt::Arguments<'_>) {
+    eprintln!("[{:6.1}s] {what}", began.elapsed().as_secs_f64());
+}
+
+/// Starts the registry server with extra flags, checks it answers, and
+/// records its idle resident memory.
+fn start_registry(
+    s: &Settings,
+    r: &mut Results,
+    name: &str,
+    extra: &[String],
+) -> Result<ServerProc, String> {
+    let mut cmd = Command::new(&s.server);
+    cmd.args(["--addr", "127.0.0.1:0"]).args(extra);
+    let server = ServerProc::start(name, cmd, Stop::Term)?;
+    match load::request_once(server.addr, load::LISTING) {
+        Ok((200, _)) => {}
+        Ok((status, _)) => return Err(format!("{name}: GET /registro/1.0/apps answered {status}")),
+        Err(e) => return Err(format!("{name}: GET /registro/1.0/apps: {e}")),
+    }
+    r.idle_rss.push(server.rss()?);
+    Ok(server)
+}
+
+fn start_baseline() -> Result<ServerProc, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own path: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--baseline-server");
+    let server = ServerProc::start("baseline", cmd, Stop::CloseStdin)?;
+    match load::request_once(server.addr, load::LISTING) {
+        Ok((204, _)) => Ok(server),
+        Ok((status, _)) => Err(format!("baseline answered {status}")),
+        Err(e) => Err(format!("baseline: {e}")),
+    }
+}
+
+/// Registers `n` instances and records the rate and, when `memory`, the
+/// resident bytes each instance added.
+fn fill(
+    server: &ServerProc,
+    n: usize,
+    r: &mut Results,
+    memory: bool,
+    began: Instant,
+) -> Result<(), String> {
+    let before = server.rss()?;
+    let took = load::register(
+        server.addr,
+        Fleet { n },
+        env_or("REG_CONNS", REG_CONNS),
+        env_or("REG_DEPTH", REG_DEPTH),
+    )?;
+    let rate = n as f64 / took.as_secs_f64().max(1e-9);
+    r.registrations.push((n, rate));
+    let after = server.rss()?;
+    let per = after.saturating_sub(before) as f64 / n.max(1) as f64;
+    if memory {
+        r.per_instance.push(per);
+    }
+    progress(
+        began,
+        format_args!(
+            "registered {} instances in {:.1} s ({}/s); resident {} -> {} ({per:.0} B per instance)",
+            report::thousands(n as f64),
+            took.as_secs_f64(),
+            report::thousands(rate),
+            report::bytes(before),
+            report::bytes(after)
+        ),
+    );
+    Ok(())
+}
+
+fn heartbeat_load(s: &Settings, addr: std::net::SocketAddr, n: usize, offset: usize) -> Load {
+    Load {
+        addr,
+        fleet: Fleet { n },
+        conns: CONNS,
+        per_thread: s.per_thread,
+        duration: s.secs,
+        fresh: false,
+        offset,
+        samples: false,
+    }
+}
+
+/// Runs `load` against `server`, noting the CPU time both sides used.
+fn measure(load: &Load, server: &ServerProc, base: Instant) -> Outcome {
+    let cpu = || (proc::cpu_secs(Some(server.pid())), proc::cpu_secs(None));
+    let before = cpu();
+    let mut o = load::run(load, base);
+    let after = cpu();
+    o.server_cpu = after.0.zip(before.0).map_or(f64::NAN, |(a, b)| a - b);
+    o.client_cpu = after.1.zip(before.1).map_or(f64::NAN, |(a, b)| a - b);
+    o
+}
+
+fn stop(server: ServerProc, r: &mut Results, name: &str) {
+    match server.stop() {
+        Ok(status) if status.success() => {}
+        Ok(status) => r.bad_exits.push(format!("{name}: {status}")),
+        Err(e) => r.bad_exits.push(format!("{name}: {e}")),
+    }
+}
+
+/// Scenarios 1 and 2 interleaved round by round (so drift on a shared
+/// machine hits the baseline and every size alike), then 3 and 4.
+fn scenarios_1_to_4(s: &Settings, r: &mut Results, began: Instant) -> Result<(), String> {
+    let hb = s.wants("hb");
+    let baseline = if hb { Some(start_baseline()?) } else { None };
+    let mut sized = Vec::new();
+    if hb {
+        for (k, &n) in s.sizes.iter().enumerate() {
+            let server = start_registry(s, r, &format!("registro-{n}"), &[])?;
+            fill(&server, n, r, k == 2, began)?;
+            sized.push((k, n, server));
+        }
+    }
+    if let Some(b) = &baseline {
+        for round in 0..s.runs {
+            // Rotate the order each round.
+            let order: Vec<usize> = (0..=sized.len())
+                .map(|i| (i + round) % (sized.len() + 1))
+                .collect();
+            for slot in order {
+                let (label, server, n, k) = match slot {
+                    0 => ("baseline".to_string(), b, s.sizes[0], None),
+                    i => {
+                        let (k, n, server) = &sized[i - 1];
+                        (
+                            format!("heartbeats {}", report::thousands(*n as f64)),
+                            server,
+                            *n,
+                            Some(*k),
+                        )
+                    }
+                };
+                let o = measure(
+                    &heartbeat_load(s, server.addr, n, round * 7919),
+                    server,
+                    Instant::now(),
+                );
+                progress(
+                    began,
+                    format_args!("round {}: {label}: {}", round + 1, report::summary(&o)),
+                );
+                match k {
+                    None => r.baseline.push(o),
+                    Some(k) => r.heartbeats[k].push(o),
+                }
+            }
+        }
+    }
+    if let Some(b) = baseline {
+        stop(b, r, "baseline");
+    }
+    for (_, n, server) in sized {
+        // Keep the mid-sized server for scenario 4.
+        if n == s.sizes[1] && s.wants("mixed") {
+            scenario_mixed(s, r, &server, began);
+        }
+        stop(server, r, &format!("registro-{n}"));
+    }
+    if s.wants("mixed") && !hb {
+        let server = start_registry(s, r, "registro-mixed", &[])?;
+        fill(&server, s.sizes[1], r, false, began)?;
+        scenario_mixed(s, r, &server, began);
+        stop(server, r, "registro-mixed");
+    }
+    if s.wants("fresh") {
+        let server = start_registry(s, r, "registro-fresh", &[])?;
+        fill(&server, s.fresh_n, r, false, began)?;
+        for round in 0..s.runs {
+            let mut load = heartbeat_load(s, server.addr, s.fresh_n, round * 7919);
+            load.fresh = true;
+            let o = measure(&load, &server, Instant::now());
+            progress(
+                began,
+                format_args!(
+                    "round {}: fresh connections: {}",
+                    round + 1,
+                    report::summary(&o)
+                ),
+            );
+            r.fresh.push(o);
+        }
+        stop(server, r, "registro-fresh");
+    }
+    Ok(())
+}
+
+/// Scenario 4: heartbeats while one more client reads the full listing in a loop.
+fn scenario_mixed(s: &Settings, r: &mut Results, server: &ServerProc, began: Instant) {
+    for round in 0..s.runs {
+        let reader = Reader::start(server.addr, s.secs * 3 + Duration::from_secs(5));
+        let o = measure(
+            &heartbeat_load(s, server.addr, s.sizes[1], round * 7919),
+            server,
+            Instant::now(),
+        );
+        let listing = reader.finish();
+        progress(
+            began,
+            format_args!(
+                "round {}: heartbeats while listing: {}; {} listings of {} (p50 {}), {} errors",
+                round + 1,
+                report::summary(&o),
+                listing.listings,
+                report::bytes(listing.bytes as u64),
+                report::ms(listing.hist.quantile(0.5)),
+                listing.errors
+            ),
+        );
+        r.mixed.push((o, listing));
+    }
+}
+
+/// Scenario 6: heartbeats at full speed over the largest fleet while the
+/// sweeper runs every `sweep_every`; each sweep is matched with the slowest
+/// heartbeat whose flight overlapped it.
+fn scenario_sweep(s: &Settings, r: &mut Results, began: Instant) -> Result<(), String> {
+    let n = s.sizes[2];
+    let flags = [
+        "--sweep-every".to_string(),
+        s.sweep_every.to_string(),
+        "--down-after".to_string(),
+        s.down_after.to_string(),
+    ];
+    let server = start_registry(s, r, "registro-sweep", &flags)?;
+    fill(&server, n, r, true, began)?;
+    server.drain_sweeps();
+    let every = Duration::from_secs_f64(s.sweep_every);
+    let mut load = heartbeat_load(s, server.addr, n, 0);
+    load.samples = true;
+    load.duration = every * (s.runs as u32 + 1) + every / 2;
+    let base = Instant::now();
+    let handle = std::thread::spawn(move || load::run(&load, base));
+    let mut seen = Vec::new();
+    let deadline = base + every * (s.runs as u32 + 2) + Duration::from_secs(10);
+    while let Some(sweep) = server.next_sweep(deadline) {
+        seen.push(sweep);
+        if handle.is_finished() {
+            break;
+        }
+    }
+    let o = handle
+        .join()
+        .map_err(|_| "sweep load thread panicked".to_string())?;
+    let first = o.samples.iter().map(|x| x.start_us).min().unwrap_or(0);
+    let last = o
+        .samples
+        .iter()
+        .map(|x| x.start_us + x.latency_us)
+        .max()
+        .unwrap_or(0);
+    for sweep in seen {
+        let end = sweep.at.saturating_duration_since(base).as_micros() as u64;
+        // The line is read just after the pass ends; allow 1 ms of slack.
+        let start = end.saturating_sub((sweep.ms * 1000.0) as u64 + 1000);
+        if start < first || end > last {
+            continue; // not wholly inside the measurement
+        }
+        let worst = o
+            .samples
+            .iter()
+            .filter(|x| x.start_us < end && x.start_us + x.latency_us > start)
+            .map(|x| x.latency_us)
+            .max()
+            .unwrap_or(0);
+        progress(
+            began,
+            format_args!(
+                "sweep of {} instances: {:.1} ms, longest lock hold {:.0} us, down {}, removed {}; worst heartbeat meanwhile {}",
+                sweep.checked, sweep.ms, sweep.lock_us, sweep.down, sweep.removed, report::ms(worst)
+            ),
+        );
+        r.sweeps.push((sweep, worst));
+    }
+    progress(
+        began,
+        format_args!("heartbeats during sweeps: {}", report::summary(&o)),
+    );
+    let mut o = o;
+    o.samples = Vec::new();
+    r.sweep_load = Some(o);
+    stop(server, r, "registro-sweep");
+    if r.sweeps.len() < s.runs {
+        progress(
+            began,
+            format_args!("warning: only {} sweeps observed", r.sweeps.len()),
+        );
+    }
+    Ok(())
+}
+
+/// Scenario 5's remaining runs: the largest fleet registered into fresh
+/// servers until `runs` per-instance figures exist.
+fn scenario_memory(s: &Settings, r: &mut Results, began: Instant) -> Result<(), String> {
+    while r.per_instance.len() < s.runs {
+        let server = start_registry(s, r, "registro-memory", &[])?;
+        fill(&server, s.sizes[2], r, true, began)?;
+        stop(server, r, "registro-memory");
+    }
+    Ok(())
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

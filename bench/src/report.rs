@@ -1,0 +1,419 @@
+//! Medians of the runs, the targets of issue 6, and the markdown the README
+//! takes verbatim.
+
+use crate::load::Outcome;
+use crate::{Results, Settings, CONNS};
+use std::fmt::Write;
+use std::time::Duration;
+
+/// The median (mean of the middle two for an even count); NaN when empty.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// `1234567.8` -> `1,234,568`.
+pub fn thousands(x: f64) -> String {
+    if !x.is_finite() {
+        return "n/a".to_string();
+    }
+    let digits = format!("{:.0}", x.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if x < -0.5 {
+        out.insert(0, '-');
+    }
+    out
+}
+
+/// Microseconds as milliseconds: `1234` -> `1.23 ms`.
+pub fn ms(us: u64) -> String {
+    ms_f(us as f64)
+}
+
+fn ms_f(us: f64) -> String {
+    if !us.is_finite() {
+        return "n/a".to_string();
+    }
+    let v = us / 1000.0;
+    if v < 10.0 {
+        format!("{v:.2} ms")
+    } else if v < 100.0 {
+        format!("{v:.1} ms")
+    } else {
+        format!("{v:.0} ms")
+    }
+}
+
+/// Bytes in MB (10^6) with one decimal, or kB below a megabyte.
+pub fn bytes(b: u64) -> String {
+    if b >= 1_000_000 {
+        format!("{:.1} MB", b as f64 / 1e6)
+    } else {
+        format!("{:.0} kB", b as f64 / 1e3)
+    }
+}
+
+/// One measurement in one line.
+pub fn summary(o: &Outcome) -> String {
+    let mut s = format!(
+        "{}/s, p50 {}, p99 {}, p99.9 {}, max {}, errors {}, cpu per request: server {:.1} us, load {:.1} us",
+        thousands(o.rate()),
+        ms(o.hist.quantile(0.5)),
+        ms(o.hist.quantile(0.99)),
+        ms(o.hist.quantile(0.999)),
+        ms(o.hist.max()),
+        o.errors,
+        o.server_cpu * 1e6 / o.ok.max(1) as f64,
+        o.client_cpu * 1e6 / o.ok.max(1) as f64
+    );
+    if let Some(e) = &o.first_error {
+        let _ = write!(s, " (first: {e})");
+    }
+    s
+}
+
+/// Medians over runs of one row's figures.
+struct Row {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    errors: u64,
+    runs: usize,
+}
+
+fn row<'a>(runs: impl IntoIterator<Item = &'a Outcome> + Clone) -> Row {
+    let pick = |f: &dyn Fn(&Outcome) -> f64| median(runs.clone().into_iter().map(f).collect());
+    Row {
+        rate: pick(&|o| o.rate()),
+        p50: pick(&|o| o.hist.quantile(0.5) as f64),
+        p99: pick(&|o| o.hist.quantile(0.99) as f64),
+        p999: pick(&|o| o.hist.quantile(0.999) as f64),
+        max: pick(&|o| o.hist.max() as f64),
+        errors: runs.clone().into_iter().map(|o| o.errors).sum(),
+        runs: runs.into_iter().count(),
+    }
+}
+
+fn push_row(out: &mut String, name: &str, r: &Row) {
+    if r.runs == 0 {
+        let _ = writeln!(out, "| {name} | not run | | | | | |");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "| {name} | {} | {} | {} | {} | {} | {} |",
+        thousands(r.rate),
+        ms_f(r.p50),
+        ms_f(r.p99),
+        ms_f(r.p999),
+        ms_f(r.max),
+        r.errors
+    );
+}
+
+/// Ratios of `a[i] / b[i]`, round by round.
+fn ratios(a: &[Outcome], b: &[Outcome]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| a.rate() / b.rate().max(1e-9))
+        .collect()
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "not measured",
+    }
+}
+
+fn pct(x: f64) -> String {
+    if x.is_finite() {
+        format!("{:.1}%", x * 100.0)
+    } else {
+        "n/a".to_string()
+    }
+}
+
+/// Some(value < limit), None when the value is missing.
+fn below(v: f64, limit: f64) -> Option<bool> {
+    v.is_finite().then_some(v < limit)
+}
+
+/// The whole report, in markdown.
+pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
+    let mut out = String::new();
+    let [n1, n2, n3] = s.sizes;
+    let t = |n: usize| thousands(n as f64);
+    let _ = writeln!(
+        out,
+        "\n## Registro benchmark{}\n",
+        if s.quick {
+            " (quick mode: tiny sizes, not figures)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(out, "Machine: {}.  ", machine());
+    let _ = writeln!(
+        out,
+        "Command: `make bench` (`cargo run --release -p registro-bench{}`), {:.0} s in all. Each figure is the median of {} runs \
+         of {:.1} s; {CONNS} keep-alive connections ({} per load-generator thread), one request in flight on each; \
+         the load generator shares the machine. Instances are spread over {} apps, ids `i-0000000` (9 bytes).\n",
+        if s.quick { " -- --quick" } else { "" },
+        elapsed.as_secs_f64(),
+        s.runs,
+        s.secs.as_secs_f64(),
+        s.per_thread,
+        crate::load::APPS,
+    );
+
+    let _ = writeln!(
+        out,
+        "| Scenario | requests/s | p50 | p99 | p99.9 | max | errors |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    push_row(
+        &mut out,
+        "Baseline: bare tiny_http, empty 204",
+        &row(&r.baseline),
+    );
+    for (k, n) in s.sizes.iter().enumerate() {
+        push_row(
+            &mut out,
+            &format!("Heartbeats, {} instances", t(*n)),
+            &row(&r.heartbeats[k]),
+        );
+    }
+    push_row(
+        &mut out,
+        &format!("Fresh connection per heartbeat, {} instances", t(s.fresh_n)),
+        &row(&r.fresh),
+    );
+    let listings: Vec<f64> = r
+        .mixed
+        .iter()
+        .map(|(o, l)| l.listings as f64 / o.elapsed.as_secs_f64().max(1e-9))
+        .collect();
+    let listing_bytes = r.mixed.last().map_or(0, |(_, l)| l.bytes as u64);
+    let listing_p50 = median(
+        r.mixed
+            .iter()
+            .map(|(_, l)| l.hist.quantile(0.5) as f64)
+            .collect(),
+    );
+    push_row(
+        &mut out,
+        &format!(
+            "Heartbeats while listing {} instances in a loop ({:.1} listings/s of {}, each {})",
+            t(n2),
+            median(listings),
+            bytes(listing_bytes),
+            ms_f(listing_p50)
+        ),
+        &row(r.mixed.iter().map(|(o, _)| o)),
+    );
+    push_row(
+        &mut out,
+        &format!(
+            "Heartbeats, {} instances, sweeping every {} s",
+            t(n3),
+            s.sweep_every
+        ),
+        &row(r.sweep_load.iter()),
+    );
+
+    let regs: Vec<f64> = r
+        .registrations
+        .iter()
+        .filter(|(n, _)| *n == n3)
+        .map(|(_, rate)| *rate)
+        .collect();
+    let sweep_ms = median(r.sweeps.iter().map(|(s, _)| s.ms).collect());
+    let sweep_lock = median(r.sweeps.iter().map(|(s, _)| s.lock_us).collect());
+    let sweep_worst_median = median(r.sweeps.iter().map(|(_, w)| *w as f64).collect());
+    let sweep_worst = r.sweeps.iter().map(|(_, w)| *w).max();
+    let per_instance = median(r.per_instance.clone());
+    let idle = median(r.idle_rss.iter().map(|&b| b as f64).collect());
+    let _ = writeln!(out);
+    let _ = writeln!(out, "| Other figure | median |");
+    let _ = writeln!(out, "|---|---:|");
+    let _ = writeln!(
+        out,
+        "| Registering {} instances (pipelined, {} connections) | {}/s |",
+        t(n3),
+        crate::REG_CONNS,
+        thousands(median(regs))
+    );
+    let _ = writeln!(
+        out,
+        "| Resident memory per instance at {} instances | {:.0} B |",
+        t(n3),
+        per_instance
+    );
+    let _ = writeln!(
+        out,
+        "| Resident memory of the idle server | {} |",
+        if idle.is_finite() {
+            bytes(idle as u64)
+        } else {
+            "n/a".into()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "| One sweep of {} instances ({} sweeps seen) | {}, lock held at most {} at a time |",
+        t(n3),
+        r.sweeps.len(),
+        ms_f(sweep_ms * 1000.0),
+        ms_f(sweep_lock)
+    );
+    let _ = writeln!(
+        out,
+        "| Worst heartbeat overlapping a sweep | {} (worst of all sweeps {}) |",
+        ms_f(sweep_worst_median),
+        sweep_worst.map_or("n/a".to_string(), ms)
+    );
+
+    // Targets.
+    let ratio_1k = median(ratios(&r.heartbeats[0], &r.baseline));
+    let ratio_big = median(ratios(&r.heartbeats[2], &r.heartbeats[0]));
+    let p99s: Vec<f64> = r.heartbeats.iter().map(|runs| row(runs).p99).collect();
+    let worst_p99 = p99s.iter().copied().fold(f64::NAN, f64::max);
+    let mixed_p99 = row(r.mixed.iter().map(|(o, _)| o)).p99;
+    let errors: u64 = r
+        .baseline
+        .iter()
+        .chain(r.heartbeats.iter().flatten())
+        .chain(&r.fresh)
+        .map(|o| o.errors)
+        .sum::<u64>()
+        + r.mixed
+            .iter()
+            .map(|(o, l)| o.errors + l.errors)
+            .sum::<u64>()
+        + r.sweep_load.as_ref().map_or(0, |o| o.errors);
+    let _ = writeln!(out);
+    let _ = writeln!(out, "| Target (issue 6) | measured | |");
+    let _ = writeln!(out, "|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| Heartbeats at {} instances >= 95% of the baseline | {} (median of per-round ratios) | {} |",
+        t(n1),
+        pct(ratio_1k),
+        verdict(ratio_1k.is_finite().then_some(ratio_1k >= 0.95))
+    );
+    let _ = writeln!(
+        out,
+        "| Heartbeats at {} instances >= 90% of the figure at {} | {} | {} |",
+        t(n3),
+        t(n1),
+        pct(ratio_big),
+        verdict(ratio_big.is_finite().then_some(ratio_big >= 0.90))
+    );
+    let _ = writeln!(
+        out,
+        "| Heartbeat p99 < 5 ms at {CONNS} connections | {} at {} / {} / {} | {} |",
+        p99s.iter()
+            .map(|&p| ms_f(p))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        t(n1),
+        t(n2),
+        t(n3),
+        verdict(below(worst_p99, 5000.0))
+    );
+    let _ = writeln!(
+        out,
+        "| Heartbeat p99 < 20 ms while the full listing of {} is read in a loop | {} | {} |",
+        t(n2),
+        ms_f(mixed_p99),
+        verdict(below(mixed_p99, 20_000.0))
+    );
+    let _ = writeln!(
+        out,
+        "| At most 200 B resident per instance | {:.0} B | {} |",
+        per_instance,
+        verdict(per_instance.is_finite().then_some(per_instance <= 200.0))
+    );
+    let _ = writeln!(
+        out,
+        "| Idle server under 5 MB resident | {} | {} |",
+        if idle.is_finite() {
+            bytes(idle as u64)
+        } else {
+            "n/a".into()
+        },
+        verdict(below(idle, 5e6))
+    );
+    let _ = writeln!(
+        out,
+        "| A sweep at {} instances delays no heartbeat by more than 10 ms | worst heartbeat during a sweep {} | {} |",
+        t(n3),
+        sweep_worst.map_or("n/a".to_string(), ms),
+        verdict(sweep_worst.map(|w| w <= 10_000))
+    );
+    let _ = writeln!(
+        out,
+        "| No errors | {errors} | {} |",
+        verdict(Some(errors == 0))
+    );
+    out
+}
+
+/// `Intel(R) Xeon(R) ..., 2 cores (nproc)`.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "?".to_string(), |k| k.trim().to_string());
+    format!("{cpu}, nproc {cores}, Linux {kernel}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert!(median(vec![]).is_nan());
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn formatting() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1_234_567.8), "1,234,568");
+        assert_eq!(ms(1234), "1.23 ms");
+        assert_eq!(ms(45_600), "45.6 ms");
+        assert_eq!(ms(456_000), "456 ms");
+        assert_eq!(bytes(2_500_000), "2.5 MB");
+        assert_eq!(bytes(2_600), "3 kB");
+    }
+}
