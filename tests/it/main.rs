@@ -6,5 +6,6 @@
 mod api;
 mod cli;
 mod concurrency;
+mod hardening;
 mod lifecycle;
 mod support;

@@ -1,0 +1,978 @@
+//! Issue 5: no request, connection pattern or signal takes the registry down.
+//! Every test runs the real `registro` binary on 127.0.0.1 with its periods
+//! shortened by flags, and attacks it the way a hostile or buggy client would.
+//!
+//! The figures the architecture notes quote (resident memory, heartbeat
+//! latency under attack, time to exit) are printed; run with `--nocapture`
+//! to see them.
+
+use std::io::{self, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{PoisonError, RwLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::support::{eventually, raw, read_reply, Proc};
+
+/// The load test takes this exclusively and the other tests here share it, so
+/// that heartbeat latencies are not measured while another test of this
+/// module floods the two cores.
+static HEAVY: RwLock<()> = RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    HEAVY.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    HEAVY.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+const GET_APPS: &[u8] = b"GET /registro/1.0/apps HTTP/1.1\r\nHost: t\r\n\r\n";
+const HEARTBEAT: &[u8] =
+    b"PUT /registro/1.0/apps/web/web-1 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n";
+
+/// A connection with a read timeout, so that no read in these tests blocks
+/// for ever.
+fn connect(addr: SocketAddr, read_timeout: Duration) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect to the server");
+    stream
+        .set_read_timeout(Some(read_timeout))
+        .expect("set a read timeout");
+    stream
+}
+
+/// `GET /apps` on a fresh connection answers 200.
+#[track_caller]
+fn assert_serves(addr: SocketAddr) {
+    let reply = raw(
+        addr,
+        b"GET /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(reply.status, 200, "the server no longer serves: {reply:?}");
+}
+
+/// Registers application `web` with instance `web-1`, the target of `HEARTBEAT`.
+fn register(addr: SocketAddr) {
+    let app = br#"{"name":"web"}"#;
+    let instance = br#"{"id":"web-1","ip":"127.0.0.1","port":8080}"#;
+    for (path, body) in [("/apps", &app[..]), ("/apps/web", &instance[..])] {
+        let mut request = format!(
+            "POST /registro/1.0{path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        assert_eq!(raw(addr, &request).status, 201, "POST {path}");
+    }
+    assert_eq!(raw(addr, HEARTBEAT).status, 204, "first heartbeat");
+}
+
+/// How the server dealt with a connection that sent something bad.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// It answered with this status and then closed the connection.
+    Answered(u16),
+    /// It closed (or reset) the connection without a word.
+    Dropped,
+}
+
+/// Reads until the server closes the connection. Panics if it neither closes
+/// nor answers within the stream's read timeout, or if what it sent is not
+/// one well-formed response (an error response must carry a JSON error).
+#[track_caller]
+fn outcome(stream: &mut TcpStream) -> Outcome {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!(
+                    "the server neither closed the connection nor finished answering; got {:?}",
+                    String::from_utf8_lossy(&received)
+                )
+            }
+            // A reset after (or instead of) the answer.
+            Err(_) => break,
+        }
+    }
+    if received.is_empty() {
+        return Outcome::Dropped;
+    }
+    let mut reader = &received[..];
+    let reply = read_reply(&mut reader).unwrap_or_else(|| {
+        panic!(
+            "not an HTTP response: {:?}",
+            String::from_utf8_lossy(&received)
+        )
+    });
+    assert!(
+        reader.is_empty(),
+        "bytes after the response: {:?}",
+        String::from_utf8_lossy(reader)
+    );
+    if reply.status >= 400 {
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/json"),
+            "{reply:?}"
+        );
+        assert!(!reply.error().is_empty(), "{reply:?}");
+        assert_eq!(reply.header("connection"), Some("close"), "{reply:?}");
+    }
+    Outcome::Answered(reply.status)
+}
+
+/// Sends `bytes` from a second thread (a large payload would otherwise block
+/// the sender while the server, having refused it, stops reading) and reads
+/// the outcome. `then_close` half-closes the connection after sending.
+#[track_caller]
+fn attack(addr: SocketAddr, bytes: &[u8], then_close: bool) -> Outcome {
+    let mut stream = connect(addr, Duration::from_secs(5));
+    let mut writer = stream.try_clone().expect("clone the stream");
+    thread::scope(|s| {
+        s.spawn(move || {
+            // The server may close while this is still being sent.
+            if writer.write_all(bytes).is_ok() && then_close {
+                let _ = writer.shutdown(Shutdown::Write);
+            }
+        });
+        outcome(&mut stream)
+    })
+}
+
+/// A deterministic byte stream (a 64-bit linear congruential generator).
+struct Lcg(u64);
+
+impl Lcg {
+    fn byte(&mut self) -> u8 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 56) as u8
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.byte()).collect()
+    }
+}
+
+/// A resident-memory figure from /proc/PID/status, in KiB (`VmRSS:`,
+/// `VmHWM:`) or a count (`Threads:`).
+fn proc_status(server: &Proc, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
+        .expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
+}
+
+#[track_caller]
+fn assert_alive(server: &mut Proc) {
+    let status = server.child.try_wait().expect("try_wait");
+    assert!(status.is_none(), "the server exited: {status:?}");
+}
+
+// 1. Declared and chunked bodies over the 64 KiB limit.
+
+fn declaring(length: &str) -> Vec<u8> {
+    format!("POST /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nContent-Length: {length}\r\n\r\n")
+        .into_bytes()
+}
+
+#[track_caller]
+fn check_declared(addr: SocketAddr, length: &str, expected: &[Outcome]) {
+    let got = attack(addr, &declaring(length), false);
+    assert!(
+        expected.contains(&got),
+        "Content-Length: {length}: {got:?}, expected one of {expected:?}"
+    );
+}
+
+#[test]
+fn declared_lengths_over_the_limit_are_refused_without_allocating() {
+    let _guard = shared();
+    let mut server = Proc::start(&[]);
+    let addr = server.addr;
+    use Outcome::Answered;
+    check_declared(addr, "65537", &[Answered(413)]);
+    check_declared(addr, "1073741824", &[Answered(413)]);
+    check_declared(addr, "100000000000000", &[Answered(413)]);
+    check_declared(addr, "9999999999999999999", &[Answered(413)]);
+    // u64::MAX and beyond: too large either way, or not a number it can hold.
+    check_declared(
+        addr,
+        "18446744073709551615",
+        &[Answered(413), Answered(400)],
+    );
+    check_declared(
+        addr,
+        "18446744073709551616",
+        &[Answered(413), Answered(400)],
+    );
+    check_declared(addr, "99999999999999999999999999999999", &[Answered(400)]);
+    check_declared(addr, "lots", &[Answered(400)]);
+    check_declared(addr, "-1", &[Answered(400)]);
+    check_declared(addr, "1e9", &[Answered(400)]);
+    check_declared(addr, "0x10000", &[Answered(400)]);
+
+    // A client that really sends its 64 KiB + 1 byte body reads the 413 too.
+    let mut big = declaring("65537");
+    big.extend(std::iter::repeat_n(b'x', 65537));
+    assert_eq!(attack(addr, &big, false), Answered(413));
+
+    // 200 such requests, eight connections at a time.
+    let lengths = [
+        "100000000000000",
+        "1073741824",
+        "9999999999999999999",
+        "65537",
+    ];
+    thread::scope(|s| {
+        for t in 0..8 {
+            s.spawn(move || {
+                for i in 0..25 {
+                    let length = lengths[(t + i) % lengths.len()];
+                    assert_eq!(attack(addr, &declaring(length), false), Answered(413));
+                }
+            });
+        }
+    });
+    let rss = server.rss_kib();
+    let peak = proc_status(&server, "VmHWM:");
+    println!("after 200 huge Content-Length requests: RSS {rss} KiB, peak {peak} KiB");
+    assert!(peak < 100 * 1024, "peak resident memory {peak} KiB");
+
+    // Chunked: refused as soon as the chunks pass 64 KiB, or when one chunk
+    // declares more.
+    let mut chunked =
+        b"POST /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    for _ in 0..5 {
+        chunked.extend_from_slice(b"4000\r\n");
+        chunked.extend(std::iter::repeat_n(b' ', 0x4000));
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(attack(addr, &chunked, false), Answered(413));
+    let one_huge_chunk = b"POST /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nffffffff\r\n";
+    assert_eq!(attack(addr, one_huge_chunk, false), Answered(413));
+    // The limit is 64 KiB exactly: a chunked body of that size is read.
+    let json = br#"{"name":"padded"}"#;
+    let at_limit = format!(
+        "POST /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{}{}\r\n0\r\n\r\n",
+        64 * 1024,
+        String::from_utf8_lossy(json),
+        " ".repeat(64 * 1024 - json.len())
+    );
+    assert_eq!(attack(addr, at_limit.as_bytes(), false), Answered(201));
+
+    assert_serves(addr);
+    assert_alive(&mut server);
+}
+
+// 2. Malformed, oversized and foreign bytes.
+
+/// A TLS 1.3 ClientHello for `localhost`, as a browser would send it to what
+/// it believes is an https port.
+fn client_hello() -> Vec<u8> {
+    let mut rng = Lcg(7);
+    let mut hello = vec![0x03, 0x03]; // legacy version TLS 1.2
+    hello.extend(rng.bytes(32)); // random
+    hello.push(32); // session id
+    hello.extend(rng.bytes(32));
+    hello.extend_from_slice(&[0x00, 0x06, 0x13, 0x01, 0x13, 0x02, 0x13, 0x03]); // suites
+    hello.extend_from_slice(&[0x01, 0x00]); // compression: null
+    let host = b"localhost";
+    let mut sni = vec![0x00, 0x00]; // extension: server_name
+    let list_len = host.len() + 3;
+    sni.extend_from_slice(&((list_len + 2) as u16).to_be_bytes());
+    sni.extend_from_slice(&(list_len as u16).to_be_bytes());
+    sni.push(0x00); // host_name
+    sni.extend_from_slice(&(host.len() as u16).to_be_bytes());
+    sni.extend_from_slice(host);
+    let versions = [0x00, 0x2b, 0x00, 0x03, 0x02, 0x03, 0x04]; // supported_versions: 1.3
+    let extensions_len = sni.len() + versions.len();
+    hello.extend_from_slice(&(extensions_len as u16).to_be_bytes());
+    hello.extend(sni);
+    hello.extend_from_slice(&versions);
+
+    let mut handshake = vec![0x01]; // ClientHello
+    handshake.extend_from_slice(&(hello.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(hello);
+    let mut record = vec![0x16, 0x03, 0x01]; // handshake record, TLS 1.0
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend(handshake);
+    record
+}
+
+#[track_caller]
+fn check_hostile(addr: SocketAddr, what: &str, bytes: &[u8], expected: &[Outcome]) {
+    check_hostile_then(addr, what, bytes, false, expected);
+}
+
+#[track_caller]
+fn check_hostile_then(
+    addr: SocketAddr,
+    what: &str,
+    bytes: &[u8],
+    then_close: bool,
+    expected: &[Outcome],
+) {
+    let got = attack(addr, bytes, then_close);
+    assert!(
+        expected.contains(&got),
+        "{what}: {got:?}, expected one of {expected:?}"
+    );
+    assert_serves(addr);
+}
+
+#[test]
+fn hostile_bytes_get_a_4xx_or_a_closed_connection_and_the_server_keeps_serving() {
+    let _guard = shared();
+    // Requests that never end are cut off by the request timeout.
+    let mut server = Proc::start(&["--request-timeout", "0.5"]);
+    let addr = server.addr;
+    use Outcome::{Answered, Dropped};
+    let mb = 1 << 20;
+
+    let header_line = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "h".repeat(mb));
+    check_hostile(
+        addr,
+        "1 MB header line",
+        header_line.as_bytes(),
+        &[Answered(431), Dropped],
+    );
+    let request_line = format!("GET /{} HTTP/1.1\r\n\r\n", "u".repeat(mb));
+    check_hostile(
+        addr,
+        "1 MB request line",
+        request_line.as_bytes(),
+        &[Answered(414), Dropped],
+    );
+    let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X-Many: yes\r\n".repeat(200));
+    check_hostile(
+        addr,
+        "200 headers",
+        many.as_bytes(),
+        &[Answered(431), Dropped],
+    );
+    let huge_head = format!(
+        "GET / HTTP/1.1\r\n{}\r\n",
+        format!("X-Wide: {}\r\n", "w".repeat(8000)).repeat(20)
+    );
+    check_hostile(
+        addr,
+        "160 KB of headers",
+        huge_head.as_bytes(),
+        &[Answered(431), Dropped],
+    );
+
+    let garbage: &[&[u8]] = &[
+        b"HELLO\r\n\r\n",
+        b"GET\r\n\r\n",
+        b"GET /\r\n\r\n",
+        b"GET / HTTP/1.1 extra\r\n\r\n",
+        b"GET  / HTTP/1.1\r\n\r\n",
+        b" / HTTP/1.1\r\n\r\n",
+        b"G\x01T / HTTP/1.1\r\n\r\n",
+        b"GET /\xff\xfe HTTP/1.1\r\n\r\n",
+        b"GET / SPDY/3\r\n\r\n",
+        b"\r\n\r\n\r\n\r\n\r\n\r\n\r\n",
+        b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n",
+        b"GET / HTTP/1.1\r\n: empty name\r\n\r\n",
+        b"POST /registro/1.0/apps HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST /registro/1.0/apps HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /registro/1.0/apps HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /registro/1.0/apps HTTP/1.1\r\nExpect: a-miracle\r\n\r\n",
+    ];
+    for bytes in garbage {
+        let what = format!("garbage {:?}", String::from_utf8_lossy(bytes));
+        check_hostile(addr, &what, bytes, &[Answered(400), Answered(417), Dropped]);
+    }
+    // Well-formed but unsupported: the 5xx the HTTP RFCs prescribe.
+    check_hostile(
+        addr,
+        "HTTP/2.0",
+        b"GET / HTTP/2.0\r\n\r\n",
+        &[Answered(505)],
+    );
+    check_hostile(
+        addr,
+        "gzip transfer coding",
+        b"POST /registro/1.0/apps HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+        &[Answered(501)],
+    );
+    // HTTP/2 prior knowledge: its preface is a request line of its own.
+    check_hostile(
+        addr,
+        "HTTP/2 preface",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        &[Answered(505), Answered(400), Dropped],
+    );
+
+    check_hostile(
+        addr,
+        "TLS ClientHello",
+        &client_hello(),
+        &[Answered(400), Dropped],
+    );
+    for seed in 1..=4 {
+        let bytes = Lcg(seed).bytes(4096);
+        let what = format!("4 KiB of random bytes, seed {seed}");
+        check_hostile(
+            addr,
+            &what,
+            &bytes,
+            &[Answered(400), Answered(414), Dropped],
+        );
+    }
+    let mut noise = Lcg(99).bytes(64 * 1024);
+    noise.retain(|&b| b != b'\n');
+    check_hostile(
+        addr,
+        "64 KiB of random bytes without a newline",
+        &noise,
+        &[Answered(414), Dropped],
+    );
+    check_hostile(
+        addr,
+        "NUL bytes",
+        &[0u8; 1024],
+        &[Answered(400), Answered(414), Dropped],
+    );
+    check_hostile(
+        addr,
+        "NUL line",
+        b"\0\0\0\0\r\n\r\n",
+        &[Answered(400), Dropped],
+    );
+
+    // Requests that stop half-way: the client half-closes, or goes away.
+    let half_body =
+        b"POST /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nContent-Length: 50\r\n\r\n{\"name\"";
+    check_hostile_then(
+        addr,
+        "body cut short",
+        half_body,
+        true,
+        &[Answered(400), Dropped],
+    );
+    let half_head = b"GET /registro/1.0/apps HTTP/1.1\r\nHo";
+    check_hostile_then(
+        addr,
+        "headers cut short",
+        half_head,
+        true,
+        &[Answered(400), Dropped],
+    );
+    {
+        let mut gone = connect(addr, Duration::from_secs(5));
+        gone.write_all(half_head).expect("send half a request");
+    }
+    assert_serves(addr);
+
+    assert_alive(&mut server);
+}
+
+// 3. Many idle and slow connections at once.
+
+/// Raises this process's soft limit on open files to at least `needed`.
+fn raise_nofile(needed: u64) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some_and(|n| n < needed) {
+        let target = limit
+            .maximum
+            .map_or(needed, |max| max.min(needed.max(4096)));
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: limit.maximum,
+            },
+        )
+        .expect("raise RLIMIT_NOFILE");
+        assert!(
+            target >= needed,
+            "this test needs {needed} open files; the hard limit is {target}"
+        );
+    }
+}
+
+/// Whether the server still holds `stream` open: nothing to read, no EOF.
+fn held_open(stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).expect("nonblocking");
+    let mut byte = [0u8; 1];
+    let open = matches!((&*stream).read(&mut byte), Err(e) if e.kind() == ErrorKind::WouldBlock);
+    stream.set_nonblocking(false).expect("blocking");
+    open
+}
+
+#[test]
+fn heartbeats_stay_fast_under_2000_idle_and_300_slowloris_connections() {
+    const IDLE: usize = 2000;
+    const SLOW: usize = 300;
+    const BATCH: usize = 100;
+    let _guard = exclusive();
+    raise_nofile(IDLE as u64 + SLOW as u64 + 512);
+    // Slow senders are held for the whole test, not cut off at 10 s.
+    let mut server = Proc::start(&["--request-timeout", "60"]);
+    let addr = server.addr;
+    register(addr);
+    let rss_before = server.rss_kib();
+    let started = Instant::now();
+
+    // Each idle connection has had one request answered and stays open; in
+    // batches, so the kernel's accept queue never overflows.
+    let mut idle = Vec::with_capacity(IDLE);
+    while idle.len() < IDLE {
+        let mut batch: Vec<TcpStream> = (0..BATCH)
+            .map(|_| connect(addr, Duration::from_secs(10)))
+            .collect();
+        for stream in &mut batch {
+            stream.write_all(GET_APPS).expect("send");
+        }
+        for stream in batch {
+            let mut reader = BufReader::new(stream);
+            let reply = read_reply(&mut reader).expect("an answer on an idle connection");
+            assert_eq!(reply.status, 200);
+            assert_eq!(reply.header("connection"), Some("keep-alive"));
+            idle.push(reader.into_inner());
+        }
+    }
+
+    // Slowloris: each sends half a request, then one more header byte every
+    // 200 ms. One `GET /apps` after each batch is queued behind it, so its
+    // answer shows the batch was accepted.
+    let mut slow = Vec::with_capacity(SLOW);
+    while slow.len() < SLOW {
+        for _ in 0..BATCH {
+            let mut stream = connect(addr, Duration::from_secs(10));
+            stream
+                .write_all(b"GET /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+                .expect("send");
+            slow.push(stream);
+        }
+        assert_serves(addr);
+    }
+    let opened = started.elapsed();
+    // The trickler sends one byte on every slow connection each round (every
+    // 20 ms), and tells the heartbeat loop as each round starts, so that every
+    // heartbeat meets a burst of slowloris traffic.
+    let (stop, stopped) = mpsc::channel::<()>();
+    let (tick, ticks) = mpsc::channel::<()>();
+    let writers: Vec<TcpStream> = slow.iter().map(|s| s.try_clone().expect("clone")).collect();
+    let trickler = thread::spawn(move || {
+        let mut writers = writers;
+        let mut sent = 0usize;
+        while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_millis(20)) {
+            let _ = tick.send(());
+            for w in &mut writers {
+                if w.write_all(b"a").is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    });
+
+    // Heartbeats, each on a fresh connection as a restarted client would.
+    let mut latencies = Vec::with_capacity(50);
+    for _ in 0..50 {
+        ticks
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the trickler runs");
+        let t = Instant::now();
+        let mut stream = connect(addr, Duration::from_secs(5));
+        stream.write_all(HEARTBEAT).expect("send heartbeat");
+        let reply = read_reply(&mut BufReader::new(&mut stream)).expect("a heartbeat answer");
+        latencies.push(t.elapsed());
+        assert_eq!(reply.status, 204, "{reply:?}");
+    }
+    let rss_loaded = server.rss_kib();
+    let threads = proc_status(&server, "Threads:");
+
+    let _ = stop.send(());
+    let trickled = trickler.join().expect("the trickler ends");
+    let idle_open = idle.iter().filter(|s| held_open(s)).count();
+    let slow_open = slow.iter().filter(|s| held_open(s)).count();
+    assert_alive(&mut server);
+
+    latencies.sort();
+    let max = latencies[latencies.len() - 1];
+    let median = latencies[latencies.len() / 2];
+    println!(
+        "{IDLE} idle + {SLOW} slowloris connections opened in {opened:?}; \
+         server RSS {rss_before} KiB before, {rss_loaded} KiB with them open \
+         ({threads} threads); heartbeat latency median {median:?}, max {max:?}; \
+         {trickled} slowloris bytes trickled"
+    );
+    assert_eq!(idle_open, IDLE, "idle connections the server still holds");
+    assert_eq!(slow_open, SLOW, "slow connections the server still holds");
+    assert!(
+        trickled >= 50 * SLOW,
+        "the slow senders sent only {trickled} bytes"
+    );
+    for (i, latency) in latencies.iter().enumerate() {
+        assert!(
+            *latency < Duration::from_millis(500),
+            "heartbeat {i} took {latency:?}"
+        );
+    }
+    assert!(
+        rss_loaded < 256 * 1024,
+        "{rss_loaded} KiB resident with {} connections",
+        IDLE + SLOW
+    );
+}
+
+// 4. Idle and request timeouts.
+
+#[test]
+fn idle_connections_and_slow_senders_are_cut_off() {
+    let _guard = shared();
+    let server = Proc::start(&["--idle-timeout", "0.5", "--request-timeout", "0.5"]);
+    let addr = server.addr;
+
+    // An idle keep-alive connection, after one answered request.
+    let mut stream = connect(addr, Duration::from_secs(3));
+    stream.write_all(GET_APPS).expect("send");
+    let mut reader = BufReader::new(stream);
+    assert_eq!(read_reply(&mut reader).map(|r| r.status), Some(200));
+    let idle_since = Instant::now();
+    let mut stream = reader.into_inner();
+    let mut byte = [0u8; 1];
+    let closed = stream.read(&mut byte);
+    let after = idle_since.elapsed();
+    assert!(matches!(closed, Ok(0)), "{closed:?} on an idle connection");
+    assert!(
+        after >= Duration::from_millis(400) && after < Duration::from_millis(2500),
+        "an idle connection was closed after {after:?} (idle timeout 0.5 s)"
+    );
+    println!("idle keep-alive connection closed after {after:?}");
+
+    // A connection that never sends a byte.
+    let mut silent = connect(addr, Duration::from_secs(3));
+    let t = Instant::now();
+    let closed = silent.read(&mut byte);
+    assert!(matches!(closed, Ok(0)), "{closed:?} on a silent connection");
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // A slowloris sender: one byte every 100 ms (the read timeout paces it,
+    // and sees the server hang up).
+    let mut slow = connect(addr, Duration::from_millis(100));
+    let request = b"GET /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let started = Instant::now();
+    let mut cut_off = None;
+    for (i, b) in request.iter().enumerate() {
+        if slow.write_all(&[*b]).is_err() {
+            cut_off = Some(format!("write failed after {i} bytes"));
+            break;
+        }
+        match slow.read(&mut byte) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Ok(0) => {
+                cut_off = Some(format!("EOF after {i} bytes"));
+                break;
+            }
+            Ok(_) => {
+                cut_off = Some(format!("an answer after {i} bytes"));
+                break;
+            }
+            Err(e) => {
+                cut_off = Some(format!("{e} after {i} bytes"));
+                break;
+            }
+        }
+    }
+    let took = started.elapsed();
+    let how = cut_off.unwrap_or_else(|| panic!("a slow sender was never cut off ({took:?})"));
+    println!("slowloris sender cut off after {took:?}: {how}");
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(2500),
+        "a slow sender was cut off after {took:?} ({how}; request timeout 0.5 s)"
+    );
+    assert_serves(addr);
+}
+
+// 5. Out of file descriptors.
+
+#[test]
+fn running_out_of_file_descriptors_is_survived() {
+    let _guard = shared();
+    let mut command = Command::new("prlimit");
+    command.args(["--nofile=64:64", "--", env!("CARGO_BIN_EXE_registro")]);
+    let mut server = Proc::start_in(command, &[]);
+    let addr = server.addr;
+
+    // Open keep-alive connections until the server can take no more: their
+    // requests then go unanswered.
+    let mut served = Vec::new();
+    let mut waiting = Vec::new();
+    for _ in 0..200 {
+        let mut stream = connect(addr, Duration::from_millis(500));
+        stream.write_all(GET_APPS).expect("send");
+        let mut reader = BufReader::new(stream);
+        match read_reply(&mut reader) {
+            Some(reply) => {
+                assert_eq!(reply.status, 200, "{reply:?}");
+                assert!(waiting.is_empty(), "served after an unanswered one");
+                served.push(reader.into_inner());
+            }
+            None => waiting.push(reader.into_inner()),
+        }
+        if waiting.len() == 3 {
+            break;
+        }
+    }
+    println!(
+        "with 64 file descriptors the server held {} connections",
+        served.len()
+    );
+    assert_eq!(waiting.len(), 3, "the server never ran out of descriptors");
+    assert!(served.len() < 64, "{} connections served", served.len());
+    server.wait_line("cannot accept connections", Duration::from_secs(3));
+    assert_alive(&mut server);
+
+    // Freed descriptors: the waiting connections are accepted and answered,
+    // and new ones too.
+    drop(served);
+    let started = Instant::now();
+    for stream in &waiting {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+    }
+    for (i, stream) in waiting.into_iter().enumerate() {
+        let reply = read_reply(&mut BufReader::new(stream));
+        assert_eq!(
+            reply.map(|r| r.status),
+            Some(200),
+            "waiting connection {i} after descriptors were freed"
+        );
+    }
+    println!(
+        "queued connections answered {:?} after descriptors were freed",
+        started.elapsed()
+    );
+    eventually(Duration::from_secs(3), "a fresh connection served", || {
+        let mut stream = connect(addr, Duration::from_millis(500));
+        stream.write_all(GET_APPS).ok()?;
+        read_reply(&mut BufReader::new(stream)).filter(|r| r.status == 200)
+    });
+    assert_alive(&mut server);
+}
+
+// 6. SIGTERM and SIGINT.
+
+fn stops_on(signal: &str) {
+    let mut server = Proc::start(&[]);
+    let addr = server.addr;
+    register(addr);
+
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        let mut stream = connect(addr, Duration::from_secs(3));
+        stream.write_all(GET_APPS).expect("send");
+        let mut reader = BufReader::new(stream);
+        assert_eq!(read_reply(&mut reader).map(|r| r.status), Some(200));
+        idle.push(reader.into_inner());
+    }
+    // A request whose body is still on its way.
+    let mut midway = connect(addr, Duration::from_secs(3));
+    midway
+        .write_all(
+            b"POST /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{\"na",
+        )
+        .expect("send half a request");
+    // A long pipeline on a connection being served: 2,000 complete
+    // heartbeats in flight, read as they come; the signal lands in the middle
+    // once ten are answered. The request being handled is answered with
+    // `Connection: close`, so the client knows the rest were not processed.
+    // (A connection still in the kernel's accept queue at the stop is reset,
+    // as with any server that closes its listening socket.)
+    const PIPELINED: usize = 2000;
+    let pipelined = connect(addr, Duration::from_secs(3));
+    let mut writer = pipelined.try_clone().expect("clone");
+    let (ten, ten_answered) = mpsc::channel();
+    let (code, took, answers) = thread::scope(|s| {
+        s.spawn(move || {
+            // The server stops reading at the stop: the rest cannot be sent.
+            let _ = writer.write_all(&HEARTBEAT.repeat(PIPELINED));
+        });
+        let reading = s.spawn(move || {
+            let mut reader = BufReader::new(pipelined);
+            let mut answers = Vec::new();
+            while let Some(reply) = read_reply(&mut reader) {
+                answers.push(reply);
+                if answers.len() == 10 {
+                    let _ = ten.send(());
+                }
+            }
+            answers
+        });
+        ten_answered
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the pipeline is answered");
+        let signalled = Instant::now();
+        server.signal(signal);
+        let (code, _) = server.wait_exit(Duration::from_secs(5));
+        let took = signalled.elapsed();
+        (code, took, reading.join().expect("the reader ends"))
+    });
+    println!("SIG{signal} with 100 idle connections: exit code {code:?} after {took:?}");
+    assert_eq!(code, Some(0), "exit code on SIG{signal}");
+    assert!(
+        took < Duration::from_secs(1),
+        "SIG{signal}: exit took {took:?}"
+    );
+    assert!(
+        server.lines().iter().any(|l| l.ends_with("stopped")),
+        "{:?}",
+        server.lines()
+    );
+
+    println!(
+        "SIG{signal}: {} of {PIPELINED} pipelined heartbeats answered",
+        answers.len()
+    );
+    // Every answer is a heartbeat's, but the last may be the 400 of a request
+    // whose rest had not arrived when the server stopped reading. The server
+    // may also close the connection between two requests, as it closes idle
+    // ones: a client must retry unanswered pipelined requests (RFC 9112 9.3.2).
+    let (last, before) = answers.split_last().expect("ten answers at least");
+    assert!(before.iter().all(|r| r.status == 204), "{answers:?}");
+    assert!(matches!(last.status, 204 | 400), "{last:?}");
+    assert!(
+        matches!(
+            outcome(&mut midway),
+            Outcome::Answered(400) | Outcome::Dropped
+        ),
+        "the request cut short by the stop"
+    );
+    for mut stream in idle {
+        assert_eq!(stream.read(&mut [0u8; 1]).ok(), Some(0), "idle connection");
+    }
+}
+
+#[test]
+fn sigterm_stops_promptly_with_connections_open() {
+    let _guard = shared();
+    stops_on("TERM");
+}
+
+#[test]
+fn sigint_stops_promptly_with_connections_open() {
+    let _guard = shared();
+    stops_on("INT");
+}
+
+// 7. The connection limit.
+
+#[test]
+fn connections_over_the_limit_get_503_until_some_close() {
+    let _guard = shared();
+    let server = Proc::start(&["--max-connections", "50", "--threads", "2"]);
+    let addr = server.addr;
+    let keep_alive = |stream: TcpStream| -> io::Result<TcpStream> {
+        let mut stream = stream;
+        stream.write_all(GET_APPS)?;
+        let mut reader = BufReader::new(stream);
+        match read_reply(&mut reader) {
+            Some(r) if r.status == 200 => Ok(reader.into_inner()),
+            other => Err(io::Error::other(format!("{other:?}"))),
+        }
+    };
+    let mut open: Vec<TcpStream> = (0..50)
+        .map(|i| {
+            keep_alive(connect(addr, Duration::from_secs(3)))
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"))
+        })
+        .collect();
+
+    // The 51st: refused with a JSON 503 before it sends anything, and closed.
+    let mut refused = connect(addr, Duration::from_secs(3));
+    assert_eq!(outcome(&mut refused), Outcome::Answered(503));
+    // One that sends its request at once reads the 503 too.
+    let mut eager = connect(addr, Duration::from_secs(3));
+    eager.write_all(GET_APPS).expect("send");
+    let reply = read_reply(&mut BufReader::new(eager)).expect("an answer");
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert!(!reply.error().is_empty());
+
+    // Closing ten makes room for ten.
+    open.truncate(40);
+    for i in 0..10 {
+        let stream = eventually(Duration::from_secs(3), "room for a connection", || {
+            keep_alive(connect(addr, Duration::from_secs(3))).ok()
+        });
+        open.push(stream);
+        assert!(open.len() <= 50, "{i}");
+    }
+    let mut over = connect(addr, Duration::from_secs(3));
+    assert_eq!(outcome(&mut over), Outcome::Answered(503));
+}
+
+#[test]
+fn a_client_that_reads_nothing_cannot_hold_the_stop() {
+    let _guard = shared();
+    // The default request timeout (10 s), which also bounds each write.
+    let mut server = Proc::start(&[]);
+    let addr = server.addr;
+    // 300 applications with long names make `GET /apps` about 70 KB.
+    let mut setup = BufReader::new(connect(addr, Duration::from_secs(5)));
+    for i in 0..300 {
+        let body = format!(r#"{{"name":"app-{i:04}-{}"}}"#, "x".repeat(200));
+        let request = format!(
+            "POST /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        setup.get_mut().write_all(request.as_bytes()).expect("send");
+        assert_eq!(read_reply(&mut setup).map(|r| r.status), Some(201));
+    }
+    drop(setup);
+
+    // 2,000 requests for 140 MB of answers, of which it reads none: the
+    // server's writes block once the socket buffers are full.
+    let greedy = connect(addr, Duration::from_secs(5));
+    let mut writer = greedy.try_clone().expect("clone");
+    let (code, took, buffered) = thread::scope(|s| {
+        s.spawn(move || {
+            let _ = writer.write_all(&GET_APPS.repeat(2000));
+        });
+        // Full buffers: what waits unread stops growing between two polls.
+        let mut before = 0;
+        let buffered = eventually(Duration::from_secs(5), "the buffers to fill", || {
+            let now = rustix::io::ioctl_fionread(&greedy).unwrap_or(0);
+            let full = now > 0 && now == before;
+            before = now;
+            full.then_some(now)
+        });
+        let signalled = Instant::now();
+        server.signal("TERM");
+        let (code, _) = server.wait_exit(Duration::from_secs(15));
+        let took = signalled.elapsed();
+        // The process is gone: unblock the writer, if it still writes.
+        let _ = greedy.shutdown(Shutdown::Both);
+        (code, took, buffered)
+    });
+    println!(
+        "SIGTERM with {} KiB of unread answers buffered: exit code {code:?} after {took:?}",
+        buffered / 1024
+    );
+    assert_eq!(code, Some(0));
+    assert!(took < Duration::from_secs(1), "exit took {took:?}");
+}
