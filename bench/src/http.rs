@@ -102,6 +102,18 @@ impl<S: Read + Write> Conn<S> {
         }
     }
 
+    /// Waits for the peer to close (after a `Connection: close` answer),
+    /// discarding anything else it sends.
+    pub fn wait_eof(&mut self) -> io::Result<()> {
+        self.start = 0;
+        self.end = 0;
+        while self.fill_more()? > 0 {
+            self.start = 0;
+            self.end = 0;
+        }
+        Ok(())
+    }
+
     /// Makes sure a whole head (through the blank line) is buffered and
     /// returns its length.
     fn fill_head(&mut self) -> io::Result<usize> {

@@ -38,6 +38,17 @@ pub fn push_heartbeat(out: &mut Vec<u8>, i: usize) {
     out.extend_from_slice(b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n");
 }
 
+/// The same heartbeat from a client that will not reuse the connection,
+/// as one without a pool says: the server closes first (so the TIME_WAIT
+/// state, and its cost, stays with the server, as in production).
+pub fn push_heartbeat_close(out: &mut Vec<u8>, i: usize) {
+    out.extend_from_slice(b"PUT ");
+    push_instance_path(out, i);
+    out.extend_from_slice(
+        b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+}
+
 /// `POST /registro/1.0/apps/app-A` registering instance `i` at a distinct
 /// 10.x.y.z address.
 pub fn push_register(out: &mut Vec<u8>, i: usize) {
@@ -102,7 +113,37 @@ pub fn register(
         }
     }
     drop(conn);
+    pipelined(addr, fleet, conns, depth, Kind::Register)
+}
 
+/// Renews every instance of `fleet` once, pipelined like `register`, so
+/// that all are `up` (a first heartbeat is also a status change the
+/// server logs; later ones are the steady state being measured).
+pub fn renew_all(
+    addr: SocketAddr,
+    fleet: Fleet,
+    conns: usize,
+    depth: usize,
+) -> Result<Duration, String> {
+    pipelined(addr, fleet, conns, depth, Kind::Renew)
+}
+
+/// What a pipelined pass sends for each instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Register,
+    Renew,
+}
+
+/// Sends one `kind` request per instance over `conns` connections, each
+/// pipelining `depth` at a time; every answer must be the expected status.
+fn pipelined(
+    addr: SocketAddr,
+    fleet: Fleet,
+    conns: usize,
+    depth: usize,
+    kind: Kind,
+) -> Result<Duration, String> {
     let start = Instant::now();
     let failed = Arc::new(AtomicBool::new(false));
     let conns = conns.clamp(1, fleet.n.max(1));
@@ -110,7 +151,7 @@ pub fn register(
         .map(|t| {
             let failed = Arc::clone(&failed);
             thread::spawn(move || {
-                let result = register_part(addr, fleet, t, conns, depth.max(1), &failed);
+                let result = pipelined_part(addr, fleet, t, conns, depth.max(1), kind, &failed);
                 if result.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 }
@@ -122,7 +163,7 @@ pub fn register(
     for w in workers {
         let r = w
             .join()
-            .unwrap_or_else(|_| Err("registration thread panicked".to_string()));
+            .unwrap_or_else(|_| Err("pipelining thread panicked".to_string()));
         if let (Err(e), None) = (r, &first_error) {
             first_error = Some(e);
         }
@@ -133,15 +174,20 @@ pub fn register(
     }
 }
 
-/// Registers instances `t, t + stride, ...` in pipelined batches.
-fn register_part(
+/// Sends for instances `t, t + stride, ...` in pipelined batches.
+fn pipelined_part(
     addr: SocketAddr,
     fleet: Fleet,
     t: usize,
     stride: usize,
     depth: usize,
+    kind: Kind,
     failed: &AtomicBool,
 ) -> Result<(), String> {
+    let (what, expected) = match kind {
+        Kind::Register => ("register", 201),
+        Kind::Renew => ("renew", 204),
+    };
     let mut conn = Conn::connect(addr).map_err(|e| format!("connect: {e}"))?;
     let mut buf = Vec::with_capacity(depth * 200);
     let mut batch = Vec::with_capacity(depth);
@@ -150,19 +196,21 @@ fn register_part(
         buf.clear();
         batch.clear();
         while batch.len() < depth && next < fleet.n {
-            push_register(&mut buf, next);
+            match kind {
+                Kind::Register => push_register(&mut buf, next),
+                Kind::Renew => push_heartbeat(&mut buf, next),
+            }
             batch.push(next);
             next += stride;
         }
-        conn.send(&buf)
-            .map_err(|e| format!("register: send: {e}"))?;
+        conn.send(&buf).map_err(|e| format!("{what}: send: {e}"))?;
         for &i in &batch {
             let r = conn
                 .read_response(None)
-                .map_err(|e| format!("register i-{i:07}: {e}"))?;
-            if r.status != 201 {
+                .map_err(|e| format!("{what} i-{i:07}: {e}"))?;
+            if r.status != expected {
                 return Err(format!(
-                    "register i-{i:07}: status {} (expected 201)",
+                    "{what} i-{i:07}: status {} (expected {expected})",
                     r.status
                 ));
             }
@@ -190,6 +238,8 @@ pub struct Load {
     pub offset: usize,
     /// Keep every request's start and latency (for the sweep scenario).
     pub samples: bool,
+    /// Ends the measurement before `duration` when set.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// One request: when it started (µs after `Outcome::base`) and its latency (µs).
@@ -358,7 +408,11 @@ fn worker(
                                 format!("heartbeat: status {} (expected 204)", r.status),
                             );
                         }
-                        if r.close && !load.fresh {
+                        if load.fresh {
+                            // Let the server close first; a failure here is
+                            // the next connect's problem.
+                            let _ = conn.wait_eof();
+                        } else if r.close {
                             reconnect(slot, load.addr, &mut reconnects, &mut out);
                         }
                     }
@@ -382,7 +436,11 @@ fn worker(
                 }
             }
             buf.clear();
-            push_heartbeat(&mut buf, next[j] % n);
+            if load.fresh {
+                push_heartbeat_close(&mut buf, next[j] % n);
+            } else {
+                push_heartbeat(&mut buf, next[j] % n);
+            }
             next[j] += load.conns;
             requests += 1;
             match conn.send(&buf) {
@@ -393,7 +451,12 @@ fn worker(
                 }
             }
         }
-        if sending && (requests >= MAX_REQUESTS_PER_THREAD || Instant::now() >= deadline) {
+        let stopped = load
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed));
+        if sending && (stopped || requests >= MAX_REQUESTS_PER_THREAD || Instant::now() >= deadline)
+        {
             sending = false;
         }
         if !in_flight.iter().any(|&f| f) && (!sending || conns.iter().all(Option::is_none)) {

@@ -23,13 +23,15 @@ use load::{Fleet, Load, Outcome, Reader, ReaderOutcome};
 use proc::{ServerProc, Stop, Sweep};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Concurrent connections of every heartbeat measurement (issue 6).
 const CONNS: usize = 32;
 /// Registration: connections, and requests pipelined on each at a time.
-const REG_CONNS: usize = 32;
-const REG_DEPTH: usize = 1;
+const REG_CONNS: usize = 8;
+const REG_DEPTH: usize = 8;
 /// tiny_http worker threads of the baseline.
 const BASELINE_WORKERS: usize = 2;
 
@@ -80,6 +82,8 @@ pub struct Results {
     pub sweeps: Vec<(Sweep, u64)>,
     /// The heartbeat load running while the sweeps were observed.
     pub sweep_load: Option<Outcome>,
+    /// Its worst heartbeat that overlapped no sweep.
+    pub sweep_control: Option<u64>,
     /// Server processes that did not exit cleanly (0) when stopped.
     pub bad_exits: Vec<String>,
 }
@@ -106,8 +110,8 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
     let mut s = Settings {
         quick,
         server: default_server()?,
-        runs: 3,
-        secs: Duration::from_secs(if quick { 0 } else { 3 }),
+        runs: if quick { 3 } else { 5 },
+        secs: Duration::from_secs(2),
         per_thread: 4,
         sizes: if quick {
             [100, 1_000, 3_000]
@@ -254,15 +258,11 @@ fn fill(
     n: usize,
     r: &mut Results,
     memory: bool,
+    up: bool,
     began: Instant,
 ) -> Result<(), String> {
     let before = server.rss()?;
-    let took = load::register(
-        server.addr,
-        Fleet { n },
-        env_or("REG_CONNS", REG_CONNS),
-        env_or("REG_DEPTH", REG_DEPTH),
-    )?;
+    let took = load::register(server.addr, Fleet { n }, REG_CONNS, REG_DEPTH)?;
     let rate = n as f64 / took.as_secs_f64().max(1e-9);
     r.registrations.push((n, rate));
     let after = server.rss()?;
@@ -281,6 +281,17 @@ fn fill(
             report::bytes(after)
         ),
     );
+    if up {
+        let took = load::renew_all(server.addr, Fleet { n }, REG_CONNS, REG_DEPTH)?;
+        progress(
+            began,
+            format_args!(
+                "renewed each once (now up) in {:.1} s ({}/s)",
+                took.as_secs_f64(),
+                report::thousands(n as f64 / took.as_secs_f64().max(1e-9))
+            ),
+        );
+    }
     Ok(())
 }
 
@@ -294,12 +305,17 @@ fn heartbeat_load(s: &Settings, addr: std::net::SocketAddr, n: usize, offset: us
         fresh: false,
         offset,
         samples: false,
+        stop: None,
     }
 }
 
 /// Runs `load` against `server`, noting the CPU time both sides used.
 fn measure(load: &Load, server: &ServerProc, base: Instant) -> Outcome {
-    let cpu = || (proc::cpu_secs(Some(server.pid())), proc::cpu_secs(None));
+    measure_pid(load, server.pid(), base)
+}
+
+fn measure_pid(load: &Load, pid: u32, base: Instant) -> Outcome {
+    let cpu = || (proc::cpu_secs(Some(pid)), proc::cpu_secs(None));
     let before = cpu();
     let mut o = load::run(load, base);
     let after = cpu();
@@ -325,7 +341,7 @@ fn scenarios_1_to_4(s: &Settings, r: &mut Results, began: Instant) -> Result<(),
     if hb {
         for (k, &n) in s.sizes.iter().enumerate() {
             let server = start_registry(s, r, &format!("registro-{n}"), &[])?;
-            fill(&server, n, r, k == 2, began)?;
+            fill(&server, n, r, k == 2, true, began)?;
             sized.push((k, n, server));
         }
     }
@@ -376,13 +392,13 @@ fn scenarios_1_to_4(s: &Settings, r: &mut Results, began: Instant) -> Result<(),
     }
     if s.wants("mixed") && !hb {
         let server = start_registry(s, r, "registro-mixed", &[])?;
-        fill(&server, s.sizes[1], r, false, began)?;
+        fill(&server, s.sizes[1], r, false, true, began)?;
         scenario_mixed(s, r, &server, began);
         stop(server, r, "registro-mixed");
     }
     if s.wants("fresh") {
         let server = start_registry(s, r, "registro-fresh", &[])?;
-        fill(&server, s.fresh_n, r, false, began)?;
+        fill(&server, s.fresh_n, r, false, true, began)?;
         for round in 0..s.runs {
             let mut load = heartbeat_load(s, server.addr, s.fresh_n, round * 7919);
             load.fresh = true;
@@ -440,22 +456,36 @@ fn scenario_sweep(s: &Settings, r: &mut Results, began: Instant) -> Result<(), S
         s.down_after.to_string(),
     ];
     let server = start_registry(s, r, "registro-sweep", &flags)?;
-    fill(&server, n, r, true, began)?;
-    server.drain_sweeps();
+    fill(&server, n, r, true, false, began)?;
     let every = Duration::from_secs_f64(s.sweep_every);
+    let want = heavy_runs(s);
+    let stop_flag = Arc::new(AtomicBool::new(false));
     let mut load = heartbeat_load(s, server.addr, n, 0);
     load.samples = true;
-    load.duration = every * (s.runs as u32 + 1) + every / 2;
+    load.stop = Some(Arc::clone(&stop_flag));
+    load.duration = every * 20;
+    let deadline = Instant::now() + load.duration;
+    server.drain_sweeps();
+    let pid = server.pid();
     let base = Instant::now();
-    let handle = std::thread::spawn(move || load::run(&load, base));
+    let handle = std::thread::spawn(move || measure_pid(&load, pid, base));
+    // A sweep counts once it began after the load was surely running.
+    let settle = (every / 4).min(Duration::from_millis(200));
     let mut seen = Vec::new();
-    let deadline = base + every * (s.runs as u32 + 2) + Duration::from_secs(10);
-    while let Some(sweep) = server.next_sweep(deadline) {
-        seen.push(sweep);
-        if handle.is_finished() {
+    let mut complete = 0;
+    while complete < want {
+        let Some(sweep) = server.next_sweep(deadline) else {
             break;
+        };
+        let began_at = sweep
+            .at
+            .checked_sub(Duration::from_secs_f64(sweep.ms / 1000.0));
+        if began_at.is_some_and(|t| t >= base + settle) {
+            complete += 1;
         }
+        seen.push(sweep);
     }
+    stop_flag.store(true, Ordering::Relaxed);
     let o = handle
         .join()
         .map_err(|_| "sweep load thread panicked".to_string())?;
@@ -466,60 +496,76 @@ fn scenario_sweep(s: &Settings, r: &mut Results, began: Instant) -> Result<(), S
         .map(|x| x.start_us + x.latency_us)
         .max()
         .unwrap_or(0);
-    for sweep in seen {
+    // Each sweep as a window of µs after `base`; the line is read just
+    // after the pass ends, and its duration is in whole ms: 1 ms of slack.
+    let window = |sweep: &Sweep| {
         let end = sweep.at.saturating_duration_since(base).as_micros() as u64;
-        // The line is read just after the pass ends; allow 1 ms of slack.
-        let start = end.saturating_sub((sweep.ms * 1000.0) as u64 + 1000);
+        (end.saturating_sub((sweep.ms * 1000.0) as u64 + 1000), end)
+    };
+    let overlaps = |x: &load::Sample, (start, end): (u64, u64)| {
+        x.start_us < end && x.start_us + x.latency_us > start
+    };
+    for sweep in &seen {
+        let (start, end) = window(sweep);
         if start < first || end > last {
             continue; // not wholly inside the measurement
         }
         let worst = o
             .samples
             .iter()
-            .filter(|x| x.start_us < end && x.start_us + x.latency_us > start)
+            .filter(|x| overlaps(x, (start, end)))
             .map(|x| x.latency_us)
             .max()
             .unwrap_or(0);
         progress(
             began,
             format_args!(
-                "sweep of {} instances: {:.1} ms, longest lock hold {:.0} us, down {}, removed {}; worst heartbeat meanwhile {}",
+                "sweep of {} instances: {:.0} ms, longest lock hold {:.0} us, down {}, removed {}; worst heartbeat meanwhile {}",
                 sweep.checked, sweep.ms, sweep.lock_us, sweep.down, sweep.removed, report::ms(worst)
             ),
         );
-        r.sweeps.push((sweep, worst));
+        r.sweeps.push((*sweep, worst));
     }
+    r.sweep_control = o
+        .samples
+        .iter()
+        .filter(|x| !seen.iter().any(|sw| overlaps(x, window(sw))))
+        .map(|x| x.latency_us)
+        .max();
     progress(
         began,
-        format_args!("heartbeats during sweeps: {}", report::summary(&o)),
+        format_args!(
+            "heartbeats while sweeping: {}; worst heartbeat outside sweeps {}",
+            report::summary(&o),
+            r.sweep_control.map_or("n/a".to_string(), report::ms)
+        ),
     );
     let mut o = o;
     o.samples = Vec::new();
     r.sweep_load = Some(o);
     stop(server, r, "registro-sweep");
-    if r.sweeps.len() < s.runs {
+    if r.sweeps.len() < want {
         progress(
             began,
-            format_args!("warning: only {} sweeps observed", r.sweeps.len()),
+            format_args!("warning: only {} whole sweeps observed", r.sweeps.len()),
         );
     }
     Ok(())
 }
 
+/// Runs for the scenarios that each need a fleet of the largest size of
+/// their own (memory) or take seconds per observation (sweep).
+fn heavy_runs(s: &Settings) -> usize {
+    s.runs.min(3)
+}
+
 /// Scenario 5's remaining runs: the largest fleet registered into fresh
 /// servers until `runs` per-instance figures exist.
 fn scenario_memory(s: &Settings, r: &mut Results, began: Instant) -> Result<(), String> {
-    while r.per_instance.len() < s.runs {
+    while r.per_instance.len() < heavy_runs(s) {
         let server = start_registry(s, r, "registro-memory", &[])?;
-        fill(&server, s.sizes[2], r, true, began)?;
+        fill(&server, s.sizes[2], r, true, false, began)?;
         stop(server, r, "registro-memory");
     }
     Ok(())
-}
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }

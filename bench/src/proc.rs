@@ -100,10 +100,16 @@ impl ServerProc {
                     let _ = tx.send(ev);
                 }
                 if let Ok(mut t) = tail2.lock() {
-                    if t.len() == TAIL {
-                        t.pop_front();
-                    }
-                    t.push_back(text.to_string());
+                    // Reuse the oldest line's allocation: servers may log a
+                    // line per request, and this thread shares the CPUs.
+                    let mut kept = if t.len() == TAIL {
+                        t.pop_front().unwrap_or_default()
+                    } else {
+                        String::new()
+                    };
+                    kept.clear();
+                    kept.push_str(text);
+                    t.push_back(kept);
                 }
             }
         });

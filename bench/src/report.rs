@@ -94,6 +94,8 @@ struct Row {
     p999: f64,
     max: f64,
     errors: u64,
+    /// Server CPU time per successful request, in µs.
+    cpu_us: f64,
     runs: usize,
 }
 
@@ -106,24 +108,26 @@ fn row<'a>(runs: impl IntoIterator<Item = &'a Outcome> + Clone) -> Row {
         p999: pick(&|o| o.hist.quantile(0.999) as f64),
         max: pick(&|o| o.hist.max() as f64),
         errors: runs.clone().into_iter().map(|o| o.errors).sum(),
+        cpu_us: pick(&|o| o.server_cpu * 1e6 / o.ok.max(1) as f64),
         runs: runs.into_iter().count(),
     }
 }
 
 fn push_row(out: &mut String, name: &str, r: &Row) {
     if r.runs == 0 {
-        let _ = writeln!(out, "| {name} | not run | | | | | |");
+        let _ = writeln!(out, "| {name} | not run | | | | | | |");
         return;
     }
     let _ = writeln!(
         out,
-        "| {name} | {} | {} | {} | {} | {} | {} |",
+        "| {name} | {} | {} | {} | {} | {} | {} | {:.1} µs |",
         thousands(r.rate),
         ms_f(r.p50),
         ms_f(r.p99),
         ms_f(r.p999),
         ms_f(r.max),
-        r.errors
+        r.errors,
+        r.cpu_us
     );
 }
 
@@ -161,34 +165,38 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
     let mut out = String::new();
     let [n1, n2, n3] = s.sizes;
     let t = |n: usize| thousands(n as f64);
-    let _ = writeln!(
-        out,
-        "\n## Registro benchmark{}\n",
-        if s.quick {
-            " (quick mode: tiny sizes, not figures)"
-        } else {
-            ""
-        }
-    );
+    let heavy = crate::heavy_runs(s);
+    let quick = if s.quick {
+        " (quick mode: tiny sizes, not representative)"
+    } else {
+        ""
+    };
+    let _ = writeln!(out, "\n## Registro benchmark{quick}\n");
     let _ = writeln!(out, "Machine: {}.  ", machine());
     let _ = writeln!(
         out,
-        "Command: `make bench` (`cargo run --release -p registro-bench{}`), {:.0} s in all. Each figure is the median of {} runs \
-         of {:.1} s; {CONNS} keep-alive connections ({} per load-generator thread), one request in flight on each; \
-         the load generator shares the machine. Instances are spread over {} apps, ids `i-0000000` (9 bytes).\n",
+        "Command: `make bench` (`cargo run --release -p registro-bench{}`): {:.0} s in all.  ",
         if s.quick { " -- --quick" } else { "" },
-        elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "Every server is a fresh process on loopback. Heartbeat figures are medians of {} runs of {:.1} s, the \
+         baseline and the three fleet sizes interleaved round by round; {CONNS} keep-alive connections, one request \
+         in flight on each, driven by {} load-generator threads on the same 2 cores. Instances are spread over {} \
+         apps, ids `i-0000000` (9 bytes), and renewed once before measuring (so all are `up`). Memory and sweep \
+         figures are medians of {heavy}.\n",
         s.runs,
         s.secs.as_secs_f64(),
-        s.per_thread,
+        CONNS.div_ceil(s.per_thread),
         crate::load::APPS,
     );
 
     let _ = writeln!(
         out,
-        "| Scenario | requests/s | p50 | p99 | p99.9 | max | errors |"
+        "| Scenario | requests/s | p50 | p99 | p99.9 | max | errors | server CPU per request |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
     push_row(
         &mut out,
         "Baseline: bare tiny_http, empty 204",
@@ -221,7 +229,7 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
     push_row(
         &mut out,
         &format!(
-            "Heartbeats while listing {} instances in a loop ({:.1} listings/s of {}, each {})",
+            "Heartbeats while one more client reads the full listing of {} instances in a loop ({:.1} listings/s of {}, {} each)",
             t(n2),
             median(listings),
             bytes(listing_bytes),
@@ -232,9 +240,11 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
     push_row(
         &mut out,
         &format!(
-            "Heartbeats, {} instances, sweeping every {} s",
+            "Heartbeats, {} instances, sweeping every {} s with --down-after {} (one window, {} sweeps)",
             t(n3),
-            s.sweep_every
+            s.sweep_every,
+            s.down_after,
+            r.sweeps.len()
         ),
         &row(r.sweep_load.iter()),
     );
@@ -246,19 +256,30 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
         .map(|(_, rate)| *rate)
         .collect();
     let sweep_ms = median(r.sweeps.iter().map(|(s, _)| s.ms).collect());
-    let sweep_lock = median(r.sweeps.iter().map(|(s, _)| s.lock_us).collect());
+    let sweep_down = median(r.sweeps.iter().map(|(s, _)| s.down as f64).collect());
+    let sweep_lock = r
+        .sweeps
+        .iter()
+        .map(|(s, _)| s.lock_us)
+        .fold(f64::NAN, f64::max);
     let sweep_worst_median = median(r.sweeps.iter().map(|(_, w)| *w as f64).collect());
     let sweep_worst = r.sweeps.iter().map(|(_, w)| *w).max();
     let per_instance = median(r.per_instance.clone());
     let idle = median(r.idle_rss.iter().map(|&b| b as f64).collect());
+    let idle_text = if idle.is_finite() {
+        bytes(idle as u64)
+    } else {
+        "n/a".to_string()
+    };
     let _ = writeln!(out);
     let _ = writeln!(out, "| Other figure | median |");
     let _ = writeln!(out, "|---|---:|");
     let _ = writeln!(
         out,
-        "| Registering {} instances (pipelined, {} connections) | {}/s |",
+        "| Registering {} instances ({} connections, {} requests pipelined on each) | {}/s |",
         t(n3),
         crate::REG_CONNS,
+        crate::REG_DEPTH,
         thousands(median(regs))
     );
     let _ = writeln!(
@@ -269,26 +290,24 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
     );
     let _ = writeln!(
         out,
-        "| Resident memory of the idle server | {} |",
-        if idle.is_finite() {
-            bytes(idle as u64)
-        } else {
-            "n/a".into()
-        }
+        "| Resident memory of the idle server ({} starts) | {idle_text} |",
+        r.idle_rss.len()
     );
     let _ = writeln!(
         out,
-        "| One sweep of {} instances ({} sweeps seen) | {}, lock held at most {} at a time |",
+        "| One sweep of {} instances, marking {} down | {} (longest lock hold {}) |",
         t(n3),
-        r.sweeps.len(),
+        thousands(sweep_down),
         ms_f(sweep_ms * 1000.0),
         ms_f(sweep_lock)
     );
     let _ = writeln!(
         out,
-        "| Worst heartbeat overlapping a sweep | {} (worst of all sweeps {}) |",
+        "| Worst heartbeat overlapping a sweep | {} (worst of {} sweeps {}; worst outside sweeps, same window: {}) |",
         ms_f(sweep_worst_median),
-        sweep_worst.map_or("n/a".to_string(), ms)
+        r.sweeps.len(),
+        sweep_worst.map_or("n/a".to_string(), ms),
+        r.sweep_control.map_or("n/a".to_string(), ms)
     );
 
     // Targets.
@@ -302,26 +321,26 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
         .iter()
         .chain(r.heartbeats.iter().flatten())
         .chain(&r.fresh)
+        .chain(&r.sweep_load)
         .map(|o| o.errors)
         .sum::<u64>()
         + r.mixed
             .iter()
             .map(|(o, l)| o.errors + l.errors)
-            .sum::<u64>()
-        + r.sweep_load.as_ref().map_or(0, |o| o.errors);
+            .sum::<u64>();
     let _ = writeln!(out);
     let _ = writeln!(out, "| Target (issue 6) | measured | |");
     let _ = writeln!(out, "|---|---|---|");
     let _ = writeln!(
         out,
-        "| Heartbeats at {} instances >= 95% of the baseline | {} (median of per-round ratios) | {} |",
+        "| Heartbeats at {} instances >= 95% of the baseline | {} (median of the per-round ratios) | {} |",
         t(n1),
         pct(ratio_1k),
         verdict(ratio_1k.is_finite().then_some(ratio_1k >= 0.95))
     );
     let _ = writeln!(
         out,
-        "| Heartbeats at {} instances >= 90% of the figure at {} | {} | {} |",
+        "| Heartbeats at {} instances >= 90% of the figure at {} | {} (median of the per-round ratios) | {} |",
         t(n3),
         t(n1),
         pct(ratio_big),
@@ -354,17 +373,12 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
     );
     let _ = writeln!(
         out,
-        "| Idle server under 5 MB resident | {} | {} |",
-        if idle.is_finite() {
-            bytes(idle as u64)
-        } else {
-            "n/a".into()
-        },
+        "| Idle server under 5 MB resident | {idle_text} | {} |",
         verdict(below(idle, 5e6))
     );
     let _ = writeln!(
         out,
-        "| A sweep at {} instances delays no heartbeat by more than 10 ms | worst heartbeat during a sweep {} | {} |",
+        "| A sweep at {} instances delays no heartbeat by more than 10 ms | worst heartbeat overlapping a sweep {} | {} |",
         t(n3),
         sweep_worst.map_or("n/a".to_string(), ms),
         verdict(sweep_worst.map(|w| w <= 10_000))
