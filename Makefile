@@ -15,6 +15,8 @@ CARGOFLAGS ?=
 ADDR ?= :8080
 # More server flags for `make run`, e.g. ARGS="--down-after 5 --evict-after 20".
 ARGS ?=
+# Flags for `make bench`, e.g. BENCH_ARGS=--quick.
+BENCH_ARGS ?=
 IMAGE ?= registro:latest
 MUSL_TARGET := x86_64-unknown-linux-musl
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
@@ -59,8 +61,9 @@ docker: static ## Build the image registro:latest (IMAGE=...) from Dockerfile.sc
 	docker build -t '$(IMAGE)' '$(DOCKER_CONTEXT)'
 	@echo "image $(IMAGE): $$(docker image inspect -f '{{.Size}}' '$(IMAGE)') bytes"
 
-bench: ## Run the benchmark (release server and load generator) and print its table
-	$(CARGO) run $(CARGOFLAGS) --release -p registro-bench
+bench: ## Build the release server and load generator, run the benchmark, print its table
+	$(CARGO) build $(CARGOFLAGS) --release -p registro --bin registro
+	$(CARGO) run $(CARGOFLAGS) --release -p registro-bench -- $(BENCH_ARGS)
 
 clean: ## Remove build outputs (target/, the Docker build context)
 	$(CARGO) clean
