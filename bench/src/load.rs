@@ -8,7 +8,7 @@ use crate::http::Conn;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -240,6 +240,8 @@ pub struct Load {
     pub samples: bool,
     /// Ends the measurement before `duration` when set.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Receives the instant the measurement started (after connecting).
+    pub started: Option<Arc<OnceLock<Instant>>>,
 }
 
 /// One request: when it started (µs after `Outcome::base`) and its latency (µs).
@@ -332,6 +334,9 @@ pub fn run(load: &Load, base: Instant) -> Outcome {
         .collect();
     barrier.wait();
     let start = Instant::now();
+    if let Some(started) = &load.started {
+        let _ = started.set(start);
+    }
     let mut end = start;
     for w in workers {
         match w.join() {

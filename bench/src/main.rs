@@ -7,7 +7,7 @@
 //! with `--baseline-server`: a bare tiny_http server answering 204.
 //!
 //! Usage: `registro-bench [--quick] [--server PATH] [--runs N] [--secs S]
-//! [--per-thread K] [--only hb,fresh,mixed,sweep,memory]`;
+//! [--per-thread K] [--sweep-every S] [--down-after S] [--only hb,fresh,mixed,sweep,memory]`;
 //! `REGISTRO_BENCH_QUICK=1` is the same as `--quick`.
 
 #![forbid(unsafe_code)]
@@ -24,7 +24,7 @@ use proc::{ServerProc, Stop, Sweep};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Concurrent connections of every heartbeat measurement (issue 6).
@@ -49,9 +49,11 @@ pub struct Settings {
     pub sizes: [usize; 3],
     /// The fleet of the fresh-connection scenario (10,000).
     pub fresh_n: usize,
-    /// The sweep scenario's `--sweep-every` and `--down-after`.
+    /// The sweep scenario's `--sweep-every`, its short `--down-after`, and
+    /// the long one of its quiet run.
     pub sweep_every: f64,
     pub down_after: f64,
+    pub quiet_down_after: f64,
     pub only: Vec<String>,
 }
 
@@ -78,14 +80,23 @@ pub struct Results {
     pub mixed: Vec<(Outcome, ReaderOutcome)>,
     /// Scenario 5: bytes per instance at the largest size.
     pub per_instance: Vec<f64>,
-    /// Scenario 6: each observed sweep and the worst heartbeat overlapping it.
-    pub sweeps: Vec<(Sweep, u64)>,
-    /// The heartbeat load running while the sweeps were observed.
-    pub sweep_load: Option<Outcome>,
-    /// Its worst heartbeat that overlapped no sweep.
-    pub sweep_control: Option<u64>,
+    /// Scenario 6, once per `--down-after`.
+    pub sweeps: Vec<SweepRun>,
     /// Server processes that did not exit cleanly (0) when stopped.
     pub bad_exits: Vec<String>,
+}
+
+/// The sweeps seen while heartbeats ran against one server.
+pub struct SweepRun {
+    /// The server's `--down-after`.
+    pub down_after: f64,
+    /// Each sweep wholly inside the load, with the slowest heartbeat that
+    /// overlapped it (µs).
+    pub sweeps: Vec<(Sweep, u64)>,
+    /// The heartbeat load.
+    pub load: Outcome,
+    /// The slowest heartbeat of the same load that overlapped no sweep.
+    pub control: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -119,12 +130,13 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
             [1_000, 100_000, 1_000_000]
         },
         fresh_n: if quick { 300 } else { 10_000 },
-        sweep_every: if quick { 0.2 } else { 2.0 },
-        down_after: if quick { 0.1 } else { 1.0 },
+        sweep_every: if quick { 0.1 } else { 2.0 },
+        down_after: if quick { 0.05 } else { 1.0 },
+        quiet_down_after: 3600.0,
         only: Vec::new(),
     };
     if quick {
-        s.secs = Duration::from_millis(200);
+        s.secs = Duration::from_millis(100);
     }
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -139,11 +151,13 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
             "--runs" => s.runs = parse_num(&value("--runs")?, "--runs")?,
             "--secs" => s.secs = Duration::from_secs_f64(parse_num(&value("--secs")?, "--secs")?),
             "--per-thread" => s.per_thread = parse_num(&value("--per-thread")?, "--per-thread")?,
+            "--sweep-every" => s.sweep_every = parse_num(&value("--sweep-every")?, "--sweep-every")?,
+            "--down-after" => s.down_after = parse_num(&value("--down-after")?, "--down-after")?,
             "--only" => s.only = value("--only")?.split(',').map(str::to_string).collect(),
             "-h" | "--help" => {
                 return Err(
                     "usage: registro-bench [--quick] [--server PATH] [--runs N] [--secs S] \
-                     [--per-thread K] [--only hb,fresh,mixed,sweep,memory]"
+                     [--per-thread K] [--sweep-every S] [--down-after S] [--only hb,fresh,mixed,sweep,memory]"
                         .to_string(),
                 )
             }
@@ -197,7 +211,10 @@ fn run(s: &Settings) -> Result<(), String> {
         scenarios_1_to_4(s, &mut r, began)?;
     }
     if s.wants("sweep") {
-        scenario_sweep(s, &mut r, began)?;
+        // A quiet sweep (nothing expires) and a busy one (every instance not
+        // renewed in the last `down_after` goes down, one event each).
+        scenario_sweep(s, &mut r, s.quiet_down_after, began)?;
+        scenario_sweep(s, &mut r, s.down_after, began)?;
     }
     if s.wants("memory") {
         scenario_memory(s, &mut r, began)?;
@@ -306,6 +323,7 @@ fn heartbeat_load(s: &Settings, addr: std::net::SocketAddr, n: usize, offset: us
         offset,
         samples: false,
         stop: None,
+        started: None,
     }
 }
 
@@ -447,13 +465,20 @@ fn scenario_mixed(s: &Settings, r: &mut Results, server: &ServerProc, began: Ins
 /// Scenario 6: heartbeats at full speed over the largest fleet while the
 /// sweeper runs every `sweep_every`; each sweep is matched with the slowest
 /// heartbeat whose flight overlapped it.
-fn scenario_sweep(s: &Settings, r: &mut Results, began: Instant) -> Result<(), String> {
+fn scenario_sweep(
+    s: &Settings,
+    r: &mut Results,
+    down_after: f64,
+    began: Instant,
+) -> Result<(), String> {
     let n = s.sizes[2];
     let flags = [
         "--sweep-every".to_string(),
         s.sweep_every.to_string(),
         "--down-after".to_string(),
-        s.down_after.to_string(),
+        down_after.to_string(),
+        // One summary line per pass, even when nothing changed.
+        "--log-sweeps".to_string(),
     ];
     let server = start_registry(s, r, "registro-sweep", &flags)?;
     fill(&server, n, r, true, false, began)?;
@@ -463,24 +488,33 @@ fn scenario_sweep(s: &Settings, r: &mut Results, began: Instant) -> Result<(), S
     let mut load = heartbeat_load(s, server.addr, n, 0);
     load.samples = true;
     load.stop = Some(Arc::clone(&stop_flag));
-    load.duration = every * 20;
+    load.duration = every * 20 + Duration::from_secs(2);
+    let started = Arc::new(OnceLock::new());
+    load.started = Some(Arc::clone(&started));
     let deadline = Instant::now() + load.duration;
     server.drain_sweeps();
     let pid = server.pid();
     let base = Instant::now();
     let handle = std::thread::spawn(move || measure_pid(&load, pid, base));
-    // A sweep counts once it began after the load was surely running.
-    let settle = (every / 4).min(Duration::from_millis(200));
+    // Each sweep as a window of µs after `base`; the line is read just
+    // after the pass ends, and its duration is in whole ms: 1 ms of slack.
+    let window = |sweep: &Sweep| {
+        let end = sweep.at.saturating_duration_since(base).as_micros() as u64;
+        (end.saturating_sub((sweep.ms * 1000.0) as u64 + 1000), end)
+    };
+    // A sweep counts when it began after the measurement started.
+    let started_us = || {
+        started
+            .get()
+            .map(|t| t.saturating_duration_since(base).as_micros() as u64)
+    };
     let mut seen = Vec::new();
     let mut complete = 0;
     while complete < want {
         let Some(sweep) = server.next_sweep(deadline) else {
             break;
         };
-        let began_at = sweep
-            .at
-            .checked_sub(Duration::from_secs_f64(sweep.ms / 1000.0));
-        if began_at.is_some_and(|t| t >= base + settle) {
+        if started_us().is_some_and(|t| window(&sweep).0 >= t) {
             complete += 1;
         }
         seen.push(sweep);
@@ -489,21 +523,21 @@ fn scenario_sweep(s: &Settings, r: &mut Results, began: Instant) -> Result<(), S
     let o = handle
         .join()
         .map_err(|_| "sweep load thread panicked".to_string())?;
-    let first = o.samples.iter().map(|x| x.start_us).min().unwrap_or(0);
+    let first = started_us().unwrap_or(u64::MAX);
     let last = o
         .samples
         .iter()
         .map(|x| x.start_us + x.latency_us)
         .max()
         .unwrap_or(0);
-    // Each sweep as a window of µs after `base`; the line is read just
-    // after the pass ends, and its duration is in whole ms: 1 ms of slack.
-    let window = |sweep: &Sweep| {
-        let end = sweep.at.saturating_duration_since(base).as_micros() as u64;
-        (end.saturating_sub((sweep.ms * 1000.0) as u64 + 1000), end)
-    };
     let overlaps = |x: &load::Sample, (start, end): (u64, u64)| {
         x.start_us < end && x.start_us + x.latency_us > start
+    };
+    let mut run = SweepRun {
+        down_after,
+        sweeps: Vec::new(),
+        load: Outcome::default(),
+        control: None,
     };
     for sweep in &seen {
         let (start, end) = window(sweep);
@@ -524,9 +558,9 @@ fn scenario_sweep(s: &Settings, r: &mut Results, began: Instant) -> Result<(), S
                 sweep.checked, sweep.ms, sweep.lock_us, sweep.down, sweep.removed, report::ms(worst)
             ),
         );
-        r.sweeps.push((*sweep, worst));
+        run.sweeps.push((*sweep, worst));
     }
-    r.sweep_control = o
+    run.control = o
         .samples
         .iter()
         .filter(|x| !seen.iter().any(|sw| overlaps(x, window(sw))))
@@ -537,19 +571,19 @@ fn scenario_sweep(s: &Settings, r: &mut Results, began: Instant) -> Result<(), S
         format_args!(
             "heartbeats while sweeping: {}; worst heartbeat outside sweeps {}",
             report::summary(&o),
-            r.sweep_control.map_or("n/a".to_string(), report::ms)
+            run.control.map_or("n/a".to_string(), report::ms)
         ),
     );
-    let mut o = o;
-    o.samples = Vec::new();
-    r.sweep_load = Some(o);
-    stop(server, r, "registro-sweep");
-    if r.sweeps.len() < want {
+    run.load = o;
+    run.load.samples = Vec::new();
+    if run.sweeps.len() < want {
         progress(
             began,
-            format_args!("warning: only {} whole sweeps observed", r.sweeps.len()),
+            format_args!("warning: only {} whole sweeps observed", run.sweeps.len()),
         );
     }
+    r.sweeps.push(run);
+    stop(server, r, "registro-sweep");
     Ok(())
 }
 

@@ -237,17 +237,19 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
         ),
         &row(r.mixed.iter().map(|(o, _)| o)),
     );
-    push_row(
-        &mut out,
-        &format!(
-            "Heartbeats, {} instances, sweeping every {} s with --down-after {} (one window, {} sweeps)",
-            t(n3),
-            s.sweep_every,
-            s.down_after,
-            r.sweeps.len()
-        ),
-        &row(r.sweep_load.iter()),
-    );
+    for run in &r.sweeps {
+        push_row(
+            &mut out,
+            &format!(
+                "Heartbeats, {} instances, sweeping every {} s, --down-after {} (one window over {} sweeps)",
+                t(n3),
+                s.sweep_every,
+                run.down_after,
+                run.sweeps.len()
+            ),
+            &row([&run.load]),
+        );
+    }
 
     let regs: Vec<f64> = r
         .registrations
@@ -255,15 +257,9 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
         .filter(|(n, _)| *n == n3)
         .map(|(_, rate)| *rate)
         .collect();
-    let sweep_ms = median(r.sweeps.iter().map(|(s, _)| s.ms).collect());
-    let sweep_down = median(r.sweeps.iter().map(|(s, _)| s.down as f64).collect());
-    let sweep_lock = r
-        .sweeps
-        .iter()
-        .map(|(s, _)| s.lock_us)
-        .fold(f64::NAN, f64::max);
-    let sweep_worst_median = median(r.sweeps.iter().map(|(_, w)| *w as f64).collect());
-    let sweep_worst = r.sweeps.iter().map(|(_, w)| *w).max();
+    let all_sweeps = || r.sweeps.iter().flat_map(|run| &run.sweeps);
+    let sweep_worst = all_sweeps().map(|(_, w)| *w).max();
+    let sweep_control = r.sweeps.iter().filter_map(|run| run.control).max();
     let per_instance = median(r.per_instance.clone());
     let idle = median(r.idle_rss.iter().map(|&b| b as f64).collect());
     let idle_text = if idle.is_finite() {
@@ -293,22 +289,33 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
         "| Resident memory of the idle server ({} starts) | {idle_text} |",
         r.idle_rss.len()
     );
-    let _ = writeln!(
-        out,
-        "| One sweep of {} instances, marking {} down | {} (longest lock hold {}) |",
-        t(n3),
-        thousands(sweep_down),
-        ms_f(sweep_ms * 1000.0),
-        ms_f(sweep_lock)
-    );
-    let _ = writeln!(
-        out,
-        "| Worst heartbeat overlapping a sweep | {} (worst of {} sweeps {}; worst outside sweeps, same window: {}) |",
-        ms_f(sweep_worst_median),
-        r.sweeps.len(),
-        sweep_worst.map_or("n/a".to_string(), ms),
-        r.sweep_control.map_or("n/a".to_string(), ms)
-    );
+    for run in &r.sweeps {
+        let took = median(run.sweeps.iter().map(|(s, _)| s.ms).collect());
+        let down = median(run.sweeps.iter().map(|(s, _)| s.down as f64).collect());
+        let lock = run
+            .sweeps
+            .iter()
+            .map(|(s, _)| s.lock_us)
+            .fold(f64::NAN, f64::max);
+        let worst = median(run.sweeps.iter().map(|(_, w)| *w as f64).collect());
+        let _ = writeln!(
+            out,
+            "| One sweep of {} instances with --down-after {}: marks {} down | {}, lock held at most {} at a time |",
+            t(n3),
+            run.down_after,
+            thousands(down),
+            ms_f(took * 1000.0),
+            ms_f(lock)
+        );
+        let _ = writeln!(
+            out,
+            "| Worst heartbeat overlapping such a sweep (control: worst outside sweeps, same window) | {} (worst of {} sweeps {}; control {}) |",
+            ms_f(worst),
+            run.sweeps.len(),
+            run.sweeps.iter().map(|(_, w)| *w).max().map_or("n/a".to_string(), ms),
+            run.control.map_or("n/a".to_string(), ms)
+        );
+    }
 
     // Targets.
     let ratio_1k = median(ratios(&r.heartbeats[0], &r.baseline));
@@ -321,7 +328,7 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
         .iter()
         .chain(r.heartbeats.iter().flatten())
         .chain(&r.fresh)
-        .chain(&r.sweep_load)
+        .chain(r.sweeps.iter().map(|run| &run.load))
         .map(|o| o.errors)
         .sum::<u64>()
         + r.mixed
@@ -376,12 +383,23 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
         "| Idle server under 5 MB resident | {idle_text} | {} |",
         verdict(below(idle, 5e6))
     );
+    // The worst latency is a maximum, and on a shared 2-core machine
+    // scheduling alone sometimes exceeds 10 ms: when the same load's worst
+    // heartbeat outside every sweep exceeds it too, the sweep is not shown
+    // to be the cause.
+    let sweep_verdict = match (sweep_worst, sweep_control) {
+        (None, _) => verdict(None),
+        (Some(w), _) if w <= 10_000 => verdict(Some(true)),
+        (Some(_), Some(c)) if c > 10_000 => "inconclusive: the control also exceeds 10 ms",
+        (Some(_), _) => verdict(Some(false)),
+    };
     let _ = writeln!(
         out,
-        "| A sweep at {} instances delays no heartbeat by more than 10 ms | worst heartbeat overlapping a sweep {} | {} |",
+        "| A sweep at {} instances delays no heartbeat by more than 10 ms | worst heartbeat overlapping a sweep {}, outside sweeps {} | {} |",
         t(n3),
         sweep_worst.map_or("n/a".to_string(), ms),
-        verdict(sweep_worst.map(|w| w <= 10_000))
+        sweep_control.map_or("n/a".to_string(), ms),
+        sweep_verdict
     );
     let _ = writeln!(
         out,

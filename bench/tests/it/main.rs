@@ -1,0 +1,94 @@
+//! The benchmark end to end in quick mode against the real server, so that
+//! `make bench` cannot rot: every scenario must run, with no errors, and
+//! every figure of issue 6 must be printed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workspace's `registro` binary of this build profile, built if needed.
+fn server() -> PathBuf {
+    let bench = Path::new(env!("CARGO_BIN_EXE_registro-bench"));
+    let dir = bench.parent().unwrap_or(Path::new("."));
+    let server = dir.join("registro");
+    if !server.is_file() {
+        // `cargo test -p registro-bench` alone does not build the server.
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args([
+                "build",
+                "-p",
+                "registro",
+                "--bin",
+                "registro",
+                "--manifest-path",
+            ])
+            .arg(&manifest);
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "building the server failed: {status:?}"
+        );
+    }
+    server
+}
+
+#[test]
+fn quick_mode_runs_every_scenario_against_the_real_server() {
+    let out = Command::new(env!("CARGO_BIN_EXE_registro-bench"))
+        .arg("--quick")
+        .arg("--server")
+        .arg(server())
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => panic!("cannot run registro-bench: {e}"),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    for row in [
+        "| Baseline: bare tiny_http, empty 204 |",
+        "| Heartbeats, 100 instances |",
+        "| Heartbeats, 1,000 instances |",
+        "| Heartbeats, 3,000 instances |",
+        "| Fresh connection per heartbeat, 300 instances |",
+        "| Heartbeats while one more client reads the full listing of 1,000 instances",
+        "--down-after 3600 (one window over 3 sweeps)",
+        "--down-after 0.05 (one window over 3 sweeps)",
+        "| Registering 3,000 instances",
+        "| Resident memory per instance at 3,000 instances |",
+        "| Resident memory of the idle server",
+        "| One sweep of 3,000 instances with --down-after 3600",
+        "| One sweep of 3,000 instances with --down-after 0.05",
+        "| Heartbeats at 100 instances >= 95% of the baseline |",
+        "| Heartbeats at 3,000 instances >= 90% of the figure at 100 |",
+        "| Heartbeat p99 < 5 ms at 32 connections |",
+        "| Heartbeat p99 < 20 ms while the full listing of 1,000 is read in a loop |",
+        "| At most 200 B resident per instance |",
+        "| Idle server under 5 MB resident |",
+        "| A sweep at 3,000 instances delays no heartbeat by more than 10 ms |",
+        "| No errors | 0 | met |",
+        "Machine: ",
+        "Command: `make bench`",
+    ] {
+        assert!(
+            stdout.contains(row),
+            "missing {row:?} in:\n{stdout}\nstderr:\n{stderr}"
+        );
+    }
+    // Every figure was measured: nothing missing, nothing that failed.
+    for gap in ["not run", "not measured", "n/a", "NaN", "inf"] {
+        assert!(
+            !stdout.contains(gap),
+            "{gap:?} in:\n{stdout}\nstderr:\n{stderr}"
+        );
+    }
+}
