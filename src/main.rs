@@ -50,6 +50,11 @@ struct Flags {
     #[argh(option, default = "Duration::from_secs(10)", from_str_fn(seconds))]
     request_timeout: Duration,
 
+    /// log a summary of every sweep, not only of those that changed
+    /// something or took over 100 ms (default off)
+    #[argh(switch)]
+    log_sweeps: bool,
+
     /// print the version and exit
     #[argh(switch)]
     version: bool,
@@ -94,6 +99,7 @@ fn run() -> Result<(), String> {
         idle_timeout: flags.idle_timeout,
         request_timeout: flags.request_timeout,
         log: true,
+        log_sweeps: flags.log_sweeps,
     };
     raise_fd_limit();
     // Registered before the server starts, so no signal is missed; PID 1 in
@@ -119,6 +125,12 @@ fn listen_addr(s: &str) -> Result<SocketAddr, String> {
     }
     if !s.contains(':') {
         return Err(bad());
+    }
+    // No resolver is needed for the usual name: a FROM scratch image has no
+    // /etc/hosts, and a DNS lookup of "localhost" there fails after seconds.
+    if let Some(port) = s.strip_prefix("localhost:") {
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
     }
     s.to_socket_addrs()
         .map_err(|e| format!("invalid --addr {s:?}: {e}"))?
@@ -187,6 +199,8 @@ mod tests {
         check_addr(":0", Ok("0.0.0.0:0"));
         check_addr("127.0.0.1:8000", Ok("127.0.0.1:8000"));
         check_addr("[::1]:8000", Ok("[::1]:8000"));
+        check_addr("localhost:8000", Ok("127.0.0.1:8000"));
+        check_addr("localhost:x", Err(()));
         check_addr(":65536", Err(()));
         check_addr(":http", Err(()));
         check_addr("8080", Err(()));

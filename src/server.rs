@@ -40,6 +40,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// One line per event on stderr.
     pub log: bool,
+    /// A summary line for every sweep, not only for those that changed
+    /// something or took over 100 ms.
+    pub log_sweeps: bool,
 }
 
 impl Default for Config {
@@ -54,6 +57,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             log: true,
+            log_sweeps: false,
         }
     }
 }
@@ -115,7 +119,7 @@ impl Server {
         for _ in 0..config.threads.max(1) {
             shared.spawn_worker(None).map_err(|(e, _)| e)?;
         }
-        let sweeper = Sweeper::spawn(api, config.sweep_every)?;
+        let sweeper = Sweeper::spawn(api, config.sweep_every, config.log_sweeps)?;
         let acceptor = {
             let shared = Arc::clone(&shared);
             thread::Builder::new()

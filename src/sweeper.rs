@@ -23,14 +23,16 @@ pub struct Sweeper {
 }
 
 impl Sweeper {
-    /// Starts a thread that sweeps `api`'s registry every `every`.
-    pub fn spawn(api: Arc<Api>, every: Duration) -> io::Result<Sweeper> {
+    /// Starts a thread that sweeps `api`'s registry every `every`;
+    /// `log_every_pass` logs a summary of each pass, not only of those that
+    /// changed something or were slow.
+    pub fn spawn(api: Arc<Api>, every: Duration, log_every_pass: bool) -> io::Result<Sweeper> {
         let (stop, stopped) = mpsc::channel::<()>();
         let handle = thread::Builder::new()
             .name("registro-sweep".into())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                    if !sweep(&api, &stopped) {
+                    if !sweep(&api, &stopped, log_every_pass) {
                         return;
                     }
                 }
@@ -62,7 +64,7 @@ impl Drop for Sweeper {
 }
 
 /// One pass over the registry. Returns false when told to stop midway.
-fn sweep(api: &Api, stopped: &mpsc::Receiver<()>) -> bool {
+fn sweep(api: &Api, stopped: &mpsc::Receiver<()>, every_pass: bool) -> bool {
     let started = Instant::now();
     let mut cursor = SweepCursor::default();
     let mut stats = SweepStats::default();
@@ -88,7 +90,10 @@ fn sweep(api: &Api, stopped: &mpsc::Receiver<()>) -> bool {
         // Let the connection threads at the lock between steps.
         thread::yield_now();
     }
-    if api.logs() && stats.checked > 0 {
+    // A line when the pass changed something or took long enough to matter
+    // (or always, with `every_pass`); a quiet registry's sweeps stay silent.
+    let changed = stats.removed + stats.marked_down + stats.apps_removed > 0;
+    if api.logs() && (every_pass || changed || started.elapsed() >= Duration::from_millis(100)) {
         log::line(format_args!(
             "sweep: checked {} instances in {} ms (longest lock hold {} us), removed {}, down {}",
             stats.checked,
