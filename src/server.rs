@@ -93,6 +93,9 @@ struct Pool {
 
 /// How long a thread beyond the warm ones waits for work before it ends.
 const KEEP_WARM: Duration = Duration::from_secs(10);
+/// How long a stop waits for responses in flight before it cuts every
+/// connection.
+const STOP_GRACE: Duration = Duration::from_millis(500);
 /// Stack of a connection thread: parsing and JSON need little.
 const STACK: usize = 256 * 1024;
 
@@ -171,6 +174,25 @@ impl Server {
             std::mem::take(&mut pool.handles)
         };
         shared.work.notify_all();
+        // Responses in flight get a moment to go out; a client that does not
+        // read its answer cannot hold the stop for longer than that.
+        let deadline = Instant::now() + STOP_GRACE;
+        let mut pool = lock(&shared.pool);
+        while pool.total > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            pool = shared
+                .work
+                .wait_timeout(pool, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        drop(pool);
+        for conn in lock(&shared.conns).values() {
+            let _ = conn.shutdown(Shutdown::Both);
+        }
         for handle in handles {
             let _ = handle.join();
         }
@@ -442,6 +464,11 @@ impl Drop for Leaving<'_> {
         if !self.counted {
             let mut pool = lock(&self.shared.pool);
             pool.total = pool.total.saturating_sub(1);
+            drop(pool);
+            if self.shared.stopping() {
+                // `stop` waits for the pool to empty.
+                self.shared.work.notify_all();
+            }
         }
     }
 }
