@@ -932,18 +932,7 @@ fn a_client_that_reads_nothing_cannot_hold_the_stop() {
     // The default request timeout (10 s), which also bounds each write.
     let mut server = Proc::start(&[]);
     let addr = server.addr;
-    // 300 applications with long names make `GET /apps` about 70 KB.
-    let mut setup = BufReader::new(connect(addr, Duration::from_secs(5)));
-    for i in 0..300 {
-        let body = format!(r#"{{"name":"app-{i:04}-{}"}}"#, "x".repeat(200));
-        let request = format!(
-            "POST /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        setup.get_mut().write_all(request.as_bytes()).expect("send");
-        assert_eq!(read_reply(&mut setup).map(|r| r.status), Some(201));
-    }
-    drop(setup);
+    fill_registry(addr);
 
     // 2,000 requests for 140 MB of answers, of which it reads none: the
     // server's writes block once the socket buffers are full.
@@ -975,4 +964,84 @@ fn a_client_that_reads_nothing_cannot_hold_the_stop() {
     );
     assert_eq!(code, Some(0));
     assert!(took < Duration::from_secs(1), "exit took {took:?}");
+}
+
+/// Registers 300 applications with long names, making `GET /apps` about 70 KB.
+fn fill_registry(addr: SocketAddr) {
+    let mut setup = BufReader::new(connect(addr, Duration::from_secs(5)));
+    for i in 0..300 {
+        let body = format!(r#"{{"name":"app-{i:04}-{}"}}"#, "x".repeat(200));
+        let request = format!(
+            "POST /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        setup.get_mut().write_all(request.as_bytes()).expect("send");
+        assert_eq!(read_reply(&mut setup).map(|r| r.status), Some(201));
+    }
+}
+
+/// A client reading a stream of large answers stops reading just before the
+/// stop. Depending on where the server's write is at that moment, the write
+/// could block for the full write timeout, twice (20.4 s measured, about one
+/// round in eight, before the stop cut connections after a grace period).
+/// Each round is a new chance to land in that window.
+#[test]
+fn a_client_that_stops_reading_cannot_hold_the_stop() {
+    let _guard = shared();
+    let mut worst = Duration::ZERO;
+    for round in 0..4 {
+        let mut server = Proc::start(&[]);
+        let addr = server.addr;
+        fill_registry(addr);
+
+        // 400 answers of 70 KB asked for at once and read at about 1 MB/s
+        // (2,000 bytes, then a 2 ms pause); after 512 KiB the client stops
+        // reading, and 10 ms later the server is told to stop.
+        let slow = connect(addr, Duration::from_secs(5));
+        let mut writer = slow.try_clone().expect("clone");
+        let (pause, paused) = mpsc::channel::<()>();
+        let (progress, progressed) = mpsc::channel::<usize>();
+        let reader = thread::spawn(move || {
+            let mut slow = slow;
+            let mut buf = [0u8; 2000];
+            let mut total = 0;
+            while let Err(RecvTimeoutError::Timeout) = paused.recv_timeout(Duration::from_millis(2))
+            {
+                match slow.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+                let _ = progress.send(total);
+            }
+            let _ = progress.send(usize::MAX);
+            // Holds the connection open, unread, until the server is gone.
+            let _ = paused.recv();
+            total
+        });
+        let sender = thread::spawn(move || {
+            let _ = writer.write_all(&GET_APPS.repeat(400));
+        });
+        let _ = progressed
+            .iter()
+            .find(|&n| n >= 512 << 10)
+            .expect("answers flow");
+        let _ = pause.send(());
+        let _ = progressed.iter().find(|&n| n == usize::MAX);
+        // The reader has gone quiet: this is the attack's 10 ms pause.
+        let _ = progressed.recv_timeout(Duration::from_millis(10));
+        let signalled = Instant::now();
+        server.signal("TERM");
+        let (code, _) = server.wait_exit(Duration::from_secs(30));
+        let took = signalled.elapsed();
+        let _ = pause.send(());
+        let read = reader.join().expect("the reader ends");
+        let _ = sender.join();
+        println!(
+            "round {round}: SIGTERM after the client stopped reading: exit code {code:?} after {took:?} ({} KiB read)",
+            read / 1024
+        );
+        assert_eq!(code, Some(0));
+        worst = worst.max(took);
+    }
+    assert!(worst < Duration::from_secs(1), "exit took {worst:?}");
 }
