@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufReader, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -81,6 +81,8 @@ struct Shared {
     work: Condvar,
     conns: Mutex<HashMap<u64, Arc<TcpStream>>>,
     next_conn: AtomicU64,
+    /// Connections accepted and not yet closed (queued ones included).
+    open: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +120,7 @@ impl Server {
             work: Condvar::new(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
         });
         for _ in 0..config.threads.max(1) {
             shared.spawn_worker(None).map_err(|(e, _)| e)?;
@@ -170,6 +173,7 @@ impl Server {
         }
         let handles = {
             let mut pool = lock(&shared.pool);
+            shared.open.fetch_sub(pool.queue.len(), Ordering::SeqCst);
             pool.queue.clear();
             std::mem::take(&mut pool.handles)
         };
@@ -257,7 +261,10 @@ impl Shared {
     }
 
     fn dispatch(self: &Arc<Self>, mut stream: TcpStream) {
-        if lock(&self.conns).len() >= self.config.max_connections {
+        // Counted here, not when a thread picks the connection up, so that a
+        // burst cannot get past the limit before the threads start.
+        if self.open.fetch_add(1, Ordering::SeqCst) >= self.config.max_connections {
+            self.open.fetch_sub(1, Ordering::SeqCst);
             // Refuse without ever blocking the acceptor.
             let _ = stream.set_nonblocking(true);
             let body = api::error(503, "too many connections; try again");
@@ -365,6 +372,7 @@ impl Shared {
 
     /// Serves one connection until it closes, times out or misbehaves.
     fn serve(&self, stream: TcpStream) {
+        let _closing = Closing(&self.open);
         let stream = Arc::new(stream);
         let Some(id) = self.track(&stream) else {
             return;
@@ -470,6 +478,16 @@ impl Drop for Leaving<'_> {
                 self.shared.work.notify_all();
             }
         }
+    }
+}
+
+/// Counts a connection out of `Shared::open` however its thread is done
+/// with it.
+struct Closing<'a>(&'a AtomicUsize);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

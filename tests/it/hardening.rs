@@ -1045,3 +1045,52 @@ fn a_client_that_stops_reading_cannot_hold_the_stop() {
     }
     assert!(worst < Duration::from_secs(1), "exit took {worst:?}");
 }
+
+#[test]
+fn a_burst_of_connections_cannot_pass_the_limit() {
+    let _guard = shared();
+    let server = Proc::start(&["--max-connections", "50", "--threads", "2"]);
+    let addr = server.addr;
+    for round in 0..5 {
+        // 120 connections at once, none sending anything: the server holds
+        // 50 open and refuses the rest with a 503.
+        let burst: Vec<TcpStream> = (0..120)
+            .map(|_| connect(addr, Duration::from_secs(1)))
+            .collect();
+        let mut refused = vec![false; burst.len()];
+        let count = |refused: &[bool]| refused.iter().filter(|&&r| r).count();
+        // Polls until the 70 refusals have come, or 3 s have passed.
+        let end = Instant::now() + Duration::from_secs(3);
+        loop {
+            for (stream, refused) in burst.iter().zip(refused.iter_mut()) {
+                if !*refused {
+                    stream.set_nonblocking(true).expect("nonblocking");
+                    let mut buf = [0u8; 12];
+                    match (&*stream).read(&mut buf) {
+                        Ok(n) if buf[..n].starts_with(b"HTTP/1.1 503") => *refused = true,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        other => panic!("burst {round}: {other:?}"),
+                    }
+                }
+            }
+            if count(&refused) >= 70 || Instant::now() > end {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let held = burst
+            .iter()
+            .zip(&refused)
+            .filter(|(s, r)| !**r && held_open(s))
+            .count();
+        println!("burst {round}: {held} held, {} refused", count(&refused));
+        assert_eq!((held, count(&refused)), (50, 70), "burst {round}");
+        drop(burst);
+        // The server notices the closes before the next burst.
+        eventually(Duration::from_secs(3), "the connections to close", || {
+            let mut probe = connect(addr, Duration::from_millis(300));
+            probe.write_all(GET_APPS).ok()?;
+            read_reply(&mut BufReader::new(probe)).filter(|r| r.status == 200)
+        });
+    }
+}
