@@ -1094,3 +1094,52 @@ fn a_burst_of_connections_cannot_pass_the_limit() {
         });
     }
 }
+
+/// As PID 1 (a container's init) a process gets no default action for
+/// SIGTERM: only a handler of its own stops it. `unshare --pid --fork` makes
+/// the server PID 1 of a new PID namespace, as `docker run` does.
+#[test]
+fn sigterm_stops_the_server_as_pid_1() {
+    let _guard = shared();
+    let mut command = Command::new("unshare");
+    command.args([
+        "--pid",
+        "--fork",
+        "--kill-child",
+        env!("CARGO_BIN_EXE_registro"),
+    ]);
+    let mut server = Proc::start_in(command, &[]);
+    let outer = server.child.id();
+    let children = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
+        .expect("unshare's children");
+    let pid: u32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("registro runs under unshare");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let nspid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .expect("NSpid");
+    assert_eq!(
+        nspid.split_whitespace().last(),
+        Some("1"),
+        "registro is PID 1 in its namespace: {nspid}"
+    );
+    let reply = raw(server.addr, b"GET /registro/1.0/apps HTTP/1.1\r\n\r\n");
+    assert_eq!(reply.status, 200);
+
+    let signalled = Instant::now();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let (code, _) = server.wait_exit(Duration::from_secs(5));
+    let took = signalled.elapsed();
+    println!("SIGTERM as PID 1: exit code {code:?} after {took:?}");
+    assert_eq!(code, Some(0), "{:?}", server.lines());
+    assert!(took < Duration::from_secs(1), "exit took {took:?}");
+    assert!(server.lines().iter().any(|l| l.ends_with("stopped")));
+}
