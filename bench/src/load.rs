@@ -20,11 +20,22 @@ const MAX_REQUESTS_PER_THREAD: u64 = 100_000_000;
 const MAX_RECONNECTS: u32 = 1_000;
 
 /// The instances of one benchmark: instance `i` (0 <= i < n) has id
-/// `i-{i:07}` (9 bytes up to ten million) and belongs to app `app-{i % APPS}`.
+/// `i-{i:07}` (9 bytes up to ten million), belongs to app `app-{i % APPS}`
+/// and listens on port 8080 of a 10.x.y.z address.
 #[derive(Debug, Clone, Copy)]
 pub struct Fleet {
     /// How many instances.
     pub n: usize,
+    /// How many distinct addresses: 0 gives every instance its own (one
+    /// pod, one IP); `h` puts instance `i` on host `i % h`.
+    pub hosts: usize,
+}
+
+impl Fleet {
+    /// `n` instances, each at its own address.
+    pub fn new(n: usize) -> Fleet {
+        Fleet { n, hosts: 0 }
+    }
 }
 
 fn push_instance_path(out: &mut Vec<u8>, i: usize) {
@@ -49,14 +60,14 @@ pub fn push_heartbeat_close(out: &mut Vec<u8>, i: usize) {
     );
 }
 
-/// `POST /registro/1.0/apps/app-A` registering instance `i` at a distinct
-/// 10.x.y.z address.
-pub fn push_register(out: &mut Vec<u8>, i: usize) {
+/// `POST /registro/1.0/apps/app-A` registering instance `i` of `fleet`.
+pub fn push_register(out: &mut Vec<u8>, fleet: Fleet, i: usize) {
+    let host = if fleet.hosts == 0 { i } else { i % fleet.hosts };
     let body = format!(
         r#"{{"id":"i-{i:07}","ip":"10.{}.{}.{}","port":8080}}"#,
-        (i >> 16) & 255,
-        (i >> 8) & 255,
-        i & 255
+        (host >> 16) & 255,
+        (host >> 8) & 255,
+        host & 255
     );
     let _ = write!(
         out,
@@ -197,7 +208,7 @@ fn pipelined_part(
         batch.clear();
         while batch.len() < depth && next < fleet.n {
             match kind {
-                Kind::Register => push_register(&mut buf, next),
+                Kind::Register => push_register(&mut buf, fleet, next),
                 Kind::Renew => push_heartbeat(&mut buf, next),
             }
             batch.push(next);
@@ -578,7 +589,7 @@ mod tests {
             "PUT /registro/1.0/apps/app-7/i-1234567 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
         );
         b.clear();
-        push_register(&mut b, 258);
+        push_register(&mut b, Fleet::new(300), 258);
         let body = r#"{"id":"i-0000258","ip":"10.0.1.2","port":8080}"#;
         assert_eq!(
             String::from_utf8_lossy(&b),

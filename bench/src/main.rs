@@ -32,6 +32,8 @@ const CONNS: usize = 32;
 /// Registration: connections, and requests pipelined on each at a time.
 const REG_CONNS: usize = 8;
 const REG_DEPTH: usize = 8;
+/// Instances per address in the shared-address memory run.
+const SHARED: usize = 16;
 /// tiny_http worker threads of the baseline.
 const BASELINE_WORKERS: usize = 2;
 
@@ -80,6 +82,8 @@ pub struct Results {
     pub mixed: Vec<(Outcome, ReaderOutcome)>,
     /// Scenario 5: bytes per instance at the largest size.
     pub per_instance: Vec<f64>,
+    /// The same with `SHARED` instances per address (one run).
+    pub per_instance_shared: Option<f64>,
     /// Scenario 6, once per `--down-after`.
     pub sweeps: Vec<SweepRun>,
     /// Server processes that did not exit cleanly (0) when stopped.
@@ -268,25 +272,22 @@ fn start_baseline() -> Result<ServerProc, String> {
     }
 }
 
-/// Registers `n` instances and records the rate and, when `memory`, the
-/// resident bytes each instance added.
+/// Registers `fleet`, records the rate and returns the resident bytes each
+/// instance added; `up` then renews each once.
 fn fill(
     server: &ServerProc,
-    n: usize,
+    fleet: Fleet,
     r: &mut Results,
-    memory: bool,
     up: bool,
     began: Instant,
-) -> Result<(), String> {
+) -> Result<f64, String> {
+    let n = fleet.n;
     let before = server.rss()?;
-    let took = load::register(server.addr, Fleet { n }, REG_CONNS, REG_DEPTH)?;
+    let took = load::register(server.addr, fleet, REG_CONNS, REG_DEPTH)?;
     let rate = n as f64 / took.as_secs_f64().max(1e-9);
     r.registrations.push((n, rate));
     let after = server.rss()?;
     let per = after.saturating_sub(before) as f64 / n.max(1) as f64;
-    if memory {
-        r.per_instance.push(per);
-    }
     progress(
         began,
         format_args!(
@@ -299,7 +300,7 @@ fn fill(
         ),
     );
     if up {
-        let took = load::renew_all(server.addr, Fleet { n }, REG_CONNS, REG_DEPTH)?;
+        let took = load::renew_all(server.addr, fleet, REG_CONNS, REG_DEPTH)?;
         progress(
             began,
             format_args!(
@@ -309,13 +310,13 @@ fn fill(
             ),
         );
     }
-    Ok(())
+    Ok(per)
 }
 
 fn heartbeat_load(s: &Settings, addr: std::net::SocketAddr, n: usize, offset: usize) -> Load {
     Load {
         addr,
-        fleet: Fleet { n },
+        fleet: Fleet::new(n),
         conns: CONNS,
         per_thread: s.per_thread,
         duration: s.secs,
@@ -359,7 +360,10 @@ fn scenarios_1_to_4(s: &Settings, r: &mut Results, began: Instant) -> Result<(),
     if hb {
         for (k, &n) in s.sizes.iter().enumerate() {
             let server = start_registry(s, r, &format!("registro-{n}"), &[])?;
-            fill(&server, n, r, k == 2, true, began)?;
+            let per = fill(&server, Fleet::new(n), r, true, began)?;
+            if k == 2 {
+                r.per_instance.push(per);
+            }
             sized.push((k, n, server));
         }
     }
@@ -410,13 +414,13 @@ fn scenarios_1_to_4(s: &Settings, r: &mut Results, began: Instant) -> Result<(),
     }
     if s.wants("mixed") && !hb {
         let server = start_registry(s, r, "registro-mixed", &[])?;
-        fill(&server, s.sizes[1], r, false, true, began)?;
+        fill(&server, Fleet::new(s.sizes[1]), r, true, began)?;
         scenario_mixed(s, r, &server, began);
         stop(server, r, "registro-mixed");
     }
     if s.wants("fresh") {
         let server = start_registry(s, r, "registro-fresh", &[])?;
-        fill(&server, s.fresh_n, r, false, true, began)?;
+        fill(&server, Fleet::new(s.fresh_n), r, true, began)?;
         for round in 0..s.runs {
             let mut load = heartbeat_load(s, server.addr, s.fresh_n, round * 7919);
             load.fresh = true;
@@ -481,7 +485,8 @@ fn scenario_sweep(
         "--log-sweeps".to_string(),
     ];
     let server = start_registry(s, r, "registro-sweep", &flags)?;
-    fill(&server, n, r, true, false, began)?;
+    let per = fill(&server, Fleet::new(n), r, false, began)?;
+    r.per_instance.push(per);
     let every = Duration::from_secs_f64(s.sweep_every);
     let want = heavy_runs(s);
     let stop_flag = Arc::new(AtomicBool::new(false));
@@ -594,12 +599,22 @@ fn heavy_runs(s: &Settings) -> usize {
 }
 
 /// Scenario 5's remaining runs: the largest fleet registered into fresh
-/// servers until `runs` per-instance figures exist.
+/// servers until there are `heavy_runs` per-instance figures; then once
+/// more with 16 instances per address (as on shared hosts), since an
+/// address shared by several instances may be stored once.
 fn scenario_memory(s: &Settings, r: &mut Results, began: Instant) -> Result<(), String> {
     while r.per_instance.len() < heavy_runs(s) {
         let server = start_registry(s, r, "registro-memory", &[])?;
-        fill(&server, s.sizes[2], r, true, false, began)?;
+        let per = fill(&server, Fleet::new(s.sizes[2]), r, false, began)?;
+        r.per_instance.push(per);
         stop(server, r, "registro-memory");
     }
+    let server = start_registry(s, r, "registro-memory-shared", &[])?;
+    let fleet = Fleet {
+        n: s.sizes[2],
+        hosts: s.sizes[2] / SHARED,
+    };
+    r.per_instance_shared = Some(fill(&server, fleet, r, false, began)?);
+    stop(server, r, "registro-memory-shared");
     Ok(())
 }

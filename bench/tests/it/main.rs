@@ -65,6 +65,7 @@ fn quick_mode_runs_every_scenario_against_the_real_server() {
         "--down-after 0.05 (one window over 3 sweeps)",
         "| Registering 3,000 instances",
         "| Resident memory per instance at 3,000 instances |",
+        "| The same with 16 instances per address (one run) |",
         "| Resident memory of the idle server",
         "| One sweep of 3,000 instances with --down-after 3600",
         "| One sweep of 3,000 instances with --down-after 0.05",
