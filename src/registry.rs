@@ -19,9 +19,9 @@
 //! Apps live in a `HashMap` by name. Each app keeps its instances in a dense
 //! `Vec<Slot>` and a `HashMap` from id to slot position (the id's `Arc<str>` is
 //! shared by both: one allocation per id); removal is `swap_remove` plus one
-//! index fix, so every per-instance operation is O(1). Ip strings are interned
-//! registry-wide with a use count, so a million instances on one host share one
-//! allocation and an ip nobody uses any more is dropped at once.
+//! index fix, so every per-instance operation is O(1). Addresses of up to 22
+//! bytes are stored inline in the slot ([`Ip`]), so most instances cost one
+//! allocation (the id) besides their slot and index entry.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -59,7 +59,7 @@ pub struct InstanceView {
     /// The instance id, unique within its app.
     pub id: Arc<str>,
     /// The address the instance registered with.
-    pub ip: Arc<str>,
+    pub ip: Ip,
     /// The port the instance registered with.
     pub port: u16,
     /// The effective status at the `now` of the read.
@@ -126,7 +126,7 @@ pub enum Event {
         /// The instance id.
         id: Arc<str>,
         /// The registered address.
-        ip: Arc<str>,
+        ip: Ip,
         /// The registered port.
         port: u16,
     },
@@ -138,7 +138,7 @@ pub enum Event {
         /// The instance id.
         id: Arc<str>,
         /// The address now registered.
-        ip: Arc<str>,
+        ip: Ip,
         /// The port now registered.
         port: u16,
     },
@@ -199,18 +199,77 @@ pub struct SweepStats {
     pub apps_removed: usize,
 }
 
-/// One stored instance: 48 bytes on 64-bit targets.
+/// An instance's address as registered. Up to 22 bytes (every IPv4 address
+/// and most IPv6 ones, as text) are stored inline, so a million instances
+/// each at its own address cost no allocation for it; longer names go on the
+/// heap.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Ip(IpRepr);
+
+#[derive(Clone, PartialEq, Eq)]
+enum IpRepr {
+    Inline { len: u8, bytes: [u8; INLINE_IP] },
+    Heap(Arc<str>),
+}
+
+const INLINE_IP: usize = 22;
+
+impl Ip {
+    /// Stores `ip`, inline when it fits.
+    pub fn new(ip: &str) -> Ip {
+        match u8::try_from(ip.len()) {
+            Ok(len) if ip.len() <= INLINE_IP => {
+                let mut bytes = [0; INLINE_IP];
+                bytes[..ip.len()].copy_from_slice(ip.as_bytes());
+                Ip(IpRepr::Inline { len, bytes })
+            }
+            _ => Ip(IpRepr::Heap(Arc::from(ip))),
+        }
+    }
+
+    /// The address as text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Always whole UTF-8: copied from a `&str` of exactly `len` bytes.
+            IpRepr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            IpRepr::Heap(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for Ip {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Debug for Ip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Ip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One stored instance: 56 bytes on 64-bit targets.
 #[derive(Debug)]
 struct Slot {
     id: Arc<str>,
-    ip: Arc<str>,
+    ip: Ip,
     last_renewal: Millis,
     port: u16,
     /// Stored status; `Up` may read `Down` (see [`Slot::effective`]).
     status: Status,
 }
 
-const _: () = assert!(std::mem::size_of::<Slot>() <= 48);
+const _: () = assert!(std::mem::size_of::<Slot>() <= 56);
 
 impl Slot {
     /// The status a reader sees at `now`, or `None` if the instance expired.
@@ -307,44 +366,11 @@ impl App {
     }
 }
 
-/// Ip strings shared by all slots, with the number of slots using each.
-#[derive(Debug, Default)]
-struct Interner {
-    uses: HashMap<Arc<str>, usize>,
-}
-
-impl Interner {
-    /// The shared copy of `ip`, counted as one more use.
-    fn acquire(&mut self, ip: &str) -> Arc<str> {
-        if let Some((shared, _)) = self.uses.get_key_value(ip) {
-            let shared = shared.clone();
-            if let Some(count) = self.uses.get_mut(ip) {
-                *count += 1;
-            }
-            return shared;
-        }
-        let shared: Arc<str> = Arc::from(ip);
-        self.uses.insert(shared.clone(), 1);
-        shared
-    }
-
-    /// One use of `ip` less; forgets it after the last.
-    fn release(&mut self, ip: &str) {
-        if let Some(count) = self.uses.get_mut(ip) {
-            *count -= 1;
-            if *count == 0 {
-                self.uses.remove(ip);
-            }
-        }
-    }
-}
-
-/// The state of the server: apps, their instances and interned ips.
+/// The state of the server: apps and their instances.
 #[derive(Debug)]
 pub struct Registry {
     periods: Periods,
     apps: HashMap<Arc<str>, App>,
-    ips: Interner,
     /// Stored instances across all apps (expired ones until swept).
     instances: usize,
     next_epoch: u64,
@@ -356,7 +382,6 @@ impl Registry {
         Registry {
             periods,
             apps: HashMap::new(),
-            ips: Interner::default(),
             instances: 0,
             next_epoch: 0,
         }
@@ -447,9 +472,7 @@ impl Registry {
                 return Err(Error::InstanceExists);
             }
             if *slot.ip != *ip {
-                let ip = self.ips.acquire(ip);
-                let old = std::mem::replace(&mut slot.ip, ip);
-                self.ips.release(&old);
+                slot.ip = Ip::new(ip);
             }
             slot.port = port;
             slot.status = Status::Starting;
@@ -462,7 +485,7 @@ impl Registry {
             });
         }
         let id: Arc<str> = Arc::from(id);
-        let ip = self.ips.acquire(ip);
+        let ip = Ip::new(ip);
         app.index.insert(id.clone(), app.slots.len());
         app.slots.push(Slot {
             id: id.clone(),
@@ -577,7 +600,6 @@ impl Registry {
                 if age > periods.evict_after {
                     // The last slot moves into `pos`: examine `pos` again.
                     let removed = app.remove(pos, now);
-                    self.ips.release(&removed.ip);
                     self.instances -= 1;
                     stats.removed += 1;
                     events.push(Event::InstanceRemoved {
@@ -1105,41 +1127,31 @@ mod tests {
     }
 
     #[test]
-    fn ips_are_interned_and_freed() {
-        let mut reg = Registry::new(P);
-        reg.create_app("web", T0).unwrap();
-        for i in 0..1000 {
-            reg.register("web", &format!("w-{i}"), "10.0.0.1", 80, T0)
-                .unwrap();
+    fn ips_inline_up_to_22_bytes_then_on_the_heap() {
+        for ip in [
+            "",
+            "10.0.0.1",
+            "255.255.255.255",
+            "fe80::1",
+            "0123456789abcdef012345",
+        ] {
+            let stored = Ip::new(ip);
+            assert!(matches!(stored.0, IpRepr::Inline { .. }), "{ip}");
+            assert_eq!((stored.as_str(), stored.to_string()), (ip, ip.to_string()));
         }
-        reg.register("web", "odd", "10.0.0.2", 80, T0).unwrap();
-        assert_eq!(reg.ips.uses.len(), 2);
-        let view = reg.app("web", T0).unwrap();
-        let first = &view.instances[0].ip;
-        assert!(view.instances[..1000]
-            .iter()
-            .all(|i| Arc::ptr_eq(&i.ip, first)));
-        // Readers' copies do not count as uses.
-        assert_eq!(reg.ips.uses.get("10.0.0.1"), Some(&1000));
-
-        // Moving the only user of an ip frees it.
-        reg.take_out_of_service("web", "odd", T0 + 1).unwrap();
-        reg.register("web", "odd", "10.0.0.3", 80, T0 + 2).unwrap();
-        let mut ips: Vec<&str> = reg.ips.uses.keys().map(|ip| &**ip).collect();
-        ips.sort();
-        assert_eq!(ips, ["10.0.0.1", "10.0.0.3"]);
-
-        // Sweeping every instance away frees the rest, even while a reader
-        // still holds a view.
-        reg.renew("web", "odd", T0 + 300_000).unwrap();
-        sweep_in_steps(&mut reg, T0 + 600_001, 100);
-        assert_eq!(
-            reg.ips.uses.keys().map(|ip| &**ip).collect::<Vec<_>>(),
-            ["10.0.0.3"]
-        );
-        sweep_in_steps(&mut reg, T0 + 900_001, 100);
-        assert!(reg.ips.uses.is_empty());
-        assert_eq!(&*view.instances[0].ip, "10.0.0.1");
+        for ip in [
+            "0123456789abcdef0123456",
+            "2001:0db8:85a3:0000:0000:8a2e:0370:7334",
+            "some-host.internal.example",
+            "é".repeat(200).as_str(),
+        ] {
+            let stored = Ip::new(ip);
+            assert!(matches!(stored.0, IpRepr::Heap(_)), "{ip}");
+            assert_eq!(&*stored, ip);
+        }
+        assert_eq!(format!("{:?}", Ip::new("a\"b")), "\"a\\\"b\"");
+        assert_eq!(Ip::new("10.0.0.1"), Ip::new("10.0.0.1"));
+        assert_ne!(Ip::new("10.0.0.1"), Ip::new("10.0.0.10"));
     }
 
     #[test]
@@ -1157,7 +1169,6 @@ mod tests {
             assert_eq!(reg.renew("big", id, T0 + 2), Ok(None));
         }
         assert_eq!(reg.instance_count(), 100_000);
-        assert_eq!(reg.ips.uses.len(), 3);
         let view = reg.instance("big", "instance-99999", T0 + 3).unwrap();
         assert_eq!((view.status, view.last_renewal), (Status::Up, T0 + 2));
     }
@@ -1165,7 +1176,7 @@ mod tests {
     #[test]
     fn slot_is_small() {
         assert!(
-            std::mem::size_of::<Slot>() <= 48,
+            std::mem::size_of::<Slot>() <= 56,
             "{}",
             std::mem::size_of::<Slot>()
         );
