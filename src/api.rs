@@ -9,7 +9,7 @@ use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::http::Response;
-use crate::log;
+use crate::log::Log;
 use crate::registry::{self, AppView, InstanceView, Millis, Periods, Registry, Status};
 
 /// The path every route hangs below.
@@ -24,12 +24,12 @@ const ALLOW_INSTANCE: &str = "DELETE, GET, HEAD, PUT";
 #[derive(Debug)]
 pub struct Api {
     registry: Mutex<Registry>,
-    log: bool,
+    log: Log,
 }
 
 impl Api {
-    /// An empty registry with these periods; `log` writes one line per event.
-    pub fn new(periods: Periods, log: bool) -> Api {
+    /// An empty registry with these periods, logging one line per event.
+    pub fn new(periods: Periods, log: Log) -> Api {
         Api {
             registry: Mutex::new(Registry::new(periods)),
             log,
@@ -43,9 +43,9 @@ impl Api {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether events are logged.
-    pub fn logs(&self) -> bool {
-        self.log
+    /// Where events are logged.
+    pub fn log(&self) -> &Log {
+        &self.log
     }
 
     /// Answers one request. `now` is the current Unix time in milliseconds.
@@ -185,11 +185,9 @@ impl Api {
         Ok(Response::empty(204))
     }
 
-    /// Logs one registry event, if logging is on.
-    pub fn log_event(&self, event: &registry::Event) {
-        if self.log {
-            log::event(event);
-        }
+    /// Logs one registry event, never waiting for stderr.
+    fn log_event(&self, event: &registry::Event) {
+        self.log.event(event, false);
     }
 }
 

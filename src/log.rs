@@ -1,44 +1,186 @@
 //! Event lines on stderr, one per event, stamped in UTC as the original did
-//! (`2006/01/02 15:04:05 message`), and the HTTP `Date` header's format.
+//! (`2006/01/02 15:04:05 message`) and written by a thread of their own; and
+//! the HTTP `Date` header's format.
 
 use std::fmt;
-use std::io::Write;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::registry::Event;
 
-/// Writes one line, `YYYY/MM/DD HH:MM:SS message`, to stderr in a single write.
-pub fn line(message: fmt::Arguments<'_>) {
-    let secs = unix_secs(SystemTime::now());
-    let text = format!("{} {}\n", Civil::from_unix(secs), message);
-    // A closed stderr must not take the server down: the line is dropped.
-    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+/// Lines waiting for the logger thread; past this, a connection thread's
+/// line is dropped (and counted) rather than making it wait.
+const QUEUE: usize = 8192;
+
+type Queue = SyncSender<Option<String>>;
+
+/// Owns the thread that writes log lines to stderr, so that no connection
+/// thread ever waits on a slow stderr (a full pipe, a stalled terminal).
+/// `close` (or drop) writes what is queued and joins it.
+#[derive(Debug)]
+pub struct Logger {
+    log: Log,
+    handle: Option<JoinHandle<()>>,
 }
 
-/// Logs one registry event (names are quoted and escaped, so a client's
-/// strings cannot forge log lines).
-pub fn event(event: &Event) {
-    match event {
-        Event::AppCreated { app } => line(format_args!("application {app:?} created")),
-        Event::AppRemoved { app } => line(format_args!(
-            "application {app:?} removed: no instances for the eviction period"
-        )),
-        Event::InstanceAdded { app, id, ip, port } => line(format_args!(
-            "instance {id:?} of {app:?} added at {ip:?} port {port}"
-        )),
-        Event::InstanceReplaced { app, id, ip, port } => line(format_args!(
-            "instance {id:?} of {app:?} registered again at {ip:?} port {port}"
-        )),
-        Event::InstanceUp { app, id } => line(format_args!("instance {id:?} of {app:?} is up")),
-        Event::InstanceDown { app, id } => line(format_args!(
-            "instance {id:?} of {app:?} is down: no heartbeat"
-        )),
-        Event::InstanceOutOfService { app, id } => {
-            line(format_args!("instance {id:?} of {app:?} is out of service"))
+/// A handle to log through: cheap to clone, a no-op when logging is off.
+#[derive(Debug, Clone)]
+pub struct Log {
+    queue: Option<Queue>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Logger {
+    /// Starts the logger thread, or none when `enabled` is false.
+    pub fn start(enabled: bool) -> io::Result<Logger> {
+        let dropped = Arc::new(AtomicU64::new(0));
+        if !enabled {
+            return Ok(Logger {
+                log: Log {
+                    queue: None,
+                    dropped,
+                },
+                handle: None,
+            });
         }
-        Event::InstanceRemoved { app, id } => line(format_args!(
-            "instance {id:?} of {app:?} removed: no heartbeat for the eviction period"
-        )),
+        let (queue, lines) = mpsc::sync_channel::<Option<String>>(QUEUE);
+        let counter = Arc::clone(&dropped);
+        let handle = thread::Builder::new()
+            .name("registro-log".into())
+            .spawn(move || write_lines(&lines, &counter))?;
+        Ok(Logger {
+            log: Log {
+                queue: Some(queue),
+                dropped,
+            },
+            handle: Some(handle),
+        })
+    }
+
+    /// A handle for the threads that log.
+    pub fn log(&self) -> Log {
+        self.log.clone()
+    }
+
+    /// Writes every line queued so far and joins the thread.
+    pub fn close(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if let Some(queue) = self.log.queue.take() {
+            let _ = queue.send(None);
+        }
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Logger {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The logger thread: batches what is queued into one write.
+fn write_lines(lines: &Receiver<Option<String>>, dropped: &AtomicU64) {
+    let mut batch = String::new();
+    while let Ok(first) = lines.recv() {
+        let mut last = first.is_none();
+        batch.extend(first);
+        while !last && batch.len() < 64 * 1024 {
+            match lines.try_recv() {
+                Ok(Some(line)) => batch.push_str(&line),
+                Ok(None) => last = true,
+                Err(_) => break,
+            }
+        }
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            batch.push_str(&stamped(format_args!(
+                "{lost} log lines dropped: stderr did not keep up"
+            )));
+        }
+        // A closed stderr must not take the server down: the lines are lost.
+        let _ = io::stderr().lock().write_all(batch.as_bytes());
+        batch.clear();
+        if last {
+            return;
+        }
+    }
+}
+
+fn stamped(message: fmt::Arguments<'_>) -> String {
+    let secs = unix_secs(SystemTime::now());
+    format!("{} {}\n", Civil::from_unix(secs), message)
+}
+
+impl Log {
+    /// Whether lines go anywhere.
+    pub fn enabled(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    /// Queues one line, `YYYY/MM/DD HH:MM:SS message`, without ever waiting:
+    /// when the queue is full the line is dropped and counted.
+    pub fn line(&self, message: fmt::Arguments<'_>) {
+        if let Some(queue) = &self.queue {
+            if let Err(TrySendError::Full(_)) = queue.try_send(Some(stamped(message))) {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Queues one line, waiting for room: for the sweeper, which holds no
+    /// lock while it logs and whose events should all be written.
+    pub fn line_waiting(&self, message: fmt::Arguments<'_>) {
+        if let Some(queue) = &self.queue {
+            let _ = queue.send(Some(stamped(message)));
+        }
+    }
+
+    /// Logs one registry event (names are quoted and escaped, so a client's
+    /// strings cannot forge log lines); `wait` as in [`Log::line_waiting`].
+    pub fn event(&self, event: &Event, wait: bool) {
+        if !self.enabled() {
+            return;
+        }
+        let text = describe(event);
+        if wait {
+            self.line_waiting(format_args!("{text}"));
+        } else {
+            self.line(format_args!("{text}"));
+        }
+    }
+}
+
+fn describe(event: &Event) -> String {
+    match event {
+        Event::AppCreated { app } => format!("application {app:?} created"),
+        Event::AppRemoved { app } => {
+            format!("application {app:?} removed: no instances for the eviction period")
+        }
+        Event::InstanceAdded { app, id, ip, port } => {
+            format!("instance {id:?} of {app:?} added at {ip:?} port {port}")
+        }
+        Event::InstanceReplaced { app, id, ip, port } => {
+            format!("instance {id:?} of {app:?} registered again at {ip:?} port {port}")
+        }
+        Event::InstanceUp { app, id } => format!("instance {id:?} of {app:?} is up"),
+        Event::InstanceDown { app, id } => {
+            format!("instance {id:?} of {app:?} is down: no heartbeat")
+        }
+        Event::InstanceOutOfService { app, id } => {
+            format!("instance {id:?} of {app:?} is out of service")
+        }
+        Event::InstanceRemoved { app, id } => {
+            format!("instance {id:?} of {app:?} removed: no heartbeat for the eviction period")
+        }
     }
 }
 

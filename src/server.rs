@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::api::{self, Api};
 use crate::http;
-use crate::log;
+use crate::log::{self, Logger};
 use crate::registry::{Millis, Periods};
 use crate::sweeper::Sweeper;
 
@@ -69,6 +69,7 @@ pub struct Server {
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
     sweeper: Option<Sweeper>,
+    logger: Option<Logger>,
 }
 
 #[derive(Debug)]
@@ -110,7 +111,9 @@ impl Server {
             down_after: millis(config.down_after),
             evict_after: millis(config.evict_after),
         };
-        let api = Arc::new(Api::new(periods, config.log));
+        let logger = Logger::start(config.log)?;
+        let log = logger.log();
+        let api = Arc::new(Api::new(periods, logger.log()));
         let shared = Arc::new(Shared {
             api: Arc::clone(&api),
             config: config.clone(),
@@ -132,14 +135,13 @@ impl Server {
                 .name("registro-accept".into())
                 .spawn(move || shared.accept_loop())?
         };
-        if config.log {
-            log::line(format_args!("listening on {local_addr}"));
-        }
+        log.line(format_args!("listening on {local_addr}"));
         Ok(Server {
             local_addr,
             shared,
             acceptor: Some(acceptor),
             sweeper: Some(sweeper),
+            logger: Some(logger),
         })
     }
 
@@ -203,8 +205,9 @@ impl Server {
         if let Some(sweeper) = self.sweeper.take() {
             sweeper.stop();
         }
-        if shared.config.log {
-            log::line(format_args!("stopped"));
+        shared.api.log().line(format_args!("stopped"));
+        if let Some(logger) = self.logger.take() {
+            logger.close();
         }
     }
 }
@@ -239,10 +242,10 @@ impl Shared {
                 Err(_) if self.stopping() => return,
                 Err(e) if transient(&e) => {}
                 Err(e) => {
-                    if self.config.log
-                        && last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(10))
-                    {
-                        log::line(format_args!("cannot accept connections: {e}; retrying"));
+                    if last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        self.api
+                            .log()
+                            .line(format_args!("cannot accept connections: {e}; retrying"));
                         last_complaint = Some(Instant::now());
                     }
                     self.wait_stop(backoff);
@@ -314,9 +317,9 @@ impl Shared {
                 Ok(())
             }
             Err(e) => {
-                if self.config.log {
-                    log::line(format_args!("cannot start a connection thread: {e}"));
-                }
+                self.api
+                    .log()
+                    .line(format_args!("cannot start a connection thread: {e}"));
                 Err((e, lock(&slot).take()))
             }
         }

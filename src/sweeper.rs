@@ -8,7 +8,6 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::api::Api;
-use crate::log;
 use crate::registry::{SweepCursor, SweepStats};
 use crate::server::now_ms;
 
@@ -79,7 +78,7 @@ fn sweep(api: &Api, stopped: &mpsc::Receiver<()>, every_pass: bool) -> bool {
             done
         };
         for event in events.drain(..) {
-            api.log_event(&event);
+            api.log().event(&event, true);
         }
         if done {
             break;
@@ -93,8 +92,8 @@ fn sweep(api: &Api, stopped: &mpsc::Receiver<()>, every_pass: bool) -> bool {
     // A line when the pass changed something or took long enough to matter
     // (or always, with `every_pass`); a quiet registry's sweeps stay silent.
     let changed = stats.removed + stats.marked_down + stats.apps_removed > 0;
-    if api.logs() && (every_pass || changed || started.elapsed() >= Duration::from_millis(100)) {
-        log::line(format_args!(
+    if every_pass || changed || started.elapsed() >= Duration::from_millis(100) {
+        api.log().line_waiting(format_args!(
             "sweep: checked {} instances in {} ms (longest lock hold {} us), removed {}, down {}",
             stats.checked,
             started.elapsed().as_millis(),
