@@ -376,19 +376,9 @@ struct AppJson<'a>(&'a AppView);
 
 impl Serialize for AppJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        struct Instances<'a>(&'a [InstanceView]);
-        impl Serialize for Instances<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut seq = s.serialize_seq(Some(self.0.len()))?;
-                for i in self.0 {
-                    seq.serialize_element(&InstanceJson(i))?;
-                }
-                seq.end()
-            }
-        }
         let mut st = s.serialize_struct("App", 2)?;
         st.serialize_field("name", &*self.0.name)?;
-        st.serialize_field("instances", &Instances(&self.0.instances))?;
+        st.serialize_field("instances", &Each(&self.0.instances, InstanceJson))?;
         st.end()
     }
 }
@@ -397,19 +387,23 @@ struct AppsJson<'a>(&'a [AppView]);
 
 impl Serialize for AppsJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        struct Apps<'a>(&'a [AppView]);
-        impl Serialize for Apps<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut seq = s.serialize_seq(Some(self.0.len()))?;
-                for a in self.0 {
-                    seq.serialize_element(&AppJson(a))?;
-                }
-                seq.end()
-            }
-        }
         let mut map = s.serialize_map(Some(1))?;
-        map.serialize_entry("applications", &Apps(self.0))?;
+        map.serialize_entry("applications", &Each(self.0, AppJson))?;
         map.end()
+    }
+}
+
+/// A slice as a JSON array, each element through its wire wrapper, without
+/// building a vector of wrappers first.
+struct Each<'a, T, W>(&'a [T], fn(&'a T) -> W);
+
+impl<'a, T, W: Serialize> Serialize for Each<'a, T, W> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for item in self.0 {
+            seq.serialize_element(&(self.1)(item))?;
+        }
+        seq.end()
     }
 }
 

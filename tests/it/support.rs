@@ -84,33 +84,14 @@ pub fn raw(addr: SocketAddr, request: &[u8]) -> Reply {
 
 /// Reads one HTTP/1.1 response (Content-Length framed or empty).
 pub fn read_reply<R: BufRead>(r: &mut R) -> Option<Reply> {
-    let mut line = String::new();
-    if r.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let status: u16 = line.split(' ').nth(1)?.parse().ok()?;
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        r.read_line(&mut line).ok()?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (n, v) = l.split_once(':')?;
-        headers.push((n.trim().to_string(), v.trim().to_string()));
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .map_or(0, |(_, v)| v.parse().unwrap_or(0));
+    let mut reply = read_head(r)?;
+    let len: usize = reply
+        .header("content-length")
+        .map_or(0, |v| v.parse().unwrap_or(0));
     let mut body = vec![0; len];
     r.read_exact(&mut body).ok()?;
-    Some(Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    reply.body = String::from_utf8_lossy(&body).into_owned();
+    Some(reply)
 }
 
 /// Polls `f` until it returns `Some`, or panics after `deadline`.
