@@ -11,7 +11,7 @@
 //! ```no_run
 //! use registro_client::Client;
 //!
-//! let client = Client::new("http://localhost:8000/registro");
+//! let client = Client::new("http://localhost:8080/registro");
 //! let (app, inst) = client.register_service("service-id", "app-name", "127.0.0.1", 8080)?;
 //! let heartbeat = client.start_heartbeat(&app, &inst);
 //!
@@ -31,7 +31,7 @@
 //! use std::time::Duration;
 //! use registro_client::Client;
 //!
-//! let client = Client::builder("http://localhost:8000/registro")
+//! let client = Client::builder("http://localhost:8080/registro")
 //!     .timeout(Duration::from_secs(2))
 //!     .build();
 //! for inst in client.app("app-name")?.available_instances() {
