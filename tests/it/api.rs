@@ -137,6 +137,18 @@ pub(crate) fn instance_body(id: &str, ip: &str, port: u16) -> String {
     json!({ "id": id, "ip": ip, "port": port }).to_string()
 }
 
+/// Registers instance `id` of `app` at `ip:port`, expecting 201.
+#[track_caller]
+pub(crate) fn register(c: &mut Conn, app: &str, id: &str, ip: &str, port: u16) -> Reply {
+    check(
+        c,
+        "POST",
+        &format!("/apps/{app}"),
+        &instance_body(id, ip, port),
+        201,
+    )
+}
+
 /// A request line and headers for `target` (a whole path), with a body.
 fn request(method: &str, target: &str, body: &str) -> Vec<u8> {
     format!(
@@ -247,20 +259,8 @@ fn get_app_shows_its_instances() {
     let v = check(&mut c, "GET", "/apps/web", "", 200).json();
     assert!(assert_app(&v, "web").is_empty());
 
-    check(
-        &mut c,
-        "POST",
-        "/apps/web",
-        &instance_body("web-1", "10.0.0.7", 8080),
-        201,
-    );
-    check(
-        &mut c,
-        "POST",
-        "/apps/web",
-        &instance_body("web-2", "10.0.0.8", 9090),
-        201,
-    );
+    register(&mut c, "web", "web-1", "10.0.0.7", 8080);
+    register(&mut c, "web", "web-2", "10.0.0.8", 9090);
     check(&mut c, "PUT", "/apps/web/web-2", "", 204);
     let v = check(&mut c, "GET", "/apps/web", "", 200).json();
     let mut list = assert_app(&v, "web");
@@ -355,13 +355,7 @@ fn get_instance_shows_one_instance() {
     check(&mut c, "GET", "/apps/web/web-1", "", 404);
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     check(&mut c, "GET", "/apps/web/web-1", "", 404);
-    check(
-        &mut c,
-        "POST",
-        "/apps/web",
-        &instance_body("web-1", "10.0.0.7", 8080),
-        201,
-    );
+    register(&mut c, "web", "web-1", "10.0.0.7", 8080);
     let v = check(&mut c, "GET", "/apps/web/web-1", "", 200).json();
     assert_instance(&v, "web-1", "10.0.0.7", 8080, "starting");
     check(&mut c, "GET", "/apps/web/web-2", "", 404);
@@ -374,13 +368,7 @@ fn put_renews_an_instance() {
     check(&mut c, "PUT", "/apps/web/web-1", "", 404);
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     check(&mut c, "PUT", "/apps/web/web-1", "", 404);
-    check(
-        &mut c,
-        "POST",
-        "/apps/web",
-        &instance_body("web-1", "10.0.0.7", 8080),
-        201,
-    );
+    register(&mut c, "web", "web-1", "10.0.0.7", 8080);
 
     check(&mut c, "PUT", "/apps/web/web-1", "", 204);
     let v = check(&mut c, "GET", "/apps/web/web-1", "", 200).json();
@@ -412,13 +400,7 @@ fn delete_takes_an_instance_out_of_service() {
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     check(&mut c, "DELETE", "/apps/web/web-1", "", 404);
     for id in ["up-1", "starting-1"] {
-        check(
-            &mut c,
-            "POST",
-            "/apps/web",
-            &instance_body(id, "10.0.0.7", 80),
-            201,
-        );
+        register(&mut c, "web", id, "10.0.0.7", 80);
     }
     check(&mut c, "PUT", "/apps/web/up-1", "", 204);
     for id in ["up-1", "starting-1"] {
@@ -473,25 +455,13 @@ fn reregistration_rules() {
 
     // Out of service: replaced at the new address, and heartbeats work again.
     check(&mut c, "DELETE", "/apps/web/w", "", 204);
-    check(
-        &mut c,
-        "POST",
-        "/apps/web",
-        &instance_body("w", "10.0.0.9", 9090),
-        201,
-    );
+    register(&mut c, "web", "w", "10.0.0.9", 9090);
     let v = check(&mut c, "GET", "/apps/web/w", "", 200).json();
     assert_instance(&v, "w", "10.0.0.9", 9090, "starting");
     check(&mut c, "PUT", "/apps/web/w", "", 204);
     // Out of service, same address: back too.
     check(&mut c, "DELETE", "/apps/web/w", "", 204);
-    check(
-        &mut c,
-        "POST",
-        "/apps/web",
-        &instance_body("w", "10.0.0.9", 9090),
-        201,
-    );
+    register(&mut c, "web", "w", "10.0.0.9", 9090);
     check(&mut c, "PUT", "/apps/web/w", "", 204);
     assert_eq!(
         ids(&mut c, "web"),
@@ -504,13 +474,7 @@ fn reregistration_rules() {
 fn unsupported_methods_answer_405_with_allow() {
     let (_s, mut c) = fresh();
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
-    check(
-        &mut c,
-        "POST",
-        "/apps/web",
-        &instance_body("w", "10.0.0.1", 80),
-        201,
-    );
+    register(&mut c, "web", "w", "10.0.0.1", 80);
 
     let collection: &[&str] = &["GET", "POST"];
     let instance: &[&str] = &["GET", "PUT", "DELETE"];
@@ -694,13 +658,7 @@ fn query_strings_are_ignored() {
 fn head_answers_like_get_without_a_body() {
     let (_s, mut c) = fresh();
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
-    check(
-        &mut c,
-        "POST",
-        "/apps/web",
-        &instance_body("w", "10.0.0.1", 80),
-        201,
-    );
+    register(&mut c, "web", "w", "10.0.0.1", 80);
     for (path, status) in [
         ("/apps", 200),
         ("/apps/web", 200),
@@ -728,13 +686,7 @@ fn keep_alive_and_connection_close() {
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     for i in 0..20 {
         let id = format!("w{i}");
-        check(
-            &mut c,
-            "POST",
-            "/apps/web",
-            &instance_body(&id, "10.0.0.1", 80),
-            201,
-        );
+        register(&mut c, "web", &id, "10.0.0.1", 80);
         check(&mut c, "PUT", &format!("/apps/web/{id}"), "", 204);
     }
     assert_eq!(ids(&mut c, "web").len(), 20);
@@ -877,13 +829,7 @@ fn error_statuses_keep_the_connection_usable() {
     // open: one connection sees all of them and a success after each.
     let (_s, mut c) = fresh();
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
-    check(
-        &mut c,
-        "POST",
-        "/apps/web",
-        &instance_body("w", "10.0.0.1", 80),
-        201,
-    );
+    register(&mut c, "web", "w", "10.0.0.1", 80);
     check(&mut c, "DELETE", "/apps/web/w", "", 204);
     for (method, path, body, status) in [
         ("POST", "/apps", "{", 400),

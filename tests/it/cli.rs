@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::api::{app_body, check, instance_body};
+use crate::api::{app_body, check, register};
 use crate::support::{eventually, Conn, Proc};
 
 /// What one run of the binary printed, and how it ended.
@@ -289,13 +289,7 @@ fn one_log_line_per_event_and_none_per_heartbeat() {
     wait_for(&p, "app created", |l| {
         l.contains("shop") && l.contains("created")
     });
-    check(
-        &mut c,
-        "POST",
-        "/apps/shop",
-        &instance_body("s-1", "10.0.0.1", 80),
-        201,
-    );
+    register(&mut c, "shop", "s-1", "10.0.0.1", 80);
     wait_for(&p, "s-1 added", |l| {
         l.contains("s-1") && l.contains("added")
     });
@@ -314,13 +308,7 @@ fn one_log_line_per_event_and_none_per_heartbeat() {
     for _ in 0..20 {
         check(&mut c, "PUT", "/apps/shop/s-1", "", 204);
     }
-    check(
-        &mut c,
-        "POST",
-        "/apps/shop",
-        &instance_body("s-2", "10.0.0.2", 80),
-        201,
-    );
+    register(&mut c, "shop", "s-2", "10.0.0.2", 80);
     wait_for(&p, "s-2 added", |l| {
         l.contains("s-2") && l.contains("added")
     });

@@ -11,7 +11,7 @@ use std::thread;
 
 use serde_json::Value;
 
-use crate::api::{app_body, assert_app, check, instance_body};
+use crate::api::{app_body, assert_app, check, instance_body, register};
 use crate::support::{agent, base, start_with, Conn};
 
 const THREADS: usize = 8;
@@ -63,13 +63,7 @@ fn parallel_registrations_and_heartbeats_lose_nothing() {
         check(&mut c, "POST", "/apps", &app_body(app), 201);
     }
     check(&mut c, "POST", "/apps", &app_body("shared"), 201);
-    check(
-        &mut c,
-        "POST",
-        "/apps/shared",
-        &instance_body("hot", "10.99.0.1", 80),
-        201,
-    );
+    register(&mut c, "shared", "hot", "10.99.0.1", 80);
 
     let barrier = Barrier::new(THREADS);
     let created: Vec<u16> = thread::scope(|scope| {

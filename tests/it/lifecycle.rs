@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use registro::Server;
 use serde_json::Value;
 
-use crate::api::{app_body, assert_app, assert_instance, check, ids, instance_body};
+use crate::api::{app_body, assert_app, assert_instance, check, ids, instance_body, register};
 use crate::support::{eventually, start_with, Conn};
 
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -48,20 +48,8 @@ fn status_of(c: &mut Conn, app: &str, id: &str) -> String {
 fn starting_never_decays_to_down() {
     let (_s, mut c) = server(300, 60_000, Duration::from_millis(50));
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
-    check(
-        &mut c,
-        "POST",
-        "/apps/web",
-        &instance_body("s", "10.0.0.1", 80),
-        201,
-    );
-    check(
-        &mut c,
-        "POST",
-        "/apps/web",
-        &instance_body("u", "10.0.0.2", 80),
-        201,
-    );
+    register(&mut c, "web", "s", "10.0.0.1", 80);
+    register(&mut c, "web", "u", "10.0.0.2", 80);
     check(&mut c, "PUT", "/apps/web/u", "", 204);
     // `u` was renewed after `s` registered: once `u` reads down, `s` has been
     // silent for longer than down_after too.
@@ -82,13 +70,7 @@ fn up_reads_down_exactly_when_down_after_has_passed() {
     // The sweeper never runs during the test: the read alone decides.
     let (_s, mut c) = server(300, 60_000, HOUR);
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
-    check(
-        &mut c,
-        "POST",
-        "/apps/web",
-        &instance_body("w", "10.0.0.1", 80),
-        201,
-    );
+    register(&mut c, "web", "w", "10.0.0.1", 80);
     let renewed = Instant::now();
     check(&mut c, "PUT", "/apps/web/w", "", 204);
     let up = read(&mut c, "web", "w").expect("present");
@@ -134,13 +116,7 @@ fn every_status_is_evicted_after_evict_after() {
         check(&mut c, "POST", "/apps", &app_body("web"), 201);
         let registered = Instant::now();
         for id in ["starting", "up", "out"] {
-            check(
-                &mut c,
-                "POST",
-                "/apps/web",
-                &instance_body(id, "10.0.0.1", 80),
-                201,
-            );
+            register(&mut c, "web", id, "10.0.0.1", 80);
         }
         check(&mut c, "PUT", "/apps/web/up", "", 204);
         check(&mut c, "DELETE", "/apps/web/out", "", 204);
@@ -162,13 +138,7 @@ fn every_status_is_evicted_after_evict_after() {
         check(&mut c, "PUT", "/apps/web/up", "", 404);
         check(&mut c, "DELETE", "/apps/web/starting", "", 404);
         // The id is free again, at any address.
-        check(
-            &mut c,
-            "POST",
-            "/apps/web",
-            &instance_body("up", "10.0.0.2", 81),
-            201,
-        );
+        register(&mut c, "web", "up", "10.0.0.2", 81);
         let v = read(&mut c, "web", "up").expect("registered again");
         assert_instance(&v, "up", "10.0.0.2", 81, "starting");
     }
@@ -178,13 +148,7 @@ fn every_status_is_evicted_after_evict_after() {
 fn a_down_instance_is_replaced_at_another_address() {
     let (_s, mut c) = server(200, 60_000, HOUR);
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
-    check(
-        &mut c,
-        "POST",
-        "/apps/web",
-        &instance_body("w", "10.0.0.1", 80),
-        201,
-    );
+    register(&mut c, "web", "w", "10.0.0.1", 80);
     let renewed = Instant::now();
     check(&mut c, "PUT", "/apps/web/w", "", 204);
     let elsewhere = instance_body("w", "10.0.0.2", 8080);
@@ -215,20 +179,8 @@ fn the_sweeper_removes_applications_left_empty() {
     for app in ["empty", "busy", "drained"] {
         check(&mut c, "POST", "/apps", &app_body(app), 201);
     }
-    check(
-        &mut c,
-        "POST",
-        "/apps/busy",
-        &instance_body("b", "10.0.0.1", 80),
-        201,
-    );
-    check(
-        &mut c,
-        "POST",
-        "/apps/drained",
-        &instance_body("d", "10.0.0.1", 80),
-        201,
-    );
+    register(&mut c, "busy", "b", "10.0.0.1", 80);
+    register(&mut c, "drained", "d", "10.0.0.1", 80);
 
     // `busy` is renewed at every poll, so it never expires.
     let poll = |c: &mut Conn, app: &str| -> bool {
@@ -275,13 +227,7 @@ fn the_sweeper_removes_applications_left_empty() {
     );
     // A removed name can be created again.
     check(&mut c, "POST", "/apps", &app_body("empty"), 201);
-    check(
-        &mut c,
-        "POST",
-        "/apps/empty",
-        &instance_body("e", "10.0.0.1", 80),
-        201,
-    );
+    register(&mut c, "empty", "e", "10.0.0.1", 80);
 }
 
 #[test]
@@ -308,11 +254,5 @@ fn an_empty_app_reads_absent_exactly_when_evict_after_has_passed() {
         404,
     );
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
-    check(
-        &mut c,
-        "POST",
-        "/apps/web",
-        &instance_body("w", "10.0.0.1", 80),
-        201,
-    );
+    register(&mut c, "web", "w", "10.0.0.1", 80);
 }
