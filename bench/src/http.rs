@@ -117,21 +117,38 @@ impl<S: Read + Write> Conn<S> {
     /// Makes sure a whole head (through the blank line) is buffered and
     /// returns its length.
     fn fill_head(&mut self) -> io::Result<usize> {
+        let at = self.fill_until(
+            b"\r\n\r\n",
+            "response head too long",
+            "connection closed before a response",
+        )?;
+        Ok(at + 4)
+    }
+
+    /// Buffers bytes until `delim` is among them (never more than
+    /// `MAX_HEAD`) and returns its offset from `start`.
+    fn fill_until(
+        &mut self,
+        delim: &[u8],
+        too_long: &'static str,
+        closed: &'static str,
+    ) -> io::Result<usize> {
         let mut searched: usize = 0;
         loop {
             let avail = &self.buf[self.start..self.end];
-            let from = searched.saturating_sub(3);
-            if let Some(i) = find(&avail[from..], b"\r\n\r\n") {
-                return Ok(from + i + 4);
+            // The delimiter may straddle what was searched and what arrived.
+            let from = searched.saturating_sub(delim.len() - 1);
+            if let Some(i) = find(&avail[from..], delim) {
+                return Ok(from + i);
             }
             searched = avail.len();
             if searched > MAX_HEAD {
-                return Err(bad("response head too long"));
+                return Err(bad(too_long));
             }
             if self.fill_more()? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    "connection closed before a response",
+                    closed.to_string(),
                 ));
             }
         }
@@ -206,26 +223,14 @@ impl<S: Read + Write> Conn<S> {
     /// Reads one CRLF-terminated line (chunk size or trailer) and returns it
     /// without the CRLF, as a range of the buffer.
     fn line(&mut self) -> io::Result<(usize, usize)> {
-        let mut searched: usize = 0;
-        loop {
-            let avail = &self.buf[self.start..self.end];
-            let from = searched.saturating_sub(1);
-            if let Some(i) = find(&avail[from..], b"\r\n") {
-                let (s, e) = (self.start, self.start + from + i);
-                self.start = e + 2;
-                return Ok((s, e));
-            }
-            searched = avail.len();
-            if searched > MAX_HEAD {
-                return Err(bad("chunk line too long"));
-            }
-            if self.fill_more()? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed in a chunked body",
-                ));
-            }
-        }
+        let at = self.fill_until(
+            b"\r\n",
+            "chunk line too long",
+            "connection closed in a chunked body",
+        )?;
+        let (s, e) = (self.start, self.start + at);
+        self.start = e + 2;
+        Ok((s, e))
     }
 
     fn read_chunked(&mut self, body: &mut Option<&mut Vec<u8>>) -> io::Result<usize> {
