@@ -121,11 +121,6 @@ fn stamped(message: fmt::Arguments<'_>) -> String {
 }
 
 impl Log {
-    /// Whether lines go anywhere.
-    pub fn enabled(&self) -> bool {
-        self.queue.is_some()
-    }
-
     /// Queues one line, `YYYY/MM/DD HH:MM:SS message`, without ever waiting:
     /// when the queue is full the line is dropped and counted.
     pub fn line(&self, message: fmt::Arguments<'_>) {
@@ -147,39 +142,53 @@ impl Log {
     /// Logs one registry event (names are quoted and escaped, so a client's
     /// strings cannot forge log lines); `wait` as in [`Log::line_waiting`].
     pub fn event(&self, event: &Event, wait: bool) {
-        if !self.enabled() {
-            return;
-        }
-        let text = describe(event);
         if wait {
-            self.line_waiting(format_args!("{text}"));
+            self.line_waiting(format_args!("{}", Describe(event)));
         } else {
-            self.line(format_args!("{text}"));
+            self.line(format_args!("{}", Describe(event)));
         }
     }
 }
 
-fn describe(event: &Event) -> String {
+/// The text of an event's line, written straight into the stamped line.
+struct Describe<'a>(&'a Event);
+
+impl fmt::Display for Describe<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        describe(self.0, f)
+    }
+}
+
+fn describe(event: &Event, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     match event {
-        Event::AppCreated { app } => format!("application {app:?} created"),
+        Event::AppCreated { app } => write!(f, "application {app:?} created"),
         Event::AppRemoved { app } => {
-            format!("application {app:?} removed: no instances for the eviction period")
+            write!(
+                f,
+                "application {app:?} removed: no instances for the eviction period"
+            )
         }
         Event::InstanceAdded { app, id, ip, port } => {
-            format!("instance {id:?} of {app:?} added at {ip:?} port {port}")
+            write!(f, "instance {id:?} of {app:?} added at {ip:?} port {port}")
         }
         Event::InstanceReplaced { app, id, ip, port } => {
-            format!("instance {id:?} of {app:?} registered again at {ip:?} port {port}")
+            write!(
+                f,
+                "instance {id:?} of {app:?} registered again at {ip:?} port {port}"
+            )
         }
-        Event::InstanceUp { app, id } => format!("instance {id:?} of {app:?} is up"),
+        Event::InstanceUp { app, id } => write!(f, "instance {id:?} of {app:?} is up"),
         Event::InstanceDown { app, id } => {
-            format!("instance {id:?} of {app:?} is down: no heartbeat")
+            write!(f, "instance {id:?} of {app:?} is down: no heartbeat")
         }
         Event::InstanceOutOfService { app, id } => {
-            format!("instance {id:?} of {app:?} is out of service")
+            write!(f, "instance {id:?} of {app:?} is out of service")
         }
         Event::InstanceRemoved { app, id } => {
-            format!("instance {id:?} of {app:?} removed: no heartbeat for the eviction period")
+            write!(
+                f,
+                "instance {id:?} of {app:?} removed: no heartbeat for the eviction period"
+            )
         }
     }
 }
