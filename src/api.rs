@@ -2,13 +2,16 @@
 //! and the one mapping from registry errors to statuses. Only this module
 //! knows JSON; the registry's types do not derive `Serialize`.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::http::Response;
+use crate::auth::Access;
+use crate::clock::Now;
+use crate::http::{Request, Response};
 use crate::log::Log;
 use crate::registry::{self, AppView, InstanceView, Millis, Periods, Registry, Status};
 
@@ -21,19 +24,69 @@ const ALLOW_COLLECTION: &str = "GET, HEAD, POST";
 const ALLOW_INSTANCE: &str = "DELETE, GET, HEAD, PUT";
 
 /// The registry behind its lock, and the HTTP API in front of it.
-#[derive(Debug)]
 pub struct Api {
     registry: Mutex<Registry>,
     log: Log,
+    access: Access,
+    #[allow(dead_code)] // read once watches land
+    notify: OnceLock<Notify>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").finish_non_exhaustive()
+    }
+}
+
+/// Called with the topics whose index changed, so that the connection layer
+/// can wake the requests waiting on them. Must not block.
+pub type Notify = Box<dyn Fn(&[Topic]) + Send + Sync>;
+
+/// What a watch waits on: the whole list (`/apps`) or one application.
+#[allow(dead_code)] // built once watches land
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// `GET /registro/1.0/apps?index=N`: any change anywhere.
+    All,
+    /// `GET /registro/1.0/apps/{app}?index=N`: a change of that app.
+    App(Arc<str>),
+}
+
+/// A request that is to wait (a watch whose index has not changed yet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wait {
+    /// What it waits on.
+    pub topic: Topic,
+    /// When it is answered anyway (`?wait=`).
+    pub deadline: Instant,
+}
+
+/// What [`Api::handle`] decided.
+#[allow(dead_code)] // `Wait` once watches land
+#[derive(Debug)]
+pub enum Outcome {
+    /// Answer now.
+    Respond(Response),
+    /// Park the request; handle it again when `Notify` names its topic, when
+    /// its deadline passes (then with `answer_now`), or at shutdown (likewise).
+    Wait(Wait),
 }
 
 impl Api {
     /// An empty registry with these periods, logging one line per event.
-    pub fn new(periods: Periods, log: Log) -> Api {
+    pub fn new(periods: Periods, log: Log, access: Access) -> Api {
         Api {
             registry: Mutex::new(Registry::new(periods)),
             log,
+            access,
+            notify: OnceLock::new(),
         }
+    }
+
+    /// Sets the hook told about index changes (once; later calls are ignored).
+    #[allow(dead_code)] // called once watches land
+    pub fn set_notify(&self, notify: Notify) {
+        let _ = self.notify.set(notify);
     }
 
     /// Locks the registry. A panic elsewhere while it was held cannot leave it
@@ -48,10 +101,16 @@ impl Api {
         &self.log
     }
 
-    /// Answers one request. `now` is the current Unix time in milliseconds.
-    pub fn handle(&self, method: &str, target: &str, body: &[u8], now: Millis) -> Response {
-        match self.route(method, target, body, now) {
-            Ok(response) | Err(response) => response,
+    /// Handles one request at `now`. With `answer_now` a watch is answered
+    /// with the current view instead of waiting (its deadline passed, or the
+    /// server is stopping).
+    pub fn handle(&self, request: &Request, now: Now, answer_now: bool) -> Outcome {
+        let _ = answer_now;
+        if let Err(refused) = self.access.check(request) {
+            return Outcome::Respond(refused);
+        }
+        match self.route(&request.method, &request.target, &request.body, now.wall) {
+            Ok(response) | Err(response) => Outcome::Respond(response),
         }
     }
 

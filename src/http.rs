@@ -23,6 +23,8 @@ pub struct Request {
     pub target: String,
     /// Whether the client lets the connection stay open after the response.
     pub keep_alive: bool,
+    /// The `Authorization` header's value, if sent (for access control; never logged).
+    pub authorization: Option<String>,
     /// The body, de-chunked.
     pub body: Vec<u8>,
 }
@@ -166,6 +168,7 @@ pub fn read_request<R: BufRead, W: Write>(
         method,
         target,
         keep_alive,
+        authorization: head.authorization,
         body,
     })
 }
@@ -259,6 +262,7 @@ struct Head {
     close: bool,
     keep_alive: bool,
     expect_continue: bool,
+    authorization: Option<String>,
 }
 
 enum Framing {
@@ -300,6 +304,8 @@ impl Head {
                 self.close |= option.eq_ignore_ascii_case(b"close");
                 self.keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
             }
+        } else if name.eq_ignore_ascii_case(b"authorization") {
+            self.authorization = Some(String::from_utf8_lossy(value).into_owned());
         } else if name.eq_ignore_ascii_case(b"expect") {
             if value.eq_ignore_ascii_case(b"100-continue") {
                 self.expect_continue = !self.http10;
@@ -497,6 +503,7 @@ mod tests {
                     method: method.into(),
                     target: target.into(),
                     keep_alive,
+                    authorization: None,
                     body: body.into(),
                 }
             ),

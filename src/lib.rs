@@ -18,6 +18,8 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod auth;
+mod clock;
 mod http;
 mod log;
 pub mod registry;

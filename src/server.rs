@@ -12,6 +12,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::api::{self, Api};
+use crate::auth::Access;
+use crate::clock;
 use crate::http;
 use crate::log::{self, Logger};
 use crate::registry::{Millis, Periods};
@@ -113,7 +115,7 @@ impl Server {
         };
         let logger = Logger::start(config.log)?;
         let log = logger.log();
-        let api = Arc::new(Api::new(periods, logger.log()));
+        let api = Arc::new(Api::new(periods, logger.log(), Access::open()));
         let shared = Arc::new(Shared {
             api: Arc::clone(&api),
             config: config.clone(),
@@ -401,9 +403,12 @@ impl Shared {
             let mut writer = &*stream;
             match http::read_request(&mut reader, &mut writer) {
                 Ok(request) => {
-                    let response =
-                        self.api
-                            .handle(&request.method, &request.target, &request.body, now_ms());
+                    let response = match self.api.handle(&request, clock::now(), true) {
+                        api::Outcome::Respond(response) => response,
+                        // Watches are parked by the connection layer; until it
+                        // does, `answer_now` makes every request answer at once.
+                        api::Outcome::Wait(_) => api::error(500, "a watch could not be parked"),
+                    };
                     let keep_alive = request.keep_alive && !self.stopping();
                     if http::write_response(
                         &mut writer,
