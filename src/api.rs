@@ -96,6 +96,11 @@ impl Api {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Who may do what.
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
     /// Where events are logged.
     pub fn log(&self) -> &Log {
         &self.log
@@ -108,6 +113,9 @@ impl Api {
         let _ = answer_now;
         if let Err(refused) = self.access.check(request) {
             return Outcome::Respond(refused);
+        }
+        if let Some(response) = crate::ops::handle(self, request, now) {
+            return Outcome::Respond(response);
         }
         match self.route(&request.method, &request.target, &request.body, now.wall) {
             Ok(response) | Err(response) => Outcome::Respond(response),

@@ -25,6 +25,8 @@ pub struct Request {
     pub keep_alive: bool,
     /// The `Authorization` header's value, if sent (for access control; never logged).
     pub authorization: Option<String>,
+    /// The client's address, filled in by the connection layer (`None` in tests on bytes).
+    pub peer: Option<std::net::IpAddr>,
     /// The body, de-chunked.
     pub body: Vec<u8>,
 }
@@ -169,6 +171,7 @@ pub fn read_request<R: BufRead, W: Write>(
         target,
         keep_alive,
         authorization: head.authorization,
+        peer: None,
         body,
     })
 }
@@ -396,6 +399,10 @@ pub struct Response {
     pub allow: Option<&'static str>,
     /// The `Location` header of a 201.
     pub location: Option<String>,
+    /// The `Content-Type` of a non-empty body.
+    pub content_type: &'static str,
+    /// Further headers (`Registro-Index`, `WWW-Authenticate`, ...), written as given.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Response {
@@ -406,6 +413,8 @@ impl Response {
             body,
             allow: None,
             location: None,
+            content_type: "application/json",
+            headers: Vec::new(),
         }
     }
 
@@ -435,7 +444,7 @@ pub fn write_response<W: Write>(
     );
     if response.status != 204 {
         if !response.body.is_empty() {
-            out.push_str("Content-Type: application/json\r\n");
+            let _ = write!(out, "Content-Type: {}\r\n", response.content_type);
         }
         let _ = write!(out, "Content-Length: {}\r\n", response.body.len());
     }
@@ -444,6 +453,9 @@ pub fn write_response<W: Write>(
     }
     if let Some(location) = &response.location {
         let _ = write!(out, "Location: {location}\r\n");
+    }
+    for (name, value) in &response.headers {
+        let _ = write!(out, "{name}: {value}\r\n");
     }
     out.push_str(if keep_alive {
         "Connection: keep-alive\r\n\r\n"
@@ -504,6 +516,7 @@ mod tests {
                     target: target.into(),
                     keep_alive,
                     authorization: None,
+                    peer: None,
                     body: body.into(),
                 }
             ),

@@ -22,8 +22,10 @@ mod auth;
 mod clock;
 mod http;
 mod log;
+mod ops;
 pub mod registry;
 mod server;
 mod sweeper;
 
+pub use auth::TokenFiles;
 pub use server::{Config, Server};

@@ -100,6 +100,7 @@ fn run() -> Result<(), String> {
         request_timeout: flags.request_timeout,
         log: true,
         log_sweeps: flags.log_sweeps,
+        tokens: registro::TokenFiles::default(),
     };
     raise_fd_limit();
     // Registered before the server starts, so no signal is missed; PID 1 in

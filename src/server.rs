@@ -12,7 +12,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::api::{self, Api};
-use crate::auth::Access;
+use crate::auth::{Access, TokenFiles};
 use crate::clock;
 use crate::http;
 use crate::log::{self, Logger};
@@ -45,6 +45,8 @@ pub struct Config {
     /// A summary line for every sweep, not only for those that changed
     /// something or took over 100 ms.
     pub log_sweeps: bool,
+    /// Where the access tokens are read from (none: every request is allowed).
+    pub tokens: TokenFiles,
 }
 
 impl Default for Config {
@@ -60,6 +62,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             log: true,
             log_sweeps: false,
+            tokens: TokenFiles::default(),
         }
     }
 }
@@ -115,7 +118,8 @@ impl Server {
         };
         let logger = Logger::start(config.log)?;
         let log = logger.log();
-        let api = Arc::new(Api::new(periods, logger.log(), Access::open()));
+        let access = Access::load(&config.tokens)?;
+        let api = Arc::new(Api::new(periods, logger.log(), access));
         let shared = Arc::new(Shared {
             api: Arc::clone(&api),
             config: config.clone(),
@@ -150,6 +154,12 @@ impl Server {
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Reads the token files again (SIGHUP). On failure the old tokens stay
+    /// and the error says why.
+    pub fn reload_tokens(&self) -> Result<(), String> {
+        self.shared.api.access().reload()
     }
 
     /// Stops accepting, finishes the requests already read (answering them
@@ -402,7 +412,8 @@ impl Shared {
             }
             let mut writer = &*stream;
             match http::read_request(&mut reader, &mut writer) {
-                Ok(request) => {
+                Ok(mut request) => {
+                    request.peer = stream.peer_addr().ok().map(|a| a.ip());
                     let response = match self.api.handle(&request, clock::now(), true) {
                         api::Outcome::Respond(response) => response,
                         // Watches are parked by the connection layer; until it
