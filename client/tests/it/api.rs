@@ -116,11 +116,7 @@ fn update_application_refreshes_instances_and_statuses() -> Result<(), Error> {
         Some(Status::Starting)
     );
     assert_eq!(app.instance("web-2").map(|i| i.status), Some(Status::Up));
-    let available: Vec<&str> = app
-        .available_instances()
-        .iter()
-        .map(|i| i.id.as_str())
-        .collect();
+    let available: Vec<&str> = app.available().map(|i| i.id.as_str()).collect();
     assert_eq!(available, ["web-2"]);
 
     c.renew_instance(&app, &inst)?;
@@ -130,11 +126,7 @@ fn update_application_refreshes_instances_and_statuses() -> Result<(), Error> {
         app.instance("web-2").map(|i| i.status),
         Some(Status::OutOfService)
     );
-    let available: Vec<&str> = app
-        .available_instances()
-        .iter()
-        .map(|i| i.id.as_str())
-        .collect();
+    let available: Vec<&str> = app.available().map(|i| i.id.as_str()).collect();
     assert_eq!(available, ["web-1"]);
 
     let mut unknown = Application::new("nope");

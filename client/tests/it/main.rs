@@ -4,7 +4,10 @@
 //! server's oddities.
 
 mod api;
+mod discovery;
 mod heartbeat;
 mod quirks;
+mod responder;
+mod scripted;
 mod support;
 mod transport;
