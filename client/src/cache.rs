@@ -224,10 +224,10 @@ fn follow(
             pause
         } else {
             backoff = Duration::from_millis(100);
-            if watch.index().is_some() {
-                Duration::ZERO
-            } else {
+            if watch.polling() {
                 poll_every
+            } else {
+                Duration::ZERO
             }
         };
         match asleep.recv_timeout(pause) {

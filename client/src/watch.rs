@@ -59,6 +59,10 @@ pub struct Watch {
     poll_every: Duration,
     /// No request before this (polling, or after an error).
     not_before: Option<Instant>,
+    /// The latest long poll came back unchanged well before its wait: the
+    /// registry sends indexes but does not hold watches, so ask no faster
+    /// than when polling.
+    early: bool,
 }
 
 impl Watch {
@@ -70,6 +74,7 @@ impl Watch {
             last: None,
             poll_every: DEFAULT_POLL_EVERY,
             not_before: None,
+            early: false,
         }
     }
 
@@ -121,7 +126,7 @@ impl Watch {
             let wait =
                 deadline.map_or(MAX_WAIT, |d| d.saturating_duration_since(now).min(MAX_WAIT));
             let outcome = self.step(wait, self.client.timeout());
-            if self.index.is_none() || outcome.is_err() {
+            if self.polling() || outcome.is_err() {
                 self.not_before = Instant::now().checked_add(self.poll_every);
             }
             if let Some(app) = outcome? {
@@ -131,6 +136,12 @@ impl Watch {
                 return Ok(None);
             }
         }
+    }
+
+    /// Whether the next request should wait the polling interval: the
+    /// registry sends no index, or does not hold a watch.
+    pub(crate) fn polling(&self) -> bool {
+        self.index.is_none() || self.early
     }
 
     /// One request: a long poll of at most `wait` when the registry sends
@@ -149,6 +160,8 @@ impl Watch {
             }
             None => Some(margin),
         };
+        let sent = Instant::now();
+        let long_poll = self.index.is_some() && wait >= Duration::from_millis(100);
         let (app, index) = match self.client.exchange(Method::Get, &url, 200, timeout) {
             Ok(reply) => {
                 let app: Application =
@@ -162,6 +175,11 @@ impl Watch {
             (Some(sent), Some(got)) => sent != got,
             _ => self.last.as_ref().is_none_or(|last| !last.same_view(&app)),
         };
+        if long_poll {
+            self.early = !changed && sent.elapsed() < wait / 2;
+        } else if index.is_none() {
+            self.early = false;
+        }
         self.index = index;
         self.last = Some(app.clone());
         Ok(changed.then_some(app))

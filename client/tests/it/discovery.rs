@@ -446,3 +446,20 @@ fn the_cache_stops_within_a_second_even_when_the_registry_hangs() {
     );
     drop(listener);
 }
+
+#[test]
+fn a_watch_does_not_spin_on_a_registry_that_answers_long_polls_at_once() -> Result<(), Error> {
+    // Sends an index but ignores `?index=`: every answer is "unchanged", at
+    // once. The watch must fall back to its polling pace, not spin.
+    let registry =
+        Responder::start(|_| Answer::new(200, r#"{"name":"web"}"#).header("Registro-Index", "3"));
+    let mut watch = registry
+        .client()
+        .watch("web")
+        .poll_every(Duration::from_millis(50));
+    assert!(watch.next_timeout(LIMIT)?.is_some());
+    assert_eq!(watch.next_timeout(Duration::from_millis(500))?, None);
+    let asked = registry.seen().len();
+    assert!((3..=14).contains(&asked), "{asked} requests in 500 ms");
+    Ok(())
+}
