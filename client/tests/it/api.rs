@@ -216,3 +216,23 @@ fn names_are_percent_encoded_in_paths() -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[test]
+fn available_instances_of_a_fresh_read_can_be_kept() -> Result<(), Error> {
+    // Issue 13 item 13: this one-liner borrowed a temporary (E0716).
+    let server = server();
+    let c = client(&server);
+    let (app, inst) = c.register_service("web-1", "web", "10.0.0.7", 8080)?;
+    c.register_service("web-2", "web", "10.0.0.8", 8080)?;
+    c.renew_instance(&app, &inst)?;
+    let v = c.app("web")?.available_instances();
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].id, "web-1");
+    // Borrowing, without copies:
+    let stored = c.app("web")?;
+    assert_eq!(
+        stored.available().map(|i| i.port).collect::<Vec<_>>(),
+        [8080]
+    );
+    Ok(())
+}
