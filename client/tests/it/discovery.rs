@@ -217,15 +217,47 @@ fn filtered_reads_ask_the_registry_to_filter() -> Result<(), Error> {
 
 #[test]
 fn a_watch_polls_a_registry_that_sends_no_index() -> Result<(), Error> {
-    // Today's server (and the Go original) answers `?index=` at once and
-    // sends no `Registro-Index`: the watch reads every `poll_every`.
+    // The Go original sends no `Registro-Index`: the watch reads every
+    // `poll_every` and compares what it reads, lastRenewal aside.
+    let bodies = std::sync::Mutex::new(vec![
+        r#"{"name":"web","instances":[{"id":"a","ip":"x","port":1,"status":"starting","lastRenewal":1}]}"#,
+        r#"{"name":"web","instances":[{"id":"a","ip":"x","port":1,"status":"starting","lastRenewal":2}]}"#,
+        r#"{"name":"web","instances":[{"id":"a","ip":"x","port":1,"status":"up","lastRenewal":3}]}"#,
+    ]);
+    let registry = Responder::start(move |_| {
+        let mut bodies = bodies.lock().unwrap_or_else(|p| p.into_inner());
+        match bodies.len() {
+            0 => Answer::new(404, "404 page not found\n"),
+            _ => Answer::new(200, bodies.remove(0)),
+        }
+    });
+    let mut watch = registry
+        .client()
+        .watch("web")
+        .poll_every(Duration::from_millis(20));
+    let status = |app: Option<Application>| app.and_then(|a| a.instance("a").map(|i| i.status));
+    assert_eq!(status(watch.next_timeout(LIMIT)?), Some(Status::Starting));
+    assert_eq!(status(watch.next_timeout(LIMIT)?), Some(Status::Up));
+    assert_eq!(watch.index(), None);
+    // The app gone (404): a change to no instances.
+    let gone = watch.next_timeout(LIMIT)?;
+    assert_eq!(gone.map(|a| a.instances.len()), Some(0));
+    assert_eq!(
+        registry.lines(),
+        ["GET /registro/1.0/apps/web"; 4],
+        "plain reads, no ?index"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_watch_reports_each_change_of_the_real_server() -> Result<(), Error> {
     let server = server();
     let c = client(&server);
     let (app, one) = c.register_service("web-1", "web", "10.0.0.1", 8080)?;
     let mut watch = c.watch("web").poll_every(Duration::from_millis(50));
     let first = watch.next_timeout(LIMIT)?;
     assert_eq!(first.as_ref().map(ids), Some(vec!["web-1"]));
-    assert_eq!(watch.index(), None);
 
     // A renewal that changes nothing but lastRenewal is no change.
     c.renew_instance(&app, &one)?;
