@@ -378,9 +378,10 @@ fn the_cache_picks_round_robin_and_follows_changes() -> Result<(), Error> {
         (status("web-4") == Some(Status::Up) && status("web-1") == Some(Status::OutOfService))
             .then_some(())
     });
-    // Polling every second: today's server sends no index.
+    // Within a second of polling (today's server sends no index), plus
+    // slack for a busy machine.
     assert!(
-        started.elapsed() < Duration::from_millis(1500),
+        started.elapsed() < Duration::from_millis(2500),
         "{:?}",
         started.elapsed()
     );
