@@ -596,3 +596,287 @@ fn mass_events_are_summarised_in_the_log() {
         "{single} lines of their own in {seconds} s"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The dashboard in a real headless Chromium, driven through WebDriver
+
+/// A WebDriver session on a chromedriver of our own; both end on drop.
+struct Browser {
+    agent: ureq::Agent,
+    session: String,
+    _driver: Killed,
+    _profile: TempDir,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let port = free_port();
+        let driver = Killed(
+            Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromedriver starts"),
+        );
+        let agent = support::agent();
+        let base = format!("http://127.0.0.1:{port}");
+        eventually(Duration::from_secs(20), "chromedriver to be ready", || {
+            let body = agent.get(format!("{base}/status")).call().ok()?;
+            let status: serde_json::Value =
+                serde_json::from_str(&body.into_body().read_to_string().ok()?).ok()?;
+            status["value"]["ready"].as_bool()?.then_some(())
+        });
+        let profile = TempDir::new("chromium");
+        let mut args = vec![
+            "--headless=new".to_string(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--no-first-run".into(),
+            "--window-size=1100,720".into(),
+            format!("--user-data-dir={}", profile.0.display()),
+        ];
+        // Chromium refuses to run as root with its sandbox.
+        if std::env::var("USER").as_deref() == Ok("root") || is_root() {
+            args.push("--no-sandbox".into());
+        }
+        let mut options = serde_json::json!({ "args": args });
+        if let Some(binary) = which("chromium") {
+            options["binary"] = binary.display().to_string().into();
+        }
+        let new = serde_json::json!({
+            "capabilities": { "alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": options,
+            }}
+        });
+        let reply = send(&agent, "POST", &format!("{base}/session"), Some(new));
+        let session = reply["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {reply}"))
+            .to_string();
+        Browser {
+            agent,
+            session: format!("{base}/session/{session}"),
+            _driver: driver,
+            _profile: profile,
+        }
+    }
+
+    fn command(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        send(
+            &self.agent,
+            method,
+            &format!("{}{path}", self.session),
+            body,
+        )
+    }
+
+    fn open(&self, url: &str) {
+        self.command("POST", "/url", Some(serde_json::json!({ "url": url })));
+    }
+
+    /// Runs `script` (a function body) in the page; its return value.
+    fn run(&self, script: &str) -> serde_json::Value {
+        let reply = self.command(
+            "POST",
+            "/execute/sync",
+            Some(serde_json::json!({ "script": script, "args": [] })),
+        );
+        reply["value"].clone()
+    }
+
+    /// The status shown for instance `id` of `app`, if it is shown.
+    fn status(&self, app: &str, id: &str) -> Option<String> {
+        let script = format!(
+            "for (const s of document.querySelectorAll('section[data-app]')) {{ \
+               if (s.getAttribute('data-app') !== {app}) continue; \
+               for (const r of s.querySelectorAll('tr[data-instance]')) {{ \
+                 if (r.getAttribute('data-instance') === {id}) \
+                   return r.querySelector('.status').textContent; }} }} \
+             return null;",
+            app = serde_json::Value::from(app),
+            id = serde_json::Value::from(id),
+        );
+        self.run(&script).as_str().map(str::to_string)
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.agent.delete(&self.session).call();
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|v| v.split_whitespace().next() == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn send(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let reply = match (method, body) {
+        ("POST", body) => agent
+            .post(url)
+            .send_json(body.unwrap_or_else(|| serde_json::json!({}))),
+        ("DELETE", _) => agent.delete(url).call(),
+        (_, _) => agent.get(url).call(),
+    }
+    .unwrap_or_else(|e| panic!("WebDriver {method} {url}: {e}"));
+    let text = reply
+        .into_body()
+        .read_to_string()
+        .expect("a WebDriver answer");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("WebDriver answer ({e}): {text}"))
+}
+
+/// Standard base64, as WebDriver's screenshots come.
+fn base64(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+        .map(value)
+        .collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &d)| n | u32::from(d) << (18 - 6 * i));
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    out
+}
+
+#[test]
+fn dashboard_shows_the_fleet_live_in_chromium() {
+    if !installed(
+        "dashboard_shows_the_fleet_live_in_chromium",
+        &["chromium", "chromedriver"],
+        "chromium chromium-driver",
+    ) {
+        return;
+    }
+    let proc = Proc::start(&["--down-after", "1", "--evict-after", "600"]);
+    let addr = proc.addr;
+    let mut c = Conn::open(addr);
+    assert_eq!(
+        register(&mut c, "web", "web-1", "10.0.0.7", 8080).status,
+        201
+    );
+
+    let browser = Browser::start();
+    browser.open(&format!("http://{addr}/"));
+    // Marks this page: a reload would lose the marker; alerts are recorded.
+    browser.run(
+        "window.__sameDocument = true; window.__alerts = []; \
+                 window.alert = (m) => window.__alerts.push(String(m));",
+    );
+    let seen = |status: &str| {
+        eventually(
+            Duration::from_secs(10),
+            &format!("web-1 shown {status}"),
+            || (browser.status("web", "web-1")? == status).then_some(()),
+        );
+    };
+    seen("starting");
+    // Heartbeats until the page shows `up` (it reads at least once a second).
+    let until = Instant::now() + Duration::from_secs(10);
+    while browser.status("web", "web-1").as_deref() != Some("up") {
+        assert!(Instant::now() < until, "web-1 never shown up");
+        assert_eq!(c.put("/apps/web/web-1").status, 204);
+        thread::sleep(Duration::from_millis(200));
+    }
+    // Silence: `down` after --down-after 1, without a reload.
+    seen("down");
+
+    let evil = "<img src=x onerror=alert(1)>";
+    assert_eq!(register(&mut c, evil, "<b>i-1", "10.0.0.8", 81).status, 201);
+    eventually(Duration::from_secs(10), "the odd app shown", || {
+        browser.status(evil, "<b>i-1")
+    });
+    let page = browser.run(
+        "return { names: [...document.querySelectorAll('.app-name')].map(e => e.textContent), \
+                  imgs: document.querySelectorAll('img').length, \
+                  bold: document.querySelectorAll('main b').length, \
+                  alerts: window.__alerts, same: window.__sameDocument === true, \
+                  text: document.body.innerText };",
+    );
+    assert!(
+        page["names"].as_array().unwrap().contains(&evil.into()),
+        "{page}"
+    );
+    assert_eq!(page["imgs"], 0, "an img element was made from a name");
+    assert_eq!(page["bold"], 0, "a b element was made from an id");
+    assert_eq!(page["alerts"], serde_json::json!([]), "alert ran");
+    assert_eq!(page["same"], true, "the page was reloaded");
+    assert!(page["text"].as_str().unwrap().contains("<b>i-1"), "{page}");
+    let no_alert = browser.command("GET", "/alert/text", None);
+    assert_eq!(no_alert["value"]["error"], "no such alert", "{no_alert}");
+
+    // The filter box hides what does not match.
+    browser.run(
+        "const f = document.getElementById('filter'); f.value = 'web-1'; \
+         f.dispatchEvent(new Event('input'));",
+    );
+    let shown = browser.run(
+        "return [...document.querySelectorAll('section[data-app]')].map(s => s.getAttribute('data-app'));",
+    );
+    assert_eq!(shown, serde_json::json!(["web"]));
+
+    if let Ok(path) = std::env::var("REGISTRO_SCREENSHOT") {
+        screenshot(&browser, &mut c, &path);
+    }
+}
+
+/// A few more apps in every status, then the page as a PNG at `path` (for
+/// the README: `REGISTRO_SCREENSHOT=docs/dashboard.png`).
+fn screenshot(browser: &Browser, c: &mut Conn, path: &str) {
+    browser.run(
+        "const f = document.getElementById('filter'); f.value = ''; \
+         f.dispatchEvent(new Event('input'));",
+    );
+    for (app, id, ip) in [
+        ("checkout", "checkout-a", "10.0.1.4"),
+        ("checkout", "checkout-b", "10.0.1.5"),
+        ("search", "search-1", "10.0.2.9"),
+        ("search", "search-2", "10.0.2.10"),
+    ] {
+        assert_eq!(register(c, app, id, ip, 8443).status, 201);
+    }
+    assert_eq!(c.put("/apps/checkout/checkout-a").status, 204);
+    assert_eq!(c.put("/apps/checkout/checkout-b").status, 204);
+    assert_eq!(c.put("/apps/search/search-1").status, 204);
+    assert_eq!(c.delete("/apps/search/search-2").status, 204);
+    eventually(Duration::from_secs(5), "the new apps shown", || {
+        (browser.status("checkout", "checkout-b")? == "up").then_some(())
+    });
+    let png = browser.command("GET", "/screenshot", None);
+    let bytes = base64(png["value"].as_str().expect("a screenshot"));
+    assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
+    std::fs::write(path, bytes).expect("screenshot written");
+}
