@@ -8,7 +8,7 @@
 //! table.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Instances by status and the number of apps, as the registry reports them.
@@ -183,20 +183,41 @@ impl Histogram {
     }
 }
 
-/// Every counter of the server. Shared as an `Arc`; every update is one or
-/// a few relaxed atomic adds, so counting costs a request nothing it would
-/// notice.
-pub struct Metrics {
+/// Shards of the counters: each thread counts into its own (threads are
+/// dealt shards in turn), so two cores rarely write the same cache line.
+const SHARDS: usize = 8;
+
+/// One thread's share of every counter; gauges are kept as two counters
+/// (opened, closed) so that each shard only ever adds.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard {
     registrations: AtomicU64,
     heartbeats: AtomicU64,
     evictions: AtomicU64,
-    connections_open: AtomicU64,
+    connections_opened: AtomicU64,
+    connections_closed: AtomicU64,
     connections_rejected: AtomicU64,
-    watches_waiting: AtomicU64,
+    watches_parked: AtomicU64,
+    watches_unparked: AtomicU64,
     log_lines_dropped: AtomicU64,
     /// `[route][method][code slot]`.
-    requests: Box<[[[AtomicU64; CODE_SLOTS]; METHODS.len()]; ROUTES.len()]>,
+    requests: [[[AtomicU64; CODE_SLOTS]; METHODS.len()]; ROUTES.len()],
     durations: [Histogram; ROUTES.len()],
+}
+
+thread_local! {
+    static SHARD: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Relaxed) % SHARDS
+    };
+}
+
+/// Every counter of the server. Shared as an `Arc`; every update is one to
+/// three relaxed atomic adds into the calling thread's shard, so counting
+/// costs a request nothing it would notice; a scrape sums the shards.
+pub struct Metrics {
+    shards: Box<[Shard]>,
     /// Unix seconds when the server started.
     started: f64,
 }
@@ -218,82 +239,84 @@ impl Metrics {
     pub fn new() -> Metrics {
         let now = crate::clock::now();
         Metrics {
-            registrations: AtomicU64::new(0),
-            heartbeats: AtomicU64::new(0),
-            evictions: AtomicU64::new(0),
-            connections_open: AtomicU64::new(0),
-            connections_rejected: AtomicU64::new(0),
-            watches_waiting: AtomicU64::new(0),
-            log_lines_dropped: AtomicU64::new(0),
-            requests: Box::default(),
-            durations: Default::default(),
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             // The wall time of the clock's origin, which is the process's
             // first clock reading: the start of the process, give or take.
             started: now.wall.saturating_sub(now.mono) as f64 / 1000.0,
         }
     }
 
+    fn shard(&self) -> &Shard {
+        &self.shards[SHARD.with(|s| *s) % self.shards.len()]
+    }
+
+    /// The sum of one counter over the shards.
+    fn total(&self, counter: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards
+            .iter()
+            .fold(0, |sum, s| sum.wrapping_add(counter(s).load(Relaxed)))
+    }
+
     /// An instance was registered (new or again).
     pub fn registered(&self) {
-        self.registrations.fetch_add(1, Relaxed);
+        self.shard().registrations.fetch_add(1, Relaxed);
     }
 
     /// The sweep removed `n` expired instances.
     pub fn evicted(&self, n: u64) {
-        self.evictions.fetch_add(n, Relaxed);
+        self.shard().evictions.fetch_add(n, Relaxed);
     }
 
     /// A log line could not be written (stderr did not keep up).
     pub fn log_line_dropped(&self) {
-        self.log_lines_dropped.fetch_add(1, Relaxed);
+        self.shard().log_lines_dropped.fetch_add(1, Relaxed);
     }
 }
 
-// Called by the connection layer and `api.rs` (see ARCHITECTURE.md, "Metrics").
+// Called by the connection layer and `api.rs` (see ARCHITECTURE.md).
 #[allow(dead_code)]
 impl Metrics {
     /// A heartbeat (renewal) was accepted.
     pub fn heartbeat(&self) {
-        self.heartbeats.fetch_add(1, Relaxed);
+        self.shard().heartbeats.fetch_add(1, Relaxed);
     }
 
     /// A request was answered: `status` after `elapsed` (from the moment its
     /// head was read to the moment its answer was handed to the socket).
+    /// A request refused before its method and target were read passes `""`
+    /// for both (counted as method `other`, route `other`).
     pub fn request(&self, method: &str, target: &str, status: u16, elapsed: Duration) {
         let route = Route::of(target) as usize;
         let method = Method::of(method) as usize;
-        self.requests[route][method][code_slot(status)].fetch_add(1, Relaxed);
+        let shard = self.shard();
+        shard.requests[route][method][code_slot(status)].fetch_add(1, Relaxed);
         let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.durations[route].observe(us);
+        shard.durations[route].observe(us);
     }
 
     /// A connection was accepted.
     pub fn connection_opened(&self) {
-        self.connections_open.fetch_add(1, Relaxed);
+        self.shard().connections_opened.fetch_add(1, Relaxed);
     }
 
     /// An accepted connection was closed.
     pub fn connection_closed(&self) {
-        let _ = self
-            .connections_open
-            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+        self.shard().connections_closed.fetch_add(1, Relaxed);
     }
 
     /// A connection was refused (503) by `--max-connections`.
     pub fn connection_rejected(&self) {
-        self.connections_rejected.fetch_add(1, Relaxed);
+        self.shard().connections_rejected.fetch_add(1, Relaxed);
     }
 
     /// A watch started waiting.
     pub fn watch_parked(&self) {
-        self.watches_waiting.fetch_add(1, Relaxed);
+        self.shard().watches_parked.fetch_add(1, Relaxed);
     }
 
     /// A waiting watch was answered or dropped.
     pub fn watch_unparked(&self) {
-        let _ = self
-            .watches_waiting
-            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+        self.shard().watches_unparked.fetch_add(1, Relaxed);
     }
 }
 
@@ -318,49 +341,56 @@ impl Metrics {
         ] {
             sample(o, "registro_instances", &format!("status=\"{status}\""), n);
         }
-        let load = |a: &AtomicU64| a.load(Relaxed);
+        // A gauge kept as two counters; a scrape between the two adds of
+        // one thread's pair cannot read below zero.
+        let open = self
+            .total(|s| &s.connections_opened)
+            .saturating_sub(self.total(|s| &s.connections_closed));
+        let watches = self
+            .total(|s| &s.watches_parked)
+            .saturating_sub(self.total(|s| &s.watches_unparked));
         for (name, kind, help, value) in [
             (
                 "registro_registrations_total",
                 "counter",
                 "Instance registrations accepted (new or again).",
-                load(&self.registrations),
+                self.total(|s| &s.registrations),
             ),
             (
                 "registro_heartbeats_total",
                 "counter",
                 "Heartbeats (renewals) accepted.",
-                load(&self.heartbeats),
+                self.total(|s| &s.heartbeats),
             ),
             (
                 "registro_evictions_total",
                 "counter",
                 "Instances removed after the eviction period without a heartbeat.",
-                load(&self.evictions),
+                self.total(|s| &s.evictions),
             ),
             (
                 "registro_connections_open",
                 "gauge",
                 "Client connections open.",
-                load(&self.connections_open),
+                open,
             ),
             (
                 "registro_connections_rejected_total",
                 "counter",
                 "Connections refused with 503 because of --max-connections.",
-                load(&self.connections_rejected),
+                self.total(|s| &s.connections_rejected),
             ),
             (
                 "registro_watches_waiting",
                 "gauge",
                 "Watch requests (?index=) waiting for a change.",
-                load(&self.watches_waiting),
+                watches,
             ),
             (
                 "registro_log_lines_dropped_total",
                 "counter",
                 "Log lines dropped because stderr did not keep up.",
-                load(&self.log_lines_dropped),
+                self.total(|s| &s.log_lines_dropped),
             ),
         ] {
             family(o, name, kind, help);
@@ -393,8 +423,8 @@ impl Metrics {
         );
         for (r, route) in ROUTES.iter().enumerate() {
             for (m, method) in METHODS.iter().enumerate() {
-                for (c, n) in self.requests[r][m].iter().enumerate() {
-                    let n = n.load(Relaxed);
+                for c in 0..CODE_SLOTS {
+                    let n = self.total(|s| &s.requests[r][m][c]);
                     if n > 0 {
                         let labels = format!(
                             "route=\"{}\",method=\"{}\",code=\"{}\"",
@@ -415,8 +445,9 @@ impl Metrics {
             "Time from a request's head read to its answer written, by route template.",
         );
         for (r, route) in ROUTES.iter().enumerate() {
-            let h = &self.durations[r];
-            let counts: Vec<u64> = h.buckets.iter().map(|b| b.load(Relaxed)).collect();
+            let counts: Vec<u64> = (0..=BUCKETS_US.len())
+                .map(|i| self.total(|s| &s.durations[r].buckets[i]))
+                .collect();
             let total: u64 = counts.iter().sum();
             if total == 0 {
                 continue;
@@ -436,7 +467,7 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "{name}_sum{{{labels}}} {}",
-                seconds(h.sum_us.load(Relaxed))
+                seconds(self.total(|s| &s.durations[r].sum_us))
             );
             sample(o, &format!("{name}_count"), &labels, cumulative);
         }
