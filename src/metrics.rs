@@ -273,7 +273,10 @@ impl Metrics {
     }
 }
 
-// Called by the connection layer and `api.rs` (see ARCHITECTURE.md).
+// To be called by `api.rs` (`heartbeat` after a renewal succeeds) and by the
+// connection layer (`request` once an answer is written, `connection_*` as
+// connections are admitted, closed or refused, `watch_*` as watches are
+// parked and answered); reached through `api.log().metrics()`.
 #[allow(dead_code)]
 impl Metrics {
     /// A heartbeat (renewal) was accepted.
