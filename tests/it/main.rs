@@ -8,4 +8,5 @@ mod cli;
 mod concurrency;
 mod hardening;
 mod lifecycle;
+mod ops;
 mod support;
