@@ -204,7 +204,7 @@ fn the_sweeper_removes_applications_left_empty() {
     );
 
     // `drained` loses its instance first; it is empty from then on and goes
-    // one eviction period after the sweeper removed the instance.
+    // one eviction period after the instance expired, whenever that was noticed.
     eventually(DEADLINE, "d to be evicted", || {
         check(&mut c, "PUT", "/apps/busy/b", "", 204);
         read(&mut c, "drained", "d").is_none().then_some(())
