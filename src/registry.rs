@@ -421,6 +421,8 @@ struct App {
     settles: u64,
     /// Whether a stepped scan is under way.
     scanning: bool,
+    /// When it was last settled whole (or created).
+    settled_at: Millis,
 }
 
 /// The bookkeeping beside the apps, split off so that an app and it can be
@@ -489,6 +491,7 @@ impl App {
             next_due: Millis::MAX,
             settles: 0,
             scanning: false,
+            settled_at: now,
         }
     }
 
@@ -905,6 +908,7 @@ impl Registry {
         }
         app.settles += 1;
         app.scanning = false;
+        app.settled_at = now;
         let mut due = Millis::MAX;
         let mut stats = SweepStats::default();
         app.settle_slots(
@@ -928,6 +932,7 @@ impl Registry {
             return;
         };
         app.scanning = false;
+        app.settled_at = now;
         if app.expired(now, periods) {
             self.book.set_due(app, Millis::MAX);
             if let Some(mut app) = self.apps.remove(name) {
@@ -953,24 +958,27 @@ impl Registry {
         budget: usize,
         stats: &mut SweepStats,
     ) -> bool {
-        self.pass_step(now, cursor, budget, stats, false)
+        self.pass_step(now, cursor, budget, stats, None)
     }
 
     /// Does a bounded part of a full pass over every app (as
     /// [`Registry::settle_due_step`] for the apps that are due) and says
     /// whether the pass is complete. It covers the apps in name order, each
-    /// once, including apps created during the pass after the last name done.
-    /// With no changes between calls it examines every slot exactly once.
-    /// On returning `true` the cursor is reset, so the next call starts a new
-    /// pass.
+    /// once, including apps created during the pass after the last name done,
+    /// but skips those settled whole after `skip_settled_after` (the ticker
+    /// did them already: a pass only makes due times exact, so it need not
+    /// repeat recent work). With no changes between calls it examines every
+    /// other slot exactly once. On returning `true` the cursor is reset, so
+    /// the next call starts a new pass.
     pub fn sweep_step(
         &mut self,
         now: Millis,
         cursor: &mut SweepCursor,
         budget: usize,
         stats: &mut SweepStats,
+        skip_settled_after: Millis,
     ) -> bool {
-        self.pass_step(now, cursor, budget, stats, true)
+        self.pass_step(now, cursor, budget, stats, Some(skip_settled_after))
     }
 
     fn pass_step(
@@ -979,7 +987,7 @@ impl Registry {
         cursor: &mut SweepCursor,
         budget: usize,
         stats: &mut SweepStats,
-        full: bool,
+        full: Option<Millis>,
     ) -> bool {
         let periods = self.periods;
         let budget = budget.max(1);
@@ -991,7 +999,7 @@ impl Registry {
             let Some(scan) = &mut cursor.scan else {
                 // Start the next app.
                 spent += 1;
-                let next = if full {
+                let next = if full.is_some() {
                     let from = match &cursor.after {
                         Some(name) => Bound::Excluded(&**name),
                         None => Bound::Unbounded,
@@ -1016,6 +1024,12 @@ impl Registry {
                     self.book.due.retain(|(_, n)| *n != name);
                     continue;
                 };
+                if full.is_some() {
+                    cursor.after = Some(name.clone());
+                }
+                if full.is_some_and(|after| app.settled_at > after) {
+                    continue;
+                }
                 self.book.set_due(app, Millis::MAX);
                 app.scanning = true;
                 cursor.scan = Some(Scan {
@@ -1025,9 +1039,6 @@ impl Registry {
                     pos: 0,
                     due: Millis::MAX,
                 });
-                if full {
-                    cursor.after = Some(name);
-                }
                 continue;
             };
             let Some(app) = self
@@ -1244,7 +1255,7 @@ mod tests {
             ("sweep", []) => {
                 events(reg);
                 let (mut cursor, mut stats) = (SweepCursor::default(), SweepStats::default());
-                assert!(reg.sweep_step(now, &mut cursor, usize::MAX, &mut stats));
+                assert!(reg.sweep_step(now, &mut cursor, usize::MAX, &mut stats, Millis::MAX));
                 return events(reg);
             }
             ("tick", []) => {
@@ -1607,7 +1618,7 @@ mod tests {
         let mut calls = 0;
         loop {
             let before = stats;
-            let done = reg.sweep_step(now, &mut cursor, budget, &mut stats);
+            let done = reg.sweep_step(now, &mut cursor, budget, &mut stats, Millis::MAX);
             reg.drain_changes(&mut Vec::new(), &mut events);
             calls += 1;
             let checked = stats.checked - before.checked;
@@ -1700,17 +1711,40 @@ mod tests {
         let now = T0 + 600_001;
         let (mut cursor, mut stats) = (SweepCursor::default(), SweepStats::default());
         // The first step starts "b" and examines a few of its slots only.
-        assert!(!reg.sweep_step(now, &mut cursor, 4, &mut stats));
+        assert!(!reg.sweep_step(now, &mut cursor, 4, &mut stats, Millis::MAX));
         assert_eq!(stats.checked, 3);
         // Created meanwhile: "a" is behind the pass, "c" ahead of it.
         for name in ["a", "c"] {
             reg.create_app(name, T0).unwrap();
             fill(&mut reg, name, name, 5, T0);
         }
-        while !reg.sweep_step(now, &mut cursor, 4, &mut stats) {}
+        while !reg.sweep_step(now, &mut cursor, 4, &mut stats, Millis::MAX) {}
         assert_eq!(stats.checked, 10 + 5 + 10);
         assert_eq!(stats.removed, 25);
         assert_eq!(reg.instance_count(), 5);
+    }
+
+    #[test]
+    fn a_full_pass_skips_apps_settled_within_its_period() {
+        let mut reg = Registry::new(P);
+        for name in ["a", "b"] {
+            reg.create_app(name, T0).unwrap();
+            fill(&mut reg, name, name, 10, T0);
+        }
+        reg.renew("a", "a-0", T0 + 1).unwrap();
+        let now = T0 + 90_002;
+        let (mut cursor, mut stats) = (SweepCursor::default(), SweepStats::default());
+        // The ticker settles "a" (a-0 went down); "b" is not due.
+        assert!(reg.settle_due_step(now, &mut cursor, 100, &mut stats));
+        assert_eq!((stats.checked, stats.marked_down), (10, 1));
+        let mut stats = SweepStats::default();
+        assert!(reg.sweep_step(now + 5, &mut cursor, 100, &mut stats, now - 1));
+        assert_eq!(stats.checked, 10, "only b");
+        let mut stats = SweepStats::default();
+        assert!(reg.sweep_step(now + 9, &mut cursor, 100, &mut stats, now - 1));
+        assert_eq!(stats.checked, 0, "both settled since");
+        assert!(reg.sweep_step(now + 9, &mut cursor, 100, &mut stats, now + 4));
+        assert_eq!(stats.checked, 10, "a settled before");
     }
 
     #[test]

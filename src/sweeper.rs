@@ -5,7 +5,8 @@
 //! and tells their watchers; so a change caused by time (`up` to `down`,
 //! removal) is stored, counted and announced within a second of becoming
 //! true, whatever `--sweep-every` is. Every `--sweep-every` it also makes a
-//! full pass over every app, which recomputes each app's due time exactly.
+//! full pass over the apps it has not settled within that period, which
+//! recomputes their due times exactly (and logs the `sweep:` summary).
 //! Both work in steps of at most [`BUDGET`] slots per lock hold.
 
 use std::io;
@@ -74,12 +75,12 @@ impl Drop for Sweeper {
 fn run(api: &Api, stopped: &mpsc::Receiver<()>, every: Millis, log_every_pass: bool) {
     let mut next_full = clock::now().mono.saturating_add(every);
     loop {
-        if !pass(api, stopped, false, log_every_pass) {
+        if !pass(api, stopped, None, log_every_pass) {
             return;
         }
         let now = clock::now().mono;
         if now >= next_full {
-            if !pass(api, stopped, true, log_every_pass) {
+            if !pass(api, stopped, Some(every), log_every_pass) {
                 return;
             }
             next_full = clock::now().mono.saturating_add(every);
@@ -97,7 +98,7 @@ fn run(api: &Api, stopped: &mpsc::Receiver<()>, every: Millis, log_every_pass: b
 
 /// One pass: over the apps that are due, or (`full`) over every app.
 /// Returns false when told to stop midway.
-fn pass(api: &Api, stopped: &mpsc::Receiver<()>, full: bool, every_pass: bool) -> bool {
+fn pass(api: &Api, stopped: &mpsc::Receiver<()>, full: Option<Millis>, every_pass: bool) -> bool {
     let started = Instant::now();
     let mut cursor = SweepCursor::default();
     let mut stats = SweepStats::default();
@@ -106,8 +107,10 @@ fn pass(api: &Api, stopped: &mpsc::Receiver<()>, full: bool, every_pass: bool) -
         let mut registry = api.lock();
         let held = Instant::now();
         let now = clock::now().mono;
-        let done = if full {
-            registry.sweep_step(now, &mut cursor, BUDGET, &mut stats)
+        let done = if let Some(every) = full {
+            // Apps the ticker settled within the period need no second look.
+            let recent = now.saturating_sub(every);
+            registry.sweep_step(now, &mut cursor, BUDGET, &mut stats, recent)
         } else {
             registry.settle_due_step(now, &mut cursor, BUDGET, &mut stats)
         };
@@ -128,7 +131,8 @@ fn pass(api: &Api, stopped: &mpsc::Receiver<()>, full: bool, every_pass: bool) -
     // A line when the pass changed something or took long enough to matter
     // (or, for full passes, always with `every_pass`); quiet passes stay silent.
     let changed = stats.removed + stats.marked_down + stats.apps_removed > 0;
-    if (full && every_pass) || changed || started.elapsed() >= Duration::from_millis(100) {
+    if (full.is_some() && every_pass) || changed || started.elapsed() >= Duration::from_millis(100)
+    {
         api.log().line_waiting(format_args!(
             "sweep: checked {} instances in {} ms (longest lock hold {} us), removed {}, down {}",
             stats.checked,
