@@ -1,10 +1,10 @@
 //! The background thread that applies what time makes true: the ticker.
 //!
-//! It wakes at the earliest due time of any app (the registry keeps apps
-//! ordered by it) or after a second at most, settles the apps that are due,
-//! and tells their watchers; so a change caused by time (`up` to `down`,
-//! removal) is stored, counted and announced within a second of becoming
-//! true, whatever `--sweep-every` is. Every `--sweep-every` it also makes a
+//! It wakes half a second after the earliest due time of any app (the
+//! registry keeps apps ordered by it), or after a second at most, settles the
+//! apps that are due and tells their watchers; so a change caused by time
+//! (`up` to `down`, removal) is stored, counted and announced within a second
+//! of becoming true, whatever `--sweep-every` is. Every `--sweep-every` it also makes a
 //! full pass over the apps it has not settled within that period, which
 //! recomputes their due times exactly (and logs the `sweep:` summary).
 //! Both work in steps of at most [`BUDGET`] slots per lock hold.
@@ -21,8 +21,13 @@ use crate::registry::{Millis, SweepCursor, SweepStats};
 
 /// Slots examined per lock hold.
 const BUDGET: usize = 4096;
-/// The longest sleep of the ticker: a time-based change waits no longer.
+/// The longest sleep of the ticker.
 const TICK: Millis = 1000;
+/// How long after an app's due time the ticker settles it: the changes that
+/// come true meanwhile cost the same one scan, so an app whose deadlines
+/// pass one after another is scanned at most about twice a second, and
+/// every change is still stored and announced within a second.
+const BATCH: Millis = 500;
 /// The shortest sleep, so that due times close together cost one pass.
 const MIN_SLEEP: Millis = 10;
 
@@ -87,7 +92,11 @@ fn run(api: &Api, stopped: &mpsc::Receiver<()>, every: Millis, log_every_pass: b
         }
         let now = clock::now().mono;
         let due = api.lock().next_due().unwrap_or(Millis::MAX);
-        let wake = due.min(next_full).min(now + TICK).max(now + MIN_SLEEP);
+        let wake = due
+            .saturating_add(BATCH)
+            .min(next_full)
+            .min(now + TICK)
+            .max(now + MIN_SLEEP);
         if let Err(RecvTimeoutError::Disconnected) =
             stopped.recv_timeout(Duration::from_millis(wake - now))
         {
