@@ -439,6 +439,9 @@ struct Book {
     changed: Vec<Arc<str>>,
     /// Events of settles, for the caller to log.
     events: Vec<Event>,
+    /// The app a stepped scan is under way in, if any (one at a time: the
+    /// ticker's).
+    scanning: Option<Arc<str>>,
 }
 
 impl Book {
@@ -710,13 +713,7 @@ impl Registry {
             }
             self.settle(&name, now);
         }
-        let scanning: Vec<Arc<str>> = self
-            .apps
-            .values()
-            .filter(|app| app.scanning)
-            .map(|app| app.name.clone())
-            .collect();
-        for name in scanning {
+        if let Some(name) = self.book.scanning.clone() {
             self.settle(&name, now);
         }
         if unless_index == Some(self.book.index) {
@@ -909,6 +906,9 @@ impl Registry {
         app.settles += 1;
         app.scanning = false;
         app.settled_at = now;
+        if self.book.scanning.as_deref() == Some(name) {
+            self.book.scanning = None;
+        }
         let mut due = Millis::MAX;
         let mut stats = SweepStats::default();
         app.settle_slots(
@@ -933,6 +933,9 @@ impl Registry {
         };
         app.scanning = false;
         app.settled_at = now;
+        if self.book.scanning.as_deref() == Some(name) {
+            self.book.scanning = None;
+        }
         if app.expired(now, periods) {
             self.book.set_due(app, Millis::MAX);
             if let Some(mut app) = self.apps.remove(name) {
@@ -1032,6 +1035,7 @@ impl Registry {
                 }
                 self.book.set_due(app, Millis::MAX);
                 app.scanning = true;
+                self.book.scanning = Some(name.clone());
                 cursor.scan = Some(Scan {
                     name: name.clone(),
                     epoch: app.epoch,
@@ -1048,6 +1052,7 @@ impl Registry {
             else {
                 // Removed, re-created or settled whole by a read since.
                 cursor.scan = None;
+                self.book.scanning = None;
                 continue;
             };
             spent += app.settle_slots(
@@ -1763,6 +1768,23 @@ mod tests {
         assert_eq!(stats.removed, 9);
         // Empty since its instances expired (T0 + 600_001): gone one period later.
         assert_eq!(reg.next_due(), Some(T0 + 1_200_002));
+    }
+
+    #[test]
+    fn a_list_read_settles_the_app_a_stepped_scan_is_in() {
+        let mut reg = Registry::new(P);
+        reg.create_app("big", T0).unwrap();
+        fill(&mut reg, "big", "big", 100, T0);
+        let now = T0 + 600_001;
+        let (mut cursor, mut stats) = (SweepCursor::default(), SweepStats::default());
+        assert!(!reg.settle_due_step(now, &mut cursor, 10, &mut stats));
+        let before = reg.index();
+        let (views, index) = reg.apps(now, StatusSet::ALL, None).unwrap();
+        assert!(views[0].instances.is_empty());
+        assert_eq!(reg.instance_count(), 0);
+        // The index answered is that of the settled view.
+        assert!(index > before);
+        assert_eq!(reg.apps(now, StatusSet::ALL, Some(index)), None);
     }
 
     #[test]
