@@ -32,8 +32,9 @@
 //!
 //! # Layout
 //!
-//! Apps live in a `BTreeMap` by name (listings come out sorted; a full pass
-//! resumes after the last name it did, so it copies no list of names). Each
+//! Apps live in a `HashMap` by name, their names also in a `BTreeSet`
+//! (listings come out sorted; a full pass resumes after the last name it
+//! did, so it copies no list of names). Each
 //! app keeps its instances in a dense `Vec<Slot>` and a `HashMap` from id to
 //! slot position (the id's `Arc<str>` is shared by both: one allocation per
 //! id); removal is `swap_remove` plus one index fix, so every per-instance
@@ -633,7 +634,10 @@ impl App {
 #[derive(Debug)]
 pub struct Registry {
     periods: Periods,
-    apps: BTreeMap<Arc<str>, App>,
+    apps: HashMap<Arc<str>, App>,
+    /// The names of `apps`, in order: for sorted listings and for a full
+    /// pass to resume after the last name it did.
+    names: BTreeSet<Arc<str>>,
     book: Book,
     next_epoch: u64,
 }
@@ -643,7 +647,8 @@ impl Registry {
     pub fn new(periods: Periods) -> Registry {
         Registry {
             periods,
-            apps: BTreeMap::new(),
+            apps: HashMap::new(),
+            names: BTreeSet::new(),
             book: Book {
                 index: 1,
                 ..Book::default()
@@ -676,6 +681,7 @@ impl Registry {
         let due = app.empty_due(self.periods);
         self.book.set_due(&mut app, due);
         self.apps.insert(name.clone(), app);
+        self.names.insert(name.clone());
         Ok(Event::AppCreated { app: name })
     }
 
@@ -720,8 +726,9 @@ impl Registry {
             return None;
         }
         let views = self
-            .apps
-            .values()
+            .names
+            .iter()
+            .filter_map(|name| self.apps.get(name))
             .filter(|app| !app.expired(now, self.periods))
             .map(|app| app.view(now, self.periods, filter))
             .collect();
@@ -939,6 +946,7 @@ impl Registry {
         if app.expired(now, periods) {
             self.book.set_due(app, Millis::MAX);
             if let Some(mut app) = self.apps.remove(name) {
+                self.names.remove(name);
                 self.book.bump(&mut app);
                 stats.apps_removed += 1;
                 self.book.events.push(Event::AppRemoved { app: app.name });
@@ -1007,10 +1015,10 @@ impl Registry {
                         Some(name) => Bound::Excluded(&**name),
                         None => Bound::Unbounded,
                     };
-                    self.apps
+                    self.names
                         .range::<str, _>((from, Bound::Unbounded))
                         .next()
-                        .map(|(name, _)| name.clone())
+                        .cloned()
                 } else {
                     self.book
                         .due
@@ -1122,7 +1130,7 @@ impl Registry {
     }
 
     fn live_app_mut<'a>(
-        apps: &'a mut BTreeMap<Arc<str>, App>,
+        apps: &'a mut HashMap<Arc<str>, App>,
         periods: Periods,
         name: &str,
         now: Millis,
