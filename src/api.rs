@@ -272,7 +272,7 @@ impl Api {
         registry
             .create_app(&new.name, now.mono)
             .map_err(|e| refusal(e, &new.name, ""))
-            .map(|event| registry_event(&mut registry, event))?;
+            .map(|event| registry.push_event(event))?;
         let view = registry.app(&new.name, now.mono, StatusSet::ALL, None);
         self.publish(registry, false);
         let mut response = match view {
@@ -303,7 +303,7 @@ impl Api {
         registry
             .register(app, &new.id, &new.ip, port, metadata, now.mono)
             .map_err(|e| refusal(e, app, &new.id))
-            .map(|event| registry_event(&mut registry, event))?;
+            .map(|event| registry.push_event(event))?;
         let view = registry.instance(app, &new.id, now.mono);
         self.publish(registry, false);
         let mut response = match view {
@@ -327,7 +327,7 @@ impl Api {
             // A plain heartbeat: nothing to log, nobody to wake.
             None => drop(registry),
             Some(event) => {
-                registry_event(&mut registry, event);
+                registry.push_event(event);
                 self.publish(registry, false);
             }
         }
@@ -340,17 +340,11 @@ impl Api {
             .take_out_of_service(app, id, now.mono)
             .map_err(|e| refusal(e, app, id))?;
         if let Some(event) = event {
-            registry_event(&mut registry, event);
+            registry.push_event(event);
         }
         self.publish(registry, false);
         Ok(Response::empty(204))
     }
-}
-
-/// Queues the event of a write with the registry's own, so that [`Api::publish`]
-/// logs it.
-fn registry_event(registry: &mut Registry, event: registry::Event) {
-    registry.push_event(event);
 }
 
 /// The `Wait` of a watch whose index has not changed.
