@@ -331,7 +331,8 @@ fn the_index_changes_with_every_change_and_only_then() {
 fn the_index_changes_when_time_changes_a_status() {
     let server = start_with(|c| {
         c.down_after = Duration::from_millis(200);
-        c.evict_after = Duration::from_millis(500);
+        // Long enough for a loaded machine's polls to see the empty app.
+        c.evict_after = Duration::from_millis(1000);
         c.sweep_every = Duration::from_secs(3600);
     });
     let mut c = Conn::open(server.local_addr());
