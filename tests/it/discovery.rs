@@ -436,3 +436,42 @@ fn location_escapes_dot_segments() {
         );
     }
 }
+
+#[test]
+fn time_changes_are_stored_within_a_second_whatever_sweep_every() {
+    // Nothing reads the app: only the ticker can notice, and the log says
+    // when it did.
+    let server = crate::support::Proc::start(&[
+        "--down-after",
+        "0.3",
+        "--evict-after",
+        "1",
+        "--sweep-every",
+        "3600",
+    ]);
+    let mut c = Conn::open(server.addr);
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    register(&mut c, "web", "a", "10.0.0.1", 80);
+    check(&mut c, "PUT", "/apps/web/a", "", 204);
+    let renewed = std::time::Instant::now();
+    server.wait_line("\"a\" of \"web\" is down", Duration::from_secs(5));
+    let down = renewed.elapsed();
+    server.wait_line("\"a\" of \"web\" removed", Duration::from_secs(5));
+    let removed = renewed.elapsed();
+    server.wait_line("application \"web\" removed", Duration::from_secs(5));
+    let gone = renewed.elapsed();
+    assert!(
+        down < Duration::from_millis(300 + 1000),
+        "down noticed after {down:?}"
+    );
+    assert!(
+        removed < Duration::from_millis(1000 + 1000),
+        "removal noticed after {removed:?}"
+    );
+    assert!(
+        gone < Duration::from_millis(2000 + 1000),
+        "app removal noticed after {gone:?}"
+    );
+    assert!(down >= Duration::from_millis(300) && removed >= Duration::from_millis(1000));
+    assert!(gone >= Duration::from_millis(2000));
+}
