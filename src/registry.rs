@@ -1820,6 +1820,62 @@ mod tests {
         assert_eq!(reg.next_due(), Some(now + 600_001));
     }
 
+    /// A fleet that heartbeats on time, driven for ten simulated minutes as
+    /// the ticker drives the registry (`sweeper.rs`): settles due apps half
+    /// a second after their due time, a full pass every minute skipping what
+    /// was settled within it. Returns the slots examined.
+    fn ticker_work_for_a_healthy_fleet(n: u64) -> usize {
+        const PERIOD: Millis = 30_000;
+        const END: Millis = 600_000;
+        const STEP: Millis = 100;
+        let mut reg = Registry::new(P);
+        for a in 0..8 {
+            reg.create_app(&format!("app{a}"), T0).unwrap();
+        }
+        let ids: Vec<(String, String)> = (0..n)
+            .map(|i| (format!("app{}", i % 8), format!("i-{i}")))
+            .collect();
+        for (app, id) in &ids {
+            reg.register(app, id, "10.0.0.1", 80, None, T0).unwrap();
+        }
+        let (mut next_full, mut wake) = (T0 + 60_000, T0 + 1000);
+        let mut stats = SweepStats::default();
+        for t in (T0..T0 + END).step_by(STEP as usize) {
+            // Instance k renews at phase k * PERIOD / n of every period.
+            let from = (t - T0) % PERIOD;
+            let lo = (from * n).div_ceil(PERIOD);
+            let hi = ((from + STEP) * n).div_ceil(PERIOD).min(n);
+            for k in lo..hi {
+                let (app, id) = &ids[k as usize];
+                let at = t - from + k * PERIOD / n;
+                assert!(reg.renew(app, id, at).is_ok());
+            }
+            while wake <= t + STEP {
+                let now = wake;
+                let mut cursor = SweepCursor::default();
+                while !reg.settle_due_step(now, &mut cursor, 4096, &mut stats) {}
+                if now >= next_full {
+                    while !reg.sweep_step(now, &mut cursor, 4096, &mut stats, now - 60_000) {}
+                    next_full = now + 60_000;
+                }
+                let due = reg.next_due().unwrap_or(Millis::MAX);
+                wake = (due + 500).min(next_full).min(now + 1000).max(now + 10);
+            }
+        }
+        let counts = reg.counts();
+        assert_eq!((counts.up, counts.down), (n as usize, 0));
+        stats.checked
+    }
+
+    #[test]
+    fn a_healthy_fleet_costs_the_ticker_no_more_than_a_sweep_a_minute() {
+        // The old sweeper examined every slot once a minute: 10 passes.
+        let n = 10_000;
+        let checked = ticker_work_for_a_healthy_fleet(n);
+        assert!(checked <= 10 * n as usize, "{checked} slots examined");
+        assert!(checked >= 9 * n as usize, "{checked} slots examined");
+    }
+
     #[test]
     fn ips_inline_up_to_22_bytes_then_on_the_heap() {
         for ip in [
