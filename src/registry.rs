@@ -721,6 +721,11 @@ impl Registry {
                 break;
             }
             self.settle(&name, now);
+            if self.book.due.first() == Some(&(at, name.clone())) {
+                // Cannot happen (a settle moves the due time past `now`),
+                // but a listing must never spin.
+                self.book.due.remove(&(at, name));
+            }
         }
         if let Some(name) = self.book.scanning.clone() {
             self.settle(&name, now);
