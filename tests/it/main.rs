@@ -6,6 +6,7 @@
 mod api;
 mod cli;
 mod concurrency;
+mod discovery;
 mod hardening;
 mod lifecycle;
 mod ops;
