@@ -22,6 +22,7 @@ mod auth;
 mod clock;
 mod http;
 mod log;
+mod metrics;
 mod ops;
 pub mod registry;
 mod server;

@@ -6,6 +6,8 @@
 mod api;
 mod cli;
 mod concurrency;
+mod discovery;
 mod hardening;
 mod lifecycle;
+mod ops;
 mod support;
