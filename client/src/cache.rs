@@ -47,8 +47,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Each application has a thread that watches it (see [`Watch`]): against
 /// a registry that sends change indexes, a change reaches the cache as soon
 /// as the registry makes it (each long poll lasts under half a second, so
-/// an idle cache makes about two small requests a second per application);
-/// against one that does not (the original Go server), it reads the
+/// an idle cache makes about two small requests a second per application;
+/// a registry that sends indexes but answers at once is asked as often);
+/// against one that sends none (the original Go server), it reads the
 /// application every second. The token of the client
 /// ([`ClientBuilder::token`](crate::ClientBuilder::token)) is sent.
 ///
@@ -224,8 +225,14 @@ fn follow(
             pause
         } else {
             backoff = Duration::from_millis(100);
-            if watch.polling() {
+            if watch.index().is_none() {
+                // A registry without indexes (the original): read every second.
                 poll_every
+            } else if watch.polling() {
+                // Indexes but no held watches (this server before its
+                // connection layer parks them): ask as often as the long
+                // polls would, so a change still arrives within half a second.
+                CACHE_WAIT
             } else {
                 Duration::ZERO
             }

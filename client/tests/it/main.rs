@@ -6,6 +6,7 @@
 mod api;
 mod discovery;
 mod heartbeat;
+mod live;
 mod quirks;
 mod responder;
 mod scripted;
