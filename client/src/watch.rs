@@ -41,7 +41,8 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 /// different index than the one sent counts as a change, so the watch
 /// carries on. Against a registry that sends no index (the original Go
 /// server), the watch reads the application every second
-/// ([`Watch::poll_every`]) and reports when its view differs.
+/// ([`Watch::poll_every`]) and reports when its view differs; so it does
+/// against a registry that sends an index but answers long polls at once.
 ///
 /// An application the registry does not know reads as one with no
 /// instances (it may be created later). An error (an unreachable registry,
