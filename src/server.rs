@@ -1296,3 +1296,79 @@ fn date() -> String {
         c.1.clone()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(name: &str) -> Topic {
+        Topic::App(Arc::from(name))
+    }
+
+    fn sorted(mut v: Vec<(usize, u64)>) -> Vec<(usize, u64)> {
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn parked_watches_wake_on_their_topic_only_and_once() {
+        let mut w = Watches::default();
+        w.park(1, 10, app("web"));
+        w.park(2, 20, app("web"));
+        w.park(3, 30, Topic::All);
+        w.park(4, 40, app("db"));
+        assert_eq!(w.woken(&[app("api")]), []);
+        assert_eq!(sorted(w.woken(&[app("web")])), [(1, 10), (2, 20)]);
+        // Woken once: parked again only by handling the request again.
+        assert_eq!(w.woken(&[app("web")]), []);
+        // An app's change is notified with `All` too (the API sends both).
+        assert_eq!(
+            sorted(w.woken(&[app("db"), Topic::All])),
+            [(3, 30), (4, 40)]
+        );
+        assert!(w.of.is_empty() && w.by_topic.is_empty());
+    }
+
+    #[test]
+    fn a_closed_or_reparked_connection_is_not_woken_for_its_old_topic() {
+        let mut w = Watches::default();
+        w.park(1, 10, app("web"));
+        w.park(2, 20, app("web"));
+        w.unpark(1, 10);
+        // The slot reused by another connection: its id differs.
+        w.unpark(2, 21);
+        w.park(2, 20, Topic::All);
+        assert_eq!(w.woken(&[app("web")]), []);
+        assert_eq!(w.woken(&[Topic::All]), [(2, 20)]);
+        assert!(w.by_topic.is_empty());
+    }
+
+    #[test]
+    fn timers_fire_in_deadline_order_and_not_before() {
+        let mut t = Timers::default();
+        assert_eq!(t.next(), NEVER);
+        t.push(500, 1, 10);
+        t.push(100, 2, 20);
+        t.push(300, 3, 30);
+        assert_eq!(t.next(), 100);
+        assert_eq!(t.pop_due(99), None);
+        assert_eq!(t.pop_due(300), Some((2, 20)));
+        assert_eq!(t.pop_due(300), Some((3, 30)));
+        assert_eq!(t.pop_due(300), None);
+        assert_eq!(t.next(), 500);
+        assert_eq!(t.pop_due(u64::MAX - 1), Some((1, 10)));
+    }
+
+    #[test]
+    fn the_default_connection_limit_follows_the_descriptor_limit() {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        let n = default_max_connections() as u64;
+        if let Some(max) = limit.maximum.or(limit.current) {
+            assert!(
+                n < max.max(FD_RESERVE + 16),
+                "{n} connections for {max} descriptors"
+            );
+        }
+        assert!(n >= 16);
+    }
+}

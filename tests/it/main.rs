@@ -6,6 +6,7 @@
 mod api;
 mod cli;
 mod concurrency;
+mod conn;
 mod hardening;
 mod lifecycle;
 mod support;
