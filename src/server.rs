@@ -132,7 +132,7 @@ struct Shared {
     cut: AtomicBool,
     /// Workers end once the queue is empty.
     exit: AtomicBool,
-    queue: Mutex<VecDeque<Arc<Conn>>>,
+    queue: Mutex<Queue>,
     work: Condvar,
     /// Connections accepted and not yet closed.
     open: AtomicUsize,
@@ -148,6 +148,13 @@ struct Shared {
     epoch: AtomicU64,
     /// Table slots whose connection has closed, for the poller to free.
     freed: Mutex<Vec<usize>>,
+}
+
+/// Connections ready to be served, and how many workers wait for one.
+#[derive(Debug, Default)]
+struct Queue {
+    jobs: VecDeque<Arc<Conn>>,
+    waiting: usize,
 }
 
 /// One connection. The poller's table holds it; a worker holds it while
@@ -239,7 +246,7 @@ impl Server {
             stopping: AtomicBool::new(false),
             cut: AtomicBool::new(false),
             exit: AtomicBool::new(false),
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             work: Condvar::new(),
             open: AtomicUsize::new(0),
             closed: Condvar::new(),
@@ -416,12 +423,16 @@ impl Shared {
         if batch.is_empty() {
             return;
         }
-        let n = batch.len();
-        lock(&self.queue).extend(batch.drain(..));
-        if n == 1 {
+        // Wake as many waiting workers as there are jobs, no more: the
+        // others are busy and take the rest as they finish.
+        let wake = {
+            let mut queue = lock(&self.queue);
+            let wake = batch.len().min(queue.waiting);
+            queue.jobs.extend(batch.drain(..));
+            wake
+        };
+        for _ in 0..wake {
             self.work.notify_one();
-        } else {
-            self.work.notify_all();
         }
     }
 
@@ -818,17 +829,19 @@ impl<'a> Worker<'a> {
             let conn = {
                 let mut queue = lock(&self.shared.queue);
                 loop {
-                    if let Some(conn) = queue.pop_front() {
+                    if let Some(conn) = queue.jobs.pop_front() {
                         break conn;
                     }
                     if self.shared.exit.load(Ordering::SeqCst) {
                         return;
                     }
+                    queue.waiting += 1;
                     queue = self
                         .shared
                         .work
                         .wait(queue)
                         .unwrap_or_else(PoisonError::into_inner);
+                    queue.waiting -= 1;
                 }
             };
             self.serve(&conn);
