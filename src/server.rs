@@ -9,6 +9,7 @@
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -844,7 +845,15 @@ impl<'a> Worker<'a> {
                     queue.waiting -= 1;
                 }
             };
-            self.serve(&conn);
+            // A bug that panics a handler closes that connection only; the
+            // worker goes on (the pool is fixed: it must not shrink).
+            let served = panic::catch_unwind(AssertUnwindSafe(|| self.serve(&conn)));
+            if served.is_err() {
+                let mut io = lock(&conn.io);
+                if io.stream.is_some() {
+                    self.close(&conn, &mut io);
+                }
+            }
         }
     }
 
