@@ -46,6 +46,8 @@ pub struct FleetOutcome {
     /// Transport errors: refused, reset or closed connections, bad answers.
     pub errors: u64,
     pub first_error: Option<String>,
+    /// Errors by kind (their message up to the first digit).
+    pub error_kinds: std::collections::BTreeMap<String, u64>,
     /// Length of the measured window.
     pub elapsed: Duration,
     /// Server threads before the fleet connected, with every client
@@ -157,10 +159,7 @@ pub fn run(
         .collect();
     let mut request = Vec::with_capacity(128);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let fail = |out: &mut FleetOutcome, what: String| {
-        out.errors += 1;
-        out.first_error.get_or_insert(what);
-    };
+    let fail = |out: &mut FleetOutcome, what: String| note(out, what);
 
     // 1. The ramp: every client connects and sends one unmeasured
     //    heartbeat, `ramp` connections at a time.
@@ -295,9 +294,15 @@ fn send(c: &mut Client, i: usize, request: &mut Vec<u8>, out: &mut FleetOutcome,
     }
 }
 
-fn die(c: &mut Client, out: &mut FleetOutcome, what: String) {
+fn note(out: &mut FleetOutcome, what: String) {
     out.errors += 1;
+    let kind: String = what.chars().take_while(|c| !c.is_ascii_digit()).collect();
+    *out.error_kinds.entry(kind).or_default() += 1;
     out.first_error.get_or_insert(what);
+}
+
+fn die(c: &mut Client, out: &mut FleetOutcome, what: String) {
+    note(out, what);
     c.stream = None;
     c.state = State::Dead;
 }

@@ -624,7 +624,8 @@ fn scenario_fleet(s: &Settings, r: &mut Results, began: Instant) -> Result<(), S
         "--max-connections".to_string(),
         (n + 1000).to_string(),
         "--idle-timeout".to_string(),
-        (s.fleet_interval * 4.0 + 10.0).to_string(),
+        // As Go's net/http keeps idle connections: longer than the ramp.
+        (s.fleet_interval * 4.0).max(90.0).to_string(),
     ];
     let server = start_registry(s, r, "registro-fleet", &flags)?;
     fill(&server, Fleet::new(n), r, true, began)?;

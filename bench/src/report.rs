@@ -112,6 +112,9 @@ pub fn fleet_summary(o: &FleetOutcome) -> String {
     if let Some(e) = &o.first_error {
         let _ = write!(s, " (first: {e})");
     }
+    for (kind, n) in &o.error_kinds {
+        let _ = write!(s, "; {n} x {kind:?}");
+    }
     s
 }
 
