@@ -630,8 +630,21 @@ pub fn write_response<W: Write>(
     keep_alive: bool,
     http_date: &str,
 ) -> io::Result<()> {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(160);
+    let mut bytes = Vec::with_capacity(160 + response.body.len());
+    encode_response(&mut bytes, response, head, keep_alive, http_date);
+    w.write_all(&bytes)?;
+    w.flush()
+}
+
+/// Appends `response` to `out`, as `write_response` writes it (the body is
+/// copied once, straight into `out`).
+pub fn encode_response(
+    out: &mut Vec<u8>,
+    response: &Response,
+    head: bool,
+    keep_alive: bool,
+    http_date: &str,
+) {
     let _ = write!(
         out,
         "HTTP/1.1 {} {}\r\nDate: {}\r\n",
@@ -654,17 +667,14 @@ pub fn write_response<W: Write>(
     for (name, value) in &response.headers {
         let _ = write!(out, "{name}: {value}\r\n");
     }
-    out.push_str(if keep_alive {
-        "Connection: keep-alive\r\n\r\n"
+    out.extend_from_slice(if keep_alive {
+        b"Connection: keep-alive\r\n\r\n"
     } else {
-        "Connection: close\r\n\r\n"
+        b"Connection: close\r\n\r\n"
     });
-    let mut bytes = out.into_bytes();
     if !head {
-        bytes.extend_from_slice(&response.body);
+        out.extend_from_slice(&response.body);
     }
-    w.write_all(&bytes)?;
-    w.flush()
 }
 
 /// The reason phrase of every status Registro sends.

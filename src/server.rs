@@ -1027,7 +1027,7 @@ impl<'a> Worker<'a> {
         } else {
             &mut io.out
         };
-        let _ = http::write_response(out, &response, request.is_head(), keep_alive, &date());
+        http::encode_response(out, &response, request.is_head(), keep_alive, &date());
         if !keep_alive {
             io.after = After::Close;
         }
@@ -1092,7 +1092,7 @@ impl<'a> Worker<'a> {
                     400,
                     "malformed request: connection closed inside the request",
                 );
-                let _ = http::write_response(&mut self.out, &response, false, false, &date());
+                http::encode_response(&mut self.out, &response, false, false, &date());
                 io.pending = Vec::new();
                 io.after = After::Close;
                 self.stash_out(io);
@@ -1209,7 +1209,7 @@ impl<'a> Worker<'a> {
                             } else {
                                 &mut io.out
                             };
-                            let _ = http::write_response(out, &response, false, false, &date());
+                            http::encode_response(out, &response, false, false, &date());
                             io.after = After::Linger;
                         }
                         None => io.after = After::Close,
