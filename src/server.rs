@@ -392,6 +392,22 @@ impl Shared {
         self.stopping.load(Ordering::SeqCst)
     }
 
+    /// Closes a connection its caller holds (state BUSY, `io` locked).
+    fn close(&self, conn: &Conn, io: &mut ConnIo) {
+        io.stream = None;
+        io.pending = Vec::new();
+        io.out = Vec::new();
+        io.phase = Phase::Open;
+        lock(&self.watches).unpark(conn.slot, conn.id);
+        conn.state.store(CLOSED, Ordering::SeqCst);
+        lock(&self.freed).push(conn.slot);
+        self.open.fetch_sub(1, Ordering::SeqCst);
+        if self.stopping() {
+            drop(lock(&self.closed_lock));
+            self.closed.notify_all();
+        }
+    }
+
     /// Hands `conn` to a worker, or, if one has it, tells it to look again.
     fn dispatch(&self, conn: &Arc<Conn>, batch: &mut Vec<Arc<Conn>>) {
         loop {
@@ -602,16 +618,26 @@ impl Poller {
                 }
             }
             lock(&self.shared.timers).armed = 0;
+            let mut accept = false;
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => accept = true,
                     WAKER => {}
                     Token(t) => {
                         if let Some(Some(conn)) = self.conns.get(t - FIRST_CONN) {
-                            self.shared.dispatch(conn, &mut batch);
+                            let conn = Arc::clone(conn);
+                            let hung_up = event.is_read_closed() || event.is_error();
+                            if !(hung_up && self.hang_up(&conn, &mut batch)) {
+                                self.shared.dispatch(&conn, &mut batch);
+                            }
                         }
                     }
                 }
+            }
+            // After the hang-ups of the same batch: a connection that closed
+            // before a new one arrived has made room for it.
+            if accept {
+                self.accept();
             }
             self.shared.enqueue(&mut batch);
             let now = mono();
@@ -752,6 +778,45 @@ impl Poller {
         self.refused_logged = Some(now);
     }
 
+    /// A client that hung up between requests is closed here, at once, so
+    /// that its slot counts as free before the next connection is admitted.
+    /// True when dealt with (closed, or handed to a worker with what it sent
+    /// before hanging up).
+    fn hang_up(&mut self, conn: &Arc<Conn>, batch: &mut Vec<Arc<Conn>>) -> bool {
+        if conn
+            .state
+            .compare_exchange(IDLE, BUSY, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return false;
+        }
+        let mut io = lock(&conn.io);
+        let between_requests = matches!(io.phase, Phase::Open)
+            && io.pending.is_empty()
+            && io.out.is_empty()
+            && io.after == After::Continue;
+        if between_requests {
+            let mut byte = [0u8; 1];
+            let peeked = match &io.stream {
+                Some(stream) => stream.peek(&mut byte),
+                None => Ok(0),
+            };
+            // Nothing left unread: it is gone. Otherwise it sent a last
+            // request before closing, which a worker answers.
+            if matches!(peeked, Ok(0))
+                || peeked
+                    .as_ref()
+                    .is_err_and(|e| e.kind() != io::ErrorKind::WouldBlock)
+            {
+                self.shared.close(conn, &mut io);
+                return true;
+            }
+        }
+        drop(io);
+        batch.push(Arc::clone(conn));
+        true
+    }
+
     fn lookup(&self, slot: usize, id: u64) -> Option<&Arc<Conn>> {
         self.conns
             .get(slot)
@@ -888,18 +953,7 @@ impl<'a> Worker<'a> {
     }
 
     fn close(&mut self, conn: &Conn, io: &mut ConnIo) {
-        io.stream = None;
-        io.pending = Vec::new();
-        io.out = Vec::new();
-        io.phase = Phase::Open;
-        lock(&self.shared.watches).unpark(conn.slot, conn.id);
-        conn.state.store(CLOSED, Ordering::SeqCst);
-        lock(&self.shared.freed).push(conn.slot);
-        self.shared.open.fetch_sub(1, Ordering::SeqCst);
-        if self.shared.stopping() {
-            drop(lock(&self.shared.closed_lock));
-            self.shared.closed.notify_all();
-        }
+        self.shared.close(conn, io);
     }
 
     /// Does everything that can be done now without blocking.
