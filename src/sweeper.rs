@@ -143,8 +143,8 @@ fn pass(api: &Api, stopped: &mpsc::Receiver<()>, full: Option<Millis>, every_pas
     if (full.is_some() && every_pass) || changed || started.elapsed() >= Duration::from_millis(100)
     {
         api.log().line_waiting(format_args!(
-            "sweep: checked {} instances in {} ms (longest lock hold {} us), removed {}, down {}",
-            stats.checked,
+            "sweep: checked {} in {} ms (longest lock hold {} us), removed {}, down {}",
+            Plural(stats.checked, "instance"),
             started.elapsed().as_millis(),
             longest.as_micros(),
             stats.removed,
@@ -152,4 +152,14 @@ fn pass(api: &Api, stopped: &mpsc::Receiver<()>, full: Option<Millis>, every_pas
         ));
     }
     true
+}
+
+/// `1 instance`, `2 instances`.
+struct Plural(usize, &'static str);
+
+impl std::fmt::Display for Plural {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = if self.0 == 1 { "" } else { "s" };
+        write!(f, "{} {}{s}", self.0, self.1)
+    }
 }

@@ -6,8 +6,10 @@
 mod api;
 mod cli;
 mod concurrency;
+mod conn;
 mod discovery;
 mod hardening;
 mod lifecycle;
 mod ops;
 mod support;
+mod watch;
