@@ -214,3 +214,48 @@ fn the_cache_sees_a_registration_and_a_take_out_within_a_second() -> Result<(), 
     );
     Ok(())
 }
+
+/// `registro_watches_waiting` from the server's `/metrics`.
+fn watches_waiting(server: &registro::Server) -> Option<u64> {
+    let url = format!("http://{}/metrics", server.local_addr());
+    let text = ureq::get(&url)
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("registro_watches_waiting "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn a_parked_watch_is_woken_by_the_change() -> Result<(), Error> {
+    let server = server();
+    let c = client(&server);
+    c.register_service("web-1", "web", "10.0.0.1", 8080)?;
+    let mut watch = c.watch("web");
+    assert!(watch.next_timeout(LIMIT)?.is_some());
+    let (woken, changed_at) = std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let outcome = watch.next_timeout(Duration::from_secs(20));
+            (outcome, Instant::now())
+        });
+        eventually(LIMIT, "the watch parked in the server", || {
+            (watches_waiting(&server) == Some(1)).then_some(())
+        });
+        let changed_at = Instant::now();
+        let registered = c.register_service("web-2", "web", "10.0.0.2", 8080);
+        assert!(registered.is_ok(), "{registered:?}");
+        match waiter.join() {
+            Ok((outcome, at)) => (outcome.map(|app| (app, at)), changed_at),
+            Err(_) => panic!("the watching thread panicked"),
+        }
+    });
+    let (app, answered_at) = woken?;
+    assert_eq!(app.map(|a| a.instances.len()), Some(2));
+    let took = answered_at - changed_at;
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    eprintln!("parked watch answered {took:?} after the change began");
+    Ok(())
+}
