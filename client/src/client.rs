@@ -1,12 +1,15 @@
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::cache::Cache;
 use crate::error::Error;
 use crate::heartbeat::Heartbeat;
-use crate::types::{Application, Instance};
+use crate::types::{Application, Instance, Metadata, Status};
+use crate::watch::Watch;
 
 /// How long a request may take, end to end, unless the builder says otherwise.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,6 +36,8 @@ pub struct Client {
     base: String,
     agent: ureq::Agent,
     timeout: Duration,
+    /// The `Authorization` header's value, `Bearer <token>`.
+    authorization: Option<Arc<str>>,
 }
 
 /// Configures a [`Client`]: `Client::builder(url).timeout(d).build()`.
@@ -41,6 +46,7 @@ pub struct Client {
 pub struct ClientBuilder {
     root: String,
     timeout: Duration,
+    token: Option<String>,
 }
 
 impl ClientBuilder {
@@ -48,6 +54,25 @@ impl ClientBuilder {
     /// reading the whole answer. Defaults to 5 seconds.
     pub fn timeout(mut self, timeout: Duration) -> ClientBuilder {
         self.timeout = timeout;
+        self
+    }
+
+    /// A token to send as `Authorization: Bearer <token>` with every
+    /// request, for a registry started with `--token-file` (and
+    /// `--read-token-file`). Heartbeats, watches and caches started from the
+    /// client send it too. A registry that refuses it answers 401:
+    /// [`Error::Unauthorized`].
+    ///
+    /// ```
+    /// use registro_client::Client;
+    ///
+    /// let token = std::env::var("REGISTRO_TOKEN").unwrap_or_default();
+    /// let client = Client::builder("http://localhost:8080/registro")
+    ///     .token(token.trim())
+    ///     .build();
+    /// ```
+    pub fn token(mut self, token: impl Into<String>) -> ClientBuilder {
+        self.token = Some(token.into());
         self
     }
 
@@ -65,6 +90,7 @@ impl ClientBuilder {
             base,
             agent,
             timeout: self.timeout,
+            authorization: self.token.map(|t| Arc::from(format!("Bearer {t}"))),
         }
     }
 }
@@ -85,6 +111,7 @@ impl Client {
         ClientBuilder {
             root: root.to_owned(),
             timeout: DEFAULT_TIMEOUT,
+            token: None,
         }
     }
 
@@ -97,6 +124,25 @@ impl Client {
     /// first when the registry does not know it yet; returns both, the
     /// application including the new instance.
     ///
+    /// **Mind the order: the instance's id comes first, then the
+    /// application's name** (as in the original Go client), while
+    /// [`Client::instance`] and the routes take the application first. Both
+    /// are strings, so a swapped pair compiles and registers an application
+    /// named like the instance. [`Client::registration`] names each part
+    /// and adds metadata:
+    ///
+    /// ```no_run
+    /// # let client = registro_client::Client::new("http://localhost:8080/registro");
+    /// // Same as client.register_service("web-1", "web", "10.0.0.7", 8080):
+    /// let (app, inst) = client
+    ///     .registration()
+    ///     .app("web")
+    ///     .id("web-1")
+    ///     .address("10.0.0.7", 8080)
+    ///     .register()?;
+    /// # Ok::<(), registro_client::Error>(())
+    /// ```
+    ///
     /// Another process creating the same application at the same moment is
     /// not an error. The instance is registered as
     /// [`Status::Starting`](crate::Status::Starting); start a heartbeat
@@ -108,13 +154,30 @@ impl Client {
         ip: &str,
         port: u16,
     ) -> Result<(Application, Instance), Error> {
+        self.register(app, &Instance::new(id, ip, port))
+    }
+
+    /// A registration to fill in part by part, with metadata if wanted;
+    /// see [`Registration`].
+    pub fn registration(&self) -> Registration<'_> {
+        Registration {
+            client: self,
+            app: None,
+            id: None,
+            address: None,
+            metadata: Metadata::new(),
+        }
+    }
+
+    /// Registers `inst` in `app`, creating the application if need be.
+    fn register(&self, app: &str, inst: &Instance) -> Result<(Application, Instance), Error> {
         let mut application = match self.app(app) {
             Ok(found) => found,
             Err(e) if e.is_not_found() => self.ensure_app(app)?,
             Err(e) => return Err(e),
         };
-        let instance = self.new_instance(&application, id, ip, port)?;
-        application.instances.retain(|i| i.id != id);
+        let instance = self.post_instance(app, inst)?;
+        application.instances.retain(|i| i.id != inst.id);
         application.instances.push(instance.clone());
         Ok((application, instance))
     }
@@ -130,12 +193,7 @@ impl Client {
 
     /// Every application the registry knows, with its instances.
     pub fn apps(&self) -> Result<Vec<Application>, Error> {
-        #[derive(Deserialize)]
-        struct List {
-            #[serde(default)]
-            applications: Option<Vec<Application>>,
-        }
-        let list: List = self.get(&self.url(&["apps"]))?;
+        let list: AppList = self.get(&self.url(&["apps"]))?;
         Ok(list.applications.unwrap_or_default())
     }
 
@@ -143,6 +201,60 @@ impl Client {
     /// an [`Error::Status`] with code 404.
     pub fn app(&self, name: &str) -> Result<Application, Error> {
         self.get(&self.url(&["apps", name]))
+    }
+
+    /// The application of this name with only the instances of these
+    /// statuses: `&[Status::Up]` for the ones to send traffic to,
+    /// `&[Status::Up, Status::Starting]` to include those coming up.
+    ///
+    /// The registry filters (`?status=up,starting`), so little crosses the
+    /// network; the client filters again, so the answer is the same from a
+    /// registry that ignores the filter (the original Go server). An unknown
+    /// name is an [`Error::Status`] with code 404.
+    ///
+    /// ```no_run
+    /// use registro_client::{Client, Status};
+    ///
+    /// let client = Client::new("http://localhost:8080/registro");
+    /// for inst in client.app_with_status("web", &[Status::Up])?.instances {
+    ///     println!("{}:{}", inst.ip, inst.port);
+    /// }
+    /// # Ok::<(), registro_client::Error>(())
+    /// ```
+    pub fn app_with_status(&self, name: &str, statuses: &[Status]) -> Result<Application, Error> {
+        let mut url = self.url(&["apps", name]);
+        push_status_query(&mut url, statuses);
+        let app: Application = self.get(&url)?;
+        Ok(app.with_status(statuses))
+    }
+
+    /// Every application the registry knows, each with only the instances
+    /// of these statuses (an application left with none is still listed);
+    /// filtered by the registry and again by the client, as in
+    /// [`Client::app_with_status`].
+    pub fn apps_with_status(&self, statuses: &[Status]) -> Result<Vec<Application>, Error> {
+        let mut url = self.url(&["apps"]);
+        push_status_query(&mut url, statuses);
+        let list: AppList = self.get(&url)?;
+        Ok(list
+            .applications
+            .unwrap_or_default()
+            .into_iter()
+            .map(|app| app.with_status(statuses))
+            .collect())
+    }
+
+    /// A watch on the application of this name: a blocking iterator that
+    /// yields the application each time it changes; see [`Watch`].
+    pub fn watch(&self, app: &str) -> Watch {
+        Watch::new(self.clone(), app)
+    }
+
+    /// A discovery cache of these applications, kept current by a thread
+    /// per application; see [`Cache`]. Their first views are read before
+    /// this returns.
+    pub fn cache(&self, apps: &[&str]) -> Cache {
+        Cache::start(self, apps)
     }
 
     /// One instance of an application; an unknown application or instance is
@@ -175,6 +287,7 @@ impl Client {
     /// An unknown application is an [`Error::Status`] with code 404; an
     /// instance of that id existing already may be one with code 409 (this
     /// project's server accepts a re-registration at the same address).
+    /// [`Client::registration`] registers with metadata.
     pub fn new_instance(
         &self,
         app: &Application,
@@ -182,14 +295,24 @@ impl Client {
         ip: &str,
         port: u16,
     ) -> Result<Instance, Error> {
-        let body = json!({ "id": id, "ip": ip, "port": port });
-        let answer = self.send(Method::Post(body), &self.url(&["apps", &app.name]), 201)?;
+        self.post_instance(&app.name, &Instance::new(id, ip, port))
+    }
+
+    /// Registers `inst` (its id, address and metadata) in the application
+    /// named `app`.
+    pub(crate) fn post_instance(&self, app: &str, inst: &Instance) -> Result<Instance, Error> {
+        let mut body = json!({ "id": inst.id, "ip": inst.ip, "port": inst.port });
+        if !inst.metadata.is_empty() {
+            body["metadata"] = json!(inst.metadata);
+        }
+        let answer = self.send(Method::Post(body), &self.url(&["apps", app]), 201)?;
         // This project's server answers with the instance; the original, with
         // an empty body.
         Ok(
             serde_json::from_slice(&answer).unwrap_or_else(|_| Instance {
                 last_renewal: unix_now(),
-                ..Instance::new(id, ip, port)
+                status: Status::Starting,
+                ..inst.clone()
             }),
         )
     }
@@ -215,14 +338,29 @@ impl Client {
         Ok(())
     }
 
-    /// Starts renewing `inst` every 30 seconds on its own thread (at once,
-    /// then every interval with a little jitter); see [`Heartbeat`].
+    /// Renews `inst` once, then every 30 seconds on a thread of its own
+    /// (with a little jitter); see [`Heartbeat`].
+    ///
+    /// The first renewal happens before this returns, so the instance reads
+    /// `up` when you have the handle; if it failed,
+    /// [`Heartbeat::last_error`] says why and the thread keeps trying
+    /// (unless the answer was 403). This waits for that renewal, at most the
+    /// client's timeout per request.
+    ///
+    /// 30 seconds suits the registry's default `--down-after` of 90 seconds.
+    /// Against a registry started with a shorter `--down-after`, renew more
+    /// often with [`Client::start_heartbeat_every`] (a third of it is a good
+    /// choice), or the instance flaps between `up` and `down`.
+    #[must_use = "dropping the Heartbeat stops it and deregisters the instance at once"]
     pub fn start_heartbeat(&self, app: &Application, inst: &Instance) -> Heartbeat {
         self.start_heartbeat_every(app, inst, DEFAULT_INTERVAL)
     }
 
-    /// Starts renewing `inst` every `interval` on its own thread; see
-    /// [`Heartbeat`]. Intervals under a millisecond are raised to one.
+    /// Renews `inst` once, then every `interval` on a thread of its own; see
+    /// [`Client::start_heartbeat`] and [`Heartbeat`]. Intervals under a
+    /// millisecond are raised to one; any longer one is accepted
+    /// (`Duration::MAX` renews once).
+    #[must_use = "dropping the Heartbeat stops it and deregisters the instance at once"]
     pub fn start_heartbeat_every(
         &self,
         app: &Application,
@@ -233,7 +371,7 @@ impl Client {
     }
 
     /// The URL of a route: the base followed by each segment, percent-encoded.
-    fn url(&self, segments: &[&str]) -> String {
+    pub(crate) fn url(&self, segments: &[&str]) -> String {
         let mut url = self.base.clone();
         for segment in segments {
             url.push('/');
@@ -251,22 +389,43 @@ impl Client {
     /// Sends a request; returns the body of an answer with status `expect`,
     /// and an error for anything else.
     fn send(&self, method: Method, url: &str, expect: u16) -> Result<Vec<u8>, Error> {
+        self.exchange(method, url, expect, None)
+            .map(|reply| reply.body)
+    }
+
+    /// Sends a request, with another timeout than the client's if given;
+    /// returns the answer with status `expect`, and an error for anything else.
+    pub(crate) fn exchange(
+        &self,
+        method: Method,
+        url: &str,
+        expect: u16,
+        timeout: Option<Duration>,
+    ) -> Result<Reply, Error> {
+        let auth = self.authorization.as_deref();
         let sent = match method {
-            Method::Get => self.agent.get(url).call(),
-            Method::Post(body) => self.agent.post(url).send_json(body),
-            Method::Put => self.agent.put(url).send_empty(),
-            Method::Delete => self.agent.delete(url).call(),
+            Method::Get => prepare(self.agent.get(url), auth, timeout).call(),
+            Method::Post(body) => prepare(self.agent.post(url), auth, timeout).send_json(body),
+            Method::Put => prepare(self.agent.put(url), auth, timeout).send_empty(),
+            Method::Delete => prepare(self.agent.delete(url), auth, timeout).call(),
         };
-        let mut response = sent.map_err(|e| Error::from_ureq(e, self.timeout))?;
+        let timeout = timeout.unwrap_or(self.timeout);
+        let mut response = sent.map_err(|e| Error::from_ureq(e, timeout))?;
         let code = response.status().as_u16();
         if code == expect {
+            let index = response
+                .headers()
+                .get("registro-index")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok());
             // Read even an empty body in full, so the connection can be reused.
-            return response
+            let body = response
                 .body_mut()
                 .with_config()
                 .limit(BODY_LIMIT)
                 .read_to_vec()
-                .map_err(|e| Error::from_ureq(e, self.timeout));
+                .map_err(|e| Error::from_ureq(e, timeout))?;
+            return Ok(Reply { body, index });
         }
         let message = response
             .body_mut()
@@ -275,11 +434,142 @@ impl Client {
             .read_to_vec()
             .ok()
             .and_then(|body| error_message(&body));
+        if code == 401 {
+            return Err(Error::Unauthorized { message });
+        }
         Err(Error::Status { code, message })
     }
 }
 
-enum Method {
+/// The body of `GET /apps`.
+#[derive(Deserialize)]
+struct AppList {
+    #[serde(default)]
+    applications: Option<Vec<Application>>,
+}
+
+/// Appends `?status=a,b` (nothing for no statuses).
+fn push_status_query(url: &mut String, statuses: &[Status]) {
+    for (n, status) in statuses.iter().enumerate() {
+        url.push_str(if n == 0 { "?status=" } else { "," });
+        url.push_str(status.as_str());
+    }
+}
+
+/// A registration built part by part, from [`Client::registration`]: each
+/// part is named, so the application and the instance's id cannot be
+/// swapped unnoticed, and metadata can be added.
+///
+/// ```no_run
+/// use registro_client::Client;
+///
+/// let client = Client::new("http://localhost:8080/registro");
+/// let (app, inst) = client
+///     .registration()
+///     .app("web")
+///     .id("web-1")
+///     .address("10.0.0.7", 8080)
+///     .metadata("zone", "eu-1")
+///     .metadata("version", "1.4.2")
+///     .register()?;
+/// let heartbeat = client.start_heartbeat(&app, &inst);
+/// # drop(heartbeat);
+/// # Ok::<(), registro_client::Error>(())
+/// ```
+///
+/// Metadata is at most 64 entries, keys of 1 to 128 bytes and values of at
+/// most 1024, 8 KiB of JSON in all; the registry refuses more with a 400.
+/// A registry without metadata support (the original Go server) ignores it.
+#[derive(Debug, Clone)]
+#[must_use = "a registration does nothing until `register` is called"]
+pub struct Registration<'c> {
+    client: &'c Client,
+    app: Option<String>,
+    id: Option<String>,
+    address: Option<(String, u16)>,
+    metadata: Metadata,
+}
+
+impl Registration<'_> {
+    /// The application's name (required); it is created if need be.
+    pub fn app(mut self, name: impl Into<String>) -> Self {
+        self.app = Some(name.into());
+        self
+    }
+
+    /// The instance's id, unique within its application (required).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Where other services reach the instance (required).
+    pub fn address(mut self, ip: impl Into<String>, port: u16) -> Self {
+        self.address = Some((ip.into(), port));
+        self
+    }
+
+    /// One metadata entry; a key given twice keeps the later value.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Every entry of `metadata`, added to those given so far.
+    pub fn metadata_from<K, V>(mut self, metadata: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.metadata
+            .extend(metadata.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// Registers the instance, creating the application first if the
+    /// registry does not know it; returns both, as
+    /// [`Client::register_service`] does. A missing part is an
+    /// [`Error::Incomplete`], before any request.
+    pub fn register(self) -> Result<(Application, Instance), Error> {
+        let app = self
+            .app
+            .ok_or(Error::Incomplete("the application's name"))?;
+        let id = self.id.ok_or(Error::Incomplete("the instance's id"))?;
+        let (ip, port) = self
+            .address
+            .ok_or(Error::Incomplete("the instance's address"))?;
+        let inst = Instance {
+            metadata: self.metadata,
+            ..Instance::new(id, ip, port)
+        };
+        self.client.register(&app, &inst)
+    }
+}
+
+/// An answer with the expected status.
+pub(crate) struct Reply {
+    pub(crate) body: Vec<u8>,
+    /// The `Registro-Index` header, when the registry sent one.
+    pub(crate) index: Option<u64>,
+}
+
+/// A request with the token, and its own timeout if it has one.
+fn prepare<B>(
+    request: ureq::RequestBuilder<B>,
+    auth: Option<&str>,
+    timeout: Option<Duration>,
+) -> ureq::RequestBuilder<B> {
+    let request = match auth {
+        Some(value) => request.header("Authorization", value),
+        None => request,
+    };
+    match timeout {
+        Some(t) => request.config().timeout_global(Some(t)).build(),
+        None => request,
+    }
+}
+
+pub(crate) enum Method {
     Get,
     Post(serde_json::Value),
     Put,

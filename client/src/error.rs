@@ -29,18 +29,34 @@ pub enum Error {
         /// answer had one (the original Go server sends none).
         message: Option<String>,
     },
+    /// The registry answered 401: it demands a token (see
+    /// [`ClientBuilder::token`](crate::ClientBuilder::token)) and the client
+    /// sent none, or one it does not accept.
+    Unauthorized {
+        /// The server's explanation, from a `{"error": "..."}` body.
+        message: Option<String>,
+    },
     /// The registry answered with the expected status, but the body is not the
     /// JSON the operation expects.
     InvalidResponse(InvalidResponse),
-    /// The operating system would not start the heartbeat's thread.
+    /// The operating system would not start the heartbeat's or the cache's
+    /// thread.
     Spawn(Arc<std::io::Error>),
+    /// A [`Registration`](crate::Registration) lacked a required part (named
+    /// here); nothing was sent.
+    Incomplete(&'static str),
+    /// The heartbeat's or the cache's thread ended with a panic (a bug in
+    /// this crate); the panic's message.
+    Panicked(String),
 }
 
 impl Error {
-    /// The HTTP status code, when the registry answered with an unexpected one.
+    /// The HTTP status code, when the registry answered with an unexpected
+    /// one (401 for [`Error::Unauthorized`]).
     pub fn status(&self) -> Option<u16> {
         match self {
             Error::Status { code, .. } => Some(*code),
+            Error::Unauthorized { .. } => Some(401),
             _ => None,
         }
     }
@@ -67,6 +83,17 @@ impl Error {
         Error::Spawn(Arc::new(err))
     }
 
+    pub(crate) fn panicked(payload: &(dyn std::any::Any + Send)) -> Error {
+        let message = if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "(no message)".to_owned()
+        };
+        Error::Panicked(message)
+    }
+
     pub(crate) fn invalid_response(err: serde_json::Error) -> Error {
         Error::InvalidResponse(InvalidResponse(Arc::new(err)))
     }
@@ -85,8 +112,12 @@ impl fmt::Display for Error {
                 code,
                 message: None,
             } => write!(f, "http status: {code}"),
+            Error::Unauthorized { message: Some(m) } => write!(f, "unauthorized: {m}"),
+            Error::Unauthorized { message: None } => write!(f, "unauthorized"),
             Error::InvalidResponse(e) => write!(f, "invalid response from registry: {e}"),
-            Error::Spawn(e) => write!(f, "cannot start the heartbeat thread: {e}"),
+            Error::Spawn(e) => write!(f, "cannot start a background thread: {e}"),
+            Error::Panicked(m) => write!(f, "the background thread panicked: {m}"),
+            Error::Incomplete(what) => write!(f, "incomplete registration: no {what} given"),
         }
     }
 }
@@ -97,7 +128,11 @@ impl std::error::Error for Error {
             Error::Transport(e) => Some(e),
             Error::InvalidResponse(e) => Some(e),
             Error::Spawn(e) => Some(&**e),
-            Error::Timeout(_) | Error::Status { .. } => None,
+            Error::Timeout(_)
+            | Error::Status { .. }
+            | Error::Unauthorized { .. }
+            | Error::Panicked(_)
+            | Error::Incomplete(_) => None,
         }
     }
 }

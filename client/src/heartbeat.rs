@@ -1,6 +1,6 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -20,20 +20,54 @@ const MAX_FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// A thread that keeps one instance registered and `up`, started by
 /// [`Client::start_heartbeat`].
 ///
-/// It renews at once, then every interval plus a random jitter of up to 10 %
-/// (so a fleet started together does not beat in lock-step). When a renewal
-/// answers 404, because the registry restarted and forgot everything or
-/// evicted the instance, it registers the application and the instance again
-/// and renews, so the instance is back within one interval. Failures (an
-/// unreachable registry, an unexpected status) are retried with a backoff
-/// that starts short and doubles up to the interval; they never end the
-/// thread. The thread prints nothing: [`Heartbeat::last_error`] tells how the
-/// latest beat went.
+/// The first renewal happens before `start_heartbeat` returns, so the
+/// instance reads `up` as soon as you have the handle, and a failure of
+/// that renewal is in [`Heartbeat::last_error`] at once. The thread then
+/// renews every interval plus a random jitter of up to 10 % (so a fleet
+/// started together does not beat in lock-step). Any interval is accepted:
+/// the arithmetic saturates, so `Duration::MAX` means "renew once".
 ///
-/// [`Heartbeat::stop`] wakes the thread at once, joins it and deregisters the
-/// instance (the registry marks it out-of-service). Dropping the `Heartbeat`
-/// does the same and ignores the deregistration's outcome.
+/// What the thread does with each answer:
+///
+/// - **404**: the registry restarted and forgot everything, or evicted the
+///   instance. It registers the application and the instance again (with
+///   the instance's metadata) and renews, so the instance is back within
+///   one interval.
+/// - **409** while registering again: another live process holds the id at
+///   another address. The heartbeat reports it ([`Heartbeat::last_error`]
+///   has the 409) and does *not* renew, which would keep the other
+///   process's registration alive; it tries to register again every
+///   interval, which succeeds once the other instance is down.
+/// - **403**: an operator took the instance out of service. The heartbeat
+///   stops renewing and never registers the instance again on its own, even
+///   once the registry has forgotten it; `last_error` keeps the 403 and
+///   [`Heartbeat::is_running`] turns false. Register again (a new
+///   `register_service` and heartbeat) to come back.
+/// - **401** ([`Error::Unauthorized`]): tried again after a full interval,
+///   not sooner.
+/// - Anything else (an unreachable registry, an unexpected status): retried
+///   with a backoff that starts short and doubles up to the interval; it
+///   never ends the thread.
+///
+/// The thread prints nothing. Should it ever end unexpectedly (a panic,
+/// which would be a bug), `is_running` says so and `last_error` holds
+/// [`Error::Panicked`].
+///
+/// [`Heartbeat::stop`] wakes the thread at once, joins it and deregisters
+/// the instance (the registry marks it out-of-service). Dropping the
+/// `Heartbeat` does the same and ignores the deregistration's outcome, so
+/// the handle must be kept for as long as the instance should stay up:
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// # fn main() -> Result<(), registro_client::Error> {
+/// let client = registro_client::Client::new("http://localhost:8080/registro");
+/// let (app, inst) = client.register_service("web-1", "web", "10.0.0.7", 8080)?;
+/// client.start_heartbeat(&app, &inst); // dropped at once: deregistered
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
+#[must_use = "dropping a Heartbeat stops it and deregisters the instance; keep it while the instance should stay up"]
 pub struct Heartbeat {
     /// Dropping it wakes the thread, which then ends.
     wake: Option<mpsc::Sender<()>>,
@@ -62,27 +96,38 @@ impl Heartbeat {
         let interval = interval.max(MIN_INTERVAL);
         let (wake, asleep) = mpsc::channel();
         let shared = Arc::new(Mutex::new(Progress::default()));
-        let beat = Beat {
+        let mut beat = Beat {
             client: client.clone(),
             app: Application::new(app),
             instance: instance.clone(),
+            registering: false,
         };
-        let progress = Arc::clone(&shared);
-        let thread = thread::Builder::new()
-            // A NUL in a thread name would make `spawn` panic.
-            .name(format!(
-                "registro-heartbeat-{}",
-                instance.id.replace('\0', "")
-            ))
-            .spawn(move || run(beat, interval, asleep, progress));
-        let thread = match thread {
-            Ok(handle) => Some(handle),
-            Err(e) => {
-                // Out of threads: nothing will renew; say so through the handle.
-                lock(&shared).last_error = Some(Error::spawn_failed(e));
-                None
+        let mut schedule = Schedule::new(interval, RandomState::new());
+        // The first beat, here, so that the instance is up on return.
+        let first = beat.once(&|| false);
+        let next = report(&shared, &mut schedule, first);
+        let thread = next.and_then(|wait| {
+            let progress = Arc::clone(&shared);
+            let spawned = thread::Builder::new()
+                // A NUL in a thread name would make `spawn` panic.
+                .name(format!(
+                    "registro-heartbeat-{}",
+                    instance.id.replace('\0', "")
+                ))
+                .spawn(move || {
+                    guarded(&progress, || {
+                        run(beat, schedule, wait, &asleep, &progress);
+                    });
+                });
+            match spawned {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    // Out of threads: nothing will renew; say so.
+                    lock(&shared).last_error = Some(Error::spawn_failed(e));
+                    None
+                }
             }
-        };
+        });
         Heartbeat {
             wake: Some(wake),
             thread,
@@ -99,19 +144,29 @@ impl Heartbeat {
     /// that went.
     ///
     /// The registry marks the instance out-of-service and refuses its
-    /// heartbeats; it is removed after the registry's eviction period. If a
-    /// request is in flight when `stop` is called, `stop` waits for it (at
-    /// most the client's timeout).
+    /// heartbeats; it is removed after the registry's eviction period.
+    /// `stop` returns within one client timeout plus the deregistration's
+    /// request: a request in flight is waited for, and a re-registration
+    /// in progress looks for the stop between its requests.
     pub fn stop(mut self) -> Result<(), Error> {
         self.halt()
     }
 
-    /// The error of the latest beat, or `None` if it succeeded (or none has
-    /// been attempted yet).
+    /// The error of the latest beat, or `None` if it succeeded.
     ///
-    /// A beat is one renewal, or after a 404 the re-registration and renewal.
+    /// A beat is one renewal, or after a 404 the re-registration and
+    /// renewal. After a 403 this stays the 403 (the heartbeat has stopped
+    /// renewing).
     pub fn last_error(&self) -> Option<Error> {
         lock(&self.shared).last_error.clone()
+    }
+
+    /// Whether the thread is still renewing: false after a 403 (the
+    /// instance was taken out of service), after a failure to start the
+    /// thread, or should the thread ever end unexpectedly; `last_error`
+    /// then says why.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
     /// How many renewals the registry has accepted so far.
@@ -129,8 +184,8 @@ impl Heartbeat {
     fn halt(&mut self) -> Result<(), Error> {
         drop(self.wake.take());
         if let Some(handle) = self.thread.take() {
-            // The thread never panics by design; were it to, deregistering is
-            // still the right thing to do.
+            // `guarded` catches panics, so the join cannot fail; were it to,
+            // deregistering is still the right thing to do.
             drop(handle.join());
         }
         self.client.delete_instance(&self.app, &self.instance)
@@ -145,59 +200,130 @@ impl Drop for Heartbeat {
     }
 }
 
-/// One beat's requests.
+/// How one beat went.
+#[derive(Debug)]
+enum Outcome {
+    Renewed,
+    Failed(Error),
+    /// 403: taken out of service; renewing ends.
+    Refused(Error),
+    /// The handle asked the thread to stop between two requests.
+    Stopped,
+}
+
+/// One beat's requests, and whether the instance needs registering again.
 struct Beat {
     client: Client,
     app: Application,
     instance: Instance,
+    /// A renewal answered 404, or a registration failed: the next beat
+    /// registers before it renews.
+    registering: bool,
 }
 
 impl Beat {
     /// Renews; after a 404, registers the application and instance again and
-    /// renews once more.
-    fn once(&self) -> Result<(), Error> {
-        match self.client.renew_instance(&self.app, &self.instance) {
-            Err(e) if e.is_not_found() => {
-                self.register()?;
-                self.client.renew_instance(&self.app, &self.instance)
+    /// renews once more. `stopped` is asked between requests.
+    fn once(&mut self, stopped: &dyn Fn() -> bool) -> Outcome {
+        if !self.registering {
+            match self.renew() {
+                Err(e) if e.is_not_found() => self.registering = true,
+                other => return other.into(),
             }
-            other => other,
+            if stopped() {
+                return Outcome::Stopped;
+            }
+        }
+        if let Err(e) = self.client.ensure_app(&self.app.name) {
+            return Outcome::Failed(e);
+        }
+        if stopped() {
+            return Outcome::Stopped;
+        }
+        // A 409 (another live process holds the id at another address) is
+        // an error like any other: the next beat registers again rather
+        // than renewing someone else's registration.
+        if let Err(e) = self.client.post_instance(&self.app.name, &self.instance) {
+            return Outcome::Failed(e);
+        }
+        self.registering = false;
+        if stopped() {
+            return Outcome::Stopped;
+        }
+        match self.renew() {
+            Err(e) if e.is_not_found() => {
+                self.registering = true;
+                Outcome::Failed(e)
+            }
+            other => other.into(),
         }
     }
 
-    fn register(&self) -> Result<(), Error> {
-        self.client.ensure_app(&self.app.name)?;
-        let Instance { id, ip, port, .. } = &self.instance;
-        match self.client.new_instance(&self.app, id, ip, *port) {
-            // Registered meanwhile by someone else: the renewal will tell.
-            Err(e) if e.status() == Some(409) => Ok(()),
-            other => other.map(drop),
+    fn renew(&self) -> Result<(), Error> {
+        self.client.renew_instance(&self.app, &self.instance)
+    }
+}
+
+impl From<Result<(), Error>> for Outcome {
+    fn from(result: Result<(), Error>) -> Outcome {
+        match result {
+            Ok(()) => Outcome::Renewed,
+            Err(e) if e.status() == Some(403) => Outcome::Refused(e),
+            Err(e) => Outcome::Failed(e),
         }
     }
 }
 
-/// The heartbeat thread: beat, wait, repeat until woken.
-fn run(beat: Beat, interval: Duration, asleep: mpsc::Receiver<()>, shared: Arc<Mutex<Progress>>) {
-    let mut schedule = Schedule::new(interval, RandomState::new());
-    let mut wait = Duration::ZERO;
+/// Records a beat's outcome; the wait before the next beat, or `None` when
+/// there is none.
+fn report(shared: &Mutex<Progress>, schedule: &mut Schedule, outcome: Outcome) -> Option<Duration> {
+    let mut progress = lock(shared);
+    match outcome {
+        Outcome::Renewed => {
+            progress.renewals += 1;
+            progress.last_error = None;
+            Some(schedule.after_success())
+        }
+        Outcome::Failed(e) => {
+            let wait = schedule.after_failure(&e);
+            progress.last_error = Some(e);
+            Some(wait)
+        }
+        Outcome::Refused(e) => {
+            progress.last_error = Some(e);
+            None
+        }
+        Outcome::Stopped => None,
+    }
+}
+
+/// The heartbeat thread: wait, beat, repeat until woken or refused.
+fn run(
+    mut beat: Beat,
+    mut schedule: Schedule,
+    mut wait: Duration,
+    asleep: &mpsc::Receiver<()>,
+    shared: &Mutex<Progress>,
+) {
+    let stopped = || !matches!(asleep.try_recv(), Err(TryRecvError::Empty));
     loop {
         match asleep.recv_timeout(wait) {
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
-        let outcome = beat.once();
-        let mut progress = lock(&shared);
-        wait = match outcome {
-            Ok(()) => {
-                progress.renewals += 1;
-                progress.last_error = None;
-                schedule.after_success()
-            }
-            Err(e) => {
-                progress.last_error = Some(e);
-                schedule.after_failure()
-            }
-        };
+        let outcome = beat.once(&stopped);
+        match report(shared, &mut schedule, outcome) {
+            Some(next) => wait = next,
+            None => return,
+        }
+    }
+}
+
+/// Runs `body`, recording a panic in `shared` instead of letting the thread
+/// end without a word.
+fn guarded(shared: &Mutex<Progress>, body: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        lock(shared).last_error = Some(Error::panicked(&*panic));
     }
 }
 
@@ -223,15 +349,19 @@ impl Schedule {
     /// The wait after a successful beat: the interval plus jitter.
     fn after_success(&mut self) -> Duration {
         self.backoff = first_backoff(self.interval);
-        self.interval + self.jitter()
+        self.interval.saturating_add(self.jitter())
     }
 
     /// The wait after a failed beat: the current backoff, which doubles for
-    /// the next failure, never above the interval.
-    fn after_failure(&mut self) -> Duration {
+    /// the next failure, never above the interval; after a 401 the whole
+    /// interval (a refused token is not fixed by asking again soon).
+    fn after_failure(&mut self, error: &Error) -> Duration {
+        if matches!(error, Error::Unauthorized { .. }) {
+            return self.interval.saturating_add(self.jitter());
+        }
         let wait = self.backoff;
-        self.backoff = (self.backoff * 2).min(self.interval);
-        wait + self.jitter().min(wait / 10)
+        self.backoff = self.backoff.saturating_mul(2).min(self.interval);
+        wait.saturating_add(self.jitter().min(wait / 10))
     }
 
     /// Up to a tenth of the interval, different at every beat and in every
@@ -241,6 +371,7 @@ impl Schedule {
         let hash = self.seed.hash_one(self.beats);
         // The top 53 bits as a fraction in [0, 1).
         let fraction = (hash >> 11) as f64 / (1u64 << 53) as f64;
+        // At most a tenth of the interval: cannot overflow.
         self.interval.mul_f64(fraction / 10.0)
     }
 }
@@ -306,7 +437,7 @@ mod tests {
     fn check_backoff(interval: Duration, expected_floors: &[Duration]) {
         let mut s = Schedule::new(interval, RandomState::new());
         for floor in expected_floors {
-            let w = s.after_failure();
+            let w = s.after_failure(&Error::Timeout(ms(1)));
             assert!(
                 w >= *floor && w <= *floor + *floor / 10,
                 "{w:?} not in {floor:?} + 10%"
@@ -323,11 +454,55 @@ mod tests {
     }
 
     #[test]
+    fn huge_intervals_saturate() {
+        // Issue 13 item 10: `interval + jitter` overflowed and panicked.
+        for interval in [
+            Duration::MAX,
+            Duration::MAX - ms(1),
+            Duration::from_secs(u64::MAX / 2),
+        ] {
+            let mut s = Schedule::new(interval, RandomState::new());
+            for _ in 0..3 {
+                assert!(s.after_success() >= interval);
+                assert!(s.after_failure(&Error::Timeout(ms(1))) <= interval);
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_token_waits_the_whole_interval() {
+        let mut s = Schedule::new(ms(800), RandomState::new());
+        let refused = Error::Unauthorized { message: None };
+        for _ in 0..3 {
+            let w = s.after_failure(&refused);
+            assert!(w >= ms(800) && w < ms(880), "{w:?}");
+        }
+        assert!(s.after_failure(&Error::Timeout(ms(1))) < ms(111));
+    }
+
+    #[test]
+    fn a_panic_in_the_thread_is_reported() {
+        let shared = Mutex::new(Progress::default());
+        guarded(&shared, || {});
+        assert!(lock(&shared).last_error.is_none());
+        guarded(&shared, || panic!("bug {}", 7));
+        let e = lock(&shared).last_error.clone();
+        assert!(
+            matches!(&e, Some(Error::Panicked(m)) if m == "bug 7"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.map(|e| e.to_string()).as_deref(),
+            Some("the background thread panicked: bug 7")
+        );
+    }
+
+    #[test]
     fn success_resets_the_backoff() {
         let mut s = Schedule::new(ms(800), RandomState::new());
-        assert!(s.after_failure() < ms(111));
-        assert!(s.after_failure() < ms(221));
+        assert!(s.after_failure(&Error::Timeout(ms(1))) < ms(111));
+        assert!(s.after_failure(&Error::Timeout(ms(1))) < ms(221));
         assert!(s.after_success() >= ms(800));
-        assert!(s.after_failure() < ms(111));
+        assert!(s.after_failure(&Error::Timeout(ms(1))) < ms(111));
     }
 }

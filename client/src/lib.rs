@@ -12,38 +12,61 @@
 //! use registro_client::Client;
 //!
 //! let client = Client::new("http://localhost:8080/registro");
-//! let (app, inst) = client.register_service("service-id", "app-name", "127.0.0.1", 8080)?;
+//! let (app, inst) = client
+//!     .registration()
+//!     .app("app-name")
+//!     .id("service-id")
+//!     .address("127.0.0.1", 8080)
+//!     .metadata("zone", "eu-1")
+//!     .register()?;
+//! // Renews once now (the instance is `up` when this returns), then every 30 s.
 //! let heartbeat = client.start_heartbeat(&app, &inst);
-//!
-//! // ... the program runs; the heartbeat renews on its own thread ...
-//! std::thread::sleep(std::time::Duration::from_secs(90));
 //! if let Some(e) = heartbeat.last_error() {
 //!     eprintln!("service renew error: {e}");
 //! }
+//!
+//! // ... the program runs; the heartbeat renews on its own thread ...
 //!
 //! heartbeat.stop()?; // deregisters: the instance reads out-of-service
 //! # Ok::<(), registro_client::Error>(())
 //! ```
 //!
-//! Other services find it by name:
+//! [`Client::register_service`]`(id, app, ip, port)` does the same without
+//! metadata, as the original Go client did (mind its order: the id first).
+//!
+//! Other services find it by name, with one request:
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use registro_client::Client;
+//! use registro_client::{Client, Status};
 //!
 //! let client = Client::builder("http://localhost:8080/registro")
 //!     .timeout(Duration::from_secs(2))
 //!     .build();
-//! for inst in client.app("app-name")?.available_instances() {
+//! for inst in client.app_with_status("app-name", &[Status::Up])?.instances {
 //!     println!("{} at {}:{}", inst.id, inst.ip, inst.port);
 //! }
+//! let up = client.app("app-name")?.available_instances();
+//! # drop(up);
 //! # Ok::<(), registro_client::Error>(())
 //! ```
 //!
+//! or keep a [`Cache`] that follows the registry's changes and picks an
+//! instance without a request, or follow one application with a [`Watch`]:
+//!
+//! ```no_run
+//! # let client = registro_client::Client::new("http://localhost:8080/registro");
+//! let cache = client.cache(&["app-name"]);
+//! let target = cache.pick_where("app-name", |i| i.meta("zone") == Some("eu-1"));
+//! # drop(target);
+//! ```
+//!
 //! Every request gives up after the client's timeout (5 seconds by default),
-//! so an unreachable or hung registry is an [`Error`], never a hang. The
+//! so an unreachable or hung registry is an [`Error`], never a hang. A
+//! registry that demands a token gets it from [`ClientBuilder::token`]. The
 //! heartbeat survives registry restarts by registering again (see
-//! [`Heartbeat`]). The library prints nothing.
+//! [`Heartbeat`]). The library prints nothing. `client/examples/` in the
+//! repository has complete programs.
 //!
 //! # Features
 //!
@@ -52,12 +75,16 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod cache;
 mod client;
 mod error;
 mod heartbeat;
 mod types;
+mod watch;
 
-pub use client::{Client, ClientBuilder};
+pub use cache::{Cache, Snapshot};
+pub use client::{Client, ClientBuilder, Registration};
 pub use error::{Error, InvalidResponse, TransportError};
 pub use heartbeat::Heartbeat;
-pub use types::{Application, Instance, Status};
+pub use types::{Application, Instance, Metadata, Status};
+pub use watch::Watch;

@@ -1,4 +1,10 @@
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Deserializer, Serialize};
+
+/// An instance's metadata: string keys to string values, such as
+/// `zone = eu-1` or `version = 1.4.2` (see [`Instance::metadata`]).
+pub type Metadata = BTreeMap<String, String>;
 
 /// An application: a named group of instances, e.g. every copy of `web`.
 ///
@@ -29,19 +35,55 @@ impl Application {
         self.instances.iter().find(|i| i.id == id)
     }
 
-    /// The instances whose status is [`Status::Up`]: the ones to send traffic to.
-    pub fn available_instances(&self) -> Vec<&Instance> {
-        self.instances
-            .iter()
-            .filter(|i| i.status == Status::Up)
-            .collect()
+    /// Copies of the instances whose status is [`Status::Up`]: the ones to
+    /// send traffic to.
+    ///
+    /// They are copies so that a fresh read can be kept in one line:
+    ///
+    /// ```no_run
+    /// # let client = registro_client::Client::new("http://localhost:8080/registro");
+    /// let up = client.app("web")?.available_instances();
+    /// # Ok::<(), registro_client::Error>(())
+    /// ```
+    ///
+    /// [`Application::available`] borrows them instead.
+    pub fn available_instances(&self) -> Vec<Instance> {
+        self.available().cloned().collect()
+    }
+
+    /// The instances whose status is [`Status::Up`], borrowed.
+    pub fn available(&self) -> impl Iterator<Item = &Instance> + '_ {
+        self.instances.iter().filter(|i| i.status == Status::Up)
+    }
+
+    /// The application with only the instances of these statuses.
+    pub fn with_status(mut self, statuses: &[Status]) -> Application {
+        self.instances.retain(|i| statuses.contains(&i.status));
+        self
+    }
+
+    /// Whether `other` lists the same instances with the same ids,
+    /// addresses, statuses and metadata, in any order: whether anything but
+    /// `lastRenewal` differs, which is what a watch reports.
+    pub fn same_view(&self, other: &Application) -> bool {
+        fn key(app: &Application) -> Vec<(&str, &str, u16, Status, &Metadata)> {
+            let mut all: Vec<_> = app
+                .instances
+                .iter()
+                .map(|i| (i.id.as_str(), i.ip.as_str(), i.port, i.status, &i.metadata))
+                .collect();
+            all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            all
+        }
+        self.name == other.name && key(self) == key(other)
     }
 }
 
 /// One running copy of an application, reachable at `ip:port`.
 ///
 /// Serializes to and from the registry's JSON shape
-/// `{"id": "web-1", "ip": "10.0.0.7", "port": 8080, "status": "up", "lastRenewal": 1795890765}`.
+/// `{"id": "web-1", "ip": "10.0.0.7", "port": 8080, "status": "up", "lastRenewal": 1795890765}`,
+/// with `"metadata": {...}` when there is any.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
     /// The instance's id, unique within its application.
@@ -56,6 +98,15 @@ pub struct Instance {
     /// deregistration), in whole Unix seconds.
     #[serde(rename = "lastRenewal", default)]
     pub last_renewal: i64,
+    /// What the instance said about itself when it registered (e.g.
+    /// `zone`, `version`); empty when it said nothing, and always empty
+    /// from a registry without metadata support (the original Go server).
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub metadata: Metadata,
 }
 
 impl Instance {
@@ -69,7 +120,20 @@ impl Instance {
             port,
             status: Status::Starting,
             last_renewal: 0,
+            metadata: Metadata::new(),
         }
+    }
+
+    /// The instance with one more metadata entry, e.g.
+    /// `Instance::new("web-1", "10.0.0.7", 8080).with_metadata("zone", "eu-1")`.
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Instance {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// The value of a metadata entry, if the instance has it.
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
     }
 }
 
@@ -83,7 +147,8 @@ pub enum Status {
     /// Heartbeating (wire name `up`).
     #[serde(rename = "up")]
     Up,
-    /// Was up, but has not sent a heartbeat for more than 90 seconds
+    /// Was up, but has not sent a heartbeat for longer than the registry's
+    /// down-after period (its `--down-after` flag; 90 seconds by default)
     /// (wire name `down`).
     #[serde(rename = "down")]
     Down,
@@ -111,8 +176,11 @@ impl std::fmt::Display for Status {
     }
 }
 
-fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Instance>, D::Error> {
-    Ok(Option::<Vec<Instance>>::deserialize(d)?.unwrap_or_default())
+/// A missing or `null` field as its empty value.
+fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -210,11 +278,7 @@ mod tests {
         };
         assert_eq!(app.instance("b").map(|i| i.status), Some(Status::Down));
         assert_eq!(app.instance("z"), None);
-        let up: Vec<&str> = app
-            .available_instances()
-            .iter()
-            .map(|i| i.id.as_str())
-            .collect();
+        let up: Vec<&str> = app.available().map(|i| i.id.as_str()).collect();
         assert_eq!(up, ["a", "c"]);
         assert!(Application::new("x").available_instances().is_empty());
     }

@@ -116,11 +116,7 @@ fn update_application_refreshes_instances_and_statuses() -> Result<(), Error> {
         Some(Status::Starting)
     );
     assert_eq!(app.instance("web-2").map(|i| i.status), Some(Status::Up));
-    let available: Vec<&str> = app
-        .available_instances()
-        .iter()
-        .map(|i| i.id.as_str())
-        .collect();
+    let available: Vec<&str> = app.available().map(|i| i.id.as_str()).collect();
     assert_eq!(available, ["web-2"]);
 
     c.renew_instance(&app, &inst)?;
@@ -130,11 +126,7 @@ fn update_application_refreshes_instances_and_statuses() -> Result<(), Error> {
         app.instance("web-2").map(|i| i.status),
         Some(Status::OutOfService)
     );
-    let available: Vec<&str> = app
-        .available_instances()
-        .iter()
-        .map(|i| i.id.as_str())
-        .collect();
+    let available: Vec<&str> = app.available().map(|i| i.id.as_str()).collect();
     assert_eq!(available, ["web-1"]);
 
     let mut unknown = Application::new("nope");
@@ -222,5 +214,25 @@ fn names_are_percent_encoded_in_paths() -> Result<(), Error> {
         c.delete_instance(&application, &inst)?;
         assert_eq!(c.instance(app, id)?.status, Status::OutOfService);
     }
+    Ok(())
+}
+
+#[test]
+fn available_instances_of_a_fresh_read_can_be_kept() -> Result<(), Error> {
+    // Issue 13 item 13: this one-liner borrowed a temporary (E0716).
+    let server = server();
+    let c = client(&server);
+    let (app, inst) = c.register_service("web-1", "web", "10.0.0.7", 8080)?;
+    c.register_service("web-2", "web", "10.0.0.8", 8080)?;
+    c.renew_instance(&app, &inst)?;
+    let v = c.app("web")?.available_instances();
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].id, "web-1");
+    // Borrowing, without copies:
+    let stored = c.app("web")?;
+    assert_eq!(
+        stored.available().map(|i| i.port).collect::<Vec<_>>(),
+        [8080]
+    );
     Ok(())
 }

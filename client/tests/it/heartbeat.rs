@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use registro_client::{Client, Error, Status};
 
-use crate::support::{client, eventually, root, server, server_on, status, wait_for_status};
+use crate::support::{
+    client, eventually, quiet, root, server, server_on, server_with, status, wait_for_status,
+};
 
 const FAST: Duration = Duration::from_millis(30);
 const LIMIT: Duration = Duration::from_secs(5);
@@ -56,7 +58,7 @@ fn stop_wakes_the_thread_and_deregisters() -> Result<(), Error> {
     // (403), never have made it up again.
     assert_eq!(
         c.app("web")?.available_instances(),
-        Vec::<&registro_client::Instance>::new()
+        Vec::<registro_client::Instance>::new()
     );
     Ok(())
 }
@@ -188,5 +190,81 @@ fn any_instance_id_can_be_heartbeaten() -> Result<(), Error> {
     wait_for_status(&c, "web", "a\0b c%d", Status::Up, LIMIT);
     hb.stop()?;
     assert_eq!(status(&c, "web", "a\0b c%d"), Some(Status::OutOfService));
+    Ok(())
+}
+
+#[test]
+fn an_instance_taken_out_of_service_stays_out_after_its_eviction() -> Result<(), Error> {
+    // Issue 13 item 2: once the out-of-service entry is evicted, a renewal
+    // answers 404; that must not make the heartbeat register it again.
+    let server = server_with(registro::Config {
+        down_after: Duration::from_millis(500),
+        evict_after: Duration::from_secs(1),
+        sweep_every: Duration::from_millis(100),
+        ..quiet()
+    });
+    let c = client(&server);
+    let (app, inst) = c.register_service("web-1", "web", "10.0.0.7", 8080)?;
+    let hb = c.start_heartbeat_every(&app, &inst, FAST);
+    assert_eq!(status(&c, "web", "web-1"), Some(Status::Up));
+    c.delete_instance(&app, &inst)?;
+    eventually(LIMIT, "the refusal is reported and renewing ends", || {
+        (hb.last_error().and_then(|e| e.status()) == Some(403) && !hb.is_running()).then_some(())
+    });
+    eventually(LIMIT, "the entry evicted", || {
+        status(&c, "web", "web-1").is_none().then_some(())
+    });
+    assert_eq!(hb.last_error().and_then(|e| e.status()), Some(403));
+    assert!(!hb.is_running());
+    assert_eq!(status(&c, "web", "web-1"), None);
+    // The stop's deregistration finds nothing left to take out.
+    assert!(hb.stop().is_err_and(|e| e.is_not_found()));
+    Ok(())
+}
+
+#[test]
+fn start_heartbeat_renews_before_it_returns() -> Result<(), Error> {
+    // Issue 13 item 11: the README's code, as written, finds itself `up`.
+    let server = server();
+    let client = super::support::client(&server);
+    let (app, inst) = client.register_service("service-id", "app-name", "127.0.0.1", 8080)?;
+    let hb = client.start_heartbeat(&app, &inst);
+    let v = client.app("app-name")?.available_instances();
+    assert_eq!(
+        v.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        ["service-id"]
+    );
+    assert_eq!(hb.renewals(), 1);
+    assert!(hb.last_error().is_none());
+    assert!(hb.is_running());
+
+    // A failure of that first renewal is reported at once.
+    let (_, other) = client.register_service("other", "app-name", "127.0.0.1", 8081)?;
+    client.delete_instance(&app, &other)?;
+    let refused = client.start_heartbeat(&app, &other);
+    assert_eq!(refused.last_error().and_then(|e| e.status()), Some(403));
+    assert_eq!(refused.renewals(), 0);
+    hb.stop()
+}
+
+#[test]
+fn a_huge_interval_neither_panics_nor_stops_the_thread() -> Result<(), Error> {
+    // Issue 13 item 10: `interval + jitter` overflowed and the thread died
+    // silently.
+    let server = server();
+    let c = client(&server);
+    for interval in [Duration::MAX, Duration::from_secs(u64::MAX / 2)] {
+        // Registered again: the previous round's stop took it out.
+        let (app, inst) = c.register_service("web-1", "web", "10.0.0.7", 8080)?;
+        let hb = c.start_heartbeat_every(&app, &inst, interval);
+        assert_eq!(hb.renewals(), 1);
+        // The next wait (where it panicked) is computed before
+        // `start_heartbeat_every` returns; the thread now waits it out.
+        assert!(hb.is_running(), "{:?}", hb.last_error());
+        assert!(hb.last_error().is_none(), "{:?}", hb.last_error());
+        let started = Instant::now();
+        hb.stop()?;
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
     Ok(())
 }

@@ -4,7 +4,11 @@
 //! server's oddities.
 
 mod api;
+mod discovery;
 mod heartbeat;
+mod live;
 mod quirks;
+mod responder;
+mod scripted;
 mod support;
 mod transport;

@@ -12,11 +12,21 @@ pub fn server() -> registro::Server {
 
 /// A server on `addr` (e.g. the address a stopped server had).
 pub fn server_on(addr: SocketAddr) -> registro::Server {
-    let config = registro::Config {
-        addr,
+    server_with(registro::Config { addr, ..quiet() })
+}
+
+/// The configuration of [`server`]: 127.0.0.1:0, no log; to shorten periods.
+pub fn quiet() -> registro::Config {
+    registro::Config {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         log: false,
         ..Default::default()
-    };
+    }
+}
+
+/// A server with this configuration.
+pub fn server_with(config: registro::Config) -> registro::Server {
+    let addr = config.addr;
     match registro::Server::start(config) {
         Ok(server) => server,
         Err(e) => panic!("cannot start a server on {addr}: {e}"),
