@@ -424,7 +424,16 @@ struct App {
     scanning: bool,
     /// When it was last settled whole (or created).
     settled_at: Millis,
+    /// Its key in `Book::due`: `next_due`, but no sooner than [`RESCAN`]
+    /// after `settled_at` (`Millis::MAX` when absent from the set).
+    due_key: Millis,
 }
+
+/// The shortest time between two settles of one app by the ticker. An app
+/// whose deadlines pass one after another (a large fleet decaying) is then
+/// scanned about once a second rather than back to back, while reads, which
+/// settle by `next_due`, stay exact.
+pub const RESCAN: Millis = 500;
 
 /// The bookkeeping beside the apps, split off so that an app and it can be
 /// borrowed together.
@@ -454,17 +463,24 @@ impl Book {
         }
     }
 
-    /// Sets the app's due time, keeping the ordered set in step.
+    /// Sets the app's due time, keeping the ordered set in step (its key
+    /// there is no sooner than [`RESCAN`] after the app's last settle).
     fn set_due(&mut self, app: &mut App, at: Millis) {
-        if app.next_due == at {
+        app.next_due = at;
+        let key = if at == Millis::MAX {
+            Millis::MAX
+        } else {
+            at.max(app.settled_at.saturating_add(RESCAN))
+        };
+        if app.due_key == key {
             return;
         }
-        if app.next_due != Millis::MAX {
-            self.due.remove(&(app.next_due, app.name.clone()));
+        if app.due_key != Millis::MAX {
+            self.due.remove(&(app.due_key, app.name.clone()));
         }
-        app.next_due = at;
-        if at != Millis::MAX {
-            self.due.insert((at, app.name.clone()));
+        app.due_key = key;
+        if key != Millis::MAX {
+            self.due.insert((key, app.name.clone()));
         }
     }
 
@@ -496,6 +512,7 @@ impl App {
             settles: 0,
             scanning: false,
             settled_at: now,
+            due_key: Millis::MAX,
         }
     }
 
@@ -1090,7 +1107,8 @@ impl Registry {
         }
     }
 
-    /// The earliest due time of any app, if any (the ticker sleeps until then).
+    /// The earliest time the ticker has an app to settle, if any (it sleeps
+    /// until then): an app's due time, or [`RESCAN`] after its last settle.
     pub fn next_due(&self) -> Option<Millis> {
         self.book.due.first().map(|(at, _)| *at)
     }
@@ -1452,9 +1470,13 @@ mod tests {
         check(
             "0 create db => app-created:db \n 600_000 list db => db[] \n 600_000 sweep => -
              600_000 counts => 1 apps 0 instances \n 600_001 register db x 10.0.0.1 80 => NoSuchApp
-             600_001 counts => 1 apps 0 instances \n 600_001 tick => app-removed:db
-             600_001 counts => 0 apps 0 instances",
+             600_001 counts => 1 apps 0 instances \n 600_001 tick => -
+             600_499 tick => - \n 600_500 tick => app-removed:db
+             600_500 counts => 0 apps 0 instances",
         );
+        // (The ticker leaves an app it settled alone for RESCAN: the sweep
+        // at 600_000 settled it, so the tick finds it at 600_500. Reads, like
+        // the registration above, were exact all along.)
         // A read settles it: the app is gone from storage as from the answer.
         check(
             "0 create db => app-created:db \n 600_001 list db => NoSuchApp \n 600_001 apps =>
@@ -1879,6 +1901,66 @@ mod tests {
         let checked = ticker_work_for_a_healthy_fleet(n);
         assert!(checked <= 10 * n as usize, "{checked} slots examined");
         assert!(checked >= 9 * n as usize, "{checked} slots examined");
+    }
+
+    #[test]
+    fn a_decaying_fleet_is_scanned_about_once_a_second_and_settled_within_one() {
+        // Heartbeats every 12 s against --down-after 1 s: some instance of the
+        // app falls due every few milliseconds, for ever. The ticker (woken a
+        // tenth of a second after the earliest due time, as sweeper.rs does)
+        // must not scan the app back to back, and must still store every
+        // `down` within a second of it becoming true.
+        const PERIOD: Millis = 12_000;
+        const END: Millis = 60_000;
+        const STEP: Millis = 10;
+        let n: u64 = 2_000;
+        let periods = Periods {
+            down_after: 1_000,
+            evict_after: 600_000,
+        };
+        let mut reg = Registry::new(periods);
+        reg.create_app("web", T0).unwrap();
+        let ids: Vec<String> = (0..n).map(|i| format!("i-{i}")).collect();
+        for id in &ids {
+            reg.register("web", id, "10.0.0.1", 80, None, T0).unwrap();
+        }
+        let mut wake = T0 + 1000;
+        let mut stats = SweepStats::default();
+        let mut renewed: Vec<Option<Millis>> = vec![None; n as usize];
+        let mut passes = 0;
+        for t in (T0..T0 + END).step_by(STEP as usize) {
+            let from = (t - T0) % PERIOD;
+            let lo = (from * n).div_ceil(PERIOD);
+            let hi = ((from + STEP) * n).div_ceil(PERIOD).min(n);
+            for k in lo..hi {
+                let at = t - from + k * PERIOD / n;
+                assert!(reg.renew("web", &ids[k as usize], at).is_ok());
+                renewed[k as usize] = Some(at);
+            }
+            while wake <= t + STEP {
+                let now = wake;
+                let mut cursor = SweepCursor::default();
+                let before = stats.checked;
+                while !reg.settle_due_step(now, &mut cursor, 4096, &mut stats) {}
+                passes += usize::from(stats.checked > before);
+                // Whatever became `down` more than a second ago is stored.
+                let late = renewed
+                    .iter()
+                    .flatten()
+                    .filter(|&&r| r + periods.down_after + 1_000 < now)
+                    .count();
+                assert!(reg.counts().down >= late, "at +{} ms", now - T0);
+                let due = reg.next_due().unwrap_or(Millis::MAX);
+                wake = (due + 100).min(now + 1000).max(now + 10);
+            }
+        }
+        let seconds = (END / 1000) as usize;
+        assert!(passes <= 2 * seconds, "{passes} passes in {seconds} s");
+        assert!(
+            stats.checked <= 2 * n as usize * seconds,
+            "{} slots examined in {seconds} s",
+            stats.checked
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The background thread that applies what time makes true: the ticker.
 //!
-//! It wakes half a second after the earliest due time of any app (the
-//! registry keeps apps ordered by it), or after a second at most, settles the
-//! apps that are due and tells their watchers; so a change caused by time
+//! It wakes a tenth of a second after the earliest due time of any app (the
+//! registry keeps apps ordered by it, and keeps an app it has just settled
+//! out of the way for `RESCAN`, half a second), or after a second at most,
+//! settles the apps that are due and tells their watchers; so a change caused by time
 //! (`up` to `down`, removal) is stored, counted and announced within a second
 //! of becoming true, whatever `--sweep-every` is. Every `--sweep-every` it also makes a
 //! full pass over the apps it has not settled within that period, which
@@ -24,10 +25,12 @@ const BUDGET: usize = 4096;
 /// The longest sleep of the ticker.
 const TICK: Millis = 1000;
 /// How long after an app's due time the ticker settles it: the changes that
-/// come true meanwhile cost the same one scan, so an app whose deadlines
-/// pass one after another is scanned at most about twice a second, and
-/// every change is still stored and announced within a second.
-const BATCH: Millis = 500;
+/// come true meanwhile cost the same one scan. With the registry's `RESCAN`
+/// (half a second between two settles of one app), an app whose deadlines
+/// pass one after another is scanned a little more than once a second, and
+/// every change is still stored and announced within a second (the two, plus
+/// the scan itself).
+const BATCH: Millis = 100;
 /// The shortest sleep, so that due times close together cost one pass.
 const MIN_SLEEP: Millis = 10;
 
