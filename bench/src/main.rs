@@ -150,8 +150,9 @@ pub struct WatchRound {
 pub struct SweepRun {
     /// The server's `--down-after`.
     pub down_after: f64,
-    /// Each sweep wholly inside the load, with the slowest heartbeat that
-    /// overlapped it (µs).
+    /// Each logged pass of the ticker that overlapped the load (a pass
+    /// longer than the load counts for its part inside), with the slowest
+    /// heartbeat that overlapped it (µs).
     pub sweeps: Vec<(Sweep, u64)>,
     /// The heartbeat load.
     pub load: Outcome,
@@ -767,6 +768,18 @@ fn scenario_sweep(
     let overlaps = |x: &load::Sample, (start, end): (u64, u64)| {
         x.start_us < end && x.start_us + x.latency_us > start
     };
+    // The ticker logs a pass when it ends, and its due-time settling goes on
+    // as long as instances keep falling due (with a short --down-after,
+    // while the heartbeats run): a pass still going when the load stopped
+    // is waited for, until a line of a pass that began after the load.
+    let settle = Instant::now() + every + Duration::from_secs(5);
+    while let Some(sweep) = server.next_sweep(settle) {
+        let after = window(&sweep).0 >= last;
+        seen.push(sweep);
+        if after {
+            break;
+        }
+    }
     let mut run = SweepRun {
         down_after,
         sweeps: Vec::new(),
@@ -775,9 +788,11 @@ fn scenario_sweep(
     };
     for sweep in &seen {
         let (start, end) = window(sweep);
-        if start < first || end > last {
-            continue; // not wholly inside the measurement
+        if end <= first || start >= last {
+            continue; // outside the measurement
         }
+        // A pass longer than the measurement counts for its part inside.
+        let (start, end) = (start.max(first), end.min(last));
         let worst = o
             .samples
             .iter()
