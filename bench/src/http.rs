@@ -321,6 +321,18 @@ pub fn parse_head(head: &[u8]) -> io::Result<Head> {
     Ok(out)
 }
 
+/// The value of the first header `name` (ASCII, any case) of a response
+/// head, without surrounding whitespace.
+pub fn header<'a>(head: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    head.split(|&b| b == b'\n').skip(1).find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        line[..colon]
+            .eq_ignore_ascii_case(name.as_bytes())
+            .then(|| line[colon + 1..].trim_ascii())
+    })
+}
+
 fn parse_hex(digits: &[u8]) -> Option<usize> {
     let digits = digits.trim_ascii();
     if digits.is_empty() || digits.len() > 15 {

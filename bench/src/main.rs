@@ -11,7 +11,8 @@
 //!
 //! Usage: `registro-bench [--quick] [--server PATH] [--registro PATH] [--runs N]
 //! [--secs S] [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N]
-//! [--fleet-secs S] [--fleet-interval S] [--only hb,fresh,mixed,sweep,memory,fleet]`;
+//! [--fleet-secs S] [--fleet-interval S] [--watchers N]
+//! [--only hb,fresh,mixed,sweep,memory,watch,fleet]`;
 //! `REGISTRO_BENCH_QUICK=1` is the same as `--quick`.
 
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ mod http;
 mod load;
 mod proc;
 mod report;
+mod watch;
 
 use load::{Fleet, Load, Outcome, Reader, ReaderOutcome};
 use proc::{ServerProc, Stop, Sweep};
@@ -56,6 +58,9 @@ pub struct Settings {
     pub fleet_n: usize,
     pub fleet_interval: f64,
     pub fleet_secs: f64,
+    /// The watch fan-out scenario's watchers (0: 10,000, or what the
+    /// open-files limit allows).
+    pub watch_n: usize,
     /// Rounds of each heartbeat measurement.
     pub runs: usize,
     /// Length of one heartbeat measurement.
@@ -108,14 +113,46 @@ pub struct Results {
     pub before: Option<Box<Results>>,
     /// The fleet scenario.
     pub fleet: Option<fleet::FleetOutcome>,
+    /// The watch fan-out scenario.
+    pub watch: Option<WatchRun>,
+}
+
+/// The watch fan-out (issue 10) against one server.
+#[derive(Default)]
+pub struct WatchRun {
+    /// Whether the server answers with `Registro-Index` (watches); when not,
+    /// nothing else was measured.
+    pub supported: bool,
+    /// Watchers asked for, and connected with a watch sent.
+    pub watchers: usize,
+    pub connected: usize,
+    /// One per change: the fan-out, each watcher's wait from the change's
+    /// request being sent to its answer (µs), how long the change's own
+    /// request took (µs), and the heartbeats of the window around it.
+    pub rounds: Vec<WatchRound>,
+    /// The same heartbeat windows with no watcher connected (before the
+    /// watchers connect and after they close).
+    pub control: Vec<Outcome>,
+    /// One more change with no heartbeats running: the fan-out alone (its
+    /// `load` holds only the CPU time both processes used meanwhile).
+    pub alone: Option<WatchRound>,
+}
+
+/// One change and its fan-out.
+pub struct WatchRound {
+    pub fanout: watch::Fanout,
+    pub hist: hist::Histogram,
+    pub change_us: u64,
+    pub load: Outcome,
 }
 
 /// The sweeps seen while heartbeats ran against one server.
 pub struct SweepRun {
     /// The server's `--down-after`.
     pub down_after: f64,
-    /// Each sweep wholly inside the load, with the slowest heartbeat that
-    /// overlapped it (µs).
+    /// Each logged pass of the ticker that overlapped the load (a pass
+    /// longer than the load counts for its part inside), with the slowest
+    /// heartbeat that overlapped it (µs).
     pub sweeps: Vec<(Sweep, u64)>,
     /// The heartbeat load.
     pub load: Outcome,
@@ -171,6 +208,7 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
         fleet_n: if quick { 500 } else { 0 },
         fleet_interval: if quick { 0.5 } else { 5.0 },
         fleet_secs: if quick { 2.0 } else { 30.0 },
+        watch_n: if quick { 200 } else { 0 },
         only: Vec::new(),
     };
     let mut it = args.iter();
@@ -189,6 +227,7 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
             "--fleet-interval" => {
                 s.fleet_interval = parse_num(&value("--fleet-interval")?, "--fleet-interval")?
             }
+            "--watchers" => s.watch_n = parse_num(&value("--watchers")?, "--watchers")?,
             "--runs" => s.runs = parse_num(&value("--runs")?, "--runs")?,
             "--secs" => s.secs = Duration::from_secs_f64(parse_num(&value("--secs")?, "--secs")?),
             "--per-thread" => s.per_thread = parse_num(&value("--per-thread")?, "--per-thread")?,
@@ -200,7 +239,8 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
                     "usage: registro-bench [--quick] [--server PATH (a second server to compare)] \
                      [--registro PATH (the server under test)] [--runs N] [--secs S] \
                      [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N] [--fleet-secs S] \
-                     [--fleet-interval S] [--only hb,fresh,mixed,sweep,memory,fleet]"
+                     [--fleet-interval S] [--watchers N] \
+                     [--only hb,fresh,mixed,sweep,memory,watch,fleet]"
                         .to_string(),
                 )
             }
@@ -279,6 +319,9 @@ fn run(s: &Settings) -> Result<(), String> {
         }
         if s.wants("memory") {
             scenario_memory(&s, r, began)?;
+        }
+        if s.wants("watch") {
+            scenario_watch(&s, r, began)?;
         }
     }
     if let Some(mut rb) = rb {
@@ -725,6 +768,18 @@ fn scenario_sweep(
     let overlaps = |x: &load::Sample, (start, end): (u64, u64)| {
         x.start_us < end && x.start_us + x.latency_us > start
     };
+    // The ticker logs a pass when it ends, and its due-time settling goes on
+    // as long as instances keep falling due (with a short --down-after,
+    // while the heartbeats run): a pass still going when the load stopped
+    // is waited for, until a line of a pass that began after the load.
+    let settle = Instant::now() + every + Duration::from_secs(5);
+    while let Some(sweep) = server.next_sweep(settle) {
+        let after = window(&sweep).0 >= last;
+        seen.push(sweep);
+        if after {
+            break;
+        }
+    }
     let mut run = SweepRun {
         down_after,
         sweeps: Vec::new(),
@@ -733,9 +788,11 @@ fn scenario_sweep(
     };
     for sweep in &seen {
         let (start, end) = window(sweep);
-        if start < first || end > last {
-            continue; // not wholly inside the measurement
+        if end <= first || start >= last {
+            continue; // outside the measurement
         }
+        // A pass longer than the measurement counts for its part inside.
+        let (start, end) = (start.max(first), end.min(last));
         let worst = o
             .samples
             .iter()
@@ -804,4 +861,309 @@ fn scenario_memory(s: &Settings, r: &mut Results, began: Instant) -> Result<(), 
     r.per_instance_shared = Some(fill(&server, fleet, r, false, began)?);
     stop(server, r, "registro-memory-shared");
     Ok(())
+}
+
+/// One request on a new connection that the server closes after answering:
+/// the status, the head and the body.
+fn exchange(addr: std::net::SocketAddr, request: &str) -> Result<(u16, Vec<u8>, Vec<u8>), String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, http::IO_TIMEOUT)
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(http::IO_TIMEOUT))
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut all = Vec::new();
+    stream
+        .read_to_end(&mut all)
+        .map_err(|e| format!("read: {e}"))?;
+    let end =
+        http::find(&all, b"\r\n\r\n").ok_or("no whole answer before the connection closed")?;
+    let head = http::parse_head(&all[..end]).map_err(|e| format!("answer: {e}"))?;
+    let body = all.split_off(end + 4);
+    all.truncate(end);
+    Ok((head.status, all, body))
+}
+
+/// `POST` of a JSON body; the answer must be 201.
+fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> Result<(), String> {
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    match exchange(addr, &request) {
+        Ok((201, _, _)) => Ok(()),
+        Ok((status, _, _)) => Err(format!("POST {path}: status {status} (expected 201)")),
+        Err(e) => Err(format!("POST {path}: {e}")),
+    }
+}
+
+/// A gauge or counter of the server's `/metrics`, when it has one.
+fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
+    let request = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let (status, _, body) = exchange(addr, request).ok()?;
+    if status != 200 {
+        return None;
+    }
+    String::from_utf8_lossy(&body).lines().find_map(|l| {
+        let value = l.strip_prefix(name)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+/// Polls `/metrics` until `name` satisfies `done` or `limit` passes;
+/// false when it did not (or the server has no such metric).
+fn wait_metric(
+    addr: std::net::SocketAddr,
+    name: &str,
+    limit: Duration,
+    done: impl Fn(f64) -> bool,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        match metric(addr, name) {
+            Some(v) if done(v) => return true,
+            None => return false,
+            Some(_) if Instant::now() >= deadline => return false,
+            Some(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// The watch fan-out (issue 10): heartbeats renew the smallest fleet while
+/// `watch_n` watchers, each on its own connection, wait on one more app;
+/// in the middle of each watched window one change (a new instance of that
+/// app) wakes them all, and each watcher's wait is timed from the moment
+/// the change's request was sent until its answer arrived. The same windows
+/// with no watcher connected, before they connect and after they close, are
+/// the control.
+fn scenario_watch(s: &Settings, r: &mut Results, began: Instant) -> Result<(), String> {
+    let fds = fleet::raise_nofile();
+    let n = match s.watch_n {
+        0 => usize::try_from(fds.saturating_sub(1000))
+            .unwrap_or(10_000)
+            .min(10_000),
+        n => n,
+    };
+    if (n as u64) + 256 > fds {
+        return Err(format!(
+            "{n} watchers need {} open files; the limit is {fds}",
+            n + 256
+        ));
+    }
+    let flags = [
+        "--max-connections".to_string(),
+        (n + 1000).to_string(),
+        "--idle-timeout".to_string(),
+        "120".to_string(),
+    ];
+    let server = start_registry(s, r, "registro-watch", &flags)?;
+    let mut run = WatchRun {
+        watchers: n,
+        ..WatchRun::default()
+    };
+    post(
+        server.addr,
+        "/registro/1.0/apps",
+        &format!(r#"{{"name":"{}"}}"#, watch::APP),
+    )?;
+    let path = format!("/registro/1.0/apps/{}", watch::APP);
+    let (status, head, _) = exchange(
+        server.addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"),
+    )
+    .map_err(|e| format!("GET {path}: {e}"))?;
+    if status != 200 {
+        return Err(format!("GET {path}: status {status} (expected 200)"));
+    }
+    let Some(index) = watch::index_of(&head).map_err(|e| format!("GET {path}: {e}"))? else {
+        progress(
+            began,
+            format_args!("watch fan-out: the server sends no Registro-Index (no watches): n/a"),
+        );
+        r.watch = Some(run);
+        stop(server, r, "registro-watch");
+        return Ok(());
+    };
+    run.supported = true;
+    fill(&server, Fleet::new(s.sizes[0]), r, true, began)?;
+    let rounds = heavy_runs(s);
+    let hb = |round: usize| heartbeat_load(s, server.addr, s.sizes[0], round * 7919);
+    for round in 0..rounds {
+        let o = measure(&hb(round), &server, Instant::now());
+        progress(
+            began,
+            format_args!(
+                "watch control {}: heartbeats without watchers: {}",
+                round + 1,
+                report::summary(&o)
+            ),
+        );
+        run.control.push(o);
+    }
+    let t = Instant::now();
+    let mut watchers = watch::Watchers::start(server.addr, n, index)?;
+    run.connected = watchers.connected;
+    progress(
+        began,
+        format_args!(
+            "watch fan-out: {} of {} watchers connected and waiting on {} (index {index}) in {:.1} s",
+            report::thousands(watchers.connected as f64),
+            report::thousands(n as f64),
+            watch::APP,
+            t.elapsed().as_secs_f64()
+        ),
+    );
+    for round in 0..rounds {
+        let armed = watchers.armed;
+        let waiting = |v: f64| v >= armed as f64;
+        if !wait_metric(
+            server.addr,
+            "registro_watches_waiting",
+            Duration::from_secs(20),
+            waiting,
+        ) {
+            progress(
+                began,
+                format_args!("warning: the server does not report {armed} watches waiting"),
+            );
+        }
+        let started = Arc::new(OnceLock::new());
+        let mut load = hb(rounds + round);
+        load.started = Some(Arc::clone(&started));
+        let pid = server.pid();
+        let handle = std::thread::spawn(move || measure_pid(&load, pid, Instant::now()));
+        // The change, in the middle of the measured window.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let start = loop {
+            if let Some(&at) = started.get() {
+                break Some(at);
+            }
+            if Instant::now() >= deadline || handle.is_finished() {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        if let Some(start) = start {
+            std::thread::sleep((start + s.secs / 2).saturating_duration_since(Instant::now()));
+        }
+        let (t0, change_us) = change(server.addr, &path, round)?;
+        let o = handle
+            .join()
+            .map_err(|_| "watch load thread panicked".to_string())?;
+        let mut fanout = watchers.collect(t0 + Duration::from_secs(5))?;
+        watchers.rearm()?;
+        fanout.armed = armed;
+        let mut hist = hist::Histogram::default();
+        for at in &fanout.arrivals {
+            hist.record(at.saturating_duration_since(t0).as_micros() as u64);
+        }
+        let w = WatchRound {
+            fanout,
+            hist,
+            change_us,
+            load: o,
+        };
+        progress(
+            began,
+            format_args!("watch fan-out {}: {}", round + 1, report::watch_summary(&w)),
+        );
+        run.rounds.push(w);
+    }
+    // One more change with no heartbeats: the fan-out alone.
+    let armed = watchers.armed;
+    wait_metric(
+        server.addr,
+        "registro_watches_waiting",
+        Duration::from_secs(20),
+        |v| v >= armed as f64,
+    );
+    let cpu = || (proc::cpu_secs(Some(server.pid())), proc::cpu_secs(None));
+    let cpu_before = cpu();
+    let (t0, change_us) = change(server.addr, &path, rounds)?;
+    let mut fanout = watchers.collect(t0 + Duration::from_secs(5))?;
+    let cpu_after = cpu();
+    watchers.rearm()?;
+    fanout.armed = armed;
+    let mut hist = hist::Histogram::default();
+    for at in &fanout.arrivals {
+        hist.record(at.saturating_duration_since(t0).as_micros() as u64);
+    }
+    let w = WatchRound {
+        fanout,
+        hist,
+        change_us,
+        load: Outcome {
+            server_cpu: cpu_after
+                .0
+                .zip(cpu_before.0)
+                .map_or(f64::NAN, |(a, b)| a - b),
+            client_cpu: cpu_after
+                .1
+                .zip(cpu_before.1)
+                .map_or(f64::NAN, |(a, b)| a - b),
+            ..Outcome::default()
+        },
+    };
+    progress(
+        began,
+        format_args!(
+            "watch fan-out with no heartbeats: {}",
+            report::watch_summary(&w)
+        ),
+    );
+    run.alone = Some(w);
+    watchers.stop()?;
+    // The closes handled before the control windows after.
+    wait_metric(
+        server.addr,
+        "registro_connections_open",
+        Duration::from_secs(20),
+        |v| v <= 1.0,
+    );
+    for round in 0..rounds {
+        let o = measure(&hb(2 * rounds + round), &server, Instant::now());
+        progress(
+            began,
+            format_args!(
+                "watch control {}: heartbeats without watchers: {}",
+                rounds + round + 1,
+                report::summary(&o)
+            ),
+        );
+        run.control.push(o);
+    }
+    r.watch = Some(run);
+    stop(server, r, "registro-watch");
+    Ok(())
+}
+
+/// The change of round `k`: registers instance `w-k` of the watched app at
+/// `path`; returns when its request was sent and how long its answer took.
+fn change(addr: std::net::SocketAddr, path: &str, k: usize) -> Result<(Instant, u64), String> {
+    let body = format!(
+        r#"{{"id":"w-{k}","ip":"10.255.0.{}","port":8080}}"#,
+        k % 250 + 1
+    );
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut conn = http::Conn::connect(addr).map_err(|e| format!("change: connect: {e}"))?;
+    let t0 = Instant::now();
+    conn.send(request.as_bytes())
+        .map_err(|e| format!("change: send: {e}"))?;
+    let answer = conn
+        .read_response(None)
+        .map_err(|e| format!("change: {e}"))?;
+    let took = t0.elapsed().as_micros() as u64;
+    if answer.status != 201 {
+        return Err(format!(
+            "change: POST {path}: status {} (expected 201)",
+            answer.status
+        ));
+    }
+    Ok((t0, took))
 }

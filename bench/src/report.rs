@@ -3,7 +3,7 @@
 
 use crate::fleet::FleetOutcome;
 use crate::load::Outcome;
-use crate::{Results, Settings, CONNS};
+use crate::{Results, Settings, WatchRound, WatchRun, CONNS};
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -114,6 +114,26 @@ pub fn fleet_summary(o: &FleetOutcome) -> String {
     }
     for (kind, n) in &o.error_kinds {
         let _ = write!(s, "; {n} x {kind:?}");
+    }
+    s
+}
+
+/// One change's fan-out in one line.
+pub fn watch_summary(w: &WatchRound) -> String {
+    let mut s = format!(
+        "{} of {} watchers answered, p50 {}, p99 {}, max {} after the change was sent (its own answer {}), \
+         {} watchers lost; heartbeats meanwhile: {}",
+        thousands(w.fanout.arrivals.len() as f64),
+        thousands(w.fanout.armed as f64),
+        ms(w.hist.quantile(0.5)),
+        ms(w.hist.quantile(0.99)),
+        ms(w.hist.max()),
+        ms(w.change_us),
+        w.fanout.errors,
+        summary(&w.load)
+    );
+    if let Some(e) = &w.fanout.first_error {
+        let _ = write!(s, " (first watcher lost: {e})");
     }
     s
 }
@@ -334,11 +354,17 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
             .map(|(s, _)| s.lock_us)
             .fold(f64::NAN, f64::max);
         let worst = median(run.sweeps.iter().map(|(_, w)| *w as f64).collect());
+        let checked = median(run.sweeps.iter().map(|(s, _)| s.checked as f64).collect());
+        // The ticker settles what is due within a second and makes a full
+        // pass every --sweep-every; each logs a `sweep:` line, and while
+        // instances keep falling due one pass may go on for seconds.
         let _ = writeln!(
             out,
-            "| One sweep of {} instances with --down-after {}: marks {} down | {}, lock held at most {} at a time |",
+            "| A logged pass of the ticker over the fleet of {} with --down-after {} ({} passes; medians): checks {} instances, marks {} down | {}, lock held at most {} at a time |",
             t(n3),
             run.down_after,
+            run.sweeps.len(),
+            thousands(checked),
             thousands(down),
             ms_f(took * 1000.0),
             ms_f(lock)
@@ -365,6 +391,11 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
         .chain(r.heartbeats.iter().flatten())
         .chain(&r.fresh)
         .chain(r.sweeps.iter().map(|run| &run.load))
+        .chain(
+            r.watch
+                .iter()
+                .flat_map(|w| w.control.iter().chain(w.rounds.iter().map(|x| &x.load))),
+        )
         .map(|o| o.errors)
         .sum::<u64>()
         + r.mixed
@@ -427,8 +458,15 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
         .iter()
         .map(|run| {
             let worst = run.sweeps.iter().map(|(_, w)| *w).max();
+            // A heartbeat that arrives as the lock is taken waits the whole hold.
+            let lock = run
+                .sweeps
+                .iter()
+                .map(|(s, _)| s.lock_us)
+                .fold(0.0, f64::max);
             let judged = match (worst, run.control) {
                 (None, _) => verdict(None),
+                (Some(_), _) if lock > 10_000.0 => verdict(Some(false)),
                 (Some(w), _) if w <= 10_000 => verdict(Some(true)),
                 (Some(w), Some(c)) if c > 10_000 && w <= c => {
                     "inconclusive (the control is as slow)"
@@ -436,10 +474,11 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
                 (Some(_), _) => verdict(Some(false)),
             };
             let text = format!(
-                "--down-after {}: {} (control {}): {judged}",
+                "--down-after {}: {} (control {}; longest lock hold {}): {judged}",
                 run.down_after,
                 worst.map_or("n/a".to_string(), ms),
-                run.control.map_or("n/a".to_string(), ms)
+                run.control.map_or("n/a".to_string(), ms),
+                ms_f(lock)
             );
             (text, judged)
         })
@@ -473,10 +512,162 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
     if let Some(before) = &r.before {
         render_comparison(&mut out, s, r, before);
     }
+    if let Some(watch) = &r.watch {
+        let before = r.before.as_ref().and_then(|b| b.watch.as_ref());
+        render_watch(&mut out, s, watch, before);
+    }
     if let Some(fleet) = &r.fleet {
         render_fleet(&mut out, fleet);
     }
     out
+}
+
+/// Heartbeats per second with watchers over those without (medians).
+fn watch_ratio(w: &WatchRun) -> f64 {
+    let with = median(w.rounds.iter().map(|x| x.load.rate()).collect());
+    let without = median(w.control.iter().map(Outcome::rate).collect());
+    with / without
+}
+
+/// Whether every change was answered by every watcher asked for within
+/// 100 ms, with none lost; None when nothing was measured.
+fn all_answered(w: &WatchRun) -> Option<bool> {
+    (w.supported && !w.rounds.is_empty()).then(|| {
+        w.connected == w.watchers
+            && w.rounds.iter().all(|x| {
+                x.fanout.errors == 0
+                    && x.fanout.arrivals.len() == w.watchers
+                    && x.hist.max() <= 100_000
+            })
+    })
+}
+
+/// The watch fan-out's table and its targets.
+fn render_watch(out: &mut String, s: &Settings, now: &WatchRun, before: Option<&WatchRun>) {
+    let t = |n: usize| thousands(n as f64);
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Watch fan-out (issue 10): {} watchers, each with its own keep-alive connection, driven from one \
+         load-generator thread (mio), wait on one app (`GET /registro/1.0/apps/{}?index=N&wait=60s`, N from a \
+         first GET) while {CONNS} connections renew {} instances of other apps. In the middle of each of {} \
+         heartbeat windows of {:.1} s one change is made (a new instance of the watched app), and each watcher's \
+         wait is timed from the change's request being sent until its answer was read; the one load-generator \
+         thread reads every answer, so the slowest include its own reading. Control: the same windows with no \
+         watcher connected ({} before they connect, {} after they close); the ratio is of the medians.\n",
+        t(now.watchers),
+        crate::watch::APP,
+        t(s.sizes[0]),
+        now.rounds.len(),
+        s.secs.as_secs_f64(),
+        now.rounds.len(),
+        now.rounds.len()
+    );
+    let _ = writeln!(
+        out,
+        "| Server | watchers connected | answered, each change | p50 | p99 | max, each change | watchers lost | the change's own request | heartbeats/s with watchers | without | ratio |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let name = s
+        .reference
+        .as_ref()
+        .and_then(|p| p.file_name())
+        .map_or("before".to_string(), |f| f.to_string_lossy().into_owned());
+    let mut servers = vec![("now".to_string(), now)];
+    if let Some(b) = before {
+        servers.push((format!("before (`{name}`)"), b));
+    }
+    for (label, w) in &servers {
+        if !w.supported {
+            let _ = writeln!(
+                out,
+                "| {label} | n/a: no `Registro-Index`, no watches (a watch is answered at once) | | | | | | | | | |"
+            );
+            continue;
+        }
+        let each = |f: &dyn Fn(&WatchRound) -> String| {
+            w.rounds.iter().map(f).collect::<Vec<_>>().join(" / ")
+        };
+        let pick = |f: &dyn Fn(&WatchRound) -> f64| median(w.rounds.iter().map(f).collect());
+        let ratio = watch_ratio(w);
+        let _ = writeln!(
+            out,
+            "| {label} | {} of {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            t(w.connected),
+            t(w.watchers),
+            each(&|x| t(x.fanout.arrivals.len())),
+            ms_f(pick(&|x| x.hist.quantile(0.5) as f64)),
+            ms_f(pick(&|x| x.hist.quantile(0.99) as f64)),
+            each(&|x| ms(x.hist.max())),
+            w.rounds.iter().map(|x| x.fanout.errors).sum::<u64>(),
+            ms_f(pick(&|x| x.change_us as f64)),
+            thousands(median(w.rounds.iter().map(|x| x.load.rate()).collect())),
+            thousands(median(w.control.iter().map(Outcome::rate).collect())),
+            if ratio.is_finite() {
+                format!("{ratio:.2}x")
+            } else {
+                "n/a".to_string()
+            }
+        );
+    }
+    for (label, w) in &servers {
+        if let Some(x) = &w.alone {
+            let _ = writeln!(
+                out,
+                "| {label}, one more change with no heartbeats running (CPU meanwhile: server {:.0} ms, load generator {:.0} ms) | | {} | {} | {} | {} | {} | {} | | | |",
+                x.load.server_cpu * 1e3,
+                x.load.client_cpu * 1e3,
+                t(x.fanout.arrivals.len()),
+                ms(x.hist.quantile(0.5)),
+                ms(x.hist.quantile(0.99)),
+                ms(x.hist.max()),
+                x.fanout.errors,
+                ms(x.change_us)
+            );
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "| Target (issue 10) | measured | |");
+    let _ = writeln!(out, "|---|---|---|");
+    let slowest = now.rounds.iter().map(|x| x.hist.max()).max();
+    let fewest = now.rounds.iter().map(|x| x.fanout.arrivals.len()).min();
+    let limited = if now.watchers < 10_000 && !s.quick {
+        format!(
+            " (W = {}: what the open-files limit allows)",
+            t(now.watchers)
+        )
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "| All {} watchers answered within 100 ms of the change{limited} | {} | {} |",
+        t(now.watchers),
+        match (now.supported, fewest, slowest) {
+            (true, Some(fewest), Some(slowest)) => format!(
+                "at least {} of {} answered at every change, the slowest after {}",
+                t(fewest),
+                t(now.watchers),
+                ms(slowest)
+            ),
+            _ => "n/a".to_string(),
+        },
+        verdict(all_answered(now))
+    );
+    let ratio = watch_ratio(now);
+    let _ = writeln!(
+        out,
+        "| Heartbeats with the watchers waiting and answered >= 0.9x the same windows without | {} | {} |",
+        if ratio.is_finite() {
+            format!("{ratio:.2}x")
+        } else {
+            "n/a".to_string()
+        },
+        verdict(ratio.is_finite().then_some(ratio >= 0.9))
+    );
 }
 
 /// Median of the per-round ratios of two series of runs.
