@@ -375,3 +375,136 @@ fn sigterm_and_sigint_exit_0_within_a_second() {
         );
     }
 }
+
+// Issue 13, items 6, 14 and 15: flags as people type them.
+
+#[test]
+fn option_equals_value_short_flags_and_periods_with_units() {
+    // `--option=value` for options, as GNU tools take them.
+    let p = Proc::start_exact(&[
+        "--addr=127.0.0.1:0",
+        "--down-after=500ms",
+        "--evict-after=5min",
+        "--sweep-every=1h",
+        "--idle-timeout=90s",
+        "--request-timeout=2",
+        "--threads=2",
+        "--max-connections=100",
+    ]);
+    let mut c = Conn::open(p.addr);
+    check(&mut c, "GET", "/apps", "", 200);
+    drop(p);
+    let p = Proc::start_exact(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--down-after",
+        "1m",
+        "--evict-after",
+        "1h",
+    ]);
+    let mut c = Conn::open(p.addr);
+    check(&mut c, "GET", "/apps", "", 200);
+    drop(p);
+
+    // -h and -V, as --help and --version; the help names the units.
+    let help = run(&["-h"]);
+    assert_eq!(help.code, Some(0), "{}", help.stderr);
+    for unit in ["500ms", "90s", "5m", "5min", "1h"] {
+        assert!(
+            help.stdout.contains(unit),
+            "-h does not mention {unit}:\n{}",
+            help.stdout
+        );
+    }
+    assert_eq!(help.stdout, run(&["--help"]).stdout);
+    let version = run(&["-V"]);
+    assert_eq!(version.code, Some(0), "{}", version.stderr);
+    assert_eq!(
+        version.stdout.trim(),
+        format!("registro {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    // A period the server does not take: the line lists those it does.
+    let lo = ["--addr", "127.0.0.1:0"];
+    for bad in ["1d", "5 min", "-5m", "1e3", "0ms", "forever"] {
+        let line = assert_refused(&[&lo[..], &["--evict-after", bad]].concat());
+        for form in ["500ms", "90s", "5m", "5min", "1h"] {
+            assert!(
+                line.contains(form),
+                "--evict-after {bad}: {line:?} does not list {form}"
+            );
+        }
+    }
+}
+
+#[test]
+fn settings_that_cannot_work_are_refused_with_one_line() {
+    let lo = ["--addr", "127.0.0.1:0"];
+    #[track_caller]
+    fn refused_naming(args: &[&str], needles: &[&str]) {
+        let line = assert_refused(args);
+        for needle in needles {
+            assert!(
+                line.contains(needle),
+                "{args:?}: {line:?} does not say {needle:?}"
+            );
+        }
+        assert!(
+            !line.contains("Resource temporarily unavailable"),
+            "{args:?}: {line:?}"
+        );
+    }
+    for threads in ["20000", "100000000", "1025", "18446744073709551615"] {
+        refused_naming(&[&lo[..], &["--threads", threads]].concat(), &["--threads"]);
+    }
+    // Down never read: refused rather than accepted and silently useless.
+    for (down, evict) in [("600", "600"), ("20", "5"), ("10m", "600s"), ("90", "1m")] {
+        refused_naming(
+            &[&lo[..], &["--down-after", down, "--evict-after", evict]].concat(),
+            &["--down-after", "--evict-after"],
+        );
+    }
+    refused_naming(
+        &[&lo[..], &["--down-after", "700"]].concat(),
+        &["--down-after"],
+    );
+    // The largest accepted value works.
+    let p = Proc::start(&["--threads", "1024"]);
+    let mut c = Conn::open(p.addr);
+    check(&mut c, "GET", "/apps", "", 200);
+}
+
+/// Sends a GET over a raw connection to `addr`; the status answered.
+fn status_over(addr: SocketAddr) -> Option<u16> {
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    std::io::Write::write_all(
+        &mut stream,
+        b"GET /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .ok()?;
+    crate::support::read_reply(&mut std::io::BufReader::new(stream)).map(|r| r.status)
+}
+
+#[test]
+fn a_port_alone_listens_on_ipv6_and_ipv4() {
+    let p = Proc::start_exact(&["--addr", ":0"]);
+    let port = p.addr.port();
+    assert_eq!(
+        status_over(SocketAddr::from(([127, 0, 0, 1], port))),
+        Some(200),
+        "over IPv4 (listening on {})",
+        p.addr
+    );
+    if TcpListener::bind("[::1]:0").is_ok() {
+        assert!(p.addr.is_ipv6(), "listening on {} only", p.addr);
+        assert_eq!(
+            status_over(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))),
+            Some(200),
+            "over IPv6 (listening on {})",
+            p.addr
+        );
+    } else {
+        println!("no IPv6 loopback here: IPv4 only checked");
+    }
+}
