@@ -59,7 +59,7 @@ fn run(args: &[&str]) -> Run {
 /// A refused start: a non-zero exit code, nothing on stdout, exactly one
 /// line on stderr and no trace of a panic. Returns that line.
 #[track_caller]
-fn assert_refused(args: &[&str]) -> String {
+pub(crate) fn assert_refused(args: &[&str]) -> String {
     let r = run(args);
     assert!(
         matches!(r.code, Some(c) if c != 0),
@@ -507,4 +507,91 @@ fn a_port_alone_listens_on_ipv6_and_ipv4() {
     } else {
         println!("no IPv6 loopback here: IPv4 only checked");
     }
+}
+
+// Issue 11: SIGTERM at any moment after the start.
+
+/// The signals a process catches (`SigCgt` of /proc/PID/status), if it
+/// still runs.
+fn caught_signals(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+    u64::from_str_radix(mask.trim(), 16).ok()
+}
+
+/// Waits for `child` to end (at most 10 s); its status.
+fn ended(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("registro ignored a SIGTERM sent while it started");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn spawn_quiet(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_registro"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn registro")
+}
+
+fn sigterm(child: &std::process::Child) {
+    use rustix::process::{kill_process, Pid, Signal};
+    kill_process(Pid::from_child(child), Signal::TERM).expect("kill");
+}
+
+/// The handler is installed by `main`'s first statement; from then on a
+/// SIGTERM, whether it lands while the flags are read, while the server
+/// binds and spawns its threads, or once it serves, ends the process with
+/// status 0. Before `main` (the dynamic loader and the runtime's set-up,
+/// under a millisecond) the kernel's default action applies, as for any
+/// program: the README says so. 200 rounds each, as fast as possible.
+#[test]
+fn sigterm_from_the_first_moment_of_main_exits_0() {
+    const ROUNDS: usize = 200;
+    const SIGTERM_BIT: u64 = 1 << (15 - 1);
+    let args = ["--addr", "127.0.0.1:0", "--threads", "2"];
+    for round in 0..ROUNDS {
+        let mut child = spawn_quiet(&args);
+        let pid = child.id();
+        // Spin (no sleep: the window is microseconds wide) until the
+        // handler is there, then signal at once.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while caught_signals(pid).is_none_or(|m| m & SIGTERM_BIT == 0) {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no SIGTERM handler"
+            );
+        }
+        sigterm(&child);
+        let status = ended(&mut child);
+        assert_eq!(status.code(), Some(0), "round {round}: {status:?}");
+    }
+
+    // Right after the spawn, before the handler may be there: either the
+    // default action (before `main`) or status 0, never a hang, another
+    // status or a second line of output.
+    let (mut zero, mut killed) = (0, 0);
+    for round in 0..ROUNDS {
+        let mut child = spawn_quiet(&args);
+        sigterm(&child);
+        let status = ended(&mut child);
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(0), _) => zero += 1,
+            (None, Some(15)) => killed += 1,
+            _ => panic!("round {round}: {status:?}"),
+        }
+    }
+    println!("SIGTERM right after spawn: {zero} exited 0, {killed} ended before main ran");
 }

@@ -4,6 +4,7 @@
 //! speaks HTTP to it.
 
 mod api;
+mod auth;
 mod cli;
 mod concurrency;
 mod hardening;
