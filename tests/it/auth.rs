@@ -505,3 +505,21 @@ fn refusals_are_logged_once_per_address_and_no_token_ever() {
         );
     }
 }
+
+/// SIGHUP's default action ends a process: without token files it must not
+/// (an operator reloading every service on a host, say), and it is logged.
+#[test]
+fn sighup_without_token_files_changes_nothing() {
+    let mut p = Proc::start(&[]);
+    let mut c = Conn::open(p.addr);
+    let r = send(&mut c, "POST", "/registro/1.0/apps", &app_body("a"), None);
+    assert_eq!(r.status, 201);
+    p.signal("HUP");
+    p.wait_line("no token files", Duration::from_secs(5));
+    let r = send(&mut c, "GET", "/registro/1.0/apps/a", "", None);
+    assert_eq!(r.status, 200);
+    assert!(
+        p.child.try_wait().expect("try_wait").is_none(),
+        "SIGHUP ended it"
+    );
+}
