@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use argh::FromArgs;
+use nix::sys::signal::{SigSet, Signal};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -95,7 +96,22 @@ fn main() -> ExitCode {
     // server starts waits in the queue), and SIGHUP no longer kills it.
     // Only the moments between exec and `main` (the loader, the runtime's
     // set-up: well under a millisecond) still get the default action.
-    let signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+    //
+    // The signals are blocked while the handlers are installed: signal-hook
+    // puts its handler in place a moment before it records what to do, and
+    // a signal arriving in between would be dropped (neither handled nor
+    // given the default action: a SIGTERM lost, a process that never stops).
+    // Blocked, such a signal waits and is handled once unblocked.
+    let mut mask = SigSet::empty();
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        mask.add(signal);
+    }
+    let blocked = mask.thread_block().is_ok();
+    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]);
+    if blocked {
+        let _ = mask.thread_unblock();
+    }
+    let signals = match signals {
         Ok(signals) => signals,
         Err(e) => {
             eprintln!("registro: cannot handle signals: {e}");
