@@ -293,7 +293,10 @@ impl Access {
             return Need::Nothing;
         }
         let path = request.target.split('?').next().unwrap_or_default();
-        if path == "/healthz" {
+        let get = matches!(request.method.as_str(), "GET" | "HEAD");
+        // The dashboard's page holds no data (it is the same for everyone)
+        // and must load to ask for a token when its requests get a 401.
+        if path == "/healthz" || get && path == "/" {
             return Need::Nothing;
         }
         match request.method.as_str() {

@@ -1,7 +1,7 @@
 //! Access control (API.md Part 3 "Access control"): with `--token-file`
 //! every request that changes the registry needs `Authorization: Bearer`
 //! with one of its tokens; with `--read-token-file` too, reads need a token
-//! from either file; `/healthz` is always open. SIGHUP re-reads the files
+//! from either file; `/healthz` and the dashboard's page are always open. SIGHUP re-reads the files
 //! without dropping a connection; bad files at start end the process with
 //! one line; no token is ever logged.
 
@@ -249,7 +249,7 @@ fn with_a_read_token_file_reads_need_a_token_and_healthz_stays_open() {
         ("GET", "/registro/1.0/apps/nope", 404),
         ("GET", "/registro/1.0/nowhere", 404),
         ("GET", "/metrics", 0),
-        ("GET", "/", 0),
+        ("GET", "/healthz/x", 0),
     ];
     for (method, path, ok) in reads {
         for auth in refused_headers() {
@@ -266,10 +266,14 @@ fn with_a_read_token_file_reads_need_a_token_and_healthz_stays_open() {
             }
         }
     }
+    // Open: the health check, and the dashboard's page, which holds no
+    // data and asks for a token when its own requests are refused.
     for method in ["GET", "HEAD"] {
-        for auth in [None, Some(bearer("wrong"))] {
-            let r = send(&mut c, method, "/healthz", "", auth.as_deref());
-            assert_ne!(r.status, 401, "{method} /healthz: {r:?}");
+        for path in ["/healthz", "/"] {
+            for auth in [None, Some(bearer("wrong"))] {
+                let r = send(&mut c, method, path, "", auth.as_deref());
+                assert_ne!(r.status, 401, "{method} {path}: {r:?}");
+            }
         }
     }
 }
