@@ -100,6 +100,17 @@ def exercise(addr):
     names = [a.get("name") for a in json.loads(raw).get("applications", [])]
     check(status == 200 and names == ["smoke"], f"listing after registration: {raw!r}")
     say("register, heartbeat, lookup and listing all answered as the contract says")
+
+    # The operator's routes need no file: the dashboard is in the binary.
+    status, ctype, raw = request(conn, "GET", "/healthz")
+    check(status == 200 and json.loads(raw) == {"status": "ok"}, f"/healthz: {status} {raw!r}")
+    status, ctype, raw = request(conn, "GET", "/")
+    check(status == 200 and ctype == "text/html; charset=utf-8" and b"<title>Registro</title>" in raw,
+          f"/ (the dashboard): {status} {ctype!r} {raw[:80]!r}")
+    status, ctype, raw = request(conn, "GET", "/metrics")
+    check(status == 200 and ctype.startswith("text/plain; version=0.0.4"), f"/metrics: {status} {ctype!r}")
+    check(b'registro_instances{status="up"} 1' in raw, f"/metrics does not count the instance up: {raw!r}")
+    say("/healthz, the dashboard and /metrics served")
     return conn
 
 

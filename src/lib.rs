@@ -24,6 +24,7 @@ mod clock;
 mod fuzz;
 mod http;
 mod log;
+mod metrics;
 mod ops;
 pub mod registry;
 mod server;

@@ -1,61 +1,128 @@
-//! Event lines on stderr, one per event, stamped in UTC as the original did
+//! Event lines on stderr, stamped in UTC as the original did
 //! (`2006/01/02 15:04:05 message`) and written by a thread of their own; and
 //! the HTTP `Date` header's format.
+//!
+//! Under mass events the log stays readable: at most [`BUDGET`] event lines
+//! a second are written one by one; beyond that events are counted per app
+//! and kind, and [`Log::summarise`] (called by the logger thread every
+//! second, at shutdown, and by whoever ends a batch of events, such as a
+//! sweep) writes one line per app and kind:
+//! `41,772 more instances of "web" went down: no heartbeat; first "web-101"`.
+//! The metrics carry the exact counts.
+//!
+//! Nothing waits on stderr for long: lines go through a bounded queue; a
+//! full queue drops (and counts) a connection thread's line at once and the
+//! sweeper's after a short wait; a stop gives a stalled stderr a moment and
+//! then leaves the writer thread to the process's exit.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::os::fd::AsFd;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::metrics::Metrics;
 use crate::registry::Event;
 
-/// Lines waiting for the logger thread; past this, a connection thread's
-/// line is dropped (and counted) rather than making it wait.
+/// Lines waiting for the logger thread; past this, a line is dropped (and
+/// counted) rather than making its thread wait.
 const QUEUE: usize = 8192;
-
-type Queue = SyncSender<Option<String>>;
+/// Event lines written one by one per second; the rest are summarised.
+pub const BUDGET: u32 = 100;
+/// Summary lines per summary; beyond them, what is left is summed by kind.
+const SUMMARY_LINES: usize = 50;
+/// How long the sweeper waits for room in a full queue before dropping.
+const WAIT_FOR_ROOM: Duration = Duration::from_millis(50);
+/// How long a stop waits for a writer that makes no progress.
+const STALL: Duration = Duration::from_millis(250);
+/// The most bytes written in one `write_all`.
+const BATCH: usize = 64 * 1024;
 
 /// Owns the thread that writes log lines to stderr, so that no connection
 /// thread ever waits on a slow stderr (a full pipe, a stalled terminal).
-/// `close` (or drop) writes what is queued and joins it.
+/// `close` (or drop) writes what is queued and joins it, unless stderr
+/// makes no progress for [`STALL`]: then what is left is dropped.
 #[derive(Debug)]
 pub struct Logger {
     log: Log,
     handle: Option<JoinHandle<()>>,
 }
 
-/// A handle to log through: cheap to clone, a no-op when logging is off.
+/// A handle to log through: cheap to clone. With logging off it writes
+/// nothing but still counts events in the metrics.
 #[derive(Debug, Clone)]
 pub struct Log {
-    queue: Option<Queue>,
-    dropped: Arc<AtomicU64>,
+    shared: Option<Arc<Shared>>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when lines are queued or the log is closed.
+    queued: Condvar,
+    /// Signalled when the writer took lines, wrote a batch or finished.
+    progressed: Condvar,
+    budget: Mutex<Budget>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    lines: VecDeque<String>,
+    closed: bool,
+    /// Batches written so far.
+    progress: u64,
+    /// The writer thread has returned.
+    done: bool,
+    /// Lines dropped since the last one saying so was written.
+    dropped: u64,
+    /// A waiting line gave up; no one waits again until a batch is written.
+    stalled: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Logger {
-    /// Starts the logger thread, or none when `enabled` is false.
+    /// Starts the logger thread writing to stderr, or none when `enabled`
+    /// is false.
     pub fn start(enabled: bool) -> io::Result<Logger> {
-        let dropped = Arc::new(AtomicU64::new(0));
-        if !enabled {
+        Logger::start_with(enabled.then(stderr), Arc::new(Metrics::new()), BUDGET)
+    }
+
+    /// Starts the logger thread writing to `out` (none when `None`),
+    /// counting into `metrics`, `budget` event lines a second.
+    fn start_with(
+        out: Option<Box<dyn Write + Send>>,
+        metrics: Arc<Metrics>,
+        budget: u32,
+    ) -> io::Result<Logger> {
+        let Some(mut out) = out else {
             return Ok(Logger {
                 log: Log {
-                    queue: None,
-                    dropped,
+                    shared: None,
+                    metrics,
                 },
                 handle: None,
             });
-        }
-        let (queue, lines) = mpsc::sync_channel::<Option<String>>(QUEUE);
-        let counter = Arc::clone(&dropped);
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            queued: Condvar::new(),
+            progressed: Condvar::new(),
+            budget: Mutex::new(Budget::new(budget)),
+        });
+        let writer = Arc::clone(&shared);
         let handle = thread::Builder::new()
             .name("registro-log".into())
-            .spawn(move || write_lines(&lines, &counter))?;
+            .spawn(move || write_lines(&writer, &mut out))?;
         Ok(Logger {
             log: Log {
-                queue: Some(queue),
-                dropped,
+                shared: Some(shared),
+                metrics,
             },
             handle: Some(handle),
         })
@@ -66,15 +133,39 @@ impl Logger {
         self.log.clone()
     }
 
-    /// Writes every line queued so far and joins the thread.
+    /// Writes every line queued so far and joins the thread (see [`Logger`]).
     pub fn close(mut self) {
         self.finish();
     }
 
     fn finish(&mut self) {
-        if let Some(queue) = self.log.queue.take() {
-            let _ = queue.send(None);
+        let Some(shared) = self.log.shared.take() else {
+            return;
+        };
+        let mut state = lock(&shared.state);
+        state.closed = true;
+        shared.queued.notify_all();
+        shared.progressed.notify_all();
+        while !state.done {
+            let before = state.progress;
+            let (next, waited) = shared
+                .progressed
+                .wait_timeout(state, STALL)
+                .unwrap_or_else(PoisonError::into_inner);
+            state = next;
+            if waited.timed_out() && !state.done && state.progress == before {
+                // stderr is stalled: the writer is blocked in a write that
+                // may never return. It holds nothing anyone needs; the
+                // process's exit ends it.
+                let lost = state.lines.len() as u64;
+                for _ in 0..lost {
+                    self.log.metrics.log_line_dropped();
+                }
+                self.handle.take();
+                return;
+            }
         }
+        drop(state);
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
         }
@@ -87,28 +178,70 @@ impl Drop for Logger {
     }
 }
 
-/// The logger thread: batches what is queued into one write.
-fn write_lines(lines: &Receiver<Option<String>>, dropped: &AtomicU64) {
+/// stderr through a descriptor of its own, so that a write blocked on a
+/// stalled stderr holds no lock of the standard library's `Stderr`.
+fn stderr() -> Box<dyn Write + Send> {
+    match io::stderr().as_fd().try_clone_to_owned() {
+        Ok(fd) => Box::new(std::fs::File::from(fd)),
+        Err(_) => Box::new(io::stderr()),
+    }
+}
+
+/// The logger thread: takes what is queued, up to [`BATCH`] bytes, and
+/// writes it in one `write_all`; every second, and at the end, it adds the
+/// summaries of what went over the budget.
+fn write_lines(shared: &Shared, out: &mut dyn Write) {
+    let mut next_summary = Instant::now() + Duration::from_secs(1);
     let mut batch = String::new();
-    while let Ok(first) = lines.recv() {
-        let mut last = first.is_none();
-        batch.extend(first);
-        while !last && batch.len() < 64 * 1024 {
-            match lines.try_recv() {
-                Ok(Some(line)) => batch.push_str(&line),
-                Ok(None) => last = true,
-                Err(_) => break,
+    loop {
+        let (dropped, last) = {
+            let mut state = lock(&shared.state);
+            while state.lines.is_empty() && !state.closed {
+                let left = next_summary.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                state = shared
+                    .queued
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            while batch.len() < BATCH {
+                let Some(line) = state.lines.pop_front() else {
+                    break;
+                };
+                batch.push_str(&line);
+            }
+            shared.progressed.notify_all();
+            let last = state.closed && state.lines.is_empty();
+            (std::mem::take(&mut state.dropped), last)
+        };
+        if last || Instant::now() >= next_summary {
+            next_summary = Instant::now() + Duration::from_secs(1);
+            for line in lock(&shared.budget).summarise() {
+                batch.push_str(&stamped(format_args!("{line}")));
             }
         }
-        let lost = dropped.swap(0, Ordering::Relaxed);
-        if lost > 0 {
+        if dropped > 0 {
             batch.push_str(&stamped(format_args!(
-                "{lost} log lines dropped: stderr did not keep up"
+                "{} log lines dropped: stderr did not keep up",
+                Thousands(dropped)
             )));
         }
-        // A closed stderr must not take the server down: the lines are lost.
-        let _ = io::stderr().lock().write_all(batch.as_bytes());
-        batch.clear();
+        if !batch.is_empty() {
+            // A closed stderr must not take the server down: the lines are lost.
+            let _ = out.write_all(batch.as_bytes());
+            let _ = out.flush();
+            batch.clear();
+        }
+        let mut state = lock(&shared.state);
+        state.progress += 1;
+        state.stalled = false;
+        if last {
+            state.done = true;
+        }
+        shared.progressed.notify_all();
         if last {
             return;
         }
@@ -121,32 +254,258 @@ fn stamped(message: fmt::Arguments<'_>) -> String {
 }
 
 impl Log {
+    /// A handle that writes nothing and counts into `metrics`.
+    #[allow(dead_code)] // for tests of the modules that log
+    pub fn off(metrics: Arc<Metrics>) -> Log {
+        Log {
+            shared: None,
+            metrics,
+        }
+    }
+
+    /// The server's counters (the log counts the events it sees).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Queues one line, `YYYY/MM/DD HH:MM:SS message`, without ever waiting:
     /// when the queue is full the line is dropped and counted.
     pub fn line(&self, message: fmt::Arguments<'_>) {
-        if let Some(queue) = &self.queue {
-            if let Err(TrySendError::Full(_)) = queue.try_send(Some(stamped(message))) {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.push(stamped(message), false);
+    }
+
+    /// Queues one line, waiting a moment for room: for the sweeper, which
+    /// holds no lock while it logs. A stalled stderr costs it one short
+    /// wait, not one per line.
+    pub fn line_waiting(&self, message: fmt::Arguments<'_>) {
+        self.push(stamped(message), true);
+    }
+
+    fn push(&self, line: String, wait: bool) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let mut state = lock(&shared.state);
+        if wait && !state.stalled && !state.closed {
+            let until = Instant::now() + WAIT_FOR_ROOM;
+            while state.lines.len() >= QUEUE && !state.closed {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    state.stalled = true;
+                    break;
+                }
+                state = shared
+                    .progressed
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
             }
         }
-    }
-
-    /// Queues one line, waiting for room: for the sweeper, which holds no
-    /// lock while it logs and whose events should all be written.
-    pub fn line_waiting(&self, message: fmt::Arguments<'_>) {
-        if let Some(queue) = &self.queue {
-            let _ = queue.send(Some(stamped(message)));
+        if state.lines.len() >= QUEUE || state.closed {
+            state.dropped += 1;
+            drop(state);
+            self.metrics.log_line_dropped();
+            return;
         }
+        state.lines.push_back(line);
+        shared.queued.notify_one();
     }
 
-    /// Logs one registry event (names are quoted and escaped, so a client's
-    /// strings cannot forge log lines); `wait` as in [`Log::line_waiting`].
+    /// Logs one registry event within the budget (names are quoted and
+    /// escaped, so a client's strings cannot forge log lines); past the
+    /// budget the event is counted for the next summary. `wait` as in
+    /// [`Log::line_waiting`].
     pub fn event(&self, event: &Event, wait: bool) {
-        if wait {
-            self.line_waiting(format_args!("{}", Describe(event)));
-        } else {
-            self.line(format_args!("{}", Describe(event)));
+        // Every registration and eviction is an event passing here, so the
+        // counts are exact whatever the budget lets through.
+        match event {
+            Event::InstanceAdded { .. } | Event::InstanceReplaced { .. } => {
+                self.metrics.registered();
+            }
+            Event::InstanceRemoved { .. } => self.metrics.evicted(1),
+            _ => {}
         }
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let now = crate::clock::now().mono;
+        if !lock(&shared.budget).admit(event, now) {
+            return;
+        }
+        self.push(stamped(format_args!("{}", Describe(event))), wait);
+    }
+
+    /// Queues one summary line per app and kind of the events that went
+    /// over the budget since the last summary. Call it when a batch of
+    /// events ends (a sweep's pass); the logger thread also calls it every
+    /// second and at the end.
+    #[allow(dead_code)] // called by the sweeper at the end of each pass
+    pub fn summarise(&self) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let lines = lock(&shared.budget).summarise();
+        for line in lines {
+            self.push(stamped(format_args!("{line}")), true);
+        }
+    }
+}
+
+/// What kind of event, for counting those over the budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Kind {
+    AppCreated,
+    AppRemoved,
+    Added,
+    Replaced,
+    Up,
+    Down,
+    OutOfService,
+    Removed,
+}
+
+impl Kind {
+    /// The kind, its app (none for the apps' own events) and the name to
+    /// show as the first one.
+    fn of(event: &Event) -> (Kind, Option<&Arc<str>>, &Arc<str>) {
+        match event {
+            Event::AppCreated { app } => (Kind::AppCreated, None, app),
+            Event::AppRemoved { app } => (Kind::AppRemoved, None, app),
+            Event::InstanceAdded { app, id, .. } => (Kind::Added, Some(app), id),
+            Event::InstanceReplaced { app, id, .. } => (Kind::Replaced, Some(app), id),
+            Event::InstanceUp { app, id } => (Kind::Up, Some(app), id),
+            Event::InstanceDown { app, id } => (Kind::Down, Some(app), id),
+            Event::InstanceOutOfService { app, id } => (Kind::OutOfService, Some(app), id),
+            Event::InstanceRemoved { app, id } => (Kind::Removed, Some(app), id),
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Kind::AppCreated => "created",
+            Kind::AppRemoved => "removed: no instances for the eviction period",
+            Kind::Added => "added",
+            Kind::Replaced => "registered again",
+            Kind::Up => "came up",
+            Kind::Down => "went down: no heartbeat",
+            Kind::OutOfService => "taken out of service",
+            Kind::Removed => "removed: no heartbeat for the eviction period",
+        }
+    }
+}
+
+/// What events over the budget are counted by: their kind and app.
+type Key = (Kind, Option<Arc<str>>);
+
+#[derive(Debug)]
+struct Over {
+    count: u64,
+    first: Arc<str>,
+}
+
+/// The per-second budget of event lines and the count of what went over
+/// it. Plain data taking `now` (monotonic milliseconds), tested without a
+/// clock.
+#[derive(Debug)]
+struct Budget {
+    per_second: u32,
+    second: u64,
+    used: u32,
+    /// Events over the budget by kind and app, in order of first arrival.
+    over: HashMap<Key, usize>,
+    order: Vec<(Key, Over)>,
+}
+
+impl Budget {
+    fn new(per_second: u32) -> Budget {
+        Budget {
+            per_second,
+            second: 0,
+            used: 0,
+            over: HashMap::new(),
+            order: Vec::new(),
+        }
+    }
+
+    /// Whether `event` at `now` gets a line of its own; if not it is counted.
+    fn admit(&mut self, event: &Event, now: u64) -> bool {
+        let second = now / 1000;
+        if second != self.second {
+            self.second = second;
+            self.used = 0;
+        }
+        if self.used < self.per_second {
+            self.used += 1;
+            return true;
+        }
+        let (kind, app, name) = Kind::of(event);
+        let key = (kind, app.cloned());
+        match self.over.get(&key) {
+            Some(&i) => self.order[i].1.count += 1,
+            None => {
+                self.over.insert(key.clone(), self.order.len());
+                self.order.push((
+                    key,
+                    Over {
+                        count: 1,
+                        first: Arc::clone(name),
+                    },
+                ));
+            }
+        }
+        false
+    }
+
+    /// The summary lines of what went over the budget, and a fresh count:
+    /// one line per app and kind, at most [`SUMMARY_LINES`]; the rest
+    /// summed by kind.
+    fn summarise(&mut self) -> Vec<String> {
+        self.over.clear();
+        let mut lines = Vec::new();
+        let mut rest: Vec<(Kind, u64, u64)> = Vec::new();
+        for (i, ((kind, app), over)) in self.order.drain(..).enumerate() {
+            let n = Thousands(over.count);
+            let (verb, first) = (kind.verb(), over.first);
+            if i < SUMMARY_LINES || app.is_none() {
+                lines.push(match app {
+                    None => format!("{n} more applications {verb}; first {first:?}"),
+                    Some(app) => format!("{n} more instances of {app:?} {verb}; first {first:?}"),
+                });
+                continue;
+            }
+            match rest.iter_mut().find(|(k, _, _)| *k == kind) {
+                Some((_, count, apps)) => {
+                    *count += over.count;
+                    *apps += 1;
+                }
+                None => rest.push((kind, over.count, 1)),
+            }
+        }
+        for (kind, count, apps) in rest {
+            lines.push(format!(
+                "{} more instances of {} other applications {}",
+                Thousands(count),
+                Thousands(apps),
+                kind.verb()
+            ));
+        }
+        lines
+    }
+}
+
+/// A count with thousands separators: `41,872`.
+struct Thousands(u64);
+
+impl fmt::Display for Thousands {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let digits = self.0.to_string();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{c}")?;
+        }
+        Ok(())
     }
 }
 
@@ -281,6 +640,165 @@ mod tests {
         check(1_795_890_765, "2026/11/28 18:32:45");
         check(4_107_542_399, "2100/02/28 23:59:59");
         check(4_107_542_400, "2100/03/01 00:00:00");
+    }
+
+    fn down(app: &str, id: &str) -> Event {
+        Event::InstanceDown {
+            app: app.into(),
+            id: id.into(),
+        }
+    }
+
+    fn created(app: &str) -> Event {
+        Event::AppCreated { app: app.into() }
+    }
+
+    /// Events offered at `now` (ms): which got a line, and the summary after.
+    #[track_caller]
+    fn check_budget(per_second: u32, events: &[(u64, Event)], lines: usize, summary: &[&str]) {
+        let mut budget = Budget::new(per_second);
+        let admitted = events
+            .iter()
+            .filter(|(now, e)| budget.admit(e, *now))
+            .count();
+        assert_eq!(admitted, lines, "lines of their own");
+        assert_eq!(budget.summarise(), summary);
+        assert!(
+            budget.summarise().is_empty(),
+            "a summary starts a fresh count"
+        );
+    }
+
+    #[test]
+    fn mass_events_are_summarised_per_app_and_kind() {
+        let web: Vec<(u64, Event)> = (1..=41_872)
+            .map(|i| (5_000 + i / 100, down("web", &format!("web-{i}"))))
+            .collect();
+        check_budget(
+            100,
+            &web,
+            100,
+            &[r#"41,772 more instances of "web" went down: no heartbeat; first "web-101""#],
+        );
+        // Within the budget: every event has its line, nothing to summarise.
+        check_budget(3, &[(0, down("a", "1")), (10, down("a", "2"))], 2, &[]);
+        // The budget is per second of the monotonic clock.
+        check_budget(
+            1,
+            &[
+                (999, down("a", "1")),
+                (1_000, down("a", "2")),
+                (1_999, down("a", "3")),
+            ],
+            2,
+            &[r#"1 more instances of "a" went down: no heartbeat; first "3""#],
+        );
+        // Per app and kind, in order of first arrival; apps' own events by kind.
+        check_budget(
+            0,
+            &[
+                (0, down("b", "b-1")),
+                (0, created("x")),
+                (0, down("a", "a-1")),
+                (0, down("b", "b-2")),
+                (0, created("y")),
+            ],
+            0,
+            &[
+                r#"2 more instances of "b" went down: no heartbeat; first "b-1""#,
+                r#"2 more applications created; first "x""#,
+                r#"1 more instances of "a" went down: no heartbeat; first "a-1""#,
+            ],
+        );
+    }
+
+    #[test]
+    fn names_in_summaries_are_quoted_and_escaped() {
+        check_budget(
+            0,
+            &[(0, down("w\n\"eb", "i\n1"))],
+            0,
+            &[r#"1 more instances of "w\n\"eb" went down: no heartbeat; first "i\n1""#],
+        );
+    }
+
+    #[test]
+    fn summaries_are_bounded_however_many_apps() {
+        let events: Vec<(u64, Event)> = (0..10_000)
+            .map(|i| (0, down(&format!("app-{i}"), "x")))
+            .collect();
+        let mut budget = Budget::new(0);
+        for (now, e) in &events {
+            budget.admit(e, *now);
+        }
+        let lines = budget.summarise();
+        assert_eq!(lines.len(), SUMMARY_LINES + 1);
+        assert_eq!(
+            lines[SUMMARY_LINES],
+            "9,950 more instances of 9,950 other applications went down: no heartbeat"
+        );
+    }
+
+    #[test]
+    fn thousands() {
+        for (n, s) in [
+            (0, "0"),
+            (999, "999"),
+            (1_000, "1,000"),
+            (41_872, "41,872"),
+            (1_234_567, "1,234,567"),
+        ] {
+            assert_eq!(Thousands(n).to_string(), s);
+        }
+    }
+
+    /// A writer that blocks in its first write until the test lets it go,
+    /// as a write to a full pipe nobody reads does.
+    struct Stalled(std::sync::mpsc::Receiver<()>);
+
+    impl Write for Stalled {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            let _ = self.0.recv();
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_stderr_cannot_hold_the_stop() {
+        let (release, stalled) = std::sync::mpsc::channel();
+        let metrics = Arc::new(Metrics::new());
+        let logger = Logger::start_with(
+            Some(Box::new(Stalled(stalled))),
+            Arc::clone(&metrics),
+            1_000_000,
+        )
+        .unwrap();
+        let log = logger.log();
+        let started = Instant::now();
+        for i in 0..20_000 {
+            log.line(format_args!("line {i}"));
+            log.event(&created(&format!("app-{i}")), true);
+        }
+        let logging = started.elapsed();
+        logger.close();
+        let stopping = started.elapsed() - logging;
+        let _ = release.send(());
+        assert!(
+            logging < Duration::from_millis(500),
+            "logging took {logging:?}"
+        );
+        assert!(
+            stopping < Duration::from_millis(500),
+            "close took {stopping:?}"
+        );
+        let text = metrics.render(&crate::metrics::Counts::default());
+        assert!(
+            !text.contains("registro_log_lines_dropped_total 0\n"),
+            "lines dropped are counted:\n{text}"
+        );
     }
 
     #[test]

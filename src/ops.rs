@@ -1,12 +1,72 @@
-//! The operator's routes outside `/registro`: `/healthz`, `/metrics` and the
-//! dashboard at `/`. A stub until the operations work lands.
+//! The operator's routes outside `/registro`: `/healthz`, `/metrics` (the
+//! Prometheus exposition of [`crate::metrics`]) and the dashboard at `/`
+//! (`dashboard.html`, compiled into the binary).
 
-use crate::api::Api;
+use crate::api::{self, Api};
 use crate::clock::Now;
 use crate::http::{Request, Response};
+use crate::metrics::Counts;
+use crate::registry::Status;
+
+/// The dashboard: one page, its CSS and JavaScript inline.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+const ALLOW: &str = "GET, HEAD";
 
 /// Answers the operator's routes, or `None` for every other path (the
 /// registry's API then routes it).
-pub fn handle(_api: &Api, _request: &Request, _now: Now) -> Option<Response> {
-    None
+pub fn handle(api: &Api, request: &Request, now: Now) -> Option<Response> {
+    let path = request.target.split('?').next().unwrap_or("");
+    let route = match path {
+        "/" | "/healthz" | "/metrics" => path,
+        _ => return None,
+    };
+    if request.method != "GET" && request.method != "HEAD" {
+        let mut response = api::error(
+            405,
+            format!(
+                "method {} is not allowed here; allowed: {ALLOW}",
+                request.method
+            ),
+        );
+        response.allow = Some(ALLOW);
+        return Some(response);
+    }
+    Some(match route {
+        "/healthz" => Response::json(200, b"{\"status\":\"ok\"}\n".to_vec()),
+        "/metrics" => {
+            let text = api.log().metrics().render(&counts(api, now));
+            text_response(
+                text.into_bytes(),
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        }
+        _ => text_response(DASHBOARD.as_bytes().to_vec(), "text/html; charset=utf-8"),
+    })
+}
+
+fn text_response(body: Vec<u8>, content_type: &'static str) -> Response {
+    let mut response = Response::json(200, body);
+    response.content_type = content_type;
+    response
+}
+
+/// STAND-IN until the discovery work adds `Api::counts(now)` (kept exact
+/// as the registry changes, read in O(1)): this copies every app's
+/// instance handles under the lock and counts them, O(instances) per scrape.
+fn counts(api: &Api, now: Now) -> Counts {
+    let apps = api.lock().apps(now.wall);
+    let mut counts = Counts {
+        apps: apps.len() as u64,
+        ..Counts::default()
+    };
+    for instance in apps.iter().flat_map(|app| &app.instances) {
+        match instance.status {
+            Status::Starting => counts.starting += 1,
+            Status::Up => counts.up += 1,
+            Status::Down => counts.down += 1,
+            Status::OutOfService => counts.out_of_service += 1,
+        }
+    }
+    counts
 }

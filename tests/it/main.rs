@@ -10,4 +10,5 @@ mod concurrency;
 mod fuzz;
 mod hardening;
 mod lifecycle;
+mod ops;
 mod support;

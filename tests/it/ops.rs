@@ -1,0 +1,882 @@
+//! The operator's side: `/healthz`, `/metrics` (checked by `promtool` and
+//! scraped by a real Prometheus), the dashboard in a real headless Chromium,
+//! and a stop that a stalled stderr cannot hold.
+//!
+//! The tests that need Prometheus or Chromium print one SKIP line naming
+//! what to install where those are missing, and fail when `CI=true`.
+
+use std::collections::HashMap;
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::api::{app_body, instance_body};
+use crate::support::{self, eventually, read_reply, Conn, Proc};
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// Whether every program is installed. Missing ones fail the test in CI and
+/// make it print one SKIP line elsewhere.
+fn installed(test: &str, programs: &[&str], packages: &str) -> bool {
+    let missing: Vec<&str> = programs
+        .iter()
+        .copied()
+        .filter(|p| which(p).is_none())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let message = format!(
+        "SKIP ops::{test}: {} not installed (apt-get install {packages})",
+        missing.join(", ")
+    );
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{message}; CI must run this test"
+    );
+    println!("{message}");
+    false
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// A loopback port free a moment ago (for programs that cannot report the
+/// port they bound).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A directory of its own under the system's temporary directory, removed
+/// on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "registro-{what}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed and reaped on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A path segment, percent-encoded but for RFC 3986's unreserved bytes.
+fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Creates `app` (if new) and registers instance `id` of it; the answer to
+/// the registration.
+fn register(c: &mut Conn, app: &str, id: &str, ip: &str, port: u16) -> support::Reply {
+    let created = c.post("/apps", &app_body(app)).status;
+    assert!(
+        created == 201 || created == 409,
+        "creating {app:?}: {created}"
+    );
+    c.post(
+        &format!("/apps/{}", segment(app)),
+        &instance_body(id, ip, port),
+    )
+}
+
+fn get(addr: SocketAddr, path: &str) -> support::Reply {
+    Conn::open(addr).send_raw(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
+        false,
+    )
+}
+
+/// The samples of an exposition, `name{labels}` to value; checks the shape
+/// of every line on the way.
+fn samples(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    for line in text.lines() {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample line: {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number in {line:?}"));
+        assert!(
+            samples.insert(series.to_string(), value).is_none(),
+            "{series} twice"
+        );
+    }
+    samples
+}
+
+fn metrics(addr: SocketAddr) -> HashMap<String, f64> {
+    let reply = get(addr, "/metrics");
+    assert_eq!(reply.status, 200);
+    samples(&reply.body)
+}
+
+#[track_caller]
+fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
+    *samples
+        .get(series)
+        .unwrap_or_else(|| panic!("{series} missing"))
+}
+
+// ---------------------------------------------------------------------------
+// /healthz and the routes' methods
+
+#[track_caller]
+fn check_route(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    status: u16,
+    content_type: &str,
+    body_has: &str,
+) {
+    let head = method == "HEAD";
+    let reply = Conn::open(addr).send_raw(
+        format!("{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+        head,
+    );
+    assert_eq!(reply.status, status, "{method} {path}: {reply:?}");
+    assert_eq!(
+        reply.header("content-type"),
+        Some(content_type),
+        "{method} {path}"
+    );
+    assert!(reply.body.contains(body_has), "{method} {path}: {reply:?}");
+    if status == 405 {
+        assert_eq!(reply.header("allow"), Some("GET, HEAD"));
+        assert!(reply.error().contains(method));
+    }
+    if head {
+        let length: usize = reply.header("content-length").unwrap().parse().unwrap();
+        assert!(length > 0, "HEAD tells the length of the GET's body");
+    }
+}
+
+#[test]
+fn operator_routes() {
+    let server = support::start();
+    let addr = server.local_addr();
+    let json = "application/json";
+    let html = "text/html; charset=utf-8";
+    let text = "text/plain; version=0.0.4; charset=utf-8";
+    check_route(addr, "GET", "/healthz", 200, json, "");
+    assert_eq!(get(addr, "/healthz").json()["status"], "ok");
+    check_route(addr, "HEAD", "/healthz", 200, json, "");
+    check_route(
+        addr,
+        "GET",
+        "/metrics",
+        200,
+        text,
+        "# TYPE registro_apps gauge",
+    );
+    check_route(addr, "HEAD", "/metrics", 200, text, "");
+    check_route(addr, "GET", "/", 200, html, "<title>Registro</title>");
+    check_route(
+        addr,
+        "GET",
+        "/?filter=web",
+        200,
+        html,
+        "<title>Registro</title>",
+    );
+    check_route(addr, "HEAD", "/", 200, html, "");
+    for path in ["/", "/healthz", "/metrics"] {
+        for method in ["POST", "PUT", "DELETE", "PATCH"] {
+            check_route(addr, method, path, 405, json, "not allowed");
+        }
+    }
+    // Other paths are the registry's: still its 404.
+    assert_eq!(get(addr, "/index.html").status, 404);
+}
+
+// ---------------------------------------------------------------------------
+// /metrics
+
+const FAMILIES: [&str; 17] = [
+    "registro_apps",
+    "registro_instances",
+    "registro_registrations_total",
+    "registro_heartbeats_total",
+    "registro_evictions_total",
+    "registro_http_requests_total",
+    "registro_http_request_duration_seconds",
+    "registro_connections_open",
+    "registro_connections_rejected_total",
+    "registro_watches_waiting",
+    "registro_build_info",
+    "registro_log_lines_dropped_total",
+    "process_resident_memory_bytes",
+    "process_open_fds",
+    "process_cpu_seconds_total",
+    "process_start_time_seconds",
+    "process_max_fds",
+];
+
+#[test]
+fn metrics_count_what_happens() {
+    let server = support::start_with(|c| c.down_after = Duration::from_secs(1));
+    let addr = server.local_addr();
+    let text = get(addr, "/metrics").body;
+    for family in FAMILIES {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} missing in\n{text}"
+        );
+    }
+    let before = metrics(addr);
+    assert_eq!(value(&before, "registro_apps"), 0.0);
+    assert_eq!(
+        value(
+            &before,
+            &format!(
+                "registro_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        1.0
+    );
+    assert!(value(&before, "process_resident_memory_bytes") > 1e5);
+    assert!(value(&before, "process_open_fds") >= 3.0);
+    let start = value(&before, "process_start_time_seconds");
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        start <= wall && start > wall - 600.0,
+        "started at {start}, now {wall}"
+    );
+
+    let mut c = Conn::open(addr);
+    let odd = "we<b>\"b\\";
+    for (app, id) in [("web", "w-1"), ("web", "w-2"), ("db", "d-1"), (odd, "o-1")] {
+        assert_eq!(register(&mut c, app, id, "10.0.0.1", 80).status, 201);
+    }
+    // Again at the same address: a registration too.
+    assert_eq!(register(&mut c, "web", "w-1", "10.0.0.1", 80).status, 201);
+    assert_eq!(c.put("/apps/web/w-1").status, 204);
+    assert_eq!(c.delete("/apps/db/d-1").status, 204);
+    assert_eq!(c.get(&format!("/apps/{}", segment(odd))).status, 200);
+    let after = metrics(addr);
+    for (series, expected) in [
+        ("registro_apps", 3.0),
+        ("registro_registrations_total", 5.0),
+        ("registro_instances{status=\"starting\"}", 2.0),
+        ("registro_instances{status=\"up\"}", 1.0),
+        ("registro_instances{status=\"down\"}", 0.0),
+        ("registro_instances{status=\"out_of_service\"}", 1.0),
+        ("registro_evictions_total", 0.0),
+    ] {
+        assert_eq!(value(&after, series), expected, "{series}");
+    }
+    // Time passes: `up` reads `down` after --down-after, at once.
+    eventually(Duration::from_secs(5), "w-1 to read down", || {
+        let m = metrics(addr);
+        (value(&m, "registro_instances{status=\"down\"}") == 1.0).then_some(())
+    });
+    // No raw path or client string is a label: routes are templates.
+    let text = get(addr, "/metrics").body;
+    for raw in ["w-1", "/apps/web", "we<b>"] {
+        assert!(!text.contains(raw), "{raw:?} in\n{text}");
+    }
+    for (series, _) in metrics(addr) {
+        if let Some(labels) = series.strip_prefix("registro_http_requests_total{") {
+            let route = labels.split('"').nth(1).unwrap();
+            assert!(
+                [
+                    "/",
+                    "/healthz",
+                    "/metrics",
+                    "/registro/1.0/apps",
+                    "/registro/1.0/apps/{app}",
+                    "/registro/1.0/apps/{app}/{id}",
+                    "other"
+                ]
+                .contains(&route),
+                "{series}"
+            );
+        }
+    }
+}
+
+#[test]
+fn evictions_are_counted() {
+    let server = support::start_with(|c| {
+        c.down_after = Duration::from_secs(1);
+        c.evict_after = Duration::from_secs(2);
+        c.sweep_every = Duration::from_millis(100);
+    });
+    let addr = server.local_addr();
+    let mut c = Conn::open(addr);
+    assert_eq!(register(&mut c, "web", "w-1", "10.0.0.1", 80).status, 201);
+    eventually(Duration::from_secs(10), "the eviction", || {
+        (value(&metrics(addr), "registro_evictions_total") == 1.0).then_some(())
+    });
+}
+
+#[test]
+fn promtool_accepts_the_exposition() {
+    if !installed(
+        "promtool_accepts_the_exposition",
+        &["promtool"],
+        "prometheus",
+    ) {
+        return;
+    }
+    let server = support::start();
+    let addr = server.local_addr();
+    let mut c = Conn::open(addr);
+    assert_eq!(register(&mut c, "web", "w-1", "10.0.0.1", 80).status, 201);
+    assert_eq!(c.put("/apps/web/w-1").status, 204);
+    let text = get(addr, "/metrics").body;
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool: {said}\non\n{text}");
+    assert!(said.trim().is_empty(), "promtool has remarks: {said}");
+}
+
+#[test]
+fn prometheus_scrapes_the_server() {
+    if !installed(
+        "prometheus_scrapes_the_server",
+        &["prometheus"],
+        "prometheus",
+    ) {
+        return;
+    }
+    let server = support::start();
+    let addr = server.local_addr();
+    let mut c = Conn::open(addr);
+    assert_eq!(register(&mut c, "web", "w-1", "10.0.0.1", 80).status, 201);
+    assert_eq!(c.put("/apps/web/w-1").status, 204);
+
+    let dir = TempDir::new("prometheus");
+    let config = dir.0.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: registro\n    static_configs:\n      - targets: ['{addr}']\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let _prometheus = Killed(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus starts"),
+    );
+    let agent = support::agent();
+    let url = format!("http://127.0.0.1:{port}/api/v1/query?query=registro_instances");
+    let up = eventually(
+        Duration::from_secs(60),
+        "Prometheus to have scraped",
+        || {
+            let body = agent
+                .get(&url)
+                .call()
+                .ok()?
+                .into_body()
+                .read_to_string()
+                .ok()?;
+            let reply: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let results = reply["data"]["result"].as_array()?;
+            results
+                .iter()
+                .find(|r| r["metric"]["status"] == "up")
+                .map(|r| r["value"][1].as_str().unwrap_or("").to_string())
+        },
+    );
+    assert_eq!(
+        up, "1",
+        "registro_instances{{status=\"up\"}} as Prometheus read it"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// A stalled stderr (issue 13, item 3)
+
+/// The server's stderr is a pipe nobody reads, filled to the brim; thousands
+/// of events are logged; SIGTERM must still end it with 0 within a second.
+#[test]
+fn sigterm_exits_promptly_when_stderr_is_stalled() {
+    // The reader end stays open in `sleep`, which never reads it.
+    let mut sink = Killed(
+        Command::new("sleep")
+            .arg("600")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("sleep runs"),
+    );
+    let pipe: std::os::fd::OwnedFd = sink.0.stdin.take().unwrap().into();
+    let mut fill = std::fs::File::from(pipe.try_clone().unwrap());
+    // Fills the pipe (64 KiB on Linux); blocks until `sleep` is killed.
+    let filler = thread::spawn(move || {
+        let chunk = [b'#'; 4096];
+        while fill.write_all(&chunk).is_ok() {}
+    });
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut server = Killed(
+        Command::new(env!("CARGO_BIN_EXE_registro"))
+            .args(["--addr", &addr.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(pipe))
+            .spawn()
+            .expect("registro runs"),
+    );
+    eventually(Duration::from_secs(10), "registro to listen", || {
+        TcpStream::connect(addr).ok()
+    });
+
+    // 12,000 pipelined app creations, each an event to log.
+    const N: usize = 12_000;
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        let mut all = Vec::new();
+        for i in 0..N {
+            let body = format!("{{\"name\":\"app-{i}\"}}");
+            all.extend_from_slice(
+                format!(
+                    "POST /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+        writer.write_all(&all).unwrap();
+    });
+    let mut reader = BufReader::new(stream);
+    for i in 0..N {
+        let reply = read_reply(&mut reader).unwrap_or_else(|| panic!("answer {i}"));
+        assert_eq!(reply.status, 201, "answer {i}");
+    }
+    sender.join().unwrap();
+
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let asked = Instant::now();
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break Some(status);
+        }
+        if asked.elapsed() > Duration::from_secs(3) {
+            break None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let took = asked.elapsed();
+    drop(sink); // ends the filler's write
+    filler.join().unwrap();
+    let status = status.unwrap_or_else(|| panic!("still running {took:?} after SIGTERM"));
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_secs(1), "exit took {took:?}");
+}
+
+// ---------------------------------------------------------------------------
+// The log under mass events
+
+#[test]
+fn mass_events_are_summarised_in_the_log() {
+    let proc = Proc::start(&[]);
+    let mut c = Conn::open(proc.addr);
+    const N: usize = 1_500;
+    let started = Instant::now();
+    for i in 0..N {
+        assert_eq!(
+            register(&mut c, "web", &format!("web-{i}"), "10.0.0.1", 80).status,
+            201
+        );
+    }
+    let seconds = started.elapsed().as_secs() as usize + 2;
+    let count = |lines: &[String]| {
+        let single = lines
+            .iter()
+            .filter(|l| l.contains("of \"web\" added at"))
+            .count();
+        let summarised: usize = lines
+            .iter()
+            .filter(|l| l.contains(" more instances of \"web\" added; first \"web-"))
+            .filter_map(|l| {
+                let before = l.split(" more instances").next()?;
+                before
+                    .rsplit(' ')
+                    .next()?
+                    .replace(',', "")
+                    .parse::<usize>()
+                    .ok()
+            })
+            .sum();
+        (single, summarised)
+    };
+    // Every instance is on a line of its own or in a summary, within a second.
+    let (single, _) = eventually(Duration::from_secs(3), "every event logged", || {
+        let (single, summarised) = count(&proc.lines());
+        (single + summarised == N).then_some((single, summarised))
+    });
+    assert!(
+        single <= 100 * seconds,
+        "{single} lines of their own in {seconds} s"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The dashboard in a real headless Chromium, driven through WebDriver
+
+/// A WebDriver session on a chromedriver of our own; both end on drop.
+struct Browser {
+    agent: ureq::Agent,
+    session: String,
+    _driver: Killed,
+    _profile: TempDir,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let port = free_port();
+        let driver = Killed(
+            Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromedriver starts"),
+        );
+        let agent = support::agent();
+        let base = format!("http://127.0.0.1:{port}");
+        eventually(Duration::from_secs(20), "chromedriver to be ready", || {
+            let body = agent.get(format!("{base}/status")).call().ok()?;
+            let status: serde_json::Value =
+                serde_json::from_str(&body.into_body().read_to_string().ok()?).ok()?;
+            status["value"]["ready"].as_bool()?.then_some(())
+        });
+        let profile = TempDir::new("chromium");
+        let mut args = vec![
+            "--headless=new".to_string(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--no-first-run".into(),
+            "--window-size=1100,720".into(),
+            format!("--user-data-dir={}", profile.0.display()),
+        ];
+        // Chromium refuses to run as root with its sandbox.
+        if std::env::var("USER").as_deref() == Ok("root") || is_root() {
+            args.push("--no-sandbox".into());
+        }
+        let mut options = serde_json::json!({ "args": args });
+        if let Some(binary) = which("chromium") {
+            options["binary"] = binary.display().to_string().into();
+        }
+        let new = serde_json::json!({
+            "capabilities": { "alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": options,
+            }}
+        });
+        let reply = send(&agent, "POST", &format!("{base}/session"), Some(new));
+        let session = reply["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {reply}"))
+            .to_string();
+        Browser {
+            agent,
+            session: format!("{base}/session/{session}"),
+            _driver: driver,
+            _profile: profile,
+        }
+    }
+
+    fn command(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        send(
+            &self.agent,
+            method,
+            &format!("{}{path}", self.session),
+            body,
+        )
+    }
+
+    fn open(&self, url: &str) {
+        self.command("POST", "/url", Some(serde_json::json!({ "url": url })));
+    }
+
+    /// Runs `script` (a function body) in the page; its return value.
+    fn run(&self, script: &str) -> serde_json::Value {
+        let reply = self.command(
+            "POST",
+            "/execute/sync",
+            Some(serde_json::json!({ "script": script, "args": [] })),
+        );
+        reply["value"].clone()
+    }
+
+    /// The status shown for instance `id` of `app`, if it is shown.
+    fn status(&self, app: &str, id: &str) -> Option<String> {
+        let script = format!(
+            "for (const s of document.querySelectorAll('section[data-app]')) {{ \
+               if (s.getAttribute('data-app') !== {app}) continue; \
+               for (const r of s.querySelectorAll('tr[data-instance]')) {{ \
+                 if (r.getAttribute('data-instance') === {id}) \
+                   return r.querySelector('.status').textContent; }} }} \
+             return null;",
+            app = serde_json::Value::from(app),
+            id = serde_json::Value::from(id),
+        );
+        self.run(&script).as_str().map(str::to_string)
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.agent.delete(&self.session).call();
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|v| v.split_whitespace().next() == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn send(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let reply = match (method, body) {
+        ("POST", body) => agent
+            .post(url)
+            .send_json(body.unwrap_or_else(|| serde_json::json!({}))),
+        ("DELETE", _) => agent.delete(url).call(),
+        (_, _) => agent.get(url).call(),
+    }
+    .unwrap_or_else(|e| panic!("WebDriver {method} {url}: {e}"));
+    let text = reply
+        .into_body()
+        .read_to_string()
+        .expect("a WebDriver answer");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("WebDriver answer ({e}): {text}"))
+}
+
+/// Standard base64, as WebDriver's screenshots come.
+fn base64(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+        .map(value)
+        .collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &d)| n | u32::from(d) << (18 - 6 * i));
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    out
+}
+
+#[test]
+fn dashboard_shows_the_fleet_live_in_chromium() {
+    if !installed(
+        "dashboard_shows_the_fleet_live_in_chromium",
+        &["chromium", "chromedriver"],
+        "chromium chromium-driver",
+    ) {
+        return;
+    }
+    let proc = Proc::start(&["--down-after", "1", "--evict-after", "600"]);
+    let addr = proc.addr;
+    let mut c = Conn::open(addr);
+    assert_eq!(
+        register(&mut c, "web", "web-1", "10.0.0.7", 8080).status,
+        201
+    );
+
+    let browser = Browser::start();
+    browser.open(&format!("http://{addr}/"));
+    // Marks this page: a reload would lose the marker; alerts are recorded.
+    browser.run(
+        "window.__sameDocument = true; window.__alerts = []; \
+                 window.alert = (m) => window.__alerts.push(String(m));",
+    );
+    let seen = |status: &str| {
+        eventually(
+            Duration::from_secs(10),
+            &format!("web-1 shown {status}"),
+            || (browser.status("web", "web-1")? == status).then_some(()),
+        );
+    };
+    seen("starting");
+    // Heartbeats until the page shows `up` (it reads at least once a second).
+    let until = Instant::now() + Duration::from_secs(10);
+    while browser.status("web", "web-1").as_deref() != Some("up") {
+        assert!(Instant::now() < until, "web-1 never shown up");
+        assert_eq!(c.put("/apps/web/web-1").status, 204);
+        thread::sleep(Duration::from_millis(200));
+    }
+    // Silence: `down` after --down-after 1, without a reload.
+    seen("down");
+
+    let evil = "<img src=x onerror=alert(1)>";
+    assert_eq!(register(&mut c, evil, "<b>i-1", "10.0.0.8", 81).status, 201);
+    eventually(Duration::from_secs(10), "the odd app shown", || {
+        browser.status(evil, "<b>i-1")
+    });
+    let page = browser.run(
+        "return { names: [...document.querySelectorAll('.app-name')].map(e => e.textContent), \
+                  imgs: document.querySelectorAll('img').length, \
+                  bold: document.querySelectorAll('main b').length, \
+                  alerts: window.__alerts, same: window.__sameDocument === true, \
+                  text: document.body.innerText };",
+    );
+    assert!(
+        page["names"].as_array().unwrap().contains(&evil.into()),
+        "{page}"
+    );
+    assert_eq!(page["imgs"], 0, "an img element was made from a name");
+    assert_eq!(page["bold"], 0, "a b element was made from an id");
+    assert_eq!(page["alerts"], serde_json::json!([]), "alert ran");
+    assert_eq!(page["same"], true, "the page was reloaded");
+    assert!(page["text"].as_str().unwrap().contains("<b>i-1"), "{page}");
+    let no_alert = browser.command("GET", "/alert/text", None);
+    assert_eq!(no_alert["value"]["error"], "no such alert", "{no_alert}");
+
+    // The filter box hides what does not match.
+    browser.run(
+        "const f = document.getElementById('filter'); f.value = 'web-1'; \
+         f.dispatchEvent(new Event('input'));",
+    );
+    let shown = browser.run(
+        "return [...document.querySelectorAll('section[data-app]')].map(s => s.getAttribute('data-app'));",
+    );
+    assert_eq!(shown, serde_json::json!(["web"]));
+
+    if let Ok(path) = std::env::var("REGISTRO_SCREENSHOT") {
+        screenshot(&browser, &mut c, &path);
+    }
+}
+
+/// A few more apps in every status, then the page as a PNG at `path` (for
+/// the README: `REGISTRO_SCREENSHOT=docs/dashboard.png`).
+fn screenshot(browser: &Browser, c: &mut Conn, path: &str) {
+    browser.run(
+        "const f = document.getElementById('filter'); f.value = ''; \
+         f.dispatchEvent(new Event('input'));",
+    );
+    for (app, id, ip) in [
+        ("checkout", "checkout-a", "10.0.1.4"),
+        ("checkout", "checkout-b", "10.0.1.5"),
+        ("search", "search-1", "10.0.2.9"),
+        ("search", "search-2", "10.0.2.10"),
+    ] {
+        assert_eq!(register(c, app, id, ip, 8443).status, 201);
+    }
+    assert_eq!(c.put("/apps/checkout/checkout-a").status, 204);
+    assert_eq!(c.put("/apps/checkout/checkout-b").status, 204);
+    assert_eq!(c.put("/apps/search/search-1").status, 204);
+    assert_eq!(c.delete("/apps/search/search-2").status, 204);
+    eventually(Duration::from_secs(5), "the new apps shown", || {
+        (browser.status("checkout", "checkout-b")? == "up").then_some(())
+    });
+    let png = browser.command("GET", "/screenshot", None);
+    let bytes = base64(png["value"].as_str().expect("a screenshot"));
+    assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
+    std::fs::write(path, bytes).expect("screenshot written");
+}
