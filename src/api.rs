@@ -13,7 +13,9 @@ use crate::auth::Access;
 use crate::clock::Now;
 use crate::http::{Request, Response};
 use crate::log::Log;
-use crate::registry::{self, AppView, InstanceView, Millis, Periods, Registry, Status};
+use crate::registry::{
+    self, AppView, Counts, InstanceView, Metadata, Millis, Periods, Registry, Status, StatusSet,
+};
 
 /// The path every route hangs below.
 pub const ROOT: &str = "/registro/1.0";
@@ -28,7 +30,6 @@ pub struct Api {
     registry: Mutex<Registry>,
     log: Log,
     access: Access,
-    #[allow(dead_code)] // read once watches land
     notify: OnceLock<Notify>,
 }
 
@@ -43,7 +44,6 @@ impl std::fmt::Debug for Api {
 pub type Notify = Box<dyn Fn(&[Topic]) + Send + Sync>;
 
 /// What a watch waits on: the whole list (`/apps`) or one application.
-#[allow(dead_code)] // built once watches land
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Topic {
     /// `GET /registro/1.0/apps?index=N`: any change anywhere.
@@ -57,12 +57,15 @@ pub enum Topic {
 pub struct Wait {
     /// What it waits on.
     pub topic: Topic,
-    /// When it is answered anyway (`?wait=`).
+    /// When it is answered anyway (`?wait=` from the `now` it was handled
+    /// at). The API cannot tell a first handling from a later one, so when a
+    /// woken request is parked again the connection layer keeps the deadline
+    /// of its first `Wait`.
     pub deadline: Instant,
 }
 
 /// What [`Api::handle`] decided.
-#[allow(dead_code)] // `Wait` once watches land
+#[allow(dead_code)] // `Wait`'s fields are read by the connection layer that parks watches
 #[derive(Debug)]
 pub enum Outcome {
     /// Answer now.
@@ -70,6 +73,33 @@ pub enum Outcome {
     /// Park the request; handle it again when `Notify` names its topic, when
     /// its deadline passes (then with `answer_now`), or at shutdown (likewise).
     Wait(Wait),
+}
+
+/// The header that carries the change index.
+pub const INDEX_HEADER: &str = "Registro-Index";
+/// The wait of a watch without `?wait=`.
+const DEFAULT_WAIT: Millis = 60_000;
+/// The longest `?wait=`.
+const MAX_WAIT: Millis = 600_000;
+/// Metadata limits (API.md Part 3 "Metadata").
+const MAX_METADATA_ENTRIES: usize = 64;
+const MAX_METADATA_KEY: usize = 128;
+const MAX_METADATA_VALUE: usize = 1024;
+const MAX_METADATA_JSON: usize = 8 * 1024;
+
+/// The query of a GET of a list: a status filter and a watch.
+#[derive(Debug, PartialEq, Eq)]
+struct ListQuery {
+    filter: StatusSet,
+    /// `?index=N`, with the wait in milliseconds.
+    watch: Option<(u64, Millis)>,
+}
+
+/// What one request changed: the apps (for watchers) and events (for the log).
+#[derive(Default)]
+struct Changes {
+    apps: Vec<Arc<str>>,
+    events: Vec<registry::Event>,
 }
 
 impl Api {
@@ -85,7 +115,7 @@ impl Api {
     }
 
     /// Sets the hook told about index changes (once; later calls are ignored).
-    #[allow(dead_code)] // called once watches land
+    #[allow(dead_code)] // called by the connection layer that parks watches
     pub fn set_notify(&self, notify: Notify) {
         let _ = self.notify.set(notify);
     }
@@ -107,31 +137,64 @@ impl Api {
         &self.log
     }
 
+    /// Apps and instances by status, exact within the ticker's second: kept
+    /// as counters, so a scrape scans nothing.
+    #[allow(dead_code)] // read by /metrics
+    pub fn counts(&self, _now: Now) -> Counts {
+        self.lock().counts()
+    }
+
+    /// Releases the lock, then logs the events of what `registry` did and
+    /// tells the watchers of the apps it changed (and of the list). `waiting`
+    /// as in [`Log::event`].
+    pub fn publish(&self, mut registry: MutexGuard<'_, Registry>, waiting: bool) {
+        let mut changes = Changes::default();
+        registry.drain_changes(&mut changes.apps, &mut changes.events);
+        drop(registry);
+        self.publish_changes(changes, waiting);
+    }
+
+    fn publish_changes(&self, changes: Changes, waiting: bool) {
+        for event in &changes.events {
+            self.log.event(event, waiting);
+        }
+        if changes.apps.is_empty() {
+            return;
+        }
+        if let Some(notify) = self.notify.get() {
+            let mut topics: Vec<Topic> = Vec::with_capacity(changes.apps.len() + 1);
+            topics.push(Topic::All);
+            for app in changes.apps {
+                let topic = Topic::App(app);
+                if !topics.contains(&topic) {
+                    topics.push(topic);
+                }
+            }
+            notify(&topics);
+        }
+    }
+
     /// Handles one request at `now`. With `answer_now` a watch is answered
     /// with the current view instead of waiting (its deadline passed, or the
     /// server is stopping).
     pub fn handle(&self, request: &Request, now: Now, answer_now: bool) -> Outcome {
-        let _ = answer_now;
         if let Err(refused) = self.access.check(request) {
             return Outcome::Respond(refused);
         }
         if let Some(response) = crate::ops::handle(self, request, now) {
             return Outcome::Respond(response);
         }
-        match self.route(&request.method, &request.target, &request.body, now.wall) {
-            Ok(response) | Err(response) => Outcome::Respond(response),
+        match self.route(request, now, answer_now) {
+            Ok(outcome) => outcome,
+            Err(response) => Outcome::Respond(response),
         }
     }
 
-    fn route(
-        &self,
-        method: &str,
-        target: &str,
-        body: &[u8],
-        now: Millis,
-    ) -> Result<Response, Response> {
+    fn route(&self, request: &Request, now: Now, answer_now: bool) -> Result<Outcome, Response> {
+        let (method, target, body) = (&*request.method, &*request.target, &*request.body);
         let segments = parse_path(target)?;
         let get = method == "GET" || method == "HEAD";
+        let respond = |r: Result<Response, Response>| r.map(Outcome::Respond);
         match (
             segments
                 .iter()
@@ -140,15 +203,15 @@ impl Api {
                 .as_slice(),
             method,
         ) {
-            (["apps"], _) if get => Ok(self.list(now)),
-            (["apps"], "POST") => self.create_app(body, now),
+            (["apps"], _) if get => self.list(&parse_query(target)?, now, answer_now),
+            (["apps"], "POST") => respond(self.create_app(body, now)),
             (["apps"], _) => Err(not_allowed(method, ALLOW_COLLECTION)),
-            (["apps", app], _) if get => self.app(app, now),
-            (["apps", app], "POST") => self.register(app, body, now),
+            (["apps", app], _) if get => self.app(app, &parse_query(target)?, now, answer_now),
+            (["apps", app], "POST") => respond(self.register(app, body, now)),
             (["apps", _], _) => Err(not_allowed(method, ALLOW_COLLECTION)),
-            (["apps", app, id], _) if get => self.instance(app, id, now),
-            (["apps", app, id], "PUT") => self.renew(app, id, now),
-            (["apps", app, id], "DELETE") => self.take_out_of_service(app, id, now),
+            (["apps", app, id], _) if get => respond(self.instance(app, id, now)),
+            (["apps", app, id], "PUT") => respond(self.renew(app, id, now)),
+            (["apps", app, id], "DELETE") => respond(self.take_out_of_service(app, id, now)),
             (["apps", _, _], _) => Err(not_allowed(method, ALLOW_INSTANCE)),
             _ => Err(error(
                 404,
@@ -157,46 +220,71 @@ impl Api {
         }
     }
 
-    fn list(&self, now: Millis) -> Response {
-        let apps = self.lock().apps(now);
+    fn list(&self, query: &ListQuery, now: Now, answer_now: bool) -> Result<Outcome, Response> {
+        let unless = query.watch.filter(|_| !answer_now).map(|(index, _)| index);
+        let mut registry = self.lock();
+        let view = registry.apps(now.mono, query.filter, unless);
+        self.publish(registry, false);
+        let Some((apps, index)) = view else {
+            return Ok(wait(Topic::All, query, now));
+        };
         // Serialised after the lock is released: a large listing never
         // stalls heartbeats for longer than the copy of its handles.
-        json(200, &AppsJson(&apps))
+        let mut response = json(200, &AppsJson(&apps, now));
+        response.headers.push((INDEX_HEADER, index.to_string()));
+        Ok(Outcome::Respond(response))
     }
 
-    fn app(&self, app: &str, now: Millis) -> Result<Response, Response> {
-        let view = self.lock().app(app, now).map_err(|e| refusal(e, app, ""))?;
-        Ok(json(200, &AppJson(&view)))
+    fn app(
+        &self,
+        app: &str,
+        query: &ListQuery,
+        now: Now,
+        answer_now: bool,
+    ) -> Result<Outcome, Response> {
+        let unless = query.watch.filter(|_| !answer_now).map(|(index, _)| index);
+        let mut registry = self.lock();
+        let view = registry.app(app, now.mono, query.filter, unless);
+        self.publish(registry, false);
+        match view.map_err(|e| refusal(e, app, ""))? {
+            None => Ok(wait(Topic::App(Arc::from(app)), query, now)),
+            Some(view) => {
+                let mut response = json(200, &AppJson(&view, now));
+                response
+                    .headers
+                    .push((INDEX_HEADER, view.index.to_string()));
+                Ok(Outcome::Respond(response))
+            }
+        }
     }
 
-    fn instance(&self, app: &str, id: &str, now: Millis) -> Result<Response, Response> {
+    fn instance(&self, app: &str, id: &str, now: Now) -> Result<Response, Response> {
         let view = self
             .lock()
-            .instance(app, id, now)
+            .instance(app, id, now.mono)
             .map_err(|e| refusal(e, app, id))?;
-        Ok(json(200, &InstanceJson(&view)))
+        Ok(json(200, &InstanceJson(&view, now)))
     }
 
-    fn create_app(&self, body: &[u8], now: Millis) -> Result<Response, Response> {
+    fn create_app(&self, body: &[u8], now: Now) -> Result<Response, Response> {
         let new: NewApp = parse_body(body)?;
         check_name("name", &new.name)?;
-        let (event, view) = {
-            let mut registry = self.lock();
-            let event = registry
-                .create_app(&new.name, now)
-                .map_err(|e| refusal(e, &new.name, ""))?;
-            (event, registry.app(&new.name, now))
-        };
-        self.log_event(&event);
+        let mut registry = self.lock();
+        registry
+            .create_app(&new.name, now.mono)
+            .map_err(|e| refusal(e, &new.name, ""))
+            .map(|event| registry.push_event(event))?;
+        let view = registry.app(&new.name, now.mono, StatusSet::ALL, None);
+        self.publish(registry, false);
         let mut response = match view {
-            Ok(view) => json(201, &AppJson(&view)),
-            Err(_) => Response::empty(201),
+            Ok(Some(view)) => json(201, &AppJson(&view, now)),
+            _ => Response::empty(201),
         };
         response.location = Some(format!("{ROOT}/apps/{}", encode_segment(&new.name)));
         Ok(response)
     }
 
-    fn register(&self, app: &str, body: &[u8], now: Millis) -> Result<Response, Response> {
+    fn register(&self, app: &str, body: &[u8], now: Now) -> Result<Response, Response> {
         let new: NewInstance = parse_body(body)?;
         check_name("id", &new.id)?;
         if new.ip.is_empty() {
@@ -211,16 +299,16 @@ impl Api {
                 ))
             }
         };
-        let (event, view) = {
-            let mut registry = self.lock();
-            let event = registry
-                .register(app, &new.id, &new.ip, port, now)
-                .map_err(|e| refusal(e, app, &new.id))?;
-            (event, registry.instance(app, &new.id, now))
-        };
-        self.log_event(&event);
+        let metadata = parse_metadata(new.metadata)?;
+        let mut registry = self.lock();
+        registry
+            .register(app, &new.id, &new.ip, port, metadata, now.mono)
+            .map_err(|e| refusal(e, app, &new.id))
+            .map(|event| registry.push_event(event))?;
+        let view = registry.instance(app, &new.id, now.mono);
+        self.publish(registry, false);
         let mut response = match view {
-            Ok(view) => json(201, &InstanceJson(&view)),
+            Ok(view) => json(201, &InstanceJson(&view, now)),
             Err(_) => Response::empty(201),
         };
         response.location = Some(format!(
@@ -231,32 +319,42 @@ impl Api {
         Ok(response)
     }
 
-    fn renew(&self, app: &str, id: &str, now: Millis) -> Result<Response, Response> {
-        let event = self
-            .lock()
-            .renew(app, id, now)
+    fn renew(&self, app: &str, id: &str, now: Now) -> Result<Response, Response> {
+        let mut registry = self.lock();
+        let event = registry
+            .renew(app, id, now.mono)
             .map_err(|e| refusal(e, app, id))?;
-        if let Some(event) = event {
-            self.log_event(&event);
+        match event {
+            // A plain heartbeat: nothing to log, nobody to wake.
+            None => drop(registry),
+            Some(event) => {
+                registry.push_event(event);
+                self.publish(registry, false);
+            }
         }
         Ok(Response::empty(204))
     }
 
-    fn take_out_of_service(&self, app: &str, id: &str, now: Millis) -> Result<Response, Response> {
-        let event = self
-            .lock()
-            .take_out_of_service(app, id, now)
+    fn take_out_of_service(&self, app: &str, id: &str, now: Now) -> Result<Response, Response> {
+        let mut registry = self.lock();
+        let event = registry
+            .take_out_of_service(app, id, now.mono)
             .map_err(|e| refusal(e, app, id))?;
         if let Some(event) = event {
-            self.log_event(&event);
+            registry.push_event(event);
         }
+        self.publish(registry, false);
         Ok(Response::empty(204))
     }
+}
 
-    /// Logs one registry event, never waiting for stderr.
-    fn log_event(&self, event: &registry::Event) {
-        self.log.event(event, false);
-    }
+/// The `Wait` of a watch whose index has not changed.
+fn wait(topic: Topic, query: &ListQuery, now: Now) -> Outcome {
+    let wait = query.watch.map_or(DEFAULT_WAIT, |(_, wait)| wait);
+    Outcome::Wait(Wait {
+        topic,
+        deadline: crate::clock::instant_of(now.mono.saturating_add(wait)),
+    })
 }
 
 /// The one place a registry error becomes a status and a message.
@@ -300,13 +398,18 @@ fn not_allowed(method: &str, allow: &'static str) -> Response {
     response
 }
 
+/// A JSON response; the body ends with a newline, as the Go original's
+/// encoder ended it (so `curl -s` leaves the prompt on a line of its own).
 fn json<T: Serialize>(status: u16, value: &T) -> Response {
     match serde_json::to_vec(value) {
-        Ok(body) => Response::json(status, body),
+        Ok(mut body) => {
+            body.push(b'\n');
+            Response::json(status, body)
+        }
         // Only a bug in a Serialize impl above can get here.
         Err(e) => Response::json(
             500,
-            format!("{{\"error\":\"cannot encode JSON: {e}\"}}").into_bytes(),
+            format!("{{\"error\":\"cannot encode JSON: {e}\"}}\n").into_bytes(),
         ),
     }
 }
@@ -321,6 +424,156 @@ struct NewInstance {
     id: String,
     ip: String,
     port: u64,
+    #[serde(default)]
+    metadata: serde_json::Value,
+}
+
+/// Checks `metadata` against API.md's limits; `null`, absent and `{}` are none.
+fn parse_metadata(value: serde_json::Value) -> Result<Option<Arc<Metadata>>, Response> {
+    let object = match value {
+        serde_json::Value::Null => return Ok(None),
+        serde_json::Value::Object(object) => object,
+        _ => return Err(error(400, "metadata must be a JSON object of strings")),
+    };
+    if object.len() > MAX_METADATA_ENTRIES {
+        return Err(error(
+            400,
+            format!(
+                "metadata has {} entries; at most {MAX_METADATA_ENTRIES} are allowed",
+                object.len()
+            ),
+        ));
+    }
+    let mut metadata = Metadata::new();
+    for (key, value) in object {
+        if key.is_empty() || key.len() > MAX_METADATA_KEY {
+            return Err(error(
+                400,
+                format!(
+                    "metadata keys must be 1 to {MAX_METADATA_KEY} bytes long, not {}",
+                    key.len()
+                ),
+            ));
+        }
+        let serde_json::Value::String(value) = value else {
+            return Err(error(
+                400,
+                format!("metadata value of {key:?} must be a string"),
+            ));
+        };
+        if value.len() > MAX_METADATA_VALUE {
+            return Err(error(
+                400,
+                format!(
+                    "metadata value of {key:?} is {} bytes long; at most {MAX_METADATA_VALUE} are allowed",
+                    value.len()
+                ),
+            ));
+        }
+        metadata.insert(key, value);
+    }
+    let size = serde_json::to_vec(&metadata).map_or(usize::MAX, |json| json.len());
+    if size > MAX_METADATA_JSON {
+        return Err(error(
+            400,
+            format!("metadata is {size} bytes of JSON; at most {MAX_METADATA_JSON} are allowed"),
+        ));
+    }
+    Ok((!metadata.is_empty()).then(|| Arc::new(metadata)))
+}
+
+/// Reads the query of a GET of a list: `status=` (a comma-separated list,
+/// repeatable), `index=` and `wait=`; other parameters are ignored.
+fn parse_query(target: &str) -> Result<ListQuery, Response> {
+    let query = target
+        .split('#')
+        .next()
+        .and_then(|t| t.split_once('?'))
+        .map_or("", |(_, q)| q);
+    let mut filter = None;
+    let (mut index, mut wait) = (None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = decode_query(value)?;
+        match key {
+            "status" => {
+                for name in value.split(',') {
+                    let status = Status::ALL
+                        .into_iter()
+                        .find(|s| status_name(*s) == name)
+                        .ok_or_else(|| {
+                            error(
+                                400,
+                                format!(
+                                    "unknown status {name:?} in ?status=; use up, down, starting or out-of-service, separated by commas"
+                                ),
+                            )
+                        })?;
+                    filter = Some(filter.unwrap_or(StatusSet::NONE).with(status));
+                }
+            }
+            "index" => {
+                index = Some(value.parse::<u64>().map_err(|_| {
+                    error(
+                        400,
+                        format!("index must be a whole number (the Registro-Index of an earlier answer), not {value:?}"),
+                    )
+                })?)
+            }
+            "wait" => wait = Some(parse_wait(&value)?),
+            _ => {}
+        }
+    }
+    Ok(ListQuery {
+        filter: filter.unwrap_or(StatusSet::ALL),
+        watch: index.map(|index| (index, wait.unwrap_or(DEFAULT_WAIT))),
+    })
+}
+
+/// `500ms`, `30s`, `5m` or plain seconds, at most [`MAX_WAIT`].
+fn parse_wait(value: &str) -> Result<Millis, Response> {
+    let bad = || {
+        error(
+            400,
+            format!(
+                "wait must be like 500ms, 30s, 5m or plain seconds, at most 600s; not {value:?}"
+            ),
+        )
+    };
+    let (digits, unit) = if let Some(d) = value.strip_suffix("ms") {
+        (d, 1)
+    } else if let Some(d) = value.strip_suffix('s') {
+        (d, 1000)
+    } else if let Some(d) = value.strip_suffix('m') {
+        (d, 60_000)
+    } else {
+        (value, 1000)
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let wait = digits
+        .parse::<Millis>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(bad)?;
+    if wait > MAX_WAIT {
+        return Err(bad());
+    }
+    Ok(wait)
+}
+
+/// Percent-decodes a query value (`+` is a space, as forms send it).
+fn decode_query(value: &str) -> Result<String, Response> {
+    if value.is_empty() {
+        return Ok(String::new());
+    }
+    decode_segment(&value.replace('+', " ")).map_err(|_| {
+        error(
+            400,
+            format!("invalid percent-escape in the query: {value:?}"),
+        )
+    })
 }
 
 /// Parses a JSON object body. Serde would also take an array for a struct
@@ -402,8 +655,13 @@ fn decode_segment(segment: &str) -> Result<String, Response> {
     String::from_utf8(out).map_err(|_| error(400, "the path is not UTF-8 once percent-decoded"))
 }
 
-/// Percent-encodes everything but RFC 3986's unreserved characters.
+/// Percent-encodes everything but RFC 3986's unreserved characters, and the
+/// dots of a `.` or `..` segment, which a client would otherwise resolve as
+/// "this" or "the parent" path (RFC 3986 5.2.4) and so fetch another URL.
 fn encode_segment(segment: &str) -> String {
+    if segment == "." || segment == ".." {
+        return segment.replace('.', "%2E");
+    }
     let mut out = String::with_capacity(segment.len());
     for b in segment.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -425,51 +683,61 @@ pub fn status_name(status: Status) -> &'static str {
     }
 }
 
-struct InstanceJson<'a>(&'a InstanceView);
+struct InstanceJson<'a>(&'a InstanceView, Now);
 
 impl Serialize for InstanceJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let i = self.0;
-        let mut st = s.serialize_struct("Instance", 5)?;
+        let (i, now) = (self.0, self.1);
+        let mut st = s.serialize_struct("Instance", 6)?;
         st.serialize_field("id", &*i.id)?;
         st.serialize_field("ip", &*i.ip)?;
         st.serialize_field("port", &i.port)?;
         st.serialize_field("status", status_name(i.status))?;
-        st.serialize_field("lastRenewal", &(i.last_renewal / 1000))?;
+        st.serialize_field("lastRenewal", &(wall_of(i.last_renewal, now) / 1000))?;
+        if let Some(metadata) = &i.metadata {
+            st.serialize_field("metadata", &**metadata)?;
+        }
         st.end()
     }
 }
 
-struct AppJson<'a>(&'a AppView);
+/// The wall-clock time of a monotonic reading: what the system clock said
+/// `now.mono - mono` ago. Ages come from the monotonic clock; only the
+/// `lastRenewal` shown is on the wall clock.
+fn wall_of(mono: Millis, now: Now) -> Millis {
+    now.wall.saturating_sub(now.mono.saturating_sub(mono))
+}
+
+struct AppJson<'a>(&'a AppView, Now);
 
 impl Serialize for AppJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut st = s.serialize_struct("App", 2)?;
         st.serialize_field("name", &*self.0.name)?;
-        st.serialize_field("instances", &Each(&self.0.instances, InstanceJson))?;
+        st.serialize_field("instances", &Each(&self.0.instances, self.1, InstanceJson))?;
         st.end()
     }
 }
 
-struct AppsJson<'a>(&'a [AppView]);
+struct AppsJson<'a>(&'a [AppView], Now);
 
 impl Serialize for AppsJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(1))?;
-        map.serialize_entry("applications", &Each(self.0, AppJson))?;
+        map.serialize_entry("applications", &Each(self.0, self.1, AppJson))?;
         map.end()
     }
 }
 
 /// A slice as a JSON array, each element through its wire wrapper, without
 /// building a vector of wrappers first.
-struct Each<'a, T, W>(&'a [T], fn(&'a T) -> W);
+struct Each<'a, T, W>(&'a [T], Now, fn(&'a T, Now) -> W);
 
 impl<'a, T, W: Serialize> Serialize for Each<'a, T, W> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.0.len()))?;
         for item in self.0 {
-            seq.serialize_element(&(self.1)(item))?;
+            seq.serialize_element(&(self.2)(item, self.1))?;
         }
         seq.end()
     }
@@ -513,6 +781,322 @@ mod tests {
         check_path("http://h", Err(404));
         check_path("/registro/1.0/apps/a:%2F%2Fb", Ok(&["apps", "a://b"]));
         check_path("/registro/1.0/apps/a://b", Err(404));
+    }
+
+    #[test]
+    fn location_encodes_dot_segments() {
+        for (s, want) in [
+            (".", "%2E"),
+            ("..", "%2E%2E"),
+            ("...", "..."),
+            ("a.b", "a.b"),
+        ] {
+            assert_eq!(encode_segment(s), want);
+            assert_eq!(decode_segment(want).ok().as_deref(), Some(s));
+        }
+    }
+
+    /// The statuses of a filter (none: all) and the watch; or part of the error.
+    type Parsed<'a> = Result<(&'a [Status], Option<(u64, Millis)>), &'a str>;
+
+    #[track_caller]
+    fn check_query(target: &str, expected: Parsed<'_>) {
+        let got = parse_query(target).map_err(|r| {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON error");
+            assert_eq!(r.status, 400);
+            body["error"].as_str().unwrap_or_default().to_owned()
+        });
+        match (got, expected) {
+            (Ok(query), Ok((statuses, watch))) => {
+                let mut filter = StatusSet::NONE;
+                for s in statuses {
+                    filter = filter.with(*s);
+                }
+                if statuses.is_empty() {
+                    filter = StatusSet::ALL;
+                }
+                assert_eq!(query, ListQuery { filter, watch }, "{target}");
+            }
+            (Err(message), Err(part)) => assert!(message.contains(part), "{target}: {message}"),
+            (got, _) => panic!("{target}: {got:?}"),
+        }
+    }
+
+    #[test]
+    fn queries() {
+        use Status::*;
+        check_query("/registro/1.0/apps", Ok((&[], None)));
+        check_query("/registro/1.0/apps?status=up", Ok((&[Up], None)));
+        check_query(
+            "/registro/1.0/apps?status=up,starting",
+            Ok((&[Up, Starting], None)),
+        );
+        check_query(
+            "/registro/1.0/apps?status=up%2Cdown",
+            Ok((&[Up, Down], None)),
+        );
+        check_query(
+            "/registro/1.0/apps?status=up&status=out-of-service",
+            Ok((&[Up, OutOfService], None)),
+        );
+        check_query("/registro/1.0/apps?status=UP", Err("unknown status \"UP\""));
+        check_query("/registro/1.0/apps?status=", Err("unknown status \"\""));
+        check_query("/registro/1.0/apps?status=up,", Err("unknown status"));
+        check_query("/registro/1.0/apps?status=%zz", Err("percent-escape"));
+        check_query("/registro/1.0/apps?foo=bar&x", Ok((&[], None)));
+        check_query("/registro/1.0/apps?index=7", Ok((&[], Some((7, 60_000)))));
+        check_query(
+            "/registro/1.0/apps?index=7&wait=500ms",
+            Ok((&[], Some((7, 500)))),
+        );
+        check_query(
+            "/registro/1.0/apps?wait=30s&index=0",
+            Ok((&[], Some((0, 30_000)))),
+        );
+        check_query(
+            "/registro/1.0/apps?index=7&wait=5m",
+            Ok((&[], Some((7, 300_000)))),
+        );
+        check_query(
+            "/registro/1.0/apps?index=7&wait=10m",
+            Ok((&[], Some((7, 600_000)))),
+        );
+        check_query(
+            "/registro/1.0/apps?index=7&wait=12",
+            Ok((&[], Some((7, 12_000)))),
+        );
+        check_query("/registro/1.0/apps?index=7&wait=0", Ok((&[], Some((7, 0)))));
+        check_query("/registro/1.0/apps?wait=5", Ok((&[], None)));
+        for wait in [
+            "601",
+            "11m",
+            "600001ms",
+            "1h",
+            "-1",
+            "1.5",
+            "s",
+            "",
+            "ms",
+            "99999999999999999999",
+        ] {
+            check_query(
+                &format!("/registro/1.0/apps?index=1&wait={wait}"),
+                Err("wait must be"),
+            );
+        }
+        for index in ["", "x", "-1", "1.0", "18446744073709551616"] {
+            check_query(
+                &format!("/registro/1.0/apps?index={index}"),
+                Err("index must be"),
+            );
+        }
+    }
+
+    fn api() -> Api {
+        let log = crate::log::Logger::start(false)
+            .expect("no logger thread")
+            .log();
+        let access = Access::load(&crate::auth::TokenFiles::default()).expect("no token files");
+        Api::new(
+            Periods {
+                down_after: 90_000,
+                evict_after: 600_000,
+            },
+            log,
+            access,
+        )
+    }
+
+    fn call(api: &Api, method: &str, target: &str, body: &str, now: Now) -> (u16, String) {
+        let request = Request {
+            method: method.into(),
+            target: target.into(),
+            keep_alive: true,
+            authorization: None,
+            peer: None,
+            body: body.as_bytes().to_vec(),
+        };
+        match api.handle(&request, now, false) {
+            Outcome::Respond(r) => (r.status, String::from_utf8_lossy(&r.body).into_owned()),
+            Outcome::Wait(w) => (0, format!("{w:?}")),
+        }
+    }
+
+    /// Unix ms of the wall clock at the start of the clock-step tests.
+    const WALL: Millis = 1_795_890_765_000;
+
+    /// The status and `lastRenewal` of `web/a` read at `now`, after it
+    /// registered and renewed at mono 0 (wall [`WALL`]).
+    fn after_clock_step(now: Now) -> String {
+        let api = api();
+        let start = Now {
+            mono: 0,
+            wall: WALL,
+        };
+        call(
+            &api,
+            "POST",
+            "/registro/1.0/apps",
+            r#"{"name":"web"}"#,
+            start,
+        );
+        let instance = r#"{"id":"a","ip":"10.0.0.1","port":80}"#;
+        call(&api, "POST", "/registro/1.0/apps/web", instance, start);
+        assert_eq!(
+            call(&api, "PUT", "/registro/1.0/apps/web/a", "", start).0,
+            204
+        );
+        let (status, body) = call(&api, "GET", "/registro/1.0/apps/web/a", "", now);
+        if status != 200 {
+            return status.to_string();
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let shown = v["lastRenewal"].as_i64().unwrap_or_default() - (WALL / 1000) as i64;
+        format!("{} {shown:+}", v["status"].as_str().unwrap_or_default())
+    }
+
+    #[test]
+    fn ages_come_from_the_monotonic_clock() {
+        const HOUR: Millis = 3_600_000;
+        // `mono` is the time that passed; `wall` what the system clock says.
+        let cases = [
+            // No step.
+            (
+                Now {
+                    mono: 1_000,
+                    wall: WALL + 1_000,
+                },
+                "up +0",
+            ),
+            (
+                Now {
+                    mono: 90_001,
+                    wall: WALL + 90_001,
+                },
+                "down +0",
+            ),
+            (
+                Now {
+                    mono: 600_001,
+                    wall: WALL + 600_001,
+                },
+                "404",
+            ),
+            // The clock stepped back 1 h: the silent instance is still down
+            // after 90 s and gone after 10 min. `lastRenewal` is shown on the
+            // clock as it reads now.
+            (
+                Now {
+                    mono: 100_000,
+                    wall: WALL + 100_000 - HOUR,
+                },
+                "down -3600",
+            ),
+            (
+                Now {
+                    mono: 3_650_000,
+                    wall: WALL + 50_000,
+                },
+                "404",
+            ),
+            (
+                Now {
+                    mono: 600_001,
+                    wall: WALL + 600_001 - HOUR,
+                },
+                "404",
+            ),
+            // The clock stepped forward 15 min: 1 s later it is still up.
+            (
+                Now {
+                    mono: 1_000,
+                    wall: WALL + 1_000 + 900_000,
+                },
+                "up +900",
+            ),
+            (
+                Now {
+                    mono: 60_000,
+                    wall: WALL + 60_000 + 900_000,
+                },
+                "up +900",
+            ),
+        ];
+        for (now, want) in cases {
+            assert_eq!(after_clock_step(now), want, "{now:?}");
+        }
+    }
+
+    #[test]
+    fn a_watch_waits_while_the_index_is_the_same() {
+        let api = api();
+        let now = Now {
+            mono: 0,
+            wall: WALL,
+        };
+        call(&api, "POST", "/registro/1.0/apps", r#"{"name":"web"}"#, now);
+        let index = api.lock().index();
+        let target = format!("/registro/1.0/apps/web?index={index}&wait=2s");
+        let (status, waited) = call(&api, "GET", &target, "", now);
+        assert_eq!(status, 0, "{waited}");
+        assert!(waited.contains("App(\"web\")"), "{waited}");
+        let (status, waited) = call(
+            &api,
+            "GET",
+            &format!("/registro/1.0/apps?index={index}"),
+            "",
+            now,
+        );
+        assert_eq!((status, waited.contains("All")), (0, true), "{waited}");
+        // Another index answers at once; so does `answer_now`.
+        let (status, _) = call(
+            &api,
+            "GET",
+            &format!("/registro/1.0/apps/web?index={}", index + 1),
+            "",
+            now,
+        );
+        assert_eq!(status, 200);
+        let request = Request {
+            method: "GET".into(),
+            target,
+            keep_alive: true,
+            authorization: None,
+            peer: None,
+            body: Vec::new(),
+        };
+        assert!(matches!(api.handle(&request, now, true), Outcome::Respond(r) if r.status == 200));
+        // A watch of an app that does not exist: 404 at once.
+        assert_eq!(
+            call(&api, "GET", "/registro/1.0/apps/db?index=1", "", now).0,
+            404
+        );
+    }
+
+    #[test]
+    fn notify_names_the_changed_app_and_the_list() {
+        let api = api();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        api.set_notify(Box::new(move |topics| {
+            sink.lock().unwrap().push(topics.to_vec())
+        }));
+        let now = Now {
+            mono: 0,
+            wall: WALL,
+        };
+        call(&api, "POST", "/registro/1.0/apps", r#"{"name":"web"}"#, now);
+        call(
+            &api,
+            "POST",
+            "/registro/1.0/apps/web",
+            r#"{"id":"a","ip":"10.0.0.1","port":80}"#,
+            now,
+        );
+        call(&api, "PUT", "/registro/1.0/apps/web/a", "", now);
+        call(&api, "PUT", "/registro/1.0/apps/web/a", "", now);
+        let web = vec![Topic::All, Topic::App("web".into())];
+        assert_eq!(*seen.lock().unwrap(), vec![web.clone(), web.clone(), web]);
     }
 
     #[test]

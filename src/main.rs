@@ -40,7 +40,8 @@ struct Flags {
     #[argh(option, default = "Duration::from_secs(600)", from_str_fn(period))]
     evict_after: Duration,
 
-    /// time between two sweeps of expired instances (default 60s)
+    /// time between two full passes over the registry; changes made by time
+    /// are announced to watches within a second whatever it is (default 60s)
     #[argh(option, default = "Duration::from_secs(60)", from_str_fn(period))]
     sweep_every: Duration,
 

@@ -6,7 +6,6 @@ use crate::api::{self, Api};
 use crate::clock::Now;
 use crate::http::{Request, Response};
 use crate::metrics::Counts;
-use crate::registry::Status;
 
 /// The dashboard: one page, its CSS and JavaScript inline.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -51,22 +50,15 @@ fn text_response(body: Vec<u8>, content_type: &'static str) -> Response {
     response
 }
 
-/// STAND-IN until the discovery work adds `Api::counts(now)` (kept exact
-/// as the registry changes, read in O(1)): this copies every app's
-/// instance handles under the lock and counts them, O(instances) per scrape.
+/// The registry's gauges, kept exact as it changes (read in O(1)).
 fn counts(api: &Api, now: Now) -> Counts {
-    let apps = api.lock().apps(now.wall);
-    let mut counts = Counts {
-        apps: apps.len() as u64,
-        ..Counts::default()
-    };
-    for instance in apps.iter().flat_map(|app| &app.instances) {
-        match instance.status {
-            Status::Starting => counts.starting += 1,
-            Status::Up => counts.up += 1,
-            Status::Down => counts.down += 1,
-            Status::OutOfService => counts.out_of_service += 1,
-        }
+    let c = api.counts(now);
+    let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+    Counts {
+        apps: n(c.apps),
+        starting: n(c.starting),
+        up: n(c.up),
+        down: n(c.down),
+        out_of_service: n(c.out_of_service),
     }
-    counts
 }

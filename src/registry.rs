@@ -1,34 +1,57 @@
 //! The registry: the pure state machine behind the server.
 //!
 //! It does no I/O, reads no clock, spawns no threads and knows nothing of JSON
-//! or HTTP. Every operation takes `now` (Unix time in milliseconds), so each
-//! lifecycle rule is unit-tested with injected times. The glue (`api.rs`,
-//! `sweeper.rs`) wraps a [`Registry`] in a `Mutex` and turns the returned
-//! [`Event`]s into log lines.
+//! or HTTP. Every operation takes `now`, milliseconds on a monotonic clock
+//! (`clock::Now::mono`), so a step of the system clock changes no status and
+//! each lifecycle rule is unit-tested with injected times. The glue (`api.rs`,
+//! `sweeper.rs`) wraps a [`Registry`] in a `Mutex`, logs the [`Event`]s and
+//! tells watchers which apps changed.
 //!
 //! # Exact reads
 //!
-//! The status a caller reads is computed from `now`, not from the last sweep:
-//! with `age = now - last_renewal`, an instance with `age > evict_after` is
-//! absent everywhere (reads, listings, heartbeats, re-registration), and an
-//! `Up` instance with `age > down_after` reads `Down`. The sweep only makes
-//! storage agree with what reads already say (and reports it as events).
+//! The status a caller reads is computed from `now`, not from the last pass of
+//! anything: with `age = now - last_renewal`, an instance with
+//! `age > evict_after` is absent everywhere, and an `Up` instance with
+//! `age > down_after` reads `Down`. Reads of apps first *settle* them: the
+//! transitions that time has made true are stored (and reported as events),
+//! so the change index a reader is given always matches the view it is given.
+//!
+//! # Change index and due times
+//!
+//! A global counter, bumped by every change of what a read would answer
+//! (anything but `lastRenewal`); each app keeps the value of its last change,
+//! and the list answers the global one. Each app keeps `next_due`, a lower
+//! bound of the earliest moment time changes something in it (an `Up`
+//! instance going `Down`, an instance expiring, the empty app expiring). A
+//! registration or a heartbeat that changes a status only lowers it (O(1)
+//! plus one ordered-set update); a plain heartbeat only moves deadlines later,
+//! so it leaves the bound valid and touches nothing. The apps are kept ordered
+//! by `next_due`, so the ticker ([`Registry::settle_due_step`]) finds what is
+//! due without scanning, settles it in steps of bounded work and recomputes
+//! the bound exactly.
 //!
 //! # Layout
 //!
-//! Apps live in a `HashMap` by name. Each app keeps its instances in a dense
-//! `Vec<Slot>` and a `HashMap` from id to slot position (the id's `Arc<str>` is
-//! shared by both: one allocation per id); removal is `swap_remove` plus one
-//! index fix, so every per-instance operation is O(1). Addresses of up to 22
-//! bytes are stored inline in the slot ([`Ip`]), so most instances cost one
-//! allocation (the id) besides their slot and index entry.
+//! Apps live in a `HashMap` by name, their names also in a `BTreeSet`
+//! (listings come out sorted; a full pass resumes after the last name it
+//! did, so it copies no list of names). Each
+//! app keeps its instances in a dense `Vec<Slot>` and a `HashMap` from id to
+//! slot position (the id's `Arc<str>` is shared by both: one allocation per
+//! id); removal is `swap_remove` plus one index fix, so every per-instance
+//! operation is O(1). Addresses of up to 22 bytes are stored inline in the
+//! slot ([`Ip`]). Metadata lives in a side map of the app, by id, so an
+//! instance without metadata pays nothing for it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::ops::Bound;
 use std::sync::Arc;
 
-/// Unix time in milliseconds; every operation of the registry takes it as `now`.
+/// Milliseconds on the monotonic clock; every operation takes it as `now`.
 pub type Millis = u64;
+
+/// An instance's metadata: string keys to string values, in key order.
+pub type Metadata = BTreeMap<String, String>;
 
 /// The two lifecycle periods of the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +76,61 @@ pub enum Status {
     OutOfService,
 }
 
+impl Status {
+    /// Every status, in the order of [`Counts`].
+    pub const ALL: [Status; 4] = [
+        Status::Starting,
+        Status::Up,
+        Status::Down,
+        Status::OutOfService,
+    ];
+
+    fn ix(self) -> usize {
+        match self {
+            Status::Starting => 0,
+            Status::Up => 1,
+            Status::Down => 2,
+            Status::OutOfService => 3,
+        }
+    }
+}
+
+/// A set of statuses: which instances a read answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusSet(u8);
+
+impl StatusSet {
+    /// Every status.
+    pub const ALL: StatusSet = StatusSet(0b1111);
+    /// No status.
+    pub const NONE: StatusSet = StatusSet(0);
+
+    /// This set with `status` added.
+    pub fn with(self, status: Status) -> StatusSet {
+        StatusSet(self.0 | 1 << status.ix())
+    }
+
+    /// Whether `status` is in the set.
+    pub fn contains(self, status: Status) -> bool {
+        self.0 & 1 << status.ix() != 0
+    }
+}
+
+/// Exact counts of what is stored; settled within the ticker's second.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Apps.
+    pub apps: usize,
+    /// Instances `starting`.
+    pub starting: usize,
+    /// Instances `up`.
+    pub up: usize,
+    /// Instances `down`.
+    pub down: usize,
+    /// Instances `out-of-service`.
+    pub out_of_service: usize,
+}
+
 /// A copy of one instance, cheap to make (the strings are shared `Arc`s).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstanceView {
@@ -64,8 +142,11 @@ pub struct InstanceView {
     pub port: u16,
     /// The effective status at the `now` of the read.
     pub status: Status,
-    /// When the instance last registered, renewed or was taken out of service.
+    /// When (monotonic) the instance last registered, renewed or was taken
+    /// out of service.
     pub last_renewal: Millis,
+    /// Its metadata; `None` when empty.
+    pub metadata: Option<Arc<Metadata>>,
 }
 
 /// A copy of one app and its present instances.
@@ -73,8 +154,11 @@ pub struct InstanceView {
 pub struct AppView {
     /// The app name.
     pub name: Arc<str>,
-    /// The instances that are not expired, in the app's stable slot order.
+    /// The instances that are present and of a status asked for, in the
+    /// app's stable slot order.
     pub instances: Vec<InstanceView>,
+    /// The change index of the app.
+    pub index: u64,
 }
 
 /// Why an operation of the registry was refused.
@@ -114,7 +198,7 @@ pub enum Event {
         /// The app name.
         app: Arc<str>,
     },
-    /// The sweep removed an app that had been empty for more than `evict_after`.
+    /// An app that had been empty for more than `evict_after` was removed.
     AppRemoved {
         /// The app name.
         app: Arc<str>,
@@ -149,7 +233,7 @@ pub enum Event {
         /// The instance id.
         id: Arc<str>,
     },
-    /// The sweep found an `Up` instance silent for more than `down_after`.
+    /// An `Up` instance was found silent for more than `down_after`.
     InstanceDown {
         /// The app name.
         app: Arc<str>,
@@ -163,7 +247,7 @@ pub enum Event {
         /// The instance id.
         id: Arc<str>,
     },
-    /// The sweep removed an instance silent for more than `evict_after`.
+    /// An instance silent for more than `evict_after` was removed.
     InstanceRemoved {
         /// The app name.
         app: Arc<str>,
@@ -172,21 +256,32 @@ pub enum Event {
     },
 }
 
-/// Where an incremental sweep is: kept by the caller between calls of
-/// [`Registry::sweep_step`]. `SweepCursor::default()` starts a new pass.
+/// Where a stepped pass is: kept by the caller between calls of
+/// [`Registry::settle_due_step`] or [`Registry::sweep_step`].
+/// `SweepCursor::default()` starts a new pass.
 #[derive(Debug, Default)]
 pub struct SweepCursor {
-    /// Names and epochs of the apps present when the pass started.
-    apps: Vec<(Arc<str>, u64)>,
-    /// Index into `apps` of the app being swept.
-    app: usize,
-    /// Next slot position to examine in that app.
-    slot: usize,
-    /// Whether `apps` has been taken for the current pass.
-    started: bool,
+    /// The app being scanned, if one is.
+    scan: Option<Scan>,
+    /// A full pass: the name of the last app it started (`None`: none yet).
+    after: Option<Arc<str>>,
 }
 
-/// What a sweep did; [`Registry::sweep_step`] adds to it, the caller resets it.
+/// The scan of one app in steps.
+#[derive(Debug)]
+struct Scan {
+    name: Arc<str>,
+    epoch: u64,
+    /// The app's `settles` when the scan started; a read that settled the
+    /// whole app since has made the scan moot.
+    settles: u64,
+    /// Next slot position to examine.
+    pos: usize,
+    /// The earliest due time of the slots examined.
+    due: Millis,
+}
+
+/// What a pass did; the stepped passes add to it, the caller resets it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepStats {
     /// Instance slots examined.
@@ -284,14 +379,21 @@ impl Slot {
         }
     }
 
-    fn view(&self, status: Status) -> InstanceView {
-        InstanceView {
-            id: self.id.clone(),
-            ip: self.ip.clone(),
-            port: self.port,
-            status,
-            last_renewal: self.last_renewal,
-        }
+    /// The first moment at which time changes what this slot reads.
+    fn due(&self, periods: Periods) -> Millis {
+        let after = if self.status == Status::Up {
+            periods.down_after
+        } else {
+            periods.evict_after
+        };
+        self.last_renewal.saturating_add(after).saturating_add(1)
+    }
+
+    /// The first moment at which the slot is absent.
+    fn expiry(&self, periods: Periods) -> Millis {
+        self.last_renewal
+            .saturating_add(periods.evict_after)
+            .saturating_add(1)
     }
 }
 
@@ -301,11 +403,82 @@ struct App {
     name: Arc<str>,
     slots: Vec<Slot>,
     /// Id to position in `slots`; the key is the same `Arc` as the slot's id.
-    index: HashMap<Arc<str>, usize>,
-    /// Since when `slots` is empty; `Some` exactly when it is.
+    ids: HashMap<Arc<str>, usize>,
+    /// Metadata of the instances that have some, by id.
+    metadata: HashMap<Arc<str>, Arc<Metadata>>,
+    /// The moment the app last became empty (its last instance's expiry, or
+    /// its creation); `Some` exactly when `slots` is empty.
     empty_since: Option<Millis>,
+    /// The latest expiry of the instances removed so far.
+    gone_at: Millis,
     /// Distinguishes this app from an earlier one of the same name.
     epoch: u64,
+    /// The change index of its last change.
+    index: u64,
+    /// A lower bound of the first moment time changes something here;
+    /// `Millis::MAX` while a stepped scan is under way (and nothing lowered it).
+    next_due: Millis,
+    /// Whole settles done by reads; a stepped scan started before one is moot.
+    settles: u64,
+    /// Whether a stepped scan is under way.
+    scanning: bool,
+    /// When it was last settled whole (or created).
+    settled_at: Millis,
+}
+
+/// The bookkeeping beside the apps, split off so that an app and it can be
+/// borrowed together.
+#[derive(Debug, Default)]
+struct Book {
+    /// The global change index.
+    index: u64,
+    /// Apps by `next_due`, for those with a finite one.
+    due: BTreeSet<(Millis, Arc<str>)>,
+    /// Stored instances by stored status.
+    counts: [usize; 4],
+    /// Names of the apps changed since the last [`Registry::drain_changes`].
+    changed: Vec<Arc<str>>,
+    /// Events of settles, for the caller to log.
+    events: Vec<Event>,
+    /// The app a stepped scan is under way in, if any (one at a time: the
+    /// ticker's).
+    scanning: Option<Arc<str>>,
+}
+
+impl Book {
+    fn bump(&mut self, app: &mut App) {
+        self.index += 1;
+        app.index = self.index;
+        if self.changed.last() != Some(&app.name) {
+            self.changed.push(app.name.clone());
+        }
+    }
+
+    /// Sets the app's due time, keeping the ordered set in step.
+    fn set_due(&mut self, app: &mut App, at: Millis) {
+        if app.next_due == at {
+            return;
+        }
+        if app.next_due != Millis::MAX {
+            self.due.remove(&(app.next_due, app.name.clone()));
+        }
+        app.next_due = at;
+        if at != Millis::MAX {
+            self.due.insert((at, app.name.clone()));
+        }
+    }
+
+    /// Lowers the app's due time to `at` if that is earlier.
+    fn lower_due(&mut self, app: &mut App, at: Millis) {
+        if at < app.next_due {
+            self.set_due(app, at);
+        }
+    }
+
+    fn restate(&mut self, from: Status, to: Status) {
+        self.counts[from.ix()] -= 1;
+        self.counts[to.ix()] += 1;
+    }
 }
 
 impl App {
@@ -313,66 +486,162 @@ impl App {
         App {
             name,
             slots: Vec::new(),
-            index: HashMap::new(),
+            ids: HashMap::new(),
+            metadata: HashMap::new(),
             empty_since: Some(now),
+            gone_at: 0,
             epoch,
+            index: 0,
+            next_due: Millis::MAX,
+            settles: 0,
+            scanning: false,
+            settled_at: now,
         }
+    }
+
+    /// When the app, if empty, expires.
+    fn empty_due(&self, periods: Periods) -> Millis {
+        self.empty_since.map_or(Millis::MAX, |since| {
+            since.saturating_add(periods.evict_after).saturating_add(1)
+        })
     }
 
     /// Whether the app has been empty for more than `evict_after`.
     fn expired(&self, now: Millis, periods: Periods) -> bool {
-        self.empty_since
-            .is_some_and(|since| now.saturating_sub(since) > periods.evict_after)
+        now >= self.empty_due(periods)
     }
 
-    fn view(&self, now: Millis, periods: Periods) -> AppView {
+    fn view(&self, now: Millis, periods: Periods, filter: StatusSet) -> AppView {
         AppView {
             name: self.name.clone(),
             instances: self
                 .slots
                 .iter()
-                .filter_map(|slot| Some(slot.view(slot.effective(now, periods)?)))
+                .filter_map(|slot| {
+                    let status = slot.effective(now, periods)?;
+                    filter
+                        .contains(status)
+                        .then(|| self.instance_view(slot, status))
+                })
                 .collect(),
+            index: self.index,
         }
     }
 
-    /// The app name and the slot of `id` with its effective status, if the
-    /// instance is present at `now`.
+    fn instance_view(&self, slot: &Slot, status: Status) -> InstanceView {
+        InstanceView {
+            id: slot.id.clone(),
+            ip: slot.ip.clone(),
+            port: slot.port,
+            status,
+            last_renewal: slot.last_renewal,
+            metadata: if self.metadata.is_empty() {
+                None
+            } else {
+                self.metadata.get(&slot.id).cloned()
+            },
+        }
+    }
+
+    /// The slot of `id` and its effective status, if present at `now`.
     fn live_slot_mut(
         &mut self,
         id: &str,
         now: Millis,
         periods: Periods,
-    ) -> Result<(&Arc<str>, &mut Slot, Status), Error> {
-        let pos = *self.index.get(id).ok_or(Error::NoSuchInstance)?;
-        let slot = self.slots.get_mut(pos).ok_or(Error::NoSuchInstance)?;
+    ) -> Result<(usize, Status), Error> {
+        let pos = *self.ids.get(id).ok_or(Error::NoSuchInstance)?;
+        let slot = self.slots.get(pos).ok_or(Error::NoSuchInstance)?;
         let status = slot.effective(now, periods).ok_or(Error::NoSuchInstance)?;
-        Ok((&self.name, slot, status))
+        Ok((pos, status))
     }
 
     /// Removes the slot at `pos`, moving the last slot into its place.
-    fn remove(&mut self, pos: usize, now: Millis) -> Slot {
+    fn remove(&mut self, pos: usize, book: &mut Book, periods: Periods) -> Slot {
         let slot = self.slots.swap_remove(pos);
-        self.index.remove(&*slot.id);
+        self.ids.remove(&*slot.id);
+        if !self.metadata.is_empty() {
+            self.metadata.remove(&*slot.id);
+        }
         if let Some(moved) = self.slots.get(pos) {
-            if let Some(moved_pos) = self.index.get_mut(&*moved.id) {
+            if let Some(moved_pos) = self.ids.get_mut(&*moved.id) {
                 *moved_pos = pos;
             }
         }
+        book.counts[slot.status.ix()] -= 1;
+        self.gone_at = self.gone_at.max(slot.expiry(periods));
         if self.slots.is_empty() {
-            self.empty_since = Some(now);
+            self.empty_since = Some(self.gone_at);
         }
         slot
     }
+
+    /// Stores what time has made true in the slots from `*pos`, for at most
+    /// `budget` slots; adds the due times of the slots kept to `due`.
+    /// Returns the slots examined.
+    #[allow(clippy::too_many_arguments)]
+    fn settle_slots(
+        &mut self,
+        book: &mut Book,
+        periods: Periods,
+        now: Millis,
+        pos: &mut usize,
+        budget: usize,
+        due: &mut Millis,
+        stats: &mut SweepStats,
+    ) -> usize {
+        let mut spent = 0;
+        let mut changed = false;
+        while spent < budget && *pos < self.slots.len() {
+            spent += 1;
+            let slot = &mut self.slots[*pos];
+            match slot.effective(now, periods) {
+                None => {
+                    // The last slot moves into `pos`: examine `pos` again.
+                    let removed = self.remove(*pos, book, periods);
+                    stats.removed += 1;
+                    changed = true;
+                    book.events.push(Event::InstanceRemoved {
+                        app: self.name.clone(),
+                        id: removed.id,
+                    });
+                    continue;
+                }
+                Some(Status::Down) if slot.status == Status::Up => {
+                    slot.status = Status::Down;
+                    book.restate(Status::Up, Status::Down);
+                    stats.marked_down += 1;
+                    changed = true;
+                    book.events.push(Event::InstanceDown {
+                        app: self.name.clone(),
+                        id: slot.id.clone(),
+                    });
+                }
+                Some(_) => {}
+            }
+            *due = (*due).min(slot.due(periods));
+            *pos += 1;
+        }
+        stats.checked += spent;
+        if changed {
+            book.bump(self);
+        }
+        spent
+    }
 }
+
+/// The budget units of starting (and finishing) one app in a stepped pass.
+const APP_COST: usize = 8;
 
 /// The state of the server: apps and their instances.
 #[derive(Debug)]
 pub struct Registry {
     periods: Periods,
     apps: HashMap<Arc<str>, App>,
-    /// Stored instances across all apps (expired ones until swept).
-    instances: usize,
+    /// The names of `apps`, in order: for sorted listings and for a full
+    /// pass to resume after the last name it did.
+    names: BTreeSet<Arc<str>>,
+    book: Book,
     next_epoch: u64,
 }
 
@@ -382,7 +651,11 @@ impl Registry {
         Registry {
             periods,
             apps: HashMap::new(),
-            instances: 0,
+            names: BTreeSet::new(),
+            book: Book {
+                index: 1,
+                ..Book::default()
+            },
             next_epoch: 0,
         }
     }
@@ -397,51 +670,100 @@ impl Registry {
     /// An app that exists answers [`Error::AppExists`], unless it has been empty
     /// for more than `evict_after`: it is then absent and is created afresh.
     pub fn create_app(&mut self, name: &str, now: Millis) -> Result<Event, Error> {
-        if let Some(app) = self.apps.get(name) {
+        if let Some(app) = self.apps.get_mut(name) {
             if !app.expired(now, self.periods) {
                 return Err(Error::AppExists);
             }
+            self.book.set_due(app, Millis::MAX);
         }
         let name: Arc<str> = Arc::from(name);
         let epoch = self.next_epoch;
         self.next_epoch += 1;
-        self.apps
-            .insert(name.clone(), App::new(name.clone(), now, epoch));
+        let mut app = App::new(name.clone(), now, epoch);
+        self.book.bump(&mut app);
+        let due = app.empty_due(self.periods);
+        self.book.set_due(&mut app, due);
+        self.apps.insert(name.clone(), app);
+        self.names.insert(name.clone());
         Ok(Event::AppCreated { app: name })
     }
 
-    /// The app `name` and its instances present at `now`.
-    pub fn app(&self, name: &str, now: Millis) -> Result<AppView, Error> {
-        Ok(self.live_app(name, now)?.view(now, self.periods))
+    /// The app `name` and its instances present at `now` of a status in
+    /// `filter`, once the app is settled. With `unless_index`, answers
+    /// `Ok(None)` when the app's index is that one (a watch keeps waiting).
+    pub fn app(
+        &mut self,
+        name: &str,
+        now: Millis,
+        filter: StatusSet,
+        unless_index: Option<u64>,
+    ) -> Result<Option<AppView>, Error> {
+        self.settle(name, now);
+        let app = self.live_app(name, now)?;
+        if unless_index == Some(app.index) {
+            return Ok(None);
+        }
+        Ok(Some(app.view(now, self.periods, filter)))
     }
 
-    /// Every app present at `now`, sorted by name.
-    pub fn apps(&self, now: Millis) -> Vec<AppView> {
-        let mut views: Vec<AppView> = self
-            .apps
-            .values()
+    /// Every app present at `now`, sorted by name, with its instances of a
+    /// status in `filter`, and the global index, once everything due is
+    /// settled. With `unless_index`, answers `None` when the global index is
+    /// that one.
+    pub fn apps(
+        &mut self,
+        now: Millis,
+        filter: StatusSet,
+        unless_index: Option<u64>,
+    ) -> Option<(Vec<AppView>, u64)> {
+        while let Some((at, name)) = self.book.due.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.settle(&name, now);
+            if self.book.due.first() == Some(&(at, name.clone())) {
+                // Cannot happen (a settle moves the due time past `now`),
+                // but a listing must never spin.
+                self.book.due.remove(&(at, name));
+            }
+        }
+        if let Some(name) = self.book.scanning.clone() {
+            self.settle(&name, now);
+        }
+        if unless_index == Some(self.book.index) {
+            return None;
+        }
+        let views = self
+            .names
+            .iter()
+            .filter_map(|name| self.apps.get(name))
             .filter(|app| !app.expired(now, self.periods))
-            .map(|app| app.view(now, self.periods))
+            .map(|app| app.view(now, self.periods, filter))
             .collect();
-        views.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        views
+        Some((views, self.book.index))
+    }
+
+    /// The global change index.
+    pub fn index(&self) -> u64 {
+        self.book.index
     }
 
     /// One instance as it reads at `now`.
     pub fn instance(&self, app: &str, id: &str, now: Millis) -> Result<InstanceView, Error> {
         let app = self.live_app(app, now)?;
         let slot = app
-            .index
+            .ids
             .get(id)
             .and_then(|&pos| app.slots.get(pos))
             .ok_or(Error::NoSuchInstance)?;
         let status = slot
             .effective(now, self.periods)
             .ok_or(Error::NoSuchInstance)?;
-        Ok(slot.view(status))
+        Ok(app.instance_view(slot, status))
     }
 
-    /// Registers instance `id` of `app` at `ip:port`, as `Starting`.
+    /// Registers instance `id` of `app` at `ip:port` with `metadata` (`None`
+    /// for none), as `Starting`.
     ///
     /// An id already present is replaced (same address, or an instance that is
     /// `Down`, out of service or expired): [`Event::InstanceReplaced`]. Only an
@@ -453,40 +775,53 @@ impl Registry {
         id: &str,
         ip: &str,
         port: u16,
+        metadata: Option<Arc<Metadata>>,
         now: Millis,
     ) -> Result<Event, Error> {
         let periods = self.periods;
+        let book = &mut self.book;
         let app = self
             .apps
             .get_mut(app)
             .filter(|app| !app.expired(now, periods))
             .ok_or(Error::NoSuchApp)?;
-        let existing = app.index.get(id).and_then(|&pos| app.slots.get_mut(pos));
-        if let Some(slot) = existing {
+        let metadata = metadata.filter(|m| !m.is_empty());
+        if let Some(&pos) = app.ids.get(id) {
+            let slot = &mut app.slots[pos];
             let same_address = *slot.ip == *ip && slot.port == port;
-            let live = matches!(
-                slot.effective(now, periods),
-                Some(Status::Starting | Status::Up)
-            );
-            if live && !same_address {
+            let before = slot.effective(now, periods);
+            if matches!(before, Some(Status::Starting | Status::Up)) && !same_address {
                 return Err(Error::InstanceExists);
             }
             if *slot.ip != *ip {
                 slot.ip = Ip::new(ip);
             }
             slot.port = port;
+            book.restate(slot.status, Status::Starting);
             slot.status = Status::Starting;
             slot.last_renewal = now;
-            return Ok(Event::InstanceReplaced {
+            let event = Event::InstanceReplaced {
                 app: app.name.clone(),
                 id: slot.id.clone(),
                 ip: slot.ip.clone(),
                 port,
-            });
+            };
+            let id = slot.id.clone();
+            let old = match &metadata {
+                Some(m) => app.metadata.insert(id, m.clone()),
+                None => app.metadata.remove(&id),
+            };
+            if !(before == Some(Status::Starting) && same_address && old == metadata) {
+                book.bump(app);
+            }
+            return Ok(event);
         }
         let id: Arc<str> = Arc::from(id);
         let ip = Ip::new(ip);
-        app.index.insert(id.clone(), app.slots.len());
+        app.ids.insert(id.clone(), app.slots.len());
+        if let Some(m) = metadata {
+            app.metadata.insert(id.clone(), m);
+        }
         app.slots.push(Slot {
             id: id.clone(),
             ip: ip.clone(),
@@ -495,7 +830,12 @@ impl Registry {
             status: Status::Starting,
         });
         app.empty_since = None;
-        self.instances += 1;
+        book.counts[Status::Starting.ix()] += 1;
+        book.bump(app);
+        book.lower_due(
+            app,
+            now.saturating_add(periods.evict_after).saturating_add(1),
+        );
         Ok(Event::InstanceAdded {
             app: app.name.clone(),
             id,
@@ -511,17 +851,30 @@ impl Registry {
     /// and answers [`Error::OutOfService`].
     pub fn renew(&mut self, app: &str, id: &str, now: Millis) -> Result<Option<Event>, Error> {
         let periods = self.periods;
-        let app = self.live_app_mut(app, now)?;
-        let (name, slot, before) = app.live_slot_mut(id, now, periods)?;
+        let book = &mut self.book;
+        let app = Self::live_app_mut(&mut self.apps, periods, app, now)?;
+        let (pos, before) = app.live_slot_mut(id, now, periods)?;
         if before == Status::OutOfService {
             return Err(Error::OutOfService);
         }
-        slot.status = Status::Up;
+        let slot = &mut app.slots[pos];
         slot.last_renewal = now;
-        Ok((before != Status::Up).then(|| Event::InstanceUp {
-            app: name.clone(),
+        if before == Status::Up {
+            // Deadlines only move later: `next_due` stays a lower bound.
+            return Ok(None);
+        }
+        book.restate(slot.status, Status::Up);
+        slot.status = Status::Up;
+        let event = Event::InstanceUp {
+            app: app.name.clone(),
             id: slot.id.clone(),
-        }))
+        };
+        book.bump(app);
+        book.lower_due(
+            app,
+            now.saturating_add(periods.down_after).saturating_add(1),
+        );
+        Ok(Some(event))
     }
 
     /// Takes an instance out of service, with `last_renewal = now`.
@@ -535,112 +888,245 @@ impl Registry {
         now: Millis,
     ) -> Result<Option<Event>, Error> {
         let periods = self.periods;
-        let app = self.live_app_mut(app, now)?;
-        let (name, slot, before) = app.live_slot_mut(id, now, periods)?;
+        let book = &mut self.book;
+        let app = Self::live_app_mut(&mut self.apps, periods, app, now)?;
+        let (pos, before) = app.live_slot_mut(id, now, periods)?;
+        let slot = &mut app.slots[pos];
+        // Its one deadline, expiry from now, is later than any it had.
+        book.restate(slot.status, Status::OutOfService);
         slot.status = Status::OutOfService;
         slot.last_renewal = now;
-        Ok(
-            (before != Status::OutOfService).then(|| Event::InstanceOutOfService {
-                app: name.clone(),
-                id: slot.id.clone(),
-            }),
-        )
+        if before == Status::OutOfService {
+            return Ok(None);
+        }
+        let event = Event::InstanceOutOfService {
+            app: app.name.clone(),
+            id: slot.id.clone(),
+        };
+        book.bump(app);
+        Ok(Some(event))
     }
 
-    /// Does a bounded part of a sweep pass and says whether the pass is complete.
-    ///
-    /// Examines at most `budget` units of work (one per instance slot, one per
-    /// app finished or skipped; at least one unit even if `budget` is 0), then
-    /// returns `false` with its position saved in `cursor`. A pass removes
-    /// expired instances ([`Event::InstanceRemoved`]), stores `Down` for `Up`
-    /// instances silent for more than `down_after` ([`Event::InstanceDown`],
-    /// once per decay), and removes apps empty for more than `evict_after`
-    /// ([`Event::AppRemoved`]). It covers the apps present when it started;
-    /// an app removed or re-created since is skipped. With no changes between
-    /// calls it examines every slot exactly once. Events are appended to
-    /// `events` and counts added to `stats`. On returning `true` the cursor is
-    /// reset, so the next call starts a new pass.
+    /// Settles the whole app `name` if something in it is due (or a stepped
+    /// scan of it is under way): stores what time has made true, removes the
+    /// app if it has expired, and recomputes its due time exactly.
+    fn settle(&mut self, name: &str, now: Millis) {
+        let periods = self.periods;
+        let Some(app) = self.apps.get_mut(name) else {
+            return;
+        };
+        if app.next_due > now && !app.scanning {
+            return;
+        }
+        app.settles += 1;
+        app.scanning = false;
+        app.settled_at = now;
+        if self.book.scanning.as_deref() == Some(name) {
+            self.book.scanning = None;
+        }
+        let mut due = Millis::MAX;
+        let mut stats = SweepStats::default();
+        app.settle_slots(
+            &mut self.book,
+            periods,
+            now,
+            &mut 0,
+            usize::MAX,
+            &mut due,
+            &mut stats,
+        );
+        self.book.set_due(app, Millis::MAX);
+        self.finish_app(name, now, due, &mut stats);
+    }
+
+    /// Ends the settle of an app: sets its due time from `due` (the earliest
+    /// of its slots) and removes it if it is empty and expired.
+    fn finish_app(&mut self, name: &str, now: Millis, due: Millis, stats: &mut SweepStats) {
+        let periods = self.periods;
+        let Some(app) = self.apps.get_mut(name) else {
+            return;
+        };
+        app.scanning = false;
+        app.settled_at = now;
+        if self.book.scanning.as_deref() == Some(name) {
+            self.book.scanning = None;
+        }
+        if app.expired(now, periods) {
+            self.book.set_due(app, Millis::MAX);
+            if let Some(mut app) = self.apps.remove(name) {
+                self.names.remove(name);
+                self.book.bump(&mut app);
+                stats.apps_removed += 1;
+                self.book.events.push(Event::AppRemoved { app: app.name });
+            }
+            return;
+        }
+        // `next_due` holds what registrations lowered it to meanwhile.
+        let due = app.next_due.min(due).min(app.empty_due(periods));
+        self.book.set_due(app, due);
+    }
+
+    /// Does a bounded part of settling the apps that are due at `now` and says
+    /// whether none is left: the ticker's work. At most about `budget` units
+    /// (one per slot examined, eight per app started; at least one), then `false` with
+    /// the position kept in `cursor`. Events are kept for [`Registry::drain_changes`].
+    pub fn settle_due_step(
+        &mut self,
+        now: Millis,
+        cursor: &mut SweepCursor,
+        budget: usize,
+        stats: &mut SweepStats,
+    ) -> bool {
+        self.pass_step(now, cursor, budget, stats, None)
+    }
+
+    /// Does a bounded part of a full pass over every app (as
+    /// [`Registry::settle_due_step`] for the apps that are due) and says
+    /// whether the pass is complete. It covers the apps in name order, each
+    /// once, including apps created during the pass after the last name done,
+    /// but skips those settled whole after `skip_settled_after` (the ticker
+    /// did them already: a pass only makes due times exact, so it need not
+    /// repeat recent work). With no changes between calls it examines every
+    /// other slot exactly once. On returning `true` the cursor is reset, so
+    /// the next call starts a new pass.
     pub fn sweep_step(
         &mut self,
         now: Millis,
         cursor: &mut SweepCursor,
         budget: usize,
         stats: &mut SweepStats,
-        events: &mut Vec<Event>,
+        skip_settled_after: Millis,
+    ) -> bool {
+        self.pass_step(now, cursor, budget, stats, Some(skip_settled_after))
+    }
+
+    fn pass_step(
+        &mut self,
+        now: Millis,
+        cursor: &mut SweepCursor,
+        budget: usize,
+        stats: &mut SweepStats,
+        full: Option<Millis>,
     ) -> bool {
         let periods = self.periods;
         let budget = budget.max(1);
-        if !cursor.started {
-            cursor.apps = self
-                .apps
-                .values()
-                .map(|app| (app.name.clone(), app.epoch))
-                .collect();
-            cursor.app = 0;
-            cursor.slot = 0;
-            cursor.started = true;
-        }
         let mut spent = 0;
-        while let Some((name, epoch)) = cursor.apps.get(cursor.app) {
+        loop {
             if spent >= budget {
                 return false;
             }
-            let Some(app) = self.apps.get_mut(name).filter(|app| app.epoch == *epoch) else {
-                spent += 1;
-                cursor.app += 1;
-                cursor.slot = 0;
+            let Some(scan) = &mut cursor.scan else {
+                // Start the next app: a few ordered-set updates, which cost
+                // about as much as examining several slots.
+                spent += APP_COST;
+                let next = if full.is_some() {
+                    let from = match &cursor.after {
+                        Some(name) => Bound::Excluded(&**name),
+                        None => Bound::Unbounded,
+                    };
+                    self.names
+                        .range::<str, _>((from, Bound::Unbounded))
+                        .next()
+                        .cloned()
+                } else {
+                    self.book
+                        .due
+                        .first()
+                        .filter(|(at, _)| *at <= now)
+                        .map(|(_, name)| name.clone())
+                };
+                let Some(name) = next else {
+                    *cursor = SweepCursor::default();
+                    return true;
+                };
+                let Some(app) = self.apps.get_mut(&name) else {
+                    // Cannot happen: the due set names stored apps only.
+                    self.book.due.retain(|(_, n)| *n != name);
+                    continue;
+                };
+                if full.is_some() {
+                    cursor.after = Some(name.clone());
+                }
+                if full.is_some_and(|after| app.settled_at > after) {
+                    continue;
+                }
+                self.book.set_due(app, Millis::MAX);
+                app.scanning = true;
+                self.book.scanning = Some(name.clone());
+                cursor.scan = Some(Scan {
+                    name: name.clone(),
+                    epoch: app.epoch,
+                    settles: app.settles,
+                    pos: 0,
+                    due: Millis::MAX,
+                });
                 continue;
             };
-            while spent < budget && cursor.slot < app.slots.len() {
-                spent += 1;
-                stats.checked += 1;
-                let pos = cursor.slot;
-                let slot = &mut app.slots[pos];
-                let age = now.saturating_sub(slot.last_renewal);
-                if age > periods.evict_after {
-                    // The last slot moves into `pos`: examine `pos` again.
-                    let removed = app.remove(pos, now);
-                    self.instances -= 1;
-                    stats.removed += 1;
-                    events.push(Event::InstanceRemoved {
-                        app: app.name.clone(),
-                        id: removed.id,
-                    });
-                } else {
-                    if slot.status == Status::Up && age > periods.down_after {
-                        slot.status = Status::Down;
-                        stats.marked_down += 1;
-                        events.push(Event::InstanceDown {
-                            app: app.name.clone(),
-                            id: slot.id.clone(),
-                        });
-                    }
-                    cursor.slot += 1;
-                }
-            }
-            if spent >= budget || cursor.slot < app.slots.len() {
+            let Some(app) = self
+                .apps
+                .get_mut(&scan.name)
+                .filter(|app| app.epoch == scan.epoch && app.settles == scan.settles)
+            else {
+                // Removed, re-created or settled whole by a read since.
+                cursor.scan = None;
+                self.book.scanning = None;
+                continue;
+            };
+            spent += app.settle_slots(
+                &mut self.book,
+                periods,
+                now,
+                &mut scan.pos,
+                budget - spent,
+                &mut scan.due,
+                stats,
+            );
+            if scan.pos < app.slots.len() {
                 return false;
             }
-            spent += 1;
-            if app.expired(now, periods) {
-                if let Some(app) = self.apps.remove(name) {
-                    stats.apps_removed += 1;
-                    events.push(Event::AppRemoved { app: app.name });
-                }
-            }
-            cursor.app += 1;
-            cursor.slot = 0;
+            let (name, due) = (scan.name.clone(), scan.due);
+            cursor.scan = None;
+            self.finish_app(&name, now, due, stats);
         }
-        *cursor = SweepCursor::default();
-        true
     }
 
-    /// Stored instances across all apps, including expired ones not yet swept.
+    /// The earliest due time of any app, if any (the ticker sleeps until then).
+    pub fn next_due(&self) -> Option<Millis> {
+        self.book.due.first().map(|(at, _)| *at)
+    }
+
+    /// Moves the names of the apps changed since the last call into `apps`
+    /// (each once in a row; the list's index changed when any did), and the
+    /// events of settles into `events`.
+    pub fn drain_changes(&mut self, apps: &mut Vec<Arc<str>>, events: &mut Vec<Event>) {
+        apps.append(&mut self.book.changed);
+        events.append(&mut self.book.events);
+    }
+
+    /// Queues the event of a write with those of settles, for
+    /// [`Registry::drain_changes`] (so the caller logs them in order).
+    pub fn push_event(&mut self, event: Event) {
+        self.book.events.push(event);
+    }
+
+    /// Stored apps and instances by stored status (exact once settled).
+    pub fn counts(&self) -> Counts {
+        let [starting, up, down, out_of_service] = self.book.counts;
+        Counts {
+            apps: self.apps.len(),
+            starting,
+            up,
+            down,
+            out_of_service,
+        }
+    }
+
+    /// Stored instances across all apps, including expired ones not yet settled.
     pub fn instance_count(&self) -> usize {
-        self.instances
+        self.book.counts.iter().sum()
     }
 
-    /// Stored apps, including expired ones not yet swept.
+    /// Stored apps, including expired ones not yet settled.
     pub fn app_count(&self) -> usize {
         self.apps.len()
     }
@@ -652,10 +1138,13 @@ impl Registry {
             .ok_or(Error::NoSuchApp)
     }
 
-    fn live_app_mut(&mut self, name: &str, now: Millis) -> Result<&mut App, Error> {
-        let periods = self.periods;
-        self.apps
-            .get_mut(name)
+    fn live_app_mut<'a>(
+        apps: &'a mut HashMap<Arc<str>, App>,
+        periods: Periods,
+        name: &str,
+        now: Millis,
+    ) -> Result<&'a mut App, Error> {
+        apps.get_mut(name)
             .filter(|app| !app.expired(now, periods))
             .ok_or(Error::NoSuchApp)
     }
@@ -722,44 +1211,86 @@ mod tests {
         e.as_ref().map_or_else(|| "none".to_owned(), event)
     }
 
+    fn metadata(pairs: &str) -> Option<Arc<Metadata>> {
+        let map: Metadata = pairs
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Some(Arc::new(map))
+    }
+
+    fn events(reg: &mut Registry) -> String {
+        let (mut apps, mut events) = (Vec::new(), Vec::new());
+        reg.drain_changes(&mut apps, &mut events);
+        let mut events: Vec<String> = events.iter().map(event).collect();
+        events.sort();
+        if events.is_empty() {
+            "-".to_owned()
+        } else {
+            events.join(" ")
+        }
+    }
+
     /// Runs one command of a script against `reg` and describes the outcome.
     fn run(reg: &mut Registry, now: Millis, cmd: &str, args: &[&str]) -> String {
-        match (cmd, args) {
+        let all = StatusSet::ALL;
+        let out = match (cmd, args) {
             ("create", [app]) => show(reg.create_app(app, now), |e| event(&e)),
-            ("register", [app, id, ip, port]) => {
+            ("register", [app, id, ip, port, rest @ ..]) => {
                 let port = port.parse().expect("port in script");
-                show(reg.register(app, id, ip, port, now), |e| event(&e))
+                let meta = rest.first().and_then(|m| metadata(m));
+                show(reg.register(app, id, ip, port, meta, now), |e| event(&e))
             }
             ("renew", [app, id]) => show(reg.renew(app, id, now), maybe),
             ("out", [app, id]) => show(reg.take_out_of_service(app, id, now), maybe),
             ("get", [app, id]) => show(reg.instance(app, id, now), |i| {
                 let at = i.last_renewal - T0;
-                format!("{} {}:{} @{at}", status(i.status), i.ip, i.port)
+                let meta = i.metadata.map_or(String::new(), |m| format!(" {m:?}"));
+                format!("{} {}:{} @{at}{meta}", status(i.status), i.ip, i.port)
             }),
-            ("list", [app]) => show(reg.app(app, now), |a| list(&a)),
+            ("list", [app]) => show(reg.app(app, now, all, None), |a| list(&a.expect("a view"))),
             ("apps", []) => {
-                let apps: Vec<String> = reg.apps(now).iter().map(list).collect();
+                let (apps, _) = reg.apps(now, all, None).expect("a view");
+                let apps: Vec<String> = apps.iter().map(list).collect();
                 apps.join(" ")
             }
+            ("index", [app]) => show(reg.app(app, now, all, None), |a| {
+                a.map_or(0, |a| a.index).to_string()
+            }),
+            ("index", []) => reg.apps(now, all, None).map_or(0, |(_, i)| i).to_string(),
             ("counts", []) => format!(
                 "{} apps {} instances",
                 reg.app_count(),
                 reg.instance_count()
             ),
+            ("statuses", []) => {
+                let c = reg.counts();
+                format!(
+                    "{} apps {} starting {} up {} down {} out",
+                    c.apps, c.starting, c.up, c.down, c.out_of_service
+                )
+            }
+            ("due", []) => reg
+                .next_due()
+                .map_or("never".to_owned(), |at| (at - T0).to_string()),
             ("sweep", []) => {
-                let mut events = Vec::new();
+                events(reg);
                 let (mut cursor, mut stats) = (SweepCursor::default(), SweepStats::default());
-                assert!(reg.sweep_step(now, &mut cursor, usize::MAX, &mut stats, &mut events));
-                let mut events: Vec<String> = events.iter().map(event).collect();
-                events.sort();
-                if events.is_empty() {
-                    "-".to_owned()
-                } else {
-                    events.join(" ")
-                }
+                assert!(reg.sweep_step(now, &mut cursor, usize::MAX, &mut stats, Millis::MAX));
+                return events(reg);
+            }
+            ("tick", []) => {
+                events(reg);
+                let (mut cursor, mut stats) = (SweepCursor::default(), SweepStats::default());
+                assert!(reg.settle_due_step(now, &mut cursor, usize::MAX, &mut stats));
+                return events(reg);
             }
             _ => panic!("unknown script command {cmd} {args:?}"),
-        }
+        };
+        // Events of settles done by reads are not part of a step's outcome.
+        events(reg);
+        out
     }
 
     /// Runs a script on a fresh registry with periods [`P`], one step per
@@ -835,7 +1366,7 @@ mod tests {
         // Down, stored by a sweep.
         check_web(
             "1_000 renew web a => up:web/a \n 100_000 sweep => down:web/a
-             601_001 list web => web[] \n 601_001 sweep => removed:web/a",
+             601_001 sweep => removed:web/a \n 601_001 list web => web[]",
         );
         // Out of service.
         check_web("5 out web a => out:web/a \n 600_005 get web a => out-of-service 10.0.0.1:80 @5");
@@ -920,8 +1451,13 @@ mod tests {
         // An app never given an instance.
         check(
             "0 create db => app-created:db \n 600_000 list db => db[] \n 600_000 sweep => -
-             600_001 list db => NoSuchApp \n 600_001 apps => \n 600_001 counts => 1 apps 0 instances
-             600_001 register db x 10.0.0.1 80 => NoSuchApp \n 600_001 sweep => app-removed:db
+             600_000 counts => 1 apps 0 instances \n 600_001 register db x 10.0.0.1 80 => NoSuchApp
+             600_001 counts => 1 apps 0 instances \n 600_001 tick => app-removed:db
+             600_001 counts => 0 apps 0 instances",
+        );
+        // A read settles it: the app is gone from storage as from the answer.
+        check(
+            "0 create db => app-created:db \n 600_001 list db => NoSuchApp \n 600_001 apps =>
              600_001 counts => 0 apps 0 instances",
         );
         // An expired app is created afresh, and lives its full period again.
@@ -929,18 +1465,132 @@ mod tests {
             "0 create db => app-created:db \n 600_001 create db => app-created:db
              1_200_001 list db => db[] \n 1_200_001 sweep => - \n 1_200_002 list db => NoSuchApp",
         );
-        // Empty since its last instance was removed, not since creation.
-        check_web(
-            "600_001 sweep => removed:web/a \n 1_200_001 list web => web[] \n 1_200_001 sweep => -
-             1_200_002 list web => NoSuchApp \n 1_200_002 create web => app-created:web",
-        );
-        check_web("600_001 sweep => removed:web/a \n 1_200_002 sweep => app-removed:web \n 1_200_002 counts => 0 apps 0 instances");
-        // A registration makes an app non-empty; a stored expired instance keeps it.
+        // Empty since its last instance expired (at 600_001), not since
+        // creation, and not since whenever a sweep, tick or read noticed.
+        for noticed in [
+            "600_001 sweep",
+            "660_000 sweep",
+            "1_199_000 tick",
+            "900_000 list web",
+        ] {
+            check_web(&format!(
+                "{noticed} => {} \n 1_200_001 list web => web[]
+                 1_200_002 list web => NoSuchApp \n 1_200_002 create web => app-created:web",
+                if noticed.ends_with("list web") {
+                    "web[]"
+                } else {
+                    "removed:web/a"
+                }
+            ));
+        }
+        check_web("1_200_002 list web => NoSuchApp");
+        check_web("1_200_002 tick => app-removed:web removed:web/a \n 1_200_002 counts => 0 apps 0 instances");
+        // A registration makes an app non-empty; its emptiness dates from
+        // the expiry of the last instance, whenever it was removed.
         check(
             "0 create db => app-created:db \n 500_000 register db x 10.0.0.1 80 => added:db/x@10.0.0.1:80
-             1_200_000 list db => db[] \n 1_200_000 sweep => removed:db/x \n 1_800_000 list db => db[]
-             1_800_001 list db => NoSuchApp",
+             1_200_000 list db => db[] \n 1_700_001 list db => db[]
+             1_700_002 list db => NoSuchApp",
         );
+        // With two instances, from the later expiry.
+        check_web(
+            "100_000 register web b 10.0.0.1 81 => added:web/b@10.0.0.1:81
+             1_000_000 tick => removed:web/a removed:web/b \n 1_300_001 list web => web[]
+             1_300_002 list web => NoSuchApp",
+        );
+    }
+
+    #[test]
+    fn change_index() {
+        // Made by the app's creation (2) and the registration (3).
+        check_web("1 index web => 3 \n 1 index => 3");
+        // A status change changes it; a plain heartbeat does not.
+        check_web("1_000 renew web a => up:web/a \n 1_000 index web => 4 \n 2_000 renew web a => none \n 2_000 index web => 4");
+        // Up to down by time, as soon as a read can see it, once.
+        check_web("1_000 renew web a => up:web/a \n 91_000 index web => 4 \n 91_001 index web => 5 \n 91_002 index => 5");
+        check_web(
+            "1_000 renew web a => up:web/a \n 91_001 tick => down:web/a \n 91_001 index web => 5",
+        );
+        // Back up.
+        check_web("1_000 renew web a => up:web/a \n 91_001 renew web a => up:web/a \n 91_002 index web => 5");
+        // Out of service, once.
+        check_web("5 out web a => out:web/a \n 6 index web => 4 \n 7 out web a => none \n 8 index web => 4");
+        // Re-registration: unchanged when it changes nothing but the time;
+        // changed by another address, status or metadata.
+        check_web("1 register web a 10.0.0.1 80 => replaced:web/a@10.0.0.1:80 \n 2 index web => 3");
+        check_web("1 register web a 10.0.0.1 80 zone=eu => replaced:web/a@10.0.0.1:80 \n 2 index web => 4
+                   3 register web a 10.0.0.1 80 zone=eu => replaced:web/a@10.0.0.1:80 \n 4 index web => 4
+                   5 register web a 10.0.0.1 80 zone=us => replaced:web/a@10.0.0.1:80 \n 6 index web => 5
+                   7 register web a 10.0.0.1 80 => replaced:web/a@10.0.0.1:80 \n 8 index web => 6");
+        check_web("1 renew web a => up:web/a \n 2 register web a 10.0.0.1 80 => replaced:web/a@10.0.0.1:80 \n 3 index web => 5");
+        check_web("1 out web a => out:web/a \n 2 register web a 10.0.0.2 80 => replaced:web/a@10.0.0.2:80 \n 3 index web => 5");
+        // Removal by time.
+        check_web("600_000 index web => 3 \n 600_001 index web => 4");
+        // Another app's change moves the list's index, not this app's.
+        check_web(
+            "1 create db => app-created:db \n 2 index web => 3 \n 2 index => 4 \n 2 index db => 4",
+        );
+        // Refusals change nothing.
+        check_web("1 register web a 10.0.0.9 80 => InstanceExists \n 1 create web => AppExists \n 2 index => 3");
+        // An app's removal moves the list's index.
+        check("0 create db => app-created:db \n 1 index => 2 \n 600_001 index => 3 \n 600_001 apps =>");
+    }
+
+    #[test]
+    fn due_times() {
+        // A new instance: due at its expiry; the empty app's own due time
+        // (earlier) stays a valid lower bound.
+        check("0 create db => app-created:db \n 0 due => 600001 \n 5 register db x 10.0.0.1 80 => added:db/x@10.0.0.1:80 \n 5 due => 600001");
+        check_web("0 due => 600001 \n 600_001 tick => removed:web/a \n 600_001 due => 1200002");
+        // A heartbeat that makes it up lowers it; a plain one does not touch it.
+        check_web("1_000 renew web a => up:web/a \n 1_000 due => 91001 \n 2_000 renew web a => none \n 2_000 due => 91001");
+        // When it comes, the tick finds nothing to do and sets it exactly.
+        check_web("1_000 renew web a => up:web/a \n 2_000 renew web a => none \n 91_001 tick => - \n 91_001 due => 92001");
+        check_web(
+            "1_000 renew web a => up:web/a \n 92_001 tick => down:web/a \n 92_001 due => 601001",
+        );
+        // Out of service: due at its expiry.
+        check_web("1_000 renew web a => up:web/a \n 2_000 out web a => out:web/a \n 91_001 tick => - \n 91_001 due => 602001");
+        // An app removed has none.
+        check("0 create db => app-created:db \n 600_001 tick => app-removed:db \n 600_001 due => never");
+    }
+
+    #[test]
+    fn counts_by_status() {
+        check_web(
+            "0 statuses => 1 apps 1 starting 0 up 0 down 0 out
+             0 register web b 10.0.0.1 81 => added:web/b@10.0.0.1:81 \n 0 register web c 10.0.0.1 82 => added:web/c@10.0.0.1:82
+             1 renew web a => up:web/a \n 1 renew web b => up:web/b \n 2 out web c => out:web/c
+             3 statuses => 1 apps 0 starting 2 up 0 down 1 out
+             50_000 renew web b => none \n 91_001 tick => down:web/a
+             91_001 statuses => 1 apps 0 starting 1 up 1 down 1 out
+             91_002 renew web a => up:web/a \n 91_002 statuses => 1 apps 0 starting 2 up 0 down 1 out
+             91_003 register web c 10.0.0.1 82 => replaced:web/c@10.0.0.1:82
+             91_004 statuses => 1 apps 1 starting 2 up 0 down 0 out
+             1_000_000 tick => removed:web/a removed:web/b removed:web/c
+             1_000_000 statuses => 1 apps 0 starting 0 up 0 down 0 out",
+        );
+    }
+
+    #[test]
+    fn metadata_is_kept_replaced_and_dropped_with_its_instance() {
+        check_web(
+            "1 register web b 10.0.0.2 80 zone=eu,v=1 => added:web/b@10.0.0.2:80
+             2 get web b => starting 10.0.0.2:80 @1 {\"v\": \"1\", \"zone\": \"eu\"}
+             2 get web a => starting 10.0.0.1:80 @0
+             3 register web b 10.0.0.2 80 zone=us => replaced:web/b@10.0.0.2:80
+             4 get web b => starting 10.0.0.2:80 @3 {\"zone\": \"us\"}
+             5 register web b 10.0.0.2 80 => replaced:web/b@10.0.0.2:80
+             6 get web b => starting 10.0.0.2:80 @5",
+        );
+        let mut reg = Registry::new(P);
+        reg.create_app("web", T0).unwrap();
+        let meta = Some(Arc::new(Metadata::from([("k".into(), "v".into())])));
+        reg.register("web", "a", "10.0.0.1", 80, meta, T0).unwrap();
+        assert_eq!(reg.apps["web"].metadata.len(), 1);
+        let (mut cursor, mut stats) = (SweepCursor::default(), SweepStats::default());
+        assert!(reg.settle_due_step(T0 + 600_001, &mut cursor, 10, &mut stats));
+        assert_eq!((stats.removed, reg.apps["web"].metadata.len()), (1, 0));
     }
 
     /// Registers `n` instances `{prefix}-{i}` on one of a few ips at `now`.
@@ -949,7 +1599,7 @@ mod tests {
             .map(|i| {
                 let id = format!("{prefix}-{i}");
                 let ip = format!("10.0.{}.1", i % 3);
-                let added = reg.register(app, &id, &ip, 8080, now);
+                let added = reg.register(app, &id, &ip, 8080, None, now);
                 assert!(
                     matches!(added, Ok(Event::InstanceAdded { .. })),
                     "{added:?}"
@@ -990,7 +1640,8 @@ mod tests {
         let mut calls = 0;
         loop {
             let before = stats;
-            let done = reg.sweep_step(now, &mut cursor, budget, &mut stats, &mut events);
+            let done = reg.sweep_step(now, &mut cursor, budget, &mut stats, Millis::MAX);
+            reg.drain_changes(&mut Vec::new(), &mut events);
             calls += 1;
             let checked = stats.checked - before.checked;
             let apps = stats.apps_removed - before.apps_removed;
@@ -1073,38 +1724,84 @@ mod tests {
     }
 
     #[test]
-    fn sweep_skips_an_app_recreated_during_its_pass() {
+    fn a_pass_copies_no_names_and_sees_apps_created_after_its_position() {
         let mut reg = Registry::new(P);
-        reg.create_app("gone", T0).unwrap();
+        for name in ["b", "d"] {
+            reg.create_app(name, T0).unwrap();
+            fill(&mut reg, name, name, 10, T0);
+        }
+        let now = T0 + 600_001;
+        let (mut cursor, mut stats) = (SweepCursor::default(), SweepStats::default());
+        // The first step starts "b" and examines a few of its slots only.
+        assert!(!reg.sweep_step(now, &mut cursor, 10, &mut stats, Millis::MAX));
+        assert_eq!(stats.checked, 2);
+        // Created meanwhile: "a" is behind the pass, "c" ahead of it.
+        for name in ["a", "c"] {
+            reg.create_app(name, T0).unwrap();
+            fill(&mut reg, name, name, 5, T0);
+        }
+        while !reg.sweep_step(now, &mut cursor, 4, &mut stats, Millis::MAX) {}
+        assert_eq!(stats.checked, 10 + 5 + 10);
+        assert_eq!(stats.removed, 25);
+        assert_eq!(reg.instance_count(), 5);
+    }
+
+    #[test]
+    fn a_full_pass_skips_apps_settled_within_its_period() {
+        let mut reg = Registry::new(P);
+        for name in ["a", "b"] {
+            reg.create_app(name, T0).unwrap();
+            fill(&mut reg, name, name, 10, T0);
+        }
+        reg.renew("a", "a-0", T0 + 1).unwrap();
+        let now = T0 + 90_002;
+        let (mut cursor, mut stats) = (SweepCursor::default(), SweepStats::default());
+        // The ticker settles "a" (a-0 went down); "b" is not due.
+        assert!(reg.settle_due_step(now, &mut cursor, 100, &mut stats));
+        assert_eq!((stats.checked, stats.marked_down), (10, 1));
+        let mut stats = SweepStats::default();
+        assert!(reg.sweep_step(now + 5, &mut cursor, 100, &mut stats, now - 1));
+        assert_eq!(stats.checked, 10, "only b");
+        let mut stats = SweepStats::default();
+        assert!(reg.sweep_step(now + 9, &mut cursor, 100, &mut stats, now - 1));
+        assert_eq!(stats.checked, 0, "both settled since");
+        assert!(reg.sweep_step(now + 9, &mut cursor, 100, &mut stats, now + 4));
+        assert_eq!(stats.checked, 10, "a settled before");
+    }
+
+    #[test]
+    fn a_read_that_settles_an_app_makes_a_stepped_scan_of_it_moot() {
+        let mut reg = Registry::new(P);
         reg.create_app("big", T0).unwrap();
         fill(&mut reg, "big", "big", 100, T0);
-        let (mut cursor, mut stats, mut events) =
-            (SweepCursor::default(), SweepStats::default(), Vec::new());
         let now = T0 + 600_001;
-        // The pass takes its list of apps at its first step, while nothing
-        // has expired yet.
-        assert!(!reg.sweep_step(T0 + 1, &mut cursor, 1, &mut stats, &mut events));
-        let first = stats.checked;
-        // Later "gone" has expired and is created afresh, with instances.
-        assert!(matches!(
-            reg.create_app("gone", now),
-            Ok(Event::AppCreated { .. })
-        ));
-        fill(&mut reg, "gone", "new", 5, now);
-        while !reg.sweep_step(now, &mut cursor, 10, &mut stats, &mut events) {}
-        assert_eq!(
-            stats.checked, 100,
-            "the new app is not part of the old pass"
-        );
-        assert_eq!(stats.removed, 100 - first);
-        assert_eq!(stats.apps_removed, 0);
-        assert_eq!(reg.app("gone", now).map(|a| a.instances.len()), Ok(5));
-        assert_eq!(reg.instance_count(), 5 + first);
-        // The next pass covers it (and the slot of "big" the first step may
-        // have checked before it expired).
-        let (stats, _, _) = sweep_in_steps(&mut reg, now, 10);
-        assert_eq!(stats.checked, 5 + first);
-        assert_eq!(stats.removed, first);
+        let (mut cursor, mut stats) = (SweepCursor::default(), SweepStats::default());
+        assert!(!reg.settle_due_step(now, &mut cursor, 17, &mut stats));
+        assert_eq!(stats.removed, 9);
+        let view = reg.app("big", now, StatusSet::ALL, None).unwrap().unwrap();
+        assert!(view.instances.is_empty());
+        assert_eq!(reg.instance_count(), 0);
+        while !reg.settle_due_step(now, &mut cursor, 10, &mut stats) {}
+        assert_eq!(stats.removed, 9);
+        // Empty since its instances expired (T0 + 600_001): gone one period later.
+        assert_eq!(reg.next_due(), Some(T0 + 1_200_002));
+    }
+
+    #[test]
+    fn a_list_read_settles_the_app_a_stepped_scan_is_in() {
+        let mut reg = Registry::new(P);
+        reg.create_app("big", T0).unwrap();
+        fill(&mut reg, "big", "big", 100, T0);
+        let now = T0 + 600_001;
+        let (mut cursor, mut stats) = (SweepCursor::default(), SweepStats::default());
+        assert!(!reg.settle_due_step(now, &mut cursor, 17, &mut stats));
+        let before = reg.index();
+        let (views, index) = reg.apps(now, StatusSet::ALL, None).unwrap();
+        assert!(views[0].instances.is_empty());
+        assert_eq!(reg.instance_count(), 0);
+        // The index answered is that of the settled view.
+        assert!(index > before);
+        assert_eq!(reg.apps(now, StatusSet::ALL, Some(index)), None);
     }
 
     #[test]
@@ -1113,17 +1810,75 @@ mod tests {
         reg.create_app("web", T0).unwrap();
         fill(&mut reg, "web", "old", 50, T0);
         let now = T0 + 600_001;
-        let (mut cursor, mut stats, mut events) =
-            (SweepCursor::default(), SweepStats::default(), Vec::new());
+        let (mut cursor, mut stats) = (SweepCursor::default(), SweepStats::default());
         let mut calls = 0;
-        while !reg.sweep_step(now, &mut cursor, 3, &mut stats, &mut events) {
+        while !reg.settle_due_step(now, &mut cursor, 3, &mut stats) {
             calls += 1;
-            reg.register("web", &format!("new-{calls}"), "10.9.9.9", 1, now)
+            reg.register("web", &format!("new-{calls}"), "10.9.9.9", 1, None, now)
                 .unwrap();
         }
         assert_eq!(stats.removed, 50);
         assert_eq!(reg.instance_count(), calls);
-        assert_eq!(reg.app("web", now).map(|a| a.instances.len()), Ok(calls));
+        let view = reg.app("web", now, StatusSet::ALL, None).unwrap().unwrap();
+        assert_eq!(view.instances.len(), calls);
+        // The registrations' deadlines were kept: the first is due next.
+        assert_eq!(reg.next_due(), Some(now + 600_001));
+    }
+
+    /// A fleet that heartbeats on time, driven for ten simulated minutes as
+    /// the ticker drives the registry (`sweeper.rs`): settles due apps half
+    /// a second after their due time, a full pass every minute skipping what
+    /// was settled within it. Returns the slots examined.
+    fn ticker_work_for_a_healthy_fleet(n: u64) -> usize {
+        const PERIOD: Millis = 30_000;
+        const END: Millis = 600_000;
+        const STEP: Millis = 100;
+        let mut reg = Registry::new(P);
+        for a in 0..8 {
+            reg.create_app(&format!("app{a}"), T0).unwrap();
+        }
+        let ids: Vec<(String, String)> = (0..n)
+            .map(|i| (format!("app{}", i % 8), format!("i-{i}")))
+            .collect();
+        for (app, id) in &ids {
+            reg.register(app, id, "10.0.0.1", 80, None, T0).unwrap();
+        }
+        let (mut next_full, mut wake) = (T0 + 60_000, T0 + 1000);
+        let mut stats = SweepStats::default();
+        for t in (T0..T0 + END).step_by(STEP as usize) {
+            // Instance k renews at phase k * PERIOD / n of every period.
+            let from = (t - T0) % PERIOD;
+            let lo = (from * n).div_ceil(PERIOD);
+            let hi = ((from + STEP) * n).div_ceil(PERIOD).min(n);
+            for k in lo..hi {
+                let (app, id) = &ids[k as usize];
+                let at = t - from + k * PERIOD / n;
+                assert!(reg.renew(app, id, at).is_ok());
+            }
+            while wake <= t + STEP {
+                let now = wake;
+                let mut cursor = SweepCursor::default();
+                while !reg.settle_due_step(now, &mut cursor, 4096, &mut stats) {}
+                if now >= next_full {
+                    while !reg.sweep_step(now, &mut cursor, 4096, &mut stats, now - 60_000) {}
+                    next_full = now + 60_000;
+                }
+                let due = reg.next_due().unwrap_or(Millis::MAX);
+                wake = (due + 500).min(next_full).min(now + 1000).max(now + 10);
+            }
+        }
+        let counts = reg.counts();
+        assert_eq!((counts.up, counts.down), (n as usize, 0));
+        stats.checked
+    }
+
+    #[test]
+    fn a_healthy_fleet_costs_the_ticker_no_more_than_a_sweep_a_minute() {
+        // The old sweeper examined every slot once a minute: 10 passes.
+        let n = 10_000;
+        let checked = ticker_work_for_a_healthy_fleet(n);
+        assert!(checked <= 10 * n as usize, "{checked} slots examined");
+        assert!(checked >= 9 * n as usize, "{checked} slots examined");
     }
 
     #[test]

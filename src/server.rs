@@ -559,13 +559,6 @@ fn millis(d: Duration) -> Millis {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The current Unix time in milliseconds: the registry's only clock.
-pub fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, millis)
-}
-
 /// The `Date` header, formatted once a second per thread.
 fn date() -> String {
     thread_local! {

@@ -1,5 +1,13 @@
-//! The background thread that reclaims what has expired, in small steps so
-//! that a sweep of a million instances never holds the lock for long.
+//! The background thread that applies what time makes true: the ticker.
+//!
+//! It wakes half a second after the earliest due time of any app (the
+//! registry keeps apps ordered by it), or after a second at most, settles the
+//! apps that are due and tells their watchers; so a change caused by time
+//! (`up` to `down`, removal) is stored, counted and announced within a second
+//! of becoming true, whatever `--sweep-every` is. Every `--sweep-every` it also makes a
+//! full pass over the apps it has not settled within that period, which
+//! recomputes their due times exactly (and logs the `sweep:` summary).
+//! Both work in steps of at most [`BUDGET`] slots per lock hold.
 
 use std::io;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -8,13 +16,22 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::api::Api;
-use crate::registry::{SweepCursor, SweepStats};
-use crate::server::now_ms;
+use crate::clock;
+use crate::registry::{Millis, SweepCursor, SweepStats};
 
 /// Slots examined per lock hold.
 const BUDGET: usize = 4096;
+/// The longest sleep of the ticker.
+const TICK: Millis = 1000;
+/// How long after an app's due time the ticker settles it: the changes that
+/// come true meanwhile cost the same one scan, so an app whose deadlines
+/// pass one after another is scanned at most about twice a second, and
+/// every change is still stored and announced within a second.
+const BATCH: Millis = 500;
+/// The shortest sleep, so that due times close together cost one pass.
+const MIN_SLEEP: Millis = 10;
 
-/// Owns the sweeper thread; `stop` (or drop) wakes it at once and joins it.
+/// Owns the ticker thread; `stop` (or drop) wakes it at once and joins it.
 #[derive(Debug)]
 pub struct Sweeper {
     stop: Option<mpsc::Sender<()>>,
@@ -22,20 +39,18 @@ pub struct Sweeper {
 }
 
 impl Sweeper {
-    /// Starts a thread that sweeps `api`'s registry every `every`;
-    /// `log_every_pass` logs a summary of each pass, not only of those that
-    /// changed something or were slow.
+    /// Starts a thread that settles `api`'s registry as its due times come
+    /// and makes a full pass every `every`; `log_every_pass` logs a summary
+    /// of each full pass, not only of passes that changed something or were
+    /// slow.
     pub fn spawn(api: Arc<Api>, every: Duration, log_every_pass: bool) -> io::Result<Sweeper> {
         let (stop, stopped) = mpsc::channel::<()>();
+        let every = u64::try_from(every.as_millis())
+            .unwrap_or(Millis::MAX)
+            .max(1);
         let handle = thread::Builder::new()
             .name("registro-sweep".into())
-            .spawn(move || {
-                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                    if !sweep(&api, &stopped, log_every_pass) {
-                        return;
-                    }
-                }
-            })?;
+            .spawn(move || run(&api, &stopped, every, log_every_pass))?;
         Ok(Sweeper {
             stop: Some(stop),
             handle: Some(handle),
@@ -62,24 +77,55 @@ impl Drop for Sweeper {
     }
 }
 
-/// One pass over the registry. Returns false when told to stop midway.
-fn sweep(api: &Api, stopped: &mpsc::Receiver<()>, every_pass: bool) -> bool {
+fn run(api: &Api, stopped: &mpsc::Receiver<()>, every: Millis, log_every_pass: bool) {
+    let mut next_full = clock::now().mono.saturating_add(every);
+    loop {
+        if !pass(api, stopped, None, log_every_pass) {
+            return;
+        }
+        let now = clock::now().mono;
+        if now >= next_full {
+            if !pass(api, stopped, Some(every), log_every_pass) {
+                return;
+            }
+            next_full = clock::now().mono.saturating_add(every);
+        }
+        let now = clock::now().mono;
+        let due = api.lock().next_due().unwrap_or(Millis::MAX);
+        let wake = due
+            .saturating_add(BATCH)
+            .min(next_full)
+            .min(now + TICK)
+            .max(now + MIN_SLEEP);
+        if let Err(RecvTimeoutError::Disconnected) =
+            stopped.recv_timeout(Duration::from_millis(wake - now))
+        {
+            return;
+        }
+    }
+}
+
+/// One pass: over the apps that are due, or (`full`) over every app.
+/// Returns false when told to stop midway.
+fn pass(api: &Api, stopped: &mpsc::Receiver<()>, full: Option<Millis>, every_pass: bool) -> bool {
     let started = Instant::now();
     let mut cursor = SweepCursor::default();
     let mut stats = SweepStats::default();
-    let mut events = Vec::new();
     let mut longest = Duration::ZERO;
     loop {
-        let done = {
-            let mut registry = api.lock();
-            let held = Instant::now();
-            let done = registry.sweep_step(now_ms(), &mut cursor, BUDGET, &mut stats, &mut events);
-            longest = longest.max(held.elapsed());
-            done
+        let mut registry = api.lock();
+        let held = Instant::now();
+        let now = clock::now().mono;
+        let done = if let Some(every) = full {
+            // Apps the ticker settled within the period need no second look.
+            let recent = now.saturating_sub(every);
+            registry.sweep_step(now, &mut cursor, BUDGET, &mut stats, recent)
+        } else {
+            registry.settle_due_step(now, &mut cursor, BUDGET, &mut stats)
         };
-        for event in events.drain(..) {
-            api.log().event(&event, true);
-        }
+        longest = longest.max(held.elapsed());
+        // Logs and wakes watchers with the lock released.
+        api.publish(registry, true);
         if done {
             break;
         }
@@ -89,10 +135,13 @@ fn sweep(api: &Api, stopped: &mpsc::Receiver<()>, every_pass: bool) -> bool {
         // Let the connection threads at the lock between steps.
         thread::yield_now();
     }
+    // Mass events beyond the log's budget become one line per app and kind.
+    api.log().summarise();
     // A line when the pass changed something or took long enough to matter
-    // (or always, with `every_pass`); a quiet registry's sweeps stay silent.
+    // (or, for full passes, always with `every_pass`); quiet passes stay silent.
     let changed = stats.removed + stats.marked_down + stats.apps_removed > 0;
-    if every_pass || changed || started.elapsed() >= Duration::from_millis(100) {
+    if (full.is_some() && every_pass) || changed || started.elapsed() >= Duration::from_millis(100)
+    {
         api.log().line_waiting(format_args!(
             "sweep: checked {} instances in {} ms (longest lock hold {} us), removed {}, down {}",
             stats.checked,

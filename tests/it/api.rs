@@ -37,7 +37,7 @@ pub(crate) fn check(c: &mut Conn, method: &str, path: &str, body: &str, status: 
 
 /// Every error carries `Content-Type: application/json` and a body that is
 /// exactly `{"error": "<non-empty message>"}` (no body for HEAD); a 200
-/// carries JSON; a 204 carries nothing.
+/// carries JSON; a 204 carries nothing; every body ends with a newline.
 #[track_caller]
 pub(crate) fn well_formed(r: &Reply, method: &str) {
     if r.status >= 400 || r.status == 200 {
@@ -59,6 +59,13 @@ pub(crate) fn well_formed(r: &Reply, method: &str) {
     }
     if r.status == 204 {
         assert!(r.body.is_empty(), "204 with a body {:?}", r.body);
+    }
+    if !r.body.is_empty() {
+        assert!(
+            r.body.ends_with('\n'),
+            "a body without its final newline: {:?}",
+            r.body
+        );
     }
 }
 

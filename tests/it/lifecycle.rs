@@ -111,8 +111,10 @@ fn up_reads_down_exactly_when_down_after_has_passed() {
 #[test]
 fn every_status_is_evicted_after_evict_after() {
     // Reads are exact with or without a sweep in between.
+    // The app goes one eviction period after its last instance expired:
+    // long enough for a loaded machine's polls to see it empty first.
     for sweep_every in [HOUR, Duration::from_millis(50)] {
-        let (_s, mut c) = server(200, 500, sweep_every);
+        let (_s, mut c) = server(200, 1000, sweep_every);
         check(&mut c, "POST", "/apps", &app_body("web"), 201);
         let registered = Instant::now();
         for id in ["starting", "up", "out"] {
@@ -128,7 +130,7 @@ fn every_status_is_evicted_after_evict_after() {
         });
         let waited = registered.elapsed();
         assert!(
-            waited >= Duration::from_millis(500),
+            waited >= Duration::from_millis(1000),
             "evicted after {waited:?} (sweep every {sweep_every:?})"
         );
         assert!(
@@ -174,7 +176,9 @@ fn a_down_instance_is_replaced_at_another_address() {
 
 #[test]
 fn the_sweeper_removes_applications_left_empty() {
-    let (_s, mut c) = server(200, 400, Duration::from_millis(50));
+    // `busy` is renewed at every poll: a period of 1 s lets a loaded
+    // machine's polls stall without losing it.
+    let (_s, mut c) = server(200, 1000, Duration::from_millis(50));
     let created = Instant::now();
     for app in ["empty", "busy", "drained"] {
         check(&mut c, "POST", "/apps", &app_body(app), 201);
@@ -192,7 +196,7 @@ fn the_sweeper_removes_applications_left_empty() {
     });
     let waited = created.elapsed();
     assert!(
-        waited >= Duration::from_millis(400),
+        waited >= Duration::from_millis(1000),
         "app removed after {waited:?}"
     );
     let listed = check(&mut c, "GET", "/apps", "", 200).json();
@@ -204,7 +208,7 @@ fn the_sweeper_removes_applications_left_empty() {
     );
 
     // `drained` loses its instance first; it is empty from then on and goes
-    // one eviction period after the sweeper removed the instance.
+    // one eviction period after the instance expired, whenever that was noticed.
     eventually(DEADLINE, "d to be evicted", || {
         check(&mut c, "PUT", "/apps/busy/b", "", 204);
         read(&mut c, "drained", "d").is_none().then_some(())

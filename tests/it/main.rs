@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod cli;
 mod concurrency;
+mod discovery;
 mod fuzz;
 mod hardening;
 mod lifecycle;

@@ -1,0 +1,477 @@
+//! API.md Part 3's discovery against the real server: metadata, status
+//! filters and the change index (`Registro-Index`, `?index=`, `?wait=`).
+//! The watches that actually wait are in `watch.rs`.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::api::{app_body, check, instance_body, register};
+use crate::support::{eventually, start, start_with, Conn};
+
+fn fresh() -> (registro::Server, Conn) {
+    let server = start();
+    let conn = Conn::open(server.local_addr());
+    (server, conn)
+}
+
+/// The `Registro-Index` of a GET of `path`, which must answer 200.
+#[track_caller]
+fn index_of(c: &mut Conn, path: &str) -> u64 {
+    let r = check(c, "GET", path, "", 200);
+    r.header("registro-index")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("GET {path}: no Registro-Index in {:?}", r.headers))
+}
+
+fn with_metadata(id: &str, metadata: Value) -> String {
+    json!({"id": id, "ip": "10.0.0.1", "port": 80, "metadata": metadata}).to_string()
+}
+
+#[test]
+fn metadata_round_trips_and_is_replaced_by_a_reregistration() {
+    let (_s, mut c) = fresh();
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    let meta = json!({"zone": "eu-1", "version": "1.4.2", "": "x"});
+    // An empty key is refused; the rest of this body is the one kept below.
+    check(&mut c, "POST", "/apps/web", &with_metadata("a", meta), 400);
+    let meta = json!({"zone": "eu-1", "version": "1.4.2"});
+    let created = check(
+        &mut c,
+        "POST",
+        "/apps/web",
+        &with_metadata("a", meta.clone()),
+        201,
+    );
+    assert_eq!(created.json()["metadata"], meta, "{}", created.body);
+    register(&mut c, "web", "b", "10.0.0.2", 80);
+
+    let one = check(&mut c, "GET", "/apps/web/a", "", 200).json();
+    assert_eq!(one["metadata"], meta, "{one}");
+    let app = check(&mut c, "GET", "/apps/web", "", 200).json();
+    assert_eq!(app["instances"][0]["metadata"], meta, "{app}");
+    // Without metadata the field is left out, as a Part 1 client expects.
+    let b = &app["instances"][1];
+    assert!(
+        b.as_object().is_some_and(|o| !o.contains_key("metadata")),
+        "{b}"
+    );
+    let all = check(&mut c, "GET", "/apps", "", 200).json();
+    assert_eq!(
+        all["applications"][0]["instances"][0]["metadata"], meta,
+        "{all}"
+    );
+
+    // A re-registration replaces it: with other metadata, with none, `{}`.
+    for (body, want) in [
+        (
+            with_metadata("a", json!({"zone": "us-2"})),
+            json!({"zone": "us-2"}),
+        ),
+        (instance_body("a", "10.0.0.1", 80), Value::Null),
+        (with_metadata("a", json!({"k": "v"})), json!({"k": "v"})),
+        (with_metadata("a", json!({})), Value::Null),
+        (with_metadata("a", json!({"k": "v"})), json!({"k": "v"})),
+        (with_metadata("a", Value::Null), Value::Null),
+    ] {
+        check(&mut c, "POST", "/apps/web", &body, 201);
+        let one = check(&mut c, "GET", "/apps/web/a", "", 200).json();
+        assert_eq!(one["metadata"], want, "after {body}: {one}");
+    }
+}
+
+#[track_caller]
+fn check_metadata(metadata: Value, expected: Result<(), &str>) {
+    let (_s, mut c) = fresh();
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    let body = with_metadata("a", metadata);
+    match expected {
+        Ok(()) => {
+            check(&mut c, "POST", "/apps/web", &body, 201);
+        }
+        Err(part) => {
+            let r = check(&mut c, "POST", "/apps/web", &body, 400);
+            assert!(r.error().contains(part), "{:.200}: {}", body, r.error());
+            check(&mut c, "GET", "/apps/web/a", "", 404);
+        }
+    }
+}
+
+fn entries(n: usize, value_len: usize) -> Value {
+    Value::Object(
+        (0..n)
+            .map(|i| (format!("k{i}"), Value::String("v".repeat(value_len))))
+            .collect(),
+    )
+}
+
+#[test]
+fn metadata_limits() {
+    check_metadata(entries(64, 10), Ok(()));
+    check_metadata(entries(65, 1), Err("65 entries; at most 64"));
+    check_metadata(json!({ "k".repeat(128): "v" }), Ok(()));
+    check_metadata(
+        json!({ "k".repeat(129): "v" }),
+        Err("keys must be 1 to 128 bytes"),
+    );
+    check_metadata(
+        json!({"": "v"}),
+        Err("keys must be 1 to 128 bytes long, not 0"),
+    );
+    check_metadata(json!({"k": "v".repeat(1024)}), Ok(()));
+    check_metadata(
+        json!({"k": "v".repeat(1025)}),
+        Err("1025 bytes long; at most 1024"),
+    );
+    // Eight values of 1000 bytes fit in 8 KiB of JSON; nine do not.
+    check_metadata(entries(8, 1000), Ok(()));
+    check_metadata(entries(9, 1000), Err("bytes of JSON; at most 8192"));
+    check_metadata(json!({"k": 1}), Err("value of \"k\" must be a string"));
+    check_metadata(json!({"k": null}), Err("must be a string"));
+    check_metadata(json!({"k": {"nested": "x"}}), Err("must be a string"));
+    check_metadata(json!(["zone", "eu"]), Err("must be a JSON object"));
+    check_metadata(json!("zone=eu"), Err("must be a JSON object"));
+}
+
+/// The ids (sorted) of app `web` read through `query`.
+#[track_caller]
+fn filtered(c: &mut Conn, query: &str) -> Vec<String> {
+    let v = check(c, "GET", &format!("/apps/web{query}"), "", 200).json();
+    let mut ids: Vec<String> = v["instances"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no instances list in {v}"))
+        .iter()
+        .map(|i| i["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    ids.sort();
+    // The list answers the same instances.
+    let all = check(c, "GET", &format!("/apps{query}"), "", 200).json();
+    let web = all["applications"]
+        .as_array()
+        .and_then(|apps| apps.iter().find(|a| a["name"] == "web"))
+        .unwrap_or_else(|| panic!("web not listed in {all}"));
+    let mut listed: Vec<String> = web["instances"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no instances list in {web}"))
+        .iter()
+        .map(|i| i["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ids, "{query}");
+    ids
+}
+
+#[test]
+fn status_filters_on_both_lists() {
+    let server = start_with(|c| c.down_after = Duration::from_millis(300));
+    let mut c = Conn::open(server.local_addr());
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    check(&mut c, "POST", "/apps", &app_body("db"), 201);
+    for id in ["starting", "up", "down", "out"] {
+        register(&mut c, "web", id, "10.0.0.1", 80);
+    }
+    register(&mut c, "db", "d", "10.0.0.1", 80);
+    check(&mut c, "PUT", "/apps/web/down", "", 204);
+    check(&mut c, "DELETE", "/apps/web/out", "", 204);
+    eventually(Duration::from_secs(5), "web/down to read down", || {
+        check(&mut c, "PUT", "/apps/web/up", "", 204);
+        let v = check(&mut c, "GET", "/apps/web/down", "", 200).json();
+        (v["status"] == "down").then_some(())
+    });
+    check(&mut c, "PUT", "/apps/web/up", "", 204);
+
+    let cases: &[(&str, &[&str])] = &[
+        ("", &["down", "out", "starting", "up"]),
+        ("?status=up", &["up"]),
+        ("?status=up,starting", &["starting", "up"]),
+        ("?status=down", &["down"]),
+        ("?status=out-of-service", &["out"]),
+        ("?status=up&status=down", &["down", "up"]),
+        ("?status=up%2Cdown", &["down", "up"]),
+        ("?status=up&foo=bar", &["up"]),
+        ("?zone=eu", &["down", "out", "starting", "up"]),
+    ];
+    for (query, want) in cases {
+        assert_eq!(filtered(&mut c, query), *want, "{query}");
+    }
+    // An app with none left is listed, with `"instances": []`.
+    let all = check(&mut c, "GET", "/apps?status=up", "", 200).json();
+    assert_eq!(
+        all["applications"][0],
+        json!({"name": "db", "instances": []}),
+        "{all}"
+    );
+    let db = check(&mut c, "GET", "/apps/db?status=down", "", 200).json();
+    assert_eq!(db, json!({"name": "db", "instances": []}));
+    for query in [
+        "?status=UP",
+        "?status=",
+        "?status=up,",
+        "?status=ready",
+        "?status=%zz",
+    ] {
+        for path in ["/apps", "/apps/web"] {
+            let r = check(&mut c, "GET", &format!("{path}{query}"), "", 400);
+            assert!(
+                r.error().contains("status") || r.error().contains("escape"),
+                "{}",
+                r.error()
+            );
+        }
+    }
+}
+
+/// Which indexes a step changes: of the app `web`, of the list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Moved {
+    app: bool,
+    list: bool,
+}
+
+#[test]
+fn the_index_changes_with_every_change_and_only_then() {
+    let (_s, mut c) = fresh();
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    let both = Moved {
+        app: true,
+        list: true,
+    };
+    let list = Moved {
+        app: false,
+        list: true,
+    };
+    let none = Moved {
+        app: false,
+        list: false,
+    };
+    let steps: &[(&str, &str, &str, u16, Moved)] = &[
+        (
+            "POST",
+            "/apps/web",
+            &instance_body("a", "10.0.0.1", 80),
+            201,
+            both,
+        ),
+        (
+            "POST",
+            "/apps/web",
+            &instance_body("a", "10.0.0.1", 80),
+            201,
+            none,
+        ),
+        ("PUT", "/apps/web/a", "", 204, both),
+        ("PUT", "/apps/web/a", "", 204, none),
+        ("GET", "/apps/web/a", "", 200, none),
+        (
+            "POST",
+            "/apps/web",
+            &with_metadata("a", json!({"z": "1"})),
+            201,
+            both,
+        ),
+        (
+            "POST",
+            "/apps/web",
+            &with_metadata("a", json!({"z": "1"})),
+            201,
+            none,
+        ),
+        ("PUT", "/apps/web/a", "", 204, both),
+        (
+            "POST",
+            "/apps/web",
+            &instance_body("a", "10.0.0.9", 80),
+            409,
+            none,
+        ),
+        ("DELETE", "/apps/web/a", "", 204, both),
+        ("DELETE", "/apps/web/a", "", 204, none),
+        ("PUT", "/apps/web/a", "", 403, none),
+        (
+            "POST",
+            "/apps/web",
+            &instance_body("a", "10.0.0.2", 81),
+            201,
+            both,
+        ),
+        (
+            "POST",
+            "/apps/web",
+            &instance_body("b", "10.0.0.2", 81),
+            201,
+            both,
+        ),
+        ("POST", "/apps", &app_body("db"), 201, list),
+        ("POST", "/apps", &app_body("db"), 409, none),
+        (
+            "POST",
+            "/apps/db",
+            &instance_body("d", "10.0.0.2", 81),
+            201,
+            list,
+        ),
+        ("PUT", "/apps/nope/a", "", 404, none),
+    ];
+    for (method, path, body, status, want) in steps {
+        let (app, all) = (index_of(&mut c, "/apps/web"), index_of(&mut c, "/apps"));
+        check(&mut c, method, path, body, *status);
+        let (app2, all2) = (index_of(&mut c, "/apps/web"), index_of(&mut c, "/apps"));
+        assert!(app2 >= app && all2 >= all, "an index went back");
+        let moved = Moved {
+            app: app2 != app,
+            list: all2 != all,
+        };
+        assert_eq!(moved, *want, "{method} {path} {body}");
+        // The list's index is the latest of any change.
+        assert!(all2 >= app2);
+    }
+}
+
+#[test]
+fn the_index_changes_when_time_changes_a_status() {
+    let server = start_with(|c| {
+        c.down_after = Duration::from_millis(200);
+        // Long enough for a loaded machine's polls to see the empty app.
+        c.evict_after = Duration::from_millis(1000);
+        c.sweep_every = Duration::from_secs(3600);
+    });
+    let mut c = Conn::open(server.local_addr());
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    register(&mut c, "web", "a", "10.0.0.1", 80);
+    check(&mut c, "PUT", "/apps/web/a", "", 204);
+    let up = index_of(&mut c, "/apps/web");
+    // Up to down, then removal, then the empty app's removal: each moves it.
+    let mut seen = vec![up];
+    for (what, expect) in [("down", "down"), ("removed", "")] {
+        let index = eventually(Duration::from_secs(5), what, || {
+            let r = check(&mut c, "GET", "/apps/web", "", 200);
+            let status = r.json()["instances"][0]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            (status == expect).then(|| {
+                r.header("registro-index")
+                    .and_then(|i| i.parse::<u64>().ok())
+            })
+        });
+        let index = index.expect("an index");
+        assert!(
+            index > *seen.last().unwrap_or(&0),
+            "{what}: {index} after {seen:?}"
+        );
+        seen.push(index);
+    }
+    let list = index_of(&mut c, "/apps");
+    eventually(Duration::from_secs(5), "the app to go", || {
+        (c.get("/apps/web").status == 404).then_some(())
+    });
+    assert!(index_of(&mut c, "/apps") > list);
+}
+
+#[test]
+fn a_watch_with_another_index_answers_at_once() {
+    let (_s, mut c) = fresh();
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    let index = index_of(&mut c, "/apps/web");
+    for path in ["/apps/web", "/apps"] {
+        for other in [0, index + 1, u64::MAX] {
+            let r = check(
+                &mut c,
+                "GET",
+                &format!("{path}?index={other}&wait=10m"),
+                "",
+                200,
+            );
+            assert!(r.header("registro-index").is_some(), "{path}");
+        }
+    }
+    // A watch of an app that does not exist: 404 at once.
+    let r = check(&mut c, "GET", &format!("/apps/db?index={index}"), "", 404);
+    assert!(r.error().contains("no such application"), "{}", r.error());
+}
+
+#[test]
+fn bad_watch_parameters_answer_400() {
+    let (_s, mut c) = fresh();
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    for query in [
+        "index=x",
+        "index=-1",
+        "index=",
+        "index=1&wait=1h",
+        "index=1&wait=601s",
+        "index=1&wait=11m",
+        "index=1&wait=fast",
+        "index=1&wait=1.5s",
+    ] {
+        for path in ["/apps", "/apps/web"] {
+            let r = check(&mut c, "GET", &format!("{path}?{query}"), "", 400);
+            let e = r.error();
+            assert!(
+                e.contains("index must") || e.contains("wait must"),
+                "{query}: {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn location_escapes_dot_segments() {
+    let (_s, mut c) = fresh();
+    for (name, encoded) in [("..", "%2E%2E"), (".", "%2E")] {
+        let r = check(&mut c, "POST", "/apps", &app_body(name), 201);
+        let location = format!("/registro/1.0/apps/{encoded}");
+        assert_eq!(r.header("location"), Some(location.as_str()));
+        check(&mut c, "GET", &format!("/apps/{encoded}"), "", 200);
+        let r = check(
+            &mut c,
+            "POST",
+            &format!("/apps/{encoded}"),
+            &instance_body("..", "10.0.0.1", 80),
+            201,
+        );
+        assert_eq!(
+            r.header("location"),
+            Some(format!("{location}/%2E%2E").as_str())
+        );
+    }
+}
+
+#[test]
+fn time_changes_are_stored_within_a_second_whatever_sweep_every() {
+    // Nothing reads the app: only the ticker can notice, and the log says
+    // when it did.
+    let server = crate::support::Proc::start(&[
+        "--down-after",
+        "0.3",
+        "--evict-after",
+        "1",
+        "--sweep-every",
+        "3600",
+    ]);
+    let mut c = Conn::open(server.addr);
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    register(&mut c, "web", "a", "10.0.0.1", 80);
+    check(&mut c, "PUT", "/apps/web/a", "", 204);
+    let renewed = std::time::Instant::now();
+    server.wait_line("\"a\" of \"web\" is down", Duration::from_secs(5));
+    let down = renewed.elapsed();
+    server.wait_line("\"a\" of \"web\" removed", Duration::from_secs(5));
+    let removed = renewed.elapsed();
+    server.wait_line("application \"web\" removed", Duration::from_secs(5));
+    let gone = renewed.elapsed();
+    assert!(
+        down < Duration::from_millis(300 + 1000),
+        "down noticed after {down:?}"
+    );
+    assert!(
+        removed < Duration::from_millis(1000 + 1000),
+        "removal noticed after {removed:?}"
+    );
+    assert!(
+        gone < Duration::from_millis(2000 + 1000),
+        "app removal noticed after {gone:?}"
+    );
+    assert!(down >= Duration::from_millis(300) && removed >= Duration::from_millis(1000));
+    assert!(gone >= Duration::from_millis(2000));
+}

@@ -1,0 +1,365 @@
+//! Watches that wait (API.md Part 3 "Change index and watches"), against
+//! the real server: a watch is woken by each kind of change, not by a plain
+//! renewal, returns at `wait`, is answered at once on SIGTERM, and 10,000 of
+//! them hold no thread. These need the connection layer that parks a
+//! request (`Outcome::Wait`) without a thread.
+
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::api::{app_body, check, register};
+use crate::support::{eventually, read_reply, start_with, Conn, Proc, Reply};
+
+/// How long a woken watch may take to answer.
+const PROMPT: Duration = Duration::from_secs(2);
+
+/// A watch in flight on a connection of its own.
+struct Watch {
+    thread: JoinHandle<(Reply, Duration)>,
+}
+
+impl Watch {
+    /// `GET /registro/1.0PATH`, answered on another thread.
+    fn start(addr: SocketAddr, path: &str) -> Watch {
+        let mut conn = Conn::open(addr);
+        let path = path.to_owned();
+        let sent = Instant::now();
+        let thread = thread::spawn(move || {
+            let reply = conn.get(&path);
+            (reply, sent.elapsed())
+        });
+        Watch { thread }
+    }
+
+    /// The answer and how long it took.
+    fn answer(self) -> (Reply, Duration) {
+        self.thread.join().expect("the watch thread")
+    }
+}
+
+fn index(r: &Reply) -> u64 {
+    r.header("registro-index")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Registro-Index in {:?}", r.headers))
+}
+
+fn index_of(c: &mut Conn, path: &str) -> u64 {
+    index(&check(c, "GET", path, "", 200))
+}
+
+/// Waits until the server counts `n` parked watches (through `/metrics`),
+/// so that a change made next must wake them rather than be seen on arrival.
+fn parked(c: &mut Conn, n: usize) {
+    let want = format!("registro_watches_waiting {n}");
+    eventually(Duration::from_secs(5), &want, || {
+        let r = c.send_raw(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n", false);
+        r.body.lines().any(|l| l.trim() == want).then_some(())
+    });
+}
+
+fn status_in(app: &Value, id: &str) -> Option<String> {
+    app["instances"]
+        .as_array()?
+        .iter()
+        .find(|i| i["id"] == id)
+        .and_then(|i| i["status"].as_str())
+        .map(str::to_owned)
+}
+
+/// One kind of change: what is set up, what is done, what the woken watch
+/// of `/apps/web` sees for instance `a` (`None`: absent), or 404 when the
+/// app itself went.
+struct Case {
+    name: &'static str,
+    setup: fn(&mut Conn),
+    change: fn(&mut Conn),
+    seen: Result<Option<&'static str>, u16>,
+}
+
+fn with_a(c: &mut Conn) {
+    register(c, "web", "a", "10.0.0.1", 80);
+}
+
+fn with_a_up(c: &mut Conn) {
+    with_a(c);
+    check(c, "PUT", "/apps/web/a", "", 204);
+}
+
+#[test]
+fn a_watch_is_woken_by_each_kind_of_change() {
+    let cases = [
+        Case {
+            name: "register",
+            setup: |_| {},
+            change: with_a,
+            seen: Ok(Some("starting")),
+        },
+        Case {
+            name: "heartbeat bringing it up",
+            setup: with_a,
+            change: |c| {
+                check(c, "PUT", "/apps/web/a", "", 204);
+            },
+            seen: Ok(Some("up")),
+        },
+        Case {
+            name: "DELETE",
+            setup: with_a_up,
+            change: |c| {
+                check(c, "DELETE", "/apps/web/a", "", 204);
+            },
+            seen: Ok(Some("out-of-service")),
+        },
+        Case {
+            name: "re-registration with other metadata",
+            setup: with_a,
+            change: |c| {
+                let body = r#"{"id":"a","ip":"10.0.0.1","port":80,"metadata":{"zone":"eu"}}"#;
+                check(c, "POST", "/apps/web", body, 201);
+            },
+            seen: Ok(Some("starting")),
+        },
+        Case {
+            name: "up to down by time",
+            setup: with_a_up,
+            change: |_| {},
+            seen: Ok(Some("down")),
+        },
+    ];
+    for case in cases {
+        let server = start_with(|c| {
+            c.down_after = Duration::from_millis(500);
+            c.evict_after = Duration::from_secs(60);
+            c.sweep_every = Duration::from_secs(3600);
+        });
+        let addr = server.local_addr();
+        let mut c = Conn::open(addr);
+        check(&mut c, "POST", "/apps", &app_body("web"), 201);
+        (case.setup)(&mut c);
+        let before = index_of(&mut c, "/apps/web");
+        let all = index_of(&mut c, "/apps");
+        let watch = Watch::start(addr, &format!("/apps/web?index={before}&wait=30s"));
+        let list = Watch::start(addr, &format!("/apps?index={all}&wait=30s"));
+        parked(&mut c, 2);
+        let changed = Instant::now();
+        (case.change)(&mut c);
+        for (w, path) in [(watch, "/apps/web"), (list, "/apps")] {
+            let (reply, _) = w.answer();
+            let late = changed.elapsed();
+            // Time-based: within 1 s of becoming true (500 ms after the
+            // heartbeat), with some slack for a loaded machine.
+            assert!(
+                late < PROMPT,
+                "{}: {path} answered {late:?} after the change",
+                case.name
+            );
+            assert_eq!(reply.status, 200, "{}: {}", case.name, reply.body);
+            assert!(index(&reply) > before.min(all), "{}: {path}", case.name);
+            let v = reply.json();
+            let app = if path == "/apps" {
+                v["applications"][0].clone()
+            } else {
+                v
+            };
+            assert_eq!(
+                status_in(&app, "a").as_deref(),
+                case.seen.ok().flatten(),
+                "{}: {app}",
+                case.name
+            );
+        }
+    }
+}
+
+#[test]
+fn a_watch_is_woken_by_removals_by_time() {
+    let server = start_with(|c| {
+        c.down_after = Duration::from_millis(200);
+        c.evict_after = Duration::from_millis(1000);
+        c.sweep_every = Duration::from_secs(3600);
+    });
+    let addr = server.local_addr();
+    let mut c = Conn::open(addr);
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    with_a_up(&mut c);
+    eventually(Duration::from_secs(5), "a down", || {
+        let v = check(&mut c, "GET", "/apps/web", "", 200).json();
+        (status_in(&v, "a").as_deref() == Some("down")).then_some(())
+    });
+    // The instance's removal.
+    let before = index_of(&mut c, "/apps/web");
+    let (reply, took) = Watch::start(addr, &format!("/apps/web?index={before}&wait=30s")).answer();
+    assert_eq!(reply.status, 200);
+    assert!(took < Duration::from_millis(1000) + PROMPT, "{took:?}");
+    assert_eq!(status_in(&reply.json(), "a"), None, "{}", reply.body);
+    // The empty app's removal: the app watch answers 404, the list without it.
+    let now = index(&reply);
+    let list = Watch::start(
+        addr,
+        &format!("/apps?index={}&wait=30s", index_of(&mut c, "/apps")),
+    );
+    let (reply, took) = Watch::start(addr, &format!("/apps/web?index={now}&wait=30s")).answer();
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    assert!(took < Duration::from_millis(1000) + PROMPT, "{took:?}");
+    let (reply, _) = list.answer();
+    assert_eq!(
+        reply.json()["applications"],
+        serde_json::json!([]),
+        "{}",
+        reply.body
+    );
+}
+
+#[test]
+fn a_plain_renewal_wakes_no_watch_and_a_watch_returns_at_wait() {
+    let server = start_with(|_| {});
+    let addr = server.local_addr();
+    let mut c = Conn::open(addr);
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    with_a_up(&mut c);
+    let before = index_of(&mut c, "/apps/web");
+    let watch = Watch::start(addr, &format!("/apps/web?index={before}&wait=1500ms"));
+    parked(&mut c, 1);
+    for _ in 0..20 {
+        check(&mut c, "PUT", "/apps/web/a", "", 204);
+    }
+    // Another app's change does not wake a watch of this one either.
+    check(&mut c, "POST", "/apps", &app_body("db"), 201);
+    let (reply, took) = watch.answer();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "answered after {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(1500) + PROMPT,
+        "answered after {took:?}"
+    );
+    assert_eq!(
+        (reply.status, index(&reply)),
+        (200, before),
+        "{}",
+        reply.body
+    );
+    assert_eq!(status_in(&reply.json(), "a").as_deref(), Some("up"));
+    // A filter applies to the answer.
+    let (reply, _) = Watch::start(
+        addr,
+        &format!("/apps/web?index={before}&wait=200ms&status=down"),
+    )
+    .answer();
+    assert_eq!(
+        reply.json()["instances"],
+        serde_json::json!([]),
+        "{}",
+        reply.body
+    );
+}
+
+#[test]
+fn sigterm_answers_waiting_watches_at_once() {
+    let mut server = Proc::start(&[]);
+    let mut c = Conn::open(server.addr);
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    let before = index_of(&mut c, "/apps/web");
+    let watches: Vec<Watch> = (0..10)
+        .map(|_| Watch::start(server.addr, &format!("/apps/web?index={before}&wait=10m")))
+        .collect();
+    parked(&mut c, 10);
+    drop(c);
+    let stopped = Instant::now();
+    server.signal("TERM");
+    for w in watches {
+        let (reply, _) = w.answer();
+        assert_eq!(
+            (reply.status, index(&reply)),
+            (200, before),
+            "{}",
+            reply.body
+        );
+        assert_eq!(reply.json()["name"], "web");
+    }
+    assert!(
+        stopped.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        stopped.elapsed()
+    );
+    let (code, _) = server.wait_exit(Duration::from_secs(2));
+    assert_eq!(code, Some(0));
+}
+
+/// Raises this process's soft limit on open files to at least `needed`.
+fn raise_nofile(needed: u64) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some_and(|n| n < needed) {
+        let target = limit.maximum.map_or(needed, |max| max.min(needed));
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: limit.maximum,
+            },
+        )
+        .expect("raise RLIMIT_NOFILE");
+        assert!(
+            target >= needed,
+            "this test needs {needed} open files; the hard limit is {target}"
+        );
+    }
+}
+
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .map(str::trim)
+                .and_then(|n| n.parse().ok())
+        })
+        .expect("Threads in /proc status")
+}
+
+#[test]
+fn ten_thousand_watches_hold_no_threads() {
+    const WATCHES: usize = 10_000;
+    raise_nofile(WATCHES as u64 + 1024);
+    let server = Proc::start(&["--max-connections", "11000"]);
+    let addr = server.addr;
+    let mut c = Conn::open(addr);
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    let before = index_of(&mut c, "/apps/web");
+    let threads = threads_of(server.child.id());
+    let rss = server.rss_kib();
+    let request =
+        format!("GET /registro/1.0/apps/web?index={before}&wait=60s HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut streams = Vec::with_capacity(WATCHES);
+    for _ in 0..WATCHES {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        s.write_all(request.as_bytes()).expect("send");
+        streams.push(s);
+    }
+    parked(&mut c, WATCHES);
+    let grown = threads_of(server.child.id()).saturating_sub(threads);
+    let per_watch = (server.rss_kib().saturating_sub(rss) * 1024) as usize / WATCHES;
+    eprintln!("{WATCHES} watches: {grown} more threads, about {per_watch} bytes each");
+    assert!(grown <= 4, "{grown} more threads for {WATCHES} watches");
+    // One change answers them all.
+    let changed = Instant::now();
+    register(&mut c, "web", "a", "10.0.0.1", 80);
+    for s in streams {
+        let reply = read_reply(&mut BufReader::new(s)).expect("an answer");
+        assert_eq!(reply.status, 200);
+        assert!(index(&reply) > before);
+    }
+    eprintln!(
+        "all {WATCHES} answered {:?} after the change",
+        changed.elapsed()
+    );
+}
