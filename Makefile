@@ -15,7 +15,7 @@ CARGOFLAGS ?=
 ADDR ?= :8080
 # More server flags for `make run`, e.g. ARGS="--down-after 5 --evict-after 20".
 ARGS ?=
-# Cases for `make fuzz` (per parser property; the TCP fuzz runs a twentieth),
+# Cases for `make fuzz` (per parser property; the TCP fuzz runs a hundredth),
 # and its seed (empty: from the clock; every run prints the seed it used).
 FUZZ_CASES ?= 5000000
 FUZZ_SEED ?=

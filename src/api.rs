@@ -324,6 +324,7 @@ impl Api {
         let event = registry
             .renew(app, id, now.mono)
             .map_err(|e| refusal(e, app, id))?;
+        self.log.metrics().heartbeat();
         match event {
             // A plain heartbeat: nothing to log, nobody to wake.
             None => drop(registry),

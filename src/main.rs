@@ -21,14 +21,15 @@ struct Flags {
     #[argh(option, default = "String::from(\":8080\")")]
     addr: String,
 
-    /// connection threads kept ready, 1 to 1024; more start while more
-    /// connections are open (default: the number of CPUs, at least 4)
+    /// worker threads running the handlers, 1 to 1024; waiting
+    /// connections hold none (default: the number of CPUs, at least 4)
     #[argh(option)]
     threads: Option<usize>,
 
-    /// connections served at once; more are answered 503 (default 10000)
-    #[argh(option, default = "10_000")]
-    max_connections: usize,
+    /// connections open at once; more are answered 503 (default: what the
+    /// open-files limit allows, less a reserve)
+    #[argh(option)]
+    max_connections: Option<usize>,
 
     /// time without a heartbeat before an up instance reads down; shorter
     /// than --evict-after (default 90s)
@@ -211,7 +212,10 @@ fn config(flags: Flags) -> Result<registro::Config, String> {
     Ok(registro::Config {
         addr: listen_addr(&flags.addr)?,
         threads,
-        max_connections: positive("--max-connections", flags.max_connections)?,
+        max_connections: positive(
+            "--max-connections",
+            flags.max_connections.unwrap_or(defaults.max_connections),
+        )?,
         down_after: flags.down_after,
         evict_after: flags.evict_after,
         sweep_every: flags.sweep_every,

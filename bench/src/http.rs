@@ -264,14 +264,19 @@ impl<S: Read + Write> Conn<S> {
 
 /// What the head of a response says about its body.
 #[derive(Debug, PartialEq, Eq)]
-struct Head {
-    status: u16,
-    content_length: Option<usize>,
-    chunked: bool,
-    close: bool,
+pub struct Head {
+    /// The status code.
+    pub status: u16,
+    /// The declared body length.
+    pub content_length: Option<usize>,
+    /// Whether the body is chunked.
+    pub chunked: bool,
+    /// Whether the server closes the connection after it.
+    pub close: bool,
 }
 
-fn parse_head(head: &[u8]) -> io::Result<Head> {
+/// Parses a response head (status line and headers, without the blank line).
+pub fn parse_head(head: &[u8]) -> io::Result<Head> {
     let mut lines = head
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
@@ -327,7 +332,8 @@ fn parse_hex(digits: &[u8]) -> Option<usize> {
     })
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+/// Where `needle` first occurs in `hay`.
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 

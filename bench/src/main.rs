@@ -1,18 +1,23 @@
 //! `make bench`: measures the release `registro` server against the targets
-//! of issue 6 and prints a markdown table.
+//! of issues 6 and 9 and prints a markdown table; with `--server PATH`, every
+//! scenario but the fleet also runs, in the same run and interleaved round by
+//! round, against that second server binary (the server as it was before
+//! issue 9), and the report sets the two side by side.
 //!
 //! Each scenario runs against a fresh server process on loopback, driven by
 //! the load generator in `load.rs` (std only: keep-alive HTTP/1.1 on
 //! `TcpStream`). The baseline is this same binary run as a child process
 //! with `--baseline-server`: a bare tiny_http server answering 204.
 //!
-//! Usage: `registro-bench [--quick] [--server PATH] [--runs N] [--secs S]
-//! [--per-thread K] [--sweep-every S] [--down-after S] [--only hb,fresh,mixed,sweep,memory]`;
+//! Usage: `registro-bench [--quick] [--server PATH] [--registro PATH] [--runs N]
+//! [--secs S] [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N]
+//! [--fleet-secs S] [--fleet-interval S] [--only hb,fresh,mixed,sweep,memory,fleet]`;
 //! `REGISTRO_BENCH_QUICK=1` is the same as `--quick`.
 
 #![forbid(unsafe_code)]
 
 mod baseline;
+mod fleet;
 mod hist;
 mod http;
 mod load;
@@ -44,6 +49,13 @@ pub struct Settings {
     pub quick: bool,
     /// The server binary under test.
     pub server: PathBuf,
+    /// A second server binary every earlier scenario also runs against.
+    pub reference: Option<PathBuf>,
+    /// The fleet scenario: clients (0: the open-files limit less 1,000),
+    /// seconds between heartbeats, seconds measured.
+    pub fleet_n: usize,
+    pub fleet_interval: f64,
+    pub fleet_secs: f64,
     /// Rounds of each heartbeat measurement.
     pub runs: usize,
     /// Length of one heartbeat measurement.
@@ -92,6 +104,10 @@ pub struct Results {
     pub sweeps: Vec<SweepRun>,
     /// Server processes that did not exit cleanly (0) when stopped.
     pub bad_exits: Vec<String>,
+    /// The same scenarios against the `--server` binary.
+    pub before: Option<Box<Results>>,
+    /// The fleet scenario.
+    pub fleet: Option<fleet::FleetOutcome>,
 }
 
 /// The sweeps seen while heartbeats ran against one server.
@@ -150,6 +166,11 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
         sweep_every: if quick { 0.1 } else { 2.0 },
         down_after: if quick { 0.05 } else { 1.0 },
         quiet_down_after: 3600.0,
+        reference: None,
+        // 0: as many as the open-files limit allows (both processes have it).
+        fleet_n: if quick { 500 } else { 0 },
+        fleet_interval: if quick { 0.5 } else { 5.0 },
+        fleet_secs: if quick { 2.0 } else { 30.0 },
         only: Vec::new(),
     };
     let mut it = args.iter();
@@ -161,7 +182,13 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
         };
         match flag.as_str() {
             "--quick" => {}
-            "--server" => s.server = PathBuf::from(value("--server")?),
+            "--server" => s.reference = Some(PathBuf::from(value("--server")?)),
+            "--registro" => s.server = PathBuf::from(value("--registro")?),
+            "--fleet" => s.fleet_n = parse_num(&value("--fleet")?, "--fleet")?,
+            "--fleet-secs" => s.fleet_secs = parse_num(&value("--fleet-secs")?, "--fleet-secs")?,
+            "--fleet-interval" => {
+                s.fleet_interval = parse_num(&value("--fleet-interval")?, "--fleet-interval")?
+            }
             "--runs" => s.runs = parse_num(&value("--runs")?, "--runs")?,
             "--secs" => s.secs = Duration::from_secs_f64(parse_num(&value("--secs")?, "--secs")?),
             "--per-thread" => s.per_thread = parse_num(&value("--per-thread")?, "--per-thread")?,
@@ -170,8 +197,10 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
             "--only" => s.only = value("--only")?.split(',').map(str::to_string).collect(),
             "-h" | "--help" => {
                 return Err(
-                    "usage: registro-bench [--quick] [--server PATH] [--runs N] [--secs S] \
-                     [--per-thread K] [--sweep-every S] [--down-after S] [--only hb,fresh,mixed,sweep,memory]"
+                    "usage: registro-bench [--quick] [--server PATH (a second server to compare)] \
+                     [--registro PATH (the server under test)] [--runs N] [--secs S] \
+                     [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N] [--fleet-secs S] \
+                     [--fleet-interval S] [--only hb,fresh,mixed,sweep,memory,fleet]"
                         .to_string(),
                 )
             }
@@ -180,6 +209,9 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
     }
     if s.runs == 0 || s.per_thread == 0 || s.secs.is_zero() {
         return Err("--runs, --per-thread and --secs must be positive".to_string());
+    }
+    if !(s.fleet_secs > 0.0 && s.fleet_interval > 0.0) {
+        return Err("--fleet-secs and --fleet-interval must be positive".to_string());
     }
     Ok(s)
 }
@@ -209,8 +241,14 @@ fn run(s: &Settings) -> Result<(), String> {
             s.server.display()
         ));
     }
+    if let Some(reference) = s.reference.as_ref().filter(|p| !p.is_file()) {
+        return Err(format!("--server {}: no such file", reference.display()));
+    }
     let began = Instant::now();
     let mut r = Results::default();
+    if s.reference.is_some() {
+        r.before = Some(Box::default());
+    }
     progress(
         began,
         format_args!(
@@ -224,14 +262,31 @@ fn run(s: &Settings) -> Result<(), String> {
     if s.wants("hb") || s.wants("fresh") || s.wants("mixed") {
         scenarios_1_to_4(s, &mut r, began)?;
     }
-    if s.wants("sweep") {
-        // A quiet sweep (nothing expires) and a busy one (every instance not
-        // renewed in the last `down_after` goes down, one event each).
-        scenario_sweep(s, &mut r, s.quiet_down_after, began)?;
-        scenario_sweep(s, &mut r, s.down_after, began)?;
+    // The long scenarios run against each server in turn.
+    let mut rb = r.before.take();
+    let mut servers = vec![(s.clone(), &mut r)];
+    if let (Some(reference), Some(rb)) = (&s.reference, rb.as_deref_mut()) {
+        let mut s2 = s.clone();
+        s2.server = reference.clone();
+        servers.push((s2, rb));
     }
-    if s.wants("memory") {
-        scenario_memory(s, &mut r, began)?;
+    for (s, r) in servers {
+        if s.wants("sweep") {
+            // A quiet sweep (nothing expires) and a busy one (every instance not
+            // renewed in the last `down_after` goes down, one event each).
+            scenario_sweep(&s, r, s.quiet_down_after, began)?;
+            scenario_sweep(&s, r, s.down_after, began)?;
+        }
+        if s.wants("memory") {
+            scenario_memory(&s, r, began)?;
+        }
+    }
+    if let Some(mut rb) = rb {
+        r.bad_exits.append(&mut rb.bad_exits);
+        r.before = Some(rb);
+    }
+    if s.wants("fleet") {
+        scenario_fleet(s, &mut r, began)?;
     }
     let elapsed = began.elapsed();
     print!("{}", report::render(s, &r, elapsed));
@@ -258,7 +313,17 @@ fn start_registry(
     name: &str,
     extra: &[String],
 ) -> Result<ServerProc, String> {
-    let mut cmd = Command::new(&s.server);
+    start_binary(&s.server, r, name, extra)
+}
+
+/// Starts the server binary `bin` with extra flags, as `start_registry` does.
+fn start_binary(
+    bin: &std::path::Path,
+    r: &mut Results,
+    name: &str,
+    extra: &[String],
+) -> Result<ServerProc, String> {
+    let mut cmd = Command::new(bin);
     cmd.args(["--addr", "127.0.0.1:0"]).args(extra);
     let server = ServerProc::start(name, cmd, Stop::Term)?;
     match load::request_once(server.addr, load::LISTING) {
@@ -362,37 +427,69 @@ fn stop(server: ServerProc, r: &mut Results, name: &str) {
 }
 
 /// Scenarios 1 and 2 interleaved round by round (so drift on a shared
-/// machine hits the baseline and every size alike), then 3 and 4.
+/// machine hits the baseline and every size alike, and both servers when a
+/// second one is given), then 3 and 4, likewise interleaved.
 fn scenarios_1_to_4(s: &Settings, r: &mut Results, began: Instant) -> Result<(), String> {
+    let mut rb = r.before.take();
+    let result = scenarios_1_to_4_both(s, r, rb.as_deref_mut(), began);
+    if let Some(mut rb) = rb {
+        r.bad_exits.append(&mut rb.bad_exits);
+        r.before = Some(rb);
+    }
+    result
+}
+
+/// The binaries to run: the server under test, and the reference if any,
+/// each with the results it fills.
+fn binaries<'a>(
+    s: &Settings,
+    r: &'a mut Results,
+    rb: Option<&'a mut Results>,
+) -> Vec<(PathBuf, &'static str, &'a mut Results)> {
+    let mut v = vec![(s.server.clone(), "", r)];
+    if let (Some(reference), Some(rb)) = (&s.reference, rb) {
+        v.push((reference.clone(), " (before)", rb));
+    }
+    v
+}
+
+fn scenarios_1_to_4_both(
+    s: &Settings,
+    r: &mut Results,
+    rb: Option<&mut Results>,
+    began: Instant,
+) -> Result<(), String> {
     let hb = s.wants("hb");
+    let mut both = binaries(s, r, rb);
     let baseline = if hb { Some(start_baseline()?) } else { None };
+    // (which binary, size index, size, server)
     let mut sized = Vec::new();
     if hb {
-        for (k, &n) in s.sizes.iter().enumerate() {
-            let server = start_registry(s, r, &format!("registro-{n}"), &[])?;
-            let per = fill(&server, Fleet::new(n), r, true, began)?;
-            if k == 2 {
-                r.per_instance.push(per);
+        for (b, (bin, tag, res)) in both.iter_mut().enumerate() {
+            for (k, &n) in s.sizes.iter().enumerate() {
+                let server = start_binary(bin, res, &format!("registro-{n}{tag}"), &[])?;
+                let per = fill(&server, Fleet::new(n), res, true, began)?;
+                if k == 2 {
+                    res.per_instance.push(per);
+                }
+                sized.push((b, k, n, server));
             }
-            sized.push((k, n, server));
         }
     }
-    if let Some(b) = &baseline {
+    if let Some(base) = &baseline {
         for round in 0..s.runs {
             // Rotate the order each round.
-            let order: Vec<usize> = (0..=sized.len())
-                .map(|i| (i + round) % (sized.len() + 1))
-                .collect();
-            for slot in order {
-                let (label, server, n, k) = match slot {
-                    0 => ("baseline".to_string(), b, s.sizes[0], None),
+            let slots = sized.len() + 1;
+            for slot in (0..slots).map(|i| (i + round) % slots) {
+                let (label, server, n, at) = match slot {
+                    0 => ("baseline".to_string(), base, s.sizes[0], None),
                     i => {
-                        let (k, n, server) = &sized[i - 1];
+                        let (b, k, n, server) = &sized[i - 1];
                         (
-                            format!("heartbeats {}", report::thousands(*n as f64)),
+                            format!("heartbeats {}{}", report::thousands(*n as f64), both[*b].1),
                             server,
                             *n,
-                            Some(*k),
+                            Some((*b, *k)),
                         )
                     }
                 };
@@ -405,75 +502,155 @@ fn scenarios_1_to_4(s: &Settings, r: &mut Results, began: Instant) -> Result<(),
                     began,
                     format_args!("round {}: {label}: {}", round + 1, report::summary(&o)),
                 );
-                match k {
-                    None => r.baseline.push(o),
-                    Some(k) => r.heartbeats[k].push(o),
+                match at {
+                    None => both[0].2.baseline.push(o),
+                    Some((b, k)) => both[b].2.heartbeats[k].push(o),
                 }
             }
         }
     }
-    if let Some(b) = baseline {
-        stop(b, r, "baseline");
+    if let Some(base) = baseline {
+        stop(base, both[0].2, "baseline");
     }
-    for (_, n, server) in sized {
-        // Keep the mid-sized server for scenario 4.
-        if n == s.sizes[1] && s.wants("mixed") {
-            scenario_mixed(s, r, &server, began);
+    // Scenario 4 on the mid-sized servers (or fresh ones), rounds interleaved.
+    let mut mixed = Vec::new();
+    for (b, k, n, server) in sized {
+        if k == 1 && s.wants("mixed") {
+            mixed.push((b, server));
+        } else {
+            let name = format!("registro-{n}{}", both[b].1);
+            stop(server, both[b].2, &name);
         }
-        stop(server, r, &format!("registro-{n}"));
     }
     if s.wants("mixed") && !hb {
-        let server = start_registry(s, r, "registro-mixed", &[])?;
-        fill(&server, Fleet::new(s.sizes[1]), r, true, began)?;
-        scenario_mixed(s, r, &server, began);
-        stop(server, r, "registro-mixed");
+        for (b, (bin, tag, res)) in both.iter_mut().enumerate() {
+            let server = start_binary(bin, res, &format!("registro-mixed{tag}"), &[])?;
+            fill(&server, Fleet::new(s.sizes[1]), res, true, began)?;
+            mixed.push((b, server));
+        }
+    }
+    for round in 0..s.runs {
+        for j in 0..mixed.len() {
+            let (b, server) = &mixed[(j + round) % mixed.len()];
+            let tag = both[*b].1;
+            scenario_mixed_round(s, both[*b].2, server, round, tag, began);
+        }
+    }
+    for (b, server) in mixed {
+        stop(server, both[b].2, "registro-mixed");
     }
     if s.wants("fresh") {
-        let server = start_registry(s, r, "registro-fresh", &[])?;
-        fill(&server, Fleet::new(s.fresh_n), r, true, began)?;
-        for round in 0..s.runs {
-            let mut load = heartbeat_load(s, server.addr, s.fresh_n, round * 7919);
-            load.fresh = true;
-            let o = measure(&load, &server, Instant::now());
-            progress(
-                began,
-                format_args!(
-                    "round {}: fresh connections: {}",
-                    round + 1,
-                    report::summary(&o)
-                ),
-            );
-            r.fresh.push(o);
+        let mut fresh = Vec::new();
+        for (b, (bin, tag, res)) in both.iter_mut().enumerate() {
+            let server = start_binary(bin, res, &format!("registro-fresh{tag}"), &[])?;
+            fill(&server, Fleet::new(s.fresh_n), res, true, began)?;
+            fresh.push((b, server));
         }
-        stop(server, r, "registro-fresh");
+        for round in 0..s.runs {
+            for j in 0..fresh.len() {
+                let (b, server) = &fresh[(j + round) % fresh.len()];
+                let mut load = heartbeat_load(s, server.addr, s.fresh_n, round * 7919);
+                load.fresh = true;
+                let o = measure(&load, server, Instant::now());
+                progress(
+                    began,
+                    format_args!(
+                        "round {}: fresh connections{}: {}",
+                        round + 1,
+                        both[*b].1,
+                        report::summary(&o)
+                    ),
+                );
+                both[*b].2.fresh.push(o);
+            }
+        }
+        for (b, server) in fresh {
+            stop(server, both[b].2, "registro-fresh");
+        }
     }
     Ok(())
 }
 
-/// Scenario 4: heartbeats while one more client reads the full listing in a loop.
-fn scenario_mixed(s: &Settings, r: &mut Results, server: &ServerProc, began: Instant) {
-    for round in 0..s.runs {
-        let reader = Reader::start(server.addr, s.secs * 3 + Duration::from_secs(5));
-        let o = measure(
-            &heartbeat_load(s, server.addr, s.sizes[1], round * 7919),
-            server,
-            Instant::now(),
-        );
-        let listing = reader.finish();
-        progress(
-            began,
-            format_args!(
-                "round {}: heartbeats while listing: {}; {} listings of {} (p50 {}), {} errors",
-                round + 1,
-                report::summary(&o),
-                listing.listings,
-                report::bytes(listing.bytes as u64),
-                report::ms(listing.hist.quantile(0.5)),
-                listing.errors
-            ),
-        );
-        r.mixed.push((o, listing));
+/// Scenario 4, one round: heartbeats while one more client reads the full
+/// listing in a loop.
+fn scenario_mixed_round(
+    s: &Settings,
+    r: &mut Results,
+    server: &ServerProc,
+    round: usize,
+    tag: &str,
+    began: Instant,
+) {
+    let reader = Reader::start(server.addr, s.secs * 3 + Duration::from_secs(5));
+    let o = measure(
+        &heartbeat_load(s, server.addr, s.sizes[1], round * 7919),
+        server,
+        Instant::now(),
+    );
+    let listing = reader.finish();
+    progress(
+        began,
+        format_args!(
+            "round {}: heartbeats while listing{tag}: {}; {} listings of {} (p50 {}), {} errors",
+            round + 1,
+            report::summary(&o),
+            listing.listings,
+            report::bytes(listing.bytes as u64),
+            report::ms(listing.hist.quantile(0.5)),
+            listing.errors
+        ),
+    );
+    r.mixed.push((o, listing));
+}
+
+/// The fleet (issue 9): `fleet_n` clients, each with its own keep-alive
+/// connection and instance, heartbeating every `fleet_interval` seconds
+/// (+/- 10%) for `fleet_secs`, from one load-generator thread.
+fn scenario_fleet(s: &Settings, r: &mut Results, began: Instant) -> Result<(), String> {
+    let fds = fleet::raise_nofile();
+    let n = match s.fleet_n {
+        0 => usize::try_from(fds.saturating_sub(1000))
+            .unwrap_or(15_000)
+            .min(100_000),
+        n => n,
+    };
+    if (n as u64) + 256 > fds {
+        return Err(format!(
+            "the fleet of {n} needs {} open files; the limit is {fds}",
+            n + 256
+        ));
     }
+    let flags = [
+        "--max-connections".to_string(),
+        (n + 1000).to_string(),
+        "--idle-timeout".to_string(),
+        // As Go's net/http keeps idle connections: longer than the ramp.
+        (s.fleet_interval * 4.0).max(90.0).to_string(),
+    ];
+    let server = start_registry(s, r, "registro-fleet", &flags)?;
+    fill(&server, Fleet::new(n), r, true, began)?;
+    let load = fleet::FleetLoad {
+        n,
+        interval: Duration::from_secs_f64(s.fleet_interval),
+        jitter: 0.1,
+        duration: Duration::from_secs_f64(s.fleet_secs),
+        ramp: 256,
+    };
+    progress(
+        began,
+        format_args!(
+            "fleet: {} clients, one heartbeat each every {} s (+/- 10%), {} s",
+            report::thousands(n as f64),
+            s.fleet_interval,
+            s.fleet_secs
+        ),
+    );
+    let rss = || server.rss().unwrap_or(0);
+    let o = fleet::run(server.addr, server.pid(), load, &rss).map_err(|e| format!("fleet: {e}"))?;
+    progress(began, format_args!("fleet: {}", report::fleet_summary(&o)));
+    r.fleet = Some(o);
+    stop(server, r, "registro-fleet");
+    Ok(())
 }
 
 /// Scenario 6: heartbeats at full speed over the largest fleet while the

@@ -1,6 +1,7 @@
 //! Medians of the runs, the targets of issue 6, and the markdown the README
 //! takes verbatim.
 
+use crate::fleet::FleetOutcome;
 use crate::load::Outcome;
 use crate::{Results, Settings, CONNS};
 use std::fmt::Write;
@@ -82,6 +83,37 @@ pub fn summary(o: &Outcome) -> String {
     );
     if let Some(e) = &o.first_error {
         let _ = write!(s, " (first: {e})");
+    }
+    s
+}
+
+/// The fleet in one line.
+pub fn fleet_summary(o: &FleetOutcome) -> String {
+    let mut s = format!(
+        "{} of {} connected in {:.1} s; {} heartbeats ({}/s), p50 {}, p99 {}, max {}, {} non-2xx, {} errors; \
+         server threads {} / {} / {} (before / connected / end), resident {} -> {} ({:.0} B per connection)",
+        thousands(o.connected as f64),
+        thousands(o.n as f64),
+        o.ramp.as_secs_f64(),
+        thousands((o.ok + o.non_2xx) as f64),
+        thousands(o.rate()),
+        ms(o.hist.quantile(0.5)),
+        ms(o.hist.quantile(0.99)),
+        ms(o.hist.max()),
+        o.non_2xx,
+        o.errors,
+        o.threads[0],
+        o.threads[1],
+        o.threads[2],
+        bytes(o.rss_before),
+        bytes(o.rss_connected),
+        o.per_connection()
+    );
+    if let Some(e) = &o.first_error {
+        let _ = write!(s, " (first: {e})");
+    }
+    for (kind, n) in &o.error_kinds {
+        let _ = write!(s, "; {n} x {kind:?}");
     }
     s
 }
@@ -438,7 +470,221 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
         "| No errors | {errors} | {} |",
         verdict(Some(errors == 0))
     );
+    if let Some(before) = &r.before {
+        render_comparison(&mut out, s, r, before);
+    }
+    if let Some(fleet) = &r.fleet {
+        render_fleet(&mut out, fleet);
+    }
     out
+}
+
+/// Median of the per-round ratios of two series of runs.
+fn ratio_of(a: &[Outcome], b: &[Outcome]) -> f64 {
+    median(ratios(a, b))
+}
+
+/// Every earlier scenario against the `--server` binary, side by side.
+fn render_comparison(out: &mut String, s: &Settings, r: &Results, b: &Results) {
+    let t = |n: usize| thousands(n as f64);
+    let name = s
+        .reference
+        .as_ref()
+        .and_then(|p| p.file_name())
+        .map_or("before".to_string(), |f| f.to_string_lossy().into_owned());
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Against the server before issue 9 (`--server {name}`), in the same run, rounds interleaved:\n"
+    );
+    let _ = writeln!(
+        out,
+        "| Scenario | requests/s now | requests/s before | ratio (median per round) | p99 now | p99 before |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    let mixed_now: Vec<Outcome> = r.mixed.iter().map(|(o, _)| o.clone()).collect();
+    let mixed_before: Vec<Outcome> = b.mixed.iter().map(|(o, _)| o.clone()).collect();
+    let mut rows: Vec<(String, &[Outcome], &[Outcome])> = Vec::new();
+    for (k, n) in s.sizes.iter().enumerate() {
+        rows.push((
+            format!("Heartbeats, {} instances", t(*n)),
+            &r.heartbeats[k],
+            &b.heartbeats[k],
+        ));
+    }
+    rows.push((
+        format!("Fresh connection per heartbeat, {} instances", t(s.fresh_n)),
+        &r.fresh,
+        &b.fresh,
+    ));
+    rows.push((
+        format!(
+            "Heartbeats while the full listing of {} is read in a loop",
+            t(s.sizes[1])
+        ),
+        &mixed_now,
+        &mixed_before,
+    ));
+    let mut verdicts = Vec::new();
+    for (label, now, before) in &rows {
+        let ratio = ratio_of(now, before);
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {} | {} | {} |",
+            thousands(row(now.iter()).rate),
+            thousands(row(before.iter()).rate),
+            if ratio.is_finite() {
+                format!("{ratio:.2}x")
+            } else {
+                "n/a".to_string()
+            },
+            ms_f(row(now.iter()).p99),
+            ms_f(row(before.iter()).p99),
+        );
+        verdicts.push((label.clone(), ratio));
+    }
+    for (now, before) in r.sweeps.iter().zip(&b.sweeps) {
+        let _ = writeln!(
+            out,
+            "| Heartbeats, {} instances, sweeping, --down-after {} (one window each) | {} | {} | {:.2}x | {} | {} |",
+            t(s.sizes[2]),
+            now.down_after,
+            thousands(now.load.rate()),
+            thousands(before.load.rate()),
+            now.load.rate() / before.load.rate().max(1e-9),
+            ms(now.load.hist.quantile(0.99)),
+            ms(before.load.hist.quantile(0.99)),
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "| Other figure | now | before |");
+    let _ = writeln!(out, "|---|---:|---:|");
+    let regs = |x: &Results| {
+        median(
+            x.registrations
+                .iter()
+                .filter(|(n, _)| *n == s.sizes[2])
+                .map(|(_, rate)| *rate)
+                .collect(),
+        )
+    };
+    let _ = writeln!(
+        out,
+        "| Registering {} instances | {}/s | {}/s |",
+        t(s.sizes[2]),
+        thousands(regs(r)),
+        thousands(regs(b))
+    );
+    let _ = writeln!(
+        out,
+        "| Resident memory per instance at {} instances | {:.0} B | {:.0} B |",
+        t(s.sizes[2]),
+        median(r.per_instance.clone()),
+        median(b.per_instance.clone())
+    );
+    let idle = |x: &Results| median(x.idle_rss.iter().map(|&v| v as f64).collect());
+    let _ = writeln!(
+        out,
+        "| Resident memory of the idle server | {} | {} |",
+        bytes(idle(r) as u64),
+        bytes(idle(b) as u64)
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(out, "| Target (issue 9) | measured | |");
+    let _ = writeln!(out, "|---|---|---|");
+    for (label, ratio) in verdicts {
+        let _ = writeln!(
+            out,
+            "| {label}: >= 0.95x the server before | {} | {} |",
+            if ratio.is_finite() {
+                format!("{ratio:.2}x")
+            } else {
+                "n/a".to_string()
+            },
+            verdict(ratio.is_finite().then_some(ratio >= 0.95))
+        );
+    }
+    let vs_baseline = ratio_of(&r.heartbeats[0], &r.baseline);
+    let _ = writeln!(
+        out,
+        "| Heartbeats at {} instances >= 1.5x the bare tiny_http baseline | {} | {} |",
+        t(s.sizes[0]),
+        if vs_baseline.is_finite() {
+            format!("{vs_baseline:.2}x")
+        } else {
+            "n/a".to_string()
+        },
+        verdict(vs_baseline.is_finite().then_some(vs_baseline >= 1.5))
+    );
+}
+
+/// The fleet scenario's table and its targets.
+fn render_fleet(out: &mut String, o: &FleetOutcome) {
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Fleet (issue 9): {} clients, each with its own keep-alive connection and instance, one load-generator thread; \
+         {} connected in {:.1} s, then heartbeats for {:.0} s.\n",
+        thousands(o.n as f64),
+        thousands(o.connected as f64),
+        o.ramp.as_secs_f64(),
+        o.elapsed.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "| heartbeats | per second | p50 | p99 | max | non-2xx | errors | server threads (before / connected / end) | resident before -> connected | per connection |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---|---|---:|");
+    let _ = writeln!(
+        out,
+        "| {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} -> {} | {:.0} B |",
+        thousands((o.ok + o.non_2xx) as f64),
+        thousands(o.rate()),
+        ms(o.hist.quantile(0.5)),
+        ms(o.hist.quantile(0.99)),
+        ms(o.hist.max()),
+        o.non_2xx,
+        o.errors,
+        o.threads[0],
+        o.threads[1],
+        o.threads[2],
+        bytes(o.rss_before),
+        bytes(o.rss_connected),
+        o.per_connection()
+    );
+    let p99 = o.hist.quantile(0.99) as f64;
+    let constant = o.threads[0] == o.threads[1] && o.threads[1] == o.threads[2];
+    let _ = writeln!(out);
+    let _ = writeln!(out, "| Target (issue 9) | measured | |");
+    let _ = writeln!(out, "|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| Fleet >= 15,000 connections, 0 errors, 0 non-2xx | {} connected, {} errors, {} non-2xx | {} |",
+        thousands(o.connected as f64),
+        o.errors,
+        o.non_2xx,
+        verdict(Some(o.connected >= 15_000 && o.errors == 0 && o.non_2xx == 0))
+    );
+    let _ = writeln!(
+        out,
+        "| Fleet heartbeat p99 < 10 ms | {} | {} |",
+        ms_f(p99),
+        verdict(below(p99, 10_000.0))
+    );
+    let _ = writeln!(
+        out,
+        "| Server threads independent of connections | {} / {} / {} | {} |",
+        o.threads[0],
+        o.threads[1],
+        o.threads[2],
+        verdict(Some(constant))
+    );
+    let _ = writeln!(
+        out,
+        "| At most 2 KiB resident per idle connection | {:.0} B | {} |",
+        o.per_connection(),
+        verdict(Some(o.per_connection() <= 2048.0))
+    );
 }
 
 /// `Intel(R) Xeon(R) ..., 2 cores (nproc)`.

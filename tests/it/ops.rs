@@ -307,6 +307,17 @@ fn metrics_count_what_happens() {
         ("registro_instances{status=\"down\"}", 0.0),
         ("registro_instances{status=\"out_of_service\"}", 1.0),
         ("registro_evictions_total", 0.0),
+        ("registro_heartbeats_total", 1.0),
+        (
+            "registro_http_requests_total{route=\"/registro/1.0/apps/{app}/{id}\",method=\"PUT\",code=\"204\"}",
+            1.0,
+        ),
+        (
+            "registro_http_requests_total{route=\"/registro/1.0/apps/{app}/{id}\",method=\"DELETE\",code=\"204\"}",
+            1.0,
+        ),
+        // `c`, kept alive, and the scrape's own connection.
+        ("registro_connections_open", 2.0),
     ] {
         assert_eq!(value(&after, series), expected, "{series}");
     }

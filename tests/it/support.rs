@@ -331,3 +331,38 @@ pub fn read_head<R: BufRead>(r: &mut R) -> Option<Reply> {
         body: String::new(),
     })
 }
+
+/// Raises this process's soft limit on open files to at least `needed`.
+pub fn raise_nofile(needed: u64) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some_and(|n| n < needed) {
+        let target = limit
+            .maximum
+            .map_or(needed, |max| max.min(needed.max(4096)));
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: limit.maximum,
+            },
+        )
+        .expect("raise RLIMIT_NOFILE");
+        assert!(
+            target >= needed,
+            "this test needs {needed} open files; the hard limit is {target}"
+        );
+    }
+}
+
+/// A field of /proc/PID/status: `VmRSS:` (KiB), `Threads:` (a count).
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
