@@ -15,6 +15,10 @@ CARGOFLAGS ?=
 ADDR ?= :8080
 # More server flags for `make run`, e.g. ARGS="--down-after 5 --evict-after 20".
 ARGS ?=
+# Cases for `make fuzz` (per parser property; the TCP fuzz runs a hundredth),
+# and its seed (empty: from the clock; every run prints the seed it used).
+FUZZ_CASES ?= 5000000
+FUZZ_SEED ?=
 # Flags for `make bench`, e.g. BENCH_ARGS=--quick.
 BENCH_ARGS ?=
 IMAGE ?= registro:latest
@@ -23,7 +27,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 STATIC_BIN := $(TARGET_DIR)/$(MUSL_TARGET)/release/registro
 DOCKER_CONTEXT := $(TARGET_DIR)/docker-context
 
-.PHONY: help build run test static docker bench clean
+.PHONY: help build run test fuzz static docker bench clean
 
 help: ## Show the targets and what each does (the default)
 	@echo "usage: make TARGET [ADDR=:8080] [ARGS='--down-after 5']"
@@ -44,6 +48,12 @@ test: ## Check formatting, run clippy with -D warnings, run every test of the wo
 	@missing=""; for p in prometheus promtool chromium chromedriver; do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then echo "SKIP the Prometheus and Chromium tests (missing:$$missing): install them with: apt-get install prometheus chromium chromium-driver"; fi
 	$(CARGO) test $(CARGOFLAGS) --workspace
+
+fuzz: ## Fuzz the request parser and the whole request path, in release mode, for minutes
+	REGISTRO_FUZZ_CASES='$(FUZZ_CASES)' REGISTRO_FUZZ_SEED='$(FUZZ_SEED)' \
+	  $(CARGO) test $(CARGOFLAGS) --release -p registro --lib fuzz -- --nocapture
+	REGISTRO_FUZZ_CASES='$(FUZZ_CASES)' REGISTRO_FUZZ_SEED='$(FUZZ_SEED)' \
+	  $(CARGO) test $(CARGOFLAGS) --release -p registro --test it fuzz:: -- --nocapture
 
 static: ## Build the fully static, stripped musl server binary
 	@if command -v rustup >/dev/null 2>&1; then \

@@ -105,6 +105,7 @@ struct Changes {
 impl Api {
     /// An empty registry with these periods, logging one line per event.
     pub fn new(periods: Periods, log: Log, access: Access) -> Api {
+        access.set_log(log.clone());
         Api {
             registry: Mutex::new(Registry::new(periods)),
             log,

@@ -415,6 +415,14 @@ fn dechunk(c: &mut Chunks, start: usize, buf: &[u8]) -> Result<Option<usize>, Re
                     }
                     return Ok(None);
                 };
+                // The same limit as for a line still arriving, so that the
+                // answer does not depend on how the bytes were split.
+                if nl > MAX_LINE + 1 {
+                    return Err(match stage {
+                        ChunkStage::Trailers => ReadError::HeadersTooLarge,
+                        _ => ReadError::Bad("chunk size line too long"),
+                    });
+                }
                 let line = rest[..nl].strip_suffix(b"\r").unwrap_or(&rest[..nl]);
                 c.pos += nl + 1;
                 if line.contains(&b'\r') {
@@ -685,6 +693,7 @@ pub fn reason(status: u16) -> &'static str {
         201 => "Created",
         204 => "No Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",

@@ -20,6 +20,8 @@
 mod api;
 mod auth;
 mod clock;
+#[cfg(test)]
+mod fuzz;
 mod http;
 mod log;
 mod metrics;

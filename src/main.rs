@@ -1,25 +1,28 @@
 //! `registro`: flags, wiring and signals. Errors become exit codes here only.
 #![forbid(unsafe_code)]
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use argh::FromArgs;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use nix::sys::signal::{SigSet, Signal};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 /// Registro: a tiny service registry. Services register, send a heartbeat
-/// every 30 s and find each other under /registro/1.0/apps.
+/// every 30 s and find each other under /registro/1.0/apps. Periods take a
+/// unit: 500ms, 90s, 5m (or 5min), 1h; a plain number is seconds.
 #[derive(FromArgs, Debug)]
 struct Flags {
-    /// where to listen: ":PORT" (every interface), "HOST:PORT" or
-    /// "[::1]:PORT" (default ":8080")
+    /// where to listen: ":PORT" (every interface, IPv6 and IPv4),
+    /// "HOST:PORT" or "[::1]:PORT" (default ":8080")
     #[argh(option, default = "String::from(\":8080\")")]
     addr: String,
 
-    /// worker threads running the handlers; waiting connections hold none
-    /// (default: the number of CPUs, at least 4)
+    /// worker threads running the handlers, 1 to 1024; waiting
+    /// connections hold none (default: the number of CPUs, at least 4)
     #[argh(option)]
     threads: Option<usize>,
 
@@ -28,41 +31,96 @@ struct Flags {
     #[argh(option)]
     max_connections: Option<usize>,
 
-    /// seconds without a heartbeat before an up instance reads down
-    /// (default 90)
-    #[argh(option, default = "Duration::from_secs(90)", from_str_fn(seconds))]
+    /// time without a heartbeat before an up instance reads down; shorter
+    /// than --evict-after (default 90s)
+    #[argh(option, default = "Duration::from_secs(90)", from_str_fn(period))]
     down_after: Duration,
 
-    /// seconds without a heartbeat before an instance is removed, and
-    /// without instances before an application is (default 600)
-    #[argh(option, default = "Duration::from_secs(600)", from_str_fn(seconds))]
+    /// time without a heartbeat before an instance is removed, and without
+    /// instances before an application is (default 600s, that is 10m)
+    #[argh(option, default = "Duration::from_secs(600)", from_str_fn(period))]
     evict_after: Duration,
 
-    /// seconds between two sweeps of expired instances (default 60)
-    #[argh(option, default = "Duration::from_secs(60)", from_str_fn(seconds))]
+    /// time between two full passes over the registry; changes made by time
+    /// are announced to watches within a second whatever it is (default 60s)
+    #[argh(option, default = "Duration::from_secs(60)", from_str_fn(period))]
     sweep_every: Duration,
 
-    /// seconds an idle keep-alive connection is kept open (default 60)
-    #[argh(option, default = "Duration::from_secs(60)", from_str_fn(seconds))]
+    /// time an idle keep-alive connection is kept open (default 60s)
+    #[argh(option, default = "Duration::from_secs(60)", from_str_fn(period))]
     idle_timeout: Duration,
 
-    /// seconds a request has to arrive in full once it has begun
-    /// (default 10)
-    #[argh(option, default = "Duration::from_secs(10)", from_str_fn(seconds))]
+    /// time a request has to arrive in full once it has begun (default 10s)
+    #[argh(option, default = "Duration::from_secs(10)", from_str_fn(period))]
     request_timeout: Duration,
+
+    /// file of tokens, one per line, that may change the registry: POST, PUT
+    /// and DELETE then need "Authorization: Bearer TOKEN" (default: none,
+    /// every request is allowed); SIGHUP re-reads it
+    #[argh(option)]
+    token_file: Option<PathBuf>,
+
+    /// file of tokens that may only read: with it, reads need a token from
+    /// either file too (default: none, reads are open); needs --token-file
+    #[argh(option)]
+    read_token_file: Option<PathBuf>,
 
     /// log a summary of every sweep, not only of those that changed
     /// something or took over 100 ms (default off)
     #[argh(switch)]
     log_sweeps: bool,
 
-    /// print the version and exit
+    /// print the version and exit (also -V)
     #[argh(switch)]
     version: bool,
 }
 
+/// The options that take a value, for `--option=value`.
+const OPTIONS: &[&str] = &[
+    "--addr",
+    "--threads",
+    "--max-connections",
+    "--down-after",
+    "--evict-after",
+    "--sweep-every",
+    "--idle-timeout",
+    "--request-timeout",
+    "--token-file",
+    "--read-token-file",
+];
+
+/// The most connection threads `--threads` may keep ready.
+const MAX_THREADS: usize = 1024;
+
 fn main() -> ExitCode {
-    match run() {
+    // The very first thing: from here on SIGTERM and SIGINT stop the process
+    // with status 0 (a signal that comes while the flags are read or the
+    // server starts waits in the queue), and SIGHUP no longer kills it.
+    // Only the moments between exec and `main` (the loader, the runtime's
+    // set-up: well under a millisecond) still get the default action.
+    //
+    // The signals are blocked while the handlers are installed: signal-hook
+    // puts its handler in place a moment before it records what to do, and
+    // a signal arriving in between would be dropped (neither handled nor
+    // given the default action: a SIGTERM lost, a process that never stops).
+    // Blocked, such a signal waits and is handled once unblocked.
+    let mut mask = SigSet::empty();
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        mask.add(signal);
+    }
+    let blocked = mask.thread_block().is_ok();
+    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]);
+    if blocked {
+        let _ = mask.thread_unblock();
+    }
+    let signals = match signals {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("registro: cannot handle signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(signals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("registro: {message}");
@@ -71,9 +129,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<(), String> {
-    let args: Vec<String> = std::env::args().collect();
-    let strs: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+fn run(mut signals: Signals) -> Result<(), String> {
+    let args = normalize(std::env::args().skip(1));
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     let flags = match Flags::from_args(&["registro"], &strs) {
         Ok(flags) => flags,
         Err(exit) if exit.status.is_ok() => {
@@ -89,10 +147,71 @@ fn run() -> Result<(), String> {
         println!("registro {}", env!("CARGO_PKG_VERSION"));
         return Ok(());
     }
+    let config = config(flags)?;
+    config.tokens.validate()?;
+    raise_fd_limit();
+    // A stop asked for while starting: nothing to serve, nothing to stop.
+    if signals.pending().any(|s| s != SIGHUP) {
+        return Ok(());
+    }
+    let server = start(config)?;
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            // Access::reload logs the outcome, and why on failure.
+            let _ = server.reload_tokens();
+        } else {
+            break;
+        }
+    }
+    server.shutdown();
+    Ok(())
+}
+
+/// `--option=value` as two arguments (for the options that take a value),
+/// `-h` as `--help`, `-V` as `--version`.
+fn normalize(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for arg in args {
+        match arg.as_str() {
+            "-h" => out.push("--help".to_string()),
+            "-V" => out.push("--version".to_string()),
+            _ => match arg.split_once('=') {
+                Some((name, value)) if OPTIONS.contains(&name) => {
+                    out.push(name.to_string());
+                    out.push(value.to_string());
+                }
+                _ => out.push(arg),
+            },
+        }
+    }
+    out
+}
+
+/// The server's settings from the flags, each checked.
+fn config(flags: Flags) -> Result<registro::Config, String> {
     let defaults = registro::Config::default();
-    let config = registro::Config {
+    let threads = flags.threads.unwrap_or(defaults.threads.min(MAX_THREADS));
+    if !(1..=MAX_THREADS).contains(&threads) {
+        return Err(format!(
+            "--threads must be between 1 and {MAX_THREADS} (got {threads})"
+        ));
+    }
+    if flags.down_after >= flags.evict_after {
+        return Err(format!(
+            "--down-after ({}) must be shorter than --evict-after ({}): an instance is removed before it could read down",
+            show(flags.down_after),
+            show(flags.evict_after)
+        ));
+    }
+    if flags.read_token_file.is_some() && flags.token_file.is_none() {
+        return Err(
+            "--read-token-file needs --token-file too (else anyone could change what only token holders may read)"
+                .to_string(),
+        );
+    }
+    Ok(registro::Config {
         addr: listen_addr(&flags.addr)?,
-        threads: positive("--threads", flags.threads.unwrap_or(defaults.threads))?,
+        threads,
         max_connections: positive(
             "--max-connections",
             flags.max_connections.unwrap_or(defaults.max_connections),
@@ -104,26 +223,51 @@ fn run() -> Result<(), String> {
         request_timeout: flags.request_timeout,
         log: true,
         log_sweeps: flags.log_sweeps,
-        tokens: registro::TokenFiles::default(),
-    };
-    raise_fd_limit();
-    // Registered before the server starts, so no signal is missed; PID 1 in
-    // a container gets no default action for SIGTERM, only this.
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("cannot handle signals: {e}"))?;
-    let server = registro::Server::start(config.clone())
-        .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
-    let _ = signals.forever().next();
-    server.shutdown();
-    Ok(())
+        tokens: registro::TokenFiles {
+            write: flags.token_file,
+            read: flags.read_token_file,
+        },
+    })
 }
 
-/// Parses `--addr`: the Go form `:PORT` means every interface.
+/// Starts the server. `[::]:PORT` (from `:PORT`) takes IPv4 too where
+/// IPv6 sockets accept it (Linux's default); where the system has no IPv6
+/// at all, `0.0.0.0:PORT` is bound instead.
+fn start(config: registro::Config) -> Result<registro::Server, String> {
+    let cannot = |addr: SocketAddr, e: std::io::Error| format!("cannot listen on {addr}: {e}");
+    match registro::Server::start(config.clone()) {
+        Ok(server) => Ok(server),
+        Err(e) if config.addr.ip() == Ipv6Addr::UNSPECIFIED && no_ipv6(&e) => {
+            let v4 = registro::Config {
+                addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.addr.port())),
+                ..config
+            };
+            registro::Server::start(v4.clone()).map_err(|e| cannot(v4.addr, e))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Err(e.to_string()),
+        Err(e) => Err(cannot(config.addr, e)),
+    }
+}
+
+/// Whether binding failed because the system has no IPv6.
+fn no_ipv6(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    [
+        Errno::AFNOSUPPORT,
+        Errno::ADDRNOTAVAIL,
+        Errno::PROTONOSUPPORT,
+    ]
+    .iter()
+    .any(|errno| e.raw_os_error() == Some(errno.raw_os_error()))
+}
+
+/// Parses `--addr`: the Go form `:PORT` means every interface (IPv6 and
+/// IPv4: see `start`).
 fn listen_addr(s: &str) -> Result<SocketAddr, String> {
     let bad = || format!("invalid --addr {s:?}: expected :PORT, HOST:PORT or [IPv6]:PORT");
     if let Some(port) = s.strip_prefix(':') {
         let port: u16 = port.parse().map_err(|_| bad())?;
-        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+        return Ok(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)));
     }
     if let Ok(addr) = s.parse() {
         return Ok(addr);
@@ -150,26 +294,41 @@ fn positive(flag: &str, n: usize) -> Result<usize, String> {
     Ok(n)
 }
 
-/// A period in seconds: `90`, `0.5` (and, for convenience, `500ms`, `90s`,
-/// `10m`).
-fn seconds(s: &str) -> Result<Duration, String> {
-    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+/// The accepted forms of a period, for error messages.
+const PERIOD_FORMS: &str =
+    "expected a period such as 90 (seconds), 0.5, 500ms, 90s, 5m, 5min or 1h";
+
+/// A period: `90` or `0.5` (seconds), `500ms`, `90s`, `5m` or `5min`, `1h`.
+fn period(s: &str) -> Result<Duration, String> {
+    let units = [
+        ("ms", 0.001),
+        ("min", 60.0),
+        ("s", 1.0),
+        ("m", 60.0),
+        ("h", 3600.0),
+    ];
+    let (number, scale) = units
+        .iter()
+        .find_map(|&(unit, scale)| s.strip_suffix(unit).map(|n| (n, scale)))
+        .unwrap_or((s, 1.0));
+    let bad = || PERIOD_FORMS.to_string();
+    // Digits and one dot only: no sign, no exponent, no "inf" or "NaN".
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(bad());
+    }
+    let value: f64 = number.parse().map_err(|_| bad())?;
     let secs = value * scale;
-    if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
-        return Err(format!("{s:?} must be a positive number of seconds"));
+    if !secs.is_finite() || !(0.001..=1e9).contains(&secs) {
+        return Err(format!(
+            "a period must be between 1ms and 1000000000s ({PERIOD_FORMS})"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// A period as `--help` writes it: `90s`, `0.5s`.
+fn show(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
 }
 
 /// Raises the soft limit on open files to the hard limit, so that the limit
@@ -200,8 +359,9 @@ mod tests {
 
     #[test]
     fn addresses() {
-        check_addr(":8080", Ok("0.0.0.0:8080"));
-        check_addr(":0", Ok("0.0.0.0:0"));
+        check_addr(":8080", Ok("[::]:8080"));
+        check_addr(":0", Ok("[::]:0"));
+        check_addr("0.0.0.0:8080", Ok("0.0.0.0:8080"));
         check_addr("127.0.0.1:8000", Ok("127.0.0.1:8000"));
         check_addr("[::1]:8000", Ok("[::1]:8000"));
         check_addr("localhost:8000", Ok("127.0.0.1:8000"));
@@ -213,22 +373,56 @@ mod tests {
     }
 
     #[track_caller]
-    fn check_secs(s: &str, expected: Option<f64>) {
-        assert_eq!(seconds(s).ok().map(|d| d.as_secs_f64()), expected, "{s}");
+    fn check_period(s: &str, expected: Option<f64>) {
+        let got = period(s);
+        if let Err(e) = &got {
+            assert!(e.contains("5min") && e.contains("1h"), "{s}: {e}");
+        }
+        assert_eq!(got.ok().map(|d| d.as_secs_f64()), expected, "{s}");
     }
 
     #[test]
     fn periods() {
-        check_secs("90", Some(90.0));
-        check_secs("0.5", Some(0.5));
-        check_secs("250ms", Some(0.25));
-        check_secs("2s", Some(2.0));
-        check_secs("10m", Some(600.0));
-        check_secs("0", None);
-        check_secs("-1", None);
-        check_secs("NaN", None);
-        check_secs("inf", None);
-        check_secs("ninety", None);
-        check_secs("", None);
+        check_period("90", Some(90.0));
+        check_period("0.5", Some(0.5));
+        check_period("250ms", Some(0.25));
+        check_period("500ms", Some(0.5));
+        check_period("2s", Some(2.0));
+        check_period("90s", Some(90.0));
+        check_period("10m", Some(600.0));
+        check_period("5min", Some(300.0));
+        check_period("1h", Some(3600.0));
+        check_period("1.5h", Some(5400.0));
+        check_period("0", None);
+        check_period("0ms", None);
+        check_period("-1", None);
+        check_period("+1", None);
+        check_period("1e3", None);
+        check_period("NaN", None);
+        check_period("inf", None);
+        check_period("ninety", None);
+        check_period("1d", None);
+        check_period("5 min", None);
+        check_period("ms", None);
+        check_period("", None);
+        check_period("1000000001", None);
+    }
+
+    #[track_caller]
+    fn check_normalize(args: &[&str], expected: &[&str]) {
+        let got = normalize(args.iter().map(|s| s.to_string()));
+        assert_eq!(got, expected, "{args:?}");
+    }
+
+    #[test]
+    fn option_equals_value_and_short_flags() {
+        check_normalize(&["--addr=:8001"], &["--addr", ":8001"]);
+        check_normalize(&["--token-file=/a=b"], &["--token-file", "/a=b"]);
+        check_normalize(&["--addr="], &["--addr", ""]);
+        check_normalize(&["--addr", "x=y"], &["--addr", "x=y"]);
+        check_normalize(&["--log-sweeps=1"], &["--log-sweeps=1"]);
+        check_normalize(&["--bogus=1"], &["--bogus=1"]);
+        check_normalize(&["-h"], &["--help"]);
+        check_normalize(&["-V"], &["--version"]);
     }
 }

@@ -59,7 +59,7 @@ fn run(args: &[&str]) -> Run {
 /// A refused start: a non-zero exit code, nothing on stdout, exactly one
 /// line on stderr and no trace of a panic. Returns that line.
 #[track_caller]
-fn assert_refused(args: &[&str]) -> String {
+pub(crate) fn assert_refused(args: &[&str]) -> String {
     let r = run(args);
     assert!(
         matches!(r.code, Some(c) if c != 0),
@@ -374,4 +374,242 @@ fn sigterm_and_sigint_exit_0_within_a_second() {
             "SIG{sig}: exit took {took:?}"
         );
     }
+}
+
+// Issue 13, items 6, 14 and 15: flags as people type them.
+
+#[test]
+fn option_equals_value_short_flags_and_periods_with_units() {
+    // `--option=value` for options, as GNU tools take them.
+    let p = Proc::start_exact(&[
+        "--addr=127.0.0.1:0",
+        "--down-after=500ms",
+        "--evict-after=5min",
+        "--sweep-every=1h",
+        "--idle-timeout=90s",
+        "--request-timeout=2",
+        "--threads=2",
+        "--max-connections=100",
+    ]);
+    let mut c = Conn::open(p.addr);
+    check(&mut c, "GET", "/apps", "", 200);
+    drop(p);
+    let p = Proc::start_exact(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--down-after",
+        "1m",
+        "--evict-after",
+        "1h",
+    ]);
+    let mut c = Conn::open(p.addr);
+    check(&mut c, "GET", "/apps", "", 200);
+    drop(p);
+
+    // -h and -V, as --help and --version; the help names the units.
+    let help = run(&["-h"]);
+    assert_eq!(help.code, Some(0), "{}", help.stderr);
+    for unit in ["500ms", "90s", "5m", "5min", "1h"] {
+        assert!(
+            help.stdout.contains(unit),
+            "-h does not mention {unit}:\n{}",
+            help.stdout
+        );
+    }
+    assert_eq!(help.stdout, run(&["--help"]).stdout);
+    let version = run(&["-V"]);
+    assert_eq!(version.code, Some(0), "{}", version.stderr);
+    assert_eq!(
+        version.stdout.trim(),
+        format!("registro {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    // A period the server does not take: the line lists those it does.
+    let lo = ["--addr", "127.0.0.1:0"];
+    for bad in ["1d", "5 min", "-5m", "1e3", "0ms", "forever"] {
+        let line = assert_refused(&[&lo[..], &["--evict-after", bad]].concat());
+        for form in ["500ms", "90s", "5m", "5min", "1h"] {
+            assert!(
+                line.contains(form),
+                "--evict-after {bad}: {line:?} does not list {form}"
+            );
+        }
+    }
+}
+
+#[test]
+fn settings_that_cannot_work_are_refused_with_one_line() {
+    let lo = ["--addr", "127.0.0.1:0"];
+    #[track_caller]
+    fn refused_naming(args: &[&str], needles: &[&str]) {
+        let line = assert_refused(args);
+        for needle in needles {
+            assert!(
+                line.contains(needle),
+                "{args:?}: {line:?} does not say {needle:?}"
+            );
+        }
+        assert!(
+            !line.contains("Resource temporarily unavailable"),
+            "{args:?}: {line:?}"
+        );
+    }
+    for threads in ["20000", "100000000", "1025", "18446744073709551615"] {
+        refused_naming(&[&lo[..], &["--threads", threads]].concat(), &["--threads"]);
+    }
+    // Down never read: refused rather than accepted and silently useless.
+    for (down, evict) in [("600", "600"), ("20", "5"), ("10m", "600s"), ("90", "1m")] {
+        refused_naming(
+            &[&lo[..], &["--down-after", down, "--evict-after", evict]].concat(),
+            &["--down-after", "--evict-after"],
+        );
+    }
+    refused_naming(
+        &[&lo[..], &["--down-after", "700"]].concat(),
+        &["--down-after"],
+    );
+    // The largest accepted value works.
+    let p = Proc::start(&["--threads", "1024"]);
+    let mut c = Conn::open(p.addr);
+    check(&mut c, "GET", "/apps", "", 200);
+}
+
+/// Sends a GET over a raw connection to `addr`; the status answered.
+fn status_over(addr: SocketAddr) -> Option<u16> {
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    std::io::Write::write_all(
+        &mut stream,
+        b"GET /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .ok()?;
+    crate::support::read_reply(&mut std::io::BufReader::new(stream)).map(|r| r.status)
+}
+
+#[test]
+fn a_port_alone_listens_on_ipv6_and_ipv4() {
+    let p = Proc::start_exact(&["--addr", ":0"]);
+    let port = p.addr.port();
+    assert_eq!(
+        status_over(SocketAddr::from(([127, 0, 0, 1], port))),
+        Some(200),
+        "over IPv4 (listening on {})",
+        p.addr
+    );
+    if TcpListener::bind("[::1]:0").is_ok() {
+        assert!(p.addr.is_ipv6(), "listening on {} only", p.addr);
+        assert_eq!(
+            status_over(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))),
+            Some(200),
+            "over IPv6 (listening on {})",
+            p.addr
+        );
+    } else {
+        println!("no IPv6 loopback here: IPv4 only checked");
+    }
+}
+
+// Issue 11: SIGTERM at any moment after the start.
+
+/// The signals a process catches (`SigCgt` of /proc/PID/status), if it
+/// still runs.
+fn caught_signals(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+    u64::from_str_radix(mask.trim(), 16).ok()
+}
+
+/// Waits for `child` to end (at most 10 s); its status.
+fn ended(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("registro ignored a SIGTERM sent while it started");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn spawn_quiet(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_registro"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn registro")
+}
+
+fn sigterm(child: &std::process::Child) {
+    use rustix::process::{kill_process, Pid, Signal};
+    kill_process(Pid::from_child(child), Signal::TERM).expect("kill");
+}
+
+/// The handler is installed by `main`'s first statement; from then on a
+/// SIGTERM, whether it lands while the handlers are being installed, while
+/// the flags are read, while the server binds and spawns its threads, or
+/// once it serves, ends the process with status 0. Before `main` (the
+/// dynamic loader and the runtime's set-up, under a millisecond) the
+/// kernel's default action applies, as for any program: the README says so.
+///
+/// Four threads at once, to load the machine as CI does: that is how a
+/// SIGTERM landing while signal-hook installed its handler was found to be
+/// dropped (the process then never stopped; four such test binaries at
+/// once, 3,000 rounds each, each hit it within 30 s). `main` now blocks the
+/// signals around the installation; the same load then ran 24,000 rounds
+/// without a hang.
+#[test]
+fn sigterm_from_the_first_moment_of_main_exits_0() {
+    const THREADS: usize = 4;
+    const ROUNDS: usize = 150;
+    const SIGTERM_BIT: u64 = 1 << (15 - 1);
+    let args = ["--addr", "127.0.0.1:0", "--threads", "2"];
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            s.spawn(move || {
+                for round in 0..ROUNDS {
+                    let mut child = spawn_quiet(&args);
+                    let pid = child.id();
+                    // Spin (no sleep: the window is microseconds wide) until
+                    // the handler is there, then signal at once.
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while caught_signals(pid).is_none_or(|m| m & SIGTERM_BIT == 0) {
+                        assert!(
+                            Instant::now() < deadline,
+                            "round {round}: no SIGTERM handler"
+                        );
+                    }
+                    sigterm(&child);
+                    let status = ended(&mut child);
+                    assert_eq!(
+                        status.code(),
+                        Some(0),
+                        "thread {t}, round {round}: {status:?}"
+                    );
+                }
+            });
+        }
+    });
+
+    // Right after the spawn, before the handler may be there: either the
+    // default action (before `main`) or status 0, never a hang or another
+    // status.
+    let (mut zero, mut killed) = (0, 0);
+    for round in 0..THREADS * ROUNDS {
+        let mut child = spawn_quiet(&args);
+        sigterm(&child);
+        let status = ended(&mut child);
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(0), _) => zero += 1,
+            (None, Some(15)) => killed += 1,
+            _ => panic!("round {round}: {status:?}"),
+        }
+    }
+    println!("SIGTERM right after spawn: {zero} exited 0, {killed} ended before main ran");
 }

@@ -4,10 +4,12 @@
 //! speaks HTTP to it.
 
 mod api;
+mod auth;
 mod cli;
 mod concurrency;
 mod conn;
 mod discovery;
+mod fuzz;
 mod hardening;
 mod lifecycle;
 mod ops;
