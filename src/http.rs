@@ -18,7 +18,8 @@ pub const MAX_HEADERS: usize = 100;
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// One parsed request, body included (it is never larger than `MAX_BODY`).
-#[derive(Debug, PartialEq, Eq)]
+/// Its `Debug` leaves the credentials out.
+#[derive(PartialEq, Eq)]
 pub struct Request {
     /// The method token, as sent (methods are case-sensitive).
     pub method: String,
@@ -32,6 +33,22 @@ pub struct Request {
     pub peer: Option<std::net::IpAddr>,
     /// The body, de-chunked.
     pub body: Vec<u8>,
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("target", &self.target)
+            .field("keep_alive", &self.keep_alive)
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .field("peer", &self.peer)
+            .field("body", &String::from_utf8_lossy(&self.body))
+            .finish()
+    }
 }
 
 impl Request {
@@ -714,6 +731,20 @@ pub fn reason(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_debug_never_shows_its_token() {
+        let request = match parse(b"GET / HTTP/1.1\r\nAuthorization: Bearer s3cr3t\r\n\r\n") {
+            Ok(Parsed::Complete { request, .. }) => request,
+            other => panic!("not parsed: {other:?}"),
+        };
+        assert_eq!(request.authorization.as_deref(), Some("Bearer s3cr3t"));
+        let shown = format!("{request:?}");
+        assert!(
+            !shown.contains("s3cr3t") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
 
     /// Parses `input` fed in pieces of `step` bytes, as a socket might
     /// deliver it; a request still partial at the end of the input is what

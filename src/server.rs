@@ -173,6 +173,9 @@ struct Conn {
     scheduled: AtomicU64,
     /// Its parked watch's topic was notified.
     woken: AtomicBool,
+    /// The peer has shut its side (an event said so): a short read no longer
+    /// means the socket is empty, the end of file may be behind the data.
+    peer_closed: AtomicBool,
     io: Mutex<ConnIo>,
 }
 
@@ -648,6 +651,9 @@ impl Poller {
                         if let Some(Some(conn)) = self.conns.get(t - FIRST_CONN) {
                             let conn = Arc::clone(conn);
                             let hung_up = event.is_read_closed() || event.is_error();
+                            if hung_up {
+                                conn.peer_closed.store(true, Ordering::SeqCst);
+                            }
                             if !(hung_up && self.hang_up(&conn, &mut batch)) {
                                 self.shared.dispatch(&conn, &mut batch);
                             }
@@ -772,6 +778,7 @@ impl Poller {
             deadline: AtomicU64::new(NEVER),
             scheduled: AtomicU64::new(NEVER),
             woken: AtomicBool::new(false),
+            peer_closed: AtomicBool::new(false),
             io: Mutex::new(ConnIo {
                 stream: Some(stream),
                 peer: Some(peer.ip()),
@@ -1213,8 +1220,10 @@ impl<'a> Worker<'a> {
                 Err(_) => return Verdict::Close,
             };
             // A short read emptied the socket: edge-triggered readiness
-            // reports the next bytes as a new event.
-            drained = n < self.scratch.len();
+            // reports the next bytes as a new event. Unless the peer has shut
+            // its side: its end of file may have come with these bytes, in
+            // the same event, and only another read sees it.
+            drained = n < self.scratch.len() && !conn.peer_closed.load(Ordering::SeqCst);
             if io.pending.is_empty() {
                 let scratch = std::mem::take(&mut self.scratch);
                 let used = self.handle_all(conn, io, &scratch[..n]);

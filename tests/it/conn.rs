@@ -476,3 +476,43 @@ fn startup_line_shows_the_settings_and_refusals_are_counted() {
     );
     drop(held);
 }
+
+/// A client that sends its request and shuts its side (`shutdown(SHUT_WR)`,
+/// as `curl` with `--http1.0` or a one-shot script does) is answered and
+/// closed at once, however the end of file and the last bytes arrive: not
+/// left half-open until `--idle-timeout` or `--request-timeout`.
+#[test]
+fn a_half_closed_client_is_answered_and_closed_at_once() {
+    let server = start_with(|c| {
+        c.idle_timeout = Duration::from_secs(30);
+        c.request_timeout = Duration::from_secs(30);
+    });
+    let addr = server.local_addr();
+    for (what, bytes, status) in [
+        ("a whole request", GET_APPS, 200),
+        (
+            "half a request head",
+            &b"GET /registro/1.0/apps HTTP/1.1\r\nHost"[..],
+            400,
+        ),
+    ] {
+        for round in 0..20 {
+            let mut stream = connect(addr, Duration::from_secs(10));
+            stream.write_all(bytes).expect("send");
+            stream
+                .shutdown(std::net::Shutdown::Write)
+                .expect("half-close");
+            let started = Instant::now();
+            let mut received = Vec::new();
+            let _ = stream.read_to_end(&mut received);
+            let took = started.elapsed();
+            let reply = read_reply(&mut &received[..])
+                .unwrap_or_else(|| panic!("{what}, round {round}: no answer"));
+            assert_eq!(reply.status, status, "{what}, round {round}");
+            assert!(
+                took < Duration::from_secs(5),
+                "{what}, round {round}: closed after {took:?}"
+            );
+        }
+    }
+}
