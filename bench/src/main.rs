@@ -711,6 +711,10 @@ fn scenario_sweep(
         s.sweep_every.to_string(),
         "--down-after".to_string(),
         down_after.to_string(),
+        // Longer than --down-after, as the server requires; nothing is
+        // evicted within a run either way.
+        "--evict-after".to_string(),
+        (2.0 * down_after).max(600.0).to_string(),
         // One summary line per pass, even when nothing changed.
         "--log-sweeps".to_string(),
     ];
