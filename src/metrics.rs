@@ -284,8 +284,8 @@ impl Metrics {
         self.shard().heartbeats.fetch_add(1, Relaxed);
     }
 
-    /// A request was answered: `status` after `elapsed` (from the moment its
-    /// head was read to the moment its answer was handed to the socket).
+    /// A request was answered: `status` after `elapsed` spent handling it
+    /// (the handler's time; for a watch, its last handling, not its wait).
     /// A request refused before its method and target were read passes `""`
     /// for both (counted as method `other`, route `other`).
     pub fn request(&self, method: &str, target: &str, status: u16, elapsed: Duration) {
@@ -445,7 +445,7 @@ impl Metrics {
             o,
             name,
             "histogram",
-            "Time from a request's head read to its answer written, by route template.",
+            "Time spent handling a request (a watch: its last handling, not its wait), by route template.",
         );
         for (r, route) in ROUTES.iter().enumerate() {
             let counts: Vec<u64> = (0..=BUCKETS_US.len())
