@@ -786,14 +786,12 @@ mod tests {
         logger.close();
         let stopping = started.elapsed() - logging;
         let _ = release.send(());
-        assert!(
-            logging < Duration::from_millis(500),
-            "logging took {logging:?}"
-        );
-        assert!(
-            stopping < Duration::from_millis(500),
-            "close took {stopping:?}"
-        );
+        // A writer that blocked them would hold both for ever; the bounds
+        // are loose so that a busy machine formatting 40,000 lines in a
+        // debug build does not fail them (the binary's stop is held to 1 s
+        // end to end in tests/it/ops.rs).
+        assert!(logging < Duration::from_secs(5), "logging took {logging:?}");
+        assert!(stopping < Duration::from_secs(2), "close took {stopping:?}");
         let text = metrics.render(&crate::metrics::Counts::default());
         assert!(
             !text.contains("registro_log_lines_dropped_total 0\n"),
