@@ -781,7 +781,7 @@ impl Poller {
             peer_closed: AtomicBool::new(false),
             io: Mutex::new(ConnIo {
                 stream: Some(stream),
-                peer: Some(peer.ip()),
+                peer: Some(peer.ip().to_canonical()),
                 pending: Vec::new(),
                 parser: Parser::default(),
                 continued: false,
