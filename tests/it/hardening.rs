@@ -14,7 +14,7 @@ use std::sync::{PoisonError, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{eventually, raw, read_reply, Proc};
+use crate::support::{eventually, raise_nofile, raw, read_reply, Proc};
 
 /// The load test takes this exclusively and the other tests here share it, so
 /// that heartbeat latencies are not measured while another test of this
@@ -492,29 +492,6 @@ fn hostile_bytes_get_a_4xx_or_a_closed_connection_and_the_server_keeps_serving()
 }
 
 // 3. Many idle and slow connections at once.
-
-/// Raises this process's soft limit on open files to at least `needed`.
-fn raise_nofile(needed: u64) {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if limit.current.is_some_and(|n| n < needed) {
-        let target = limit
-            .maximum
-            .map_or(needed, |max| max.min(needed.max(4096)));
-        setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: Some(target),
-                maximum: limit.maximum,
-            },
-        )
-        .expect("raise RLIMIT_NOFILE");
-        assert!(
-            target >= needed,
-            "this test needs {needed} open files; the hard limit is {target}"
-        );
-    }
-}
 
 /// Whether the server still holds `stream` open: nothing to read, no EOF.
 fn held_open(stream: &TcpStream) -> bool {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::api::{app_body, check, register};
-use crate::support::{eventually, read_reply, start_with, Conn, Proc, Reply};
+use crate::support::{eventually, raise_nofile, read_reply, start_with, Conn, Proc, Reply};
 
 /// How long a woken watch may take to answer.
 const PROMPT: Duration = Duration::from_secs(2);
@@ -289,27 +289,6 @@ fn sigterm_answers_waiting_watches_at_once() {
     );
     let (code, _) = server.wait_exit(Duration::from_secs(2));
     assert_eq!(code, Some(0));
-}
-
-/// Raises this process's soft limit on open files to at least `needed`.
-fn raise_nofile(needed: u64) {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if limit.current.is_some_and(|n| n < needed) {
-        let target = limit.maximum.map_or(needed, |max| max.min(needed));
-        setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: Some(target),
-                maximum: limit.maximum,
-            },
-        )
-        .expect("raise RLIMIT_NOFILE");
-        assert!(
-            target >= needed,
-            "this test needs {needed} open files; the hard limit is {target}"
-        );
-    }
 }
 
 fn threads_of(pid: u32) -> usize {
