@@ -10,21 +10,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    eventually, proc_status, raise_nofile, raw, read_head, read_reply, start_with, Proc, Reply,
+    connect, eventually, fill_registry, proc_status, raise_nofile, raw, read_head, read_reply,
+    start_with, Proc, Reply,
 };
 
 const GET_APPS: &[u8] = b"GET /registro/1.0/apps HTTP/1.1\r\nHost: t\r\n\r\n";
 const HEARTBEAT: &[u8] =
     b"PUT /registro/1.0/apps/web/web-1 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n";
-
-fn connect(addr: SocketAddr, read_timeout: Duration) -> TcpStream {
-    let stream = TcpStream::connect(addr).expect("connect to the server");
-    stream
-        .set_read_timeout(Some(read_timeout))
-        .expect("set a read timeout");
-    stream.set_nodelay(true).expect("nodelay");
-    stream
-}
 
 fn post(addr: SocketAddr, path: &str, body: &str) -> Reply {
     let request = format!(
@@ -213,20 +205,6 @@ fn partial_requests_resume_when_the_rest_arrives() {
     stream.write_all(second).expect("send");
     // No such instance: a 404, but an answer on the same connection.
     assert_eq!(read_reply(&mut reader).map(|r| r.status), Some(404));
-}
-
-/// Registers 300 applications with long names, making `GET /apps` about 70 KB.
-fn fill_registry(addr: SocketAddr) {
-    let mut setup = BufReader::new(connect(addr, Duration::from_secs(5)));
-    for i in 0..300 {
-        let body = format!(r#"{{"name":"app-{i:04}-{}"}}"#, "x".repeat(200));
-        let request = format!(
-            "POST /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        setup.get_mut().write_all(request.as_bytes()).expect("send");
-        assert_eq!(read_reply(&mut setup).map(|r| r.status), Some(201));
-    }
 }
 
 /// Slow readers of large answers, three per worker, hold no worker: while

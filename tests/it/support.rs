@@ -10,6 +10,31 @@ use std::time::{Duration, Instant};
 
 use registro::{Config, Server};
 
+/// A connection with a read timeout, so that no read in a test blocks for
+/// ever, and no Nagle delay on what it sends.
+pub fn connect(addr: SocketAddr, read_timeout: Duration) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect to the server");
+    stream
+        .set_read_timeout(Some(read_timeout))
+        .expect("set a read timeout");
+    stream.set_nodelay(true).expect("nodelay");
+    stream
+}
+
+/// Registers 300 applications with long names, making `GET /apps` about 70 KB.
+pub fn fill_registry(addr: SocketAddr) {
+    let mut setup = BufReader::new(connect(addr, Duration::from_secs(5)));
+    for i in 0..300 {
+        let body = format!(r#"{{"name":"app-{i:04}-{}"}}"#, "x".repeat(200));
+        let request = format!(
+            "POST /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        setup.get_mut().write_all(request.as_bytes()).expect("send");
+        assert_eq!(read_reply(&mut setup).map(|r| r.status), Some(201));
+    }
+}
+
 /// An in-process server on 127.0.0.1:0 with the production periods.
 pub fn start() -> Server {
     start_with(|_| {})
