@@ -646,23 +646,31 @@ fn scenario_mixed_round(
     r.mixed.push((o, listing));
 }
 
-/// The fleet (issue 9): `fleet_n` clients, each with its own keep-alive
-/// connection and instance, heartbeating every `fleet_interval` seconds
-/// (+/- 10%) for `fleet_secs`, from one load-generator thread.
-fn scenario_fleet(s: &Settings, r: &mut Results, began: Instant) -> Result<(), String> {
+/// How many connections a scenario may hold, each with its client side in
+/// this process: `asked`, or (0) what the open-files limit allows less a
+/// reserve, at most `most`; an error when `asked` does not fit.
+fn connections_allowed(asked: usize, most: usize, what: &str) -> Result<usize, String> {
     let fds = fleet::raise_nofile();
-    let n = match s.fleet_n {
+    let n = match asked {
         0 => usize::try_from(fds.saturating_sub(1000))
-            .unwrap_or(15_000)
-            .min(100_000),
+            .unwrap_or(most)
+            .min(most),
         n => n,
     };
     if (n as u64) + 256 > fds {
         return Err(format!(
-            "the fleet of {n} needs {} open files; the limit is {fds}",
+            "{what} {n} connections need {} open files; the limit is {fds}",
             n + 256
         ));
     }
+    Ok(n)
+}
+
+/// The fleet (issue 9): `fleet_n` clients, each with its own keep-alive
+/// connection and instance, heartbeating every `fleet_interval` seconds
+/// (+/- 10%) for `fleet_secs`, from one load-generator thread.
+fn scenario_fleet(s: &Settings, r: &mut Results, began: Instant) -> Result<(), String> {
+    let n = connections_allowed(s.fleet_n, 100_000, "the fleet of")?;
     let flags = [
         "--max-connections".to_string(),
         (n + 1000).to_string(),
@@ -944,19 +952,7 @@ fn wait_metric(
 /// with no watcher connected, before they connect and after they close, are
 /// the control.
 fn scenario_watch(s: &Settings, r: &mut Results, began: Instant) -> Result<(), String> {
-    let fds = fleet::raise_nofile();
-    let n = match s.watch_n {
-        0 => usize::try_from(fds.saturating_sub(1000))
-            .unwrap_or(10_000)
-            .min(10_000),
-        n => n,
-    };
-    if (n as u64) + 256 > fds {
-        return Err(format!(
-            "{n} watchers need {} open files; the limit is {fds}",
-            n + 256
-        ));
-    }
+    let n = connections_allowed(s.watch_n, 10_000, "watchers:")?;
     let flags = [
         "--max-connections".to_string(),
         (n + 1000).to_string(),
