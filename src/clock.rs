@@ -24,8 +24,14 @@ fn start() -> Instant {
 
 /// Reads both clocks.
 pub fn now() -> Now {
+    at(Instant::now())
+}
+
+/// Both clocks, the monotonic one as of `mono` (an `Instant` the caller has
+/// just read, and needs for itself too).
+pub fn at(mono: Instant) -> Now {
     Now {
-        mono: mono_of(Instant::now()),
+        mono: mono_of(mono),
         wall: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),

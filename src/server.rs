@@ -1098,16 +1098,20 @@ impl<'a> Worker<'a> {
         first_deadline: Option<Millis>,
     ) -> Option<Verdict> {
         let epoch = self.shared.epoch.load(Ordering::SeqCst);
+        // One reading of each clock serves the handler, the duration
+        // metric, the idle timer and the `Date` header.
         let started = Instant::now();
-        let response = match self.shared.api.handle(&request, clock::now(), answer_now) {
+        let now = clock::at(started);
+        let (response, done) = match self.shared.api.handle(&request, now, answer_now) {
             Outcome::Respond(response) => {
+                let done = Instant::now();
                 self.shared.api.log().metrics().request(
                     &request.method,
                     &request.target,
                     response.status,
-                    started.elapsed(),
+                    done.saturating_duration_since(started),
                 );
-                response
+                (response, done)
             }
             Outcome::Wait(wait) => {
                 // A watch woken for nothing keeps the deadline it first had.
@@ -1128,11 +1132,17 @@ impl<'a> Worker<'a> {
         } else {
             &mut io.out
         };
-        http::encode_response(out, &response, request.is_head(), keep_alive, &date());
+        http::encode_response(
+            out,
+            &response,
+            request.is_head(),
+            keep_alive,
+            &date_at(now.wall / 1000),
+        );
         if !keep_alive {
             io.after = After::Close;
         }
-        io.idle_since = mono();
+        io.idle_since = clock::mono_of(done);
         None
     }
 
@@ -1408,15 +1418,22 @@ fn secs(d: Duration) -> String {
 
 /// The `Date` header, formatted once a second per thread.
 fn date() -> String {
+    date_at(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
+/// The `Date` header for Unix second `secs`.
+fn date_at(secs: u64) -> String {
     thread_local! {
         static CACHE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
     }
-    let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.0 != secs {
-            *c = (secs, log::http_date(now));
+            *c = (secs, log::http_date(UNIX_EPOCH + Duration::from_secs(secs)));
         }
         c.1.clone()
     })
