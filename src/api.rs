@@ -154,7 +154,7 @@ impl Api {
         self.publish_changes(changes, waiting);
     }
 
-    fn publish_changes(&self, changes: Changes, waiting: bool) {
+    fn publish_changes(&self, mut changes: Changes, waiting: bool) {
         for event in &changes.events {
             self.log.event(event, waiting);
         }
@@ -162,14 +162,13 @@ impl Api {
             return;
         }
         if let Some(notify) = self.notify.get() {
-            let mut topics: Vec<Topic> = Vec::with_capacity(changes.apps.len() + 1);
-            topics.push(Topic::All);
-            for app in changes.apps {
-                let topic = Topic::App(app);
-                if !topics.contains(&topic) {
-                    topics.push(topic);
-                }
-            }
+            // A step of the ticker may change hundreds of apps, some twice:
+            // sorted and deduplicated, not searched once per app.
+            changes.apps.sort_unstable();
+            changes.apps.dedup();
+            let topics: Vec<Topic> = std::iter::once(Topic::All)
+                .chain(changes.apps.into_iter().map(Topic::App))
+                .collect();
             notify(&topics);
         }
     }
