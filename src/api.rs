@@ -65,7 +65,6 @@ pub struct Wait {
 }
 
 /// What [`Api::handle`] decided.
-#[allow(dead_code)] // `Wait`'s fields are read by the connection layer that parks watches
 #[derive(Debug)]
 pub enum Outcome {
     /// Answer now.
@@ -115,7 +114,6 @@ impl Api {
     }
 
     /// Sets the hook told about index changes (once; later calls are ignored).
-    #[allow(dead_code)] // called by the connection layer that parks watches
     pub fn set_notify(&self, notify: Notify) {
         let _ = self.notify.set(notify);
     }
@@ -139,7 +137,6 @@ impl Api {
 
     /// Apps and instances by status, exact within the ticker's second: kept
     /// as counters, so a scrape scans nothing.
-    #[allow(dead_code)] // read by /metrics
     pub fn counts(&self, _now: Now) -> Counts {
         self.lock().counts()
     }

@@ -44,7 +44,6 @@ pub fn mono_of(t: Instant) -> Millis {
 }
 
 /// The `Instant` of a monotonic reading.
-#[allow(dead_code)] // for deadlines once watches land
 pub fn instant_of(mono: Millis) -> Instant {
     start() + std::time::Duration::from_millis(mono)
 }

@@ -339,7 +339,6 @@ impl Log {
     /// over the budget since the last summary. Call it when a batch of
     /// events ends (a sweep's pass); the logger thread also calls it every
     /// second and at the end.
-    #[allow(dead_code)] // called by the sweeper at the end of each pass
     pub fn summarise(&self) {
         let Some(shared) = &self.shared else {
             return;

@@ -277,7 +277,6 @@ impl Metrics {
 // connection layer (`request` once an answer is written, `connection_*` as
 // connections are admitted, closed or refused, `watch_*` as watches are
 // parked and answered); reached through `api.log().metrics()`.
-#[allow(dead_code)]
 impl Metrics {
     /// A heartbeat (renewal) was accepted.
     pub fn heartbeat(&self) {
