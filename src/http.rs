@@ -670,6 +670,15 @@ pub fn encode_response(
     keep_alive: bool,
     http_date: &str,
 ) {
+    encode_head(out, response, keep_alive, http_date);
+    if !head {
+        out.extend_from_slice(&response.body);
+    }
+}
+
+/// Appends the status line and headers of `response` to `out`, up to and
+/// including the blank line; the body is the caller's to send.
+pub fn encode_head(out: &mut Vec<u8>, response: &Response, keep_alive: bool, http_date: &str) {
     let _ = write!(
         out,
         "HTTP/1.1 {} {}\r\nDate: {}\r\n",
@@ -697,9 +706,6 @@ pub fn encode_response(
     } else {
         b"Connection: close\r\n\r\n"
     });
-    if !head {
-        out.extend_from_slice(&response.body);
-    }
 }
 
 /// The reason phrase of every status Registro sends.

@@ -529,18 +529,18 @@ impl App {
     }
 
     fn view(&self, now: Millis, periods: Periods, filter: StatusSet) -> AppView {
+        // Sized once for every slot (an upper bound): a view of a large app
+        // is not regrown and copied as it fills.
+        let mut instances = Vec::with_capacity(self.slots.len());
+        instances.extend(self.slots.iter().filter_map(|slot| {
+            let status = slot.effective(now, periods)?;
+            filter
+                .contains(status)
+                .then(|| self.instance_view(slot, status))
+        }));
         AppView {
             name: self.name.clone(),
-            instances: self
-                .slots
-                .iter()
-                .filter_map(|slot| {
-                    let status = slot.effective(now, periods)?;
-                    filter
-                        .contains(status)
-                        .then(|| self.instance_view(slot, status))
-                })
-                .collect(),
+            instances,
             index: self.index,
         }
     }

@@ -112,6 +112,9 @@ const LINGER: Millis = 100;
 const OUT_BATCH: usize = 64 * 1024;
 /// A worker keeps an output buffer up to this size for the next connection.
 const KEEP_OUT: usize = 1 << 20;
+/// A body this large is sent from its own buffer after its head, not
+/// copied behind it.
+const TAIL_BODY: usize = 64 * 1024;
 /// Poller tokens; connection `i` of the table is `Token(i + FIRST_CONN)`.
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -193,6 +196,10 @@ struct ConnIo {
     /// Output the client has not taken yet, from `out_pos` on.
     out: Vec<u8>,
     out_pos: usize,
+    /// A large body owed after `out`, from `tail_pos` on; while it is owed
+    /// no further request is answered.
+    tail: Vec<u8>,
+    tail_pos: usize,
     /// When writing first blocked.
     write_started: Option<Millis>,
     /// What happens once the output is out.
@@ -401,6 +408,7 @@ impl Shared {
         io.stream = None;
         io.pending = Vec::new();
         io.out = Vec::new();
+        io.tail = Vec::new();
         io.phase = Phase::Open;
         lock(&self.watches).unpark(conn.slot, conn.id);
         conn.state.store(CLOSED, Ordering::SeqCst);
@@ -788,6 +796,8 @@ impl Poller {
                 request_started: None,
                 out: Vec::new(),
                 out_pos: 0,
+                tail: Vec::new(),
+                tail_pos: 0,
                 write_started: None,
                 after: After::Continue,
                 idle_since: now,
@@ -823,7 +833,7 @@ impl Poller {
         let mut io = lock(&conn.io);
         let between_requests = matches!(io.phase, Phase::Open)
             && io.pending.is_empty()
-            && io.out.is_empty()
+            && !owes(&io)
             && io.after == After::Continue;
         if between_requests {
             let mut byte = [0u8; 1];
@@ -994,7 +1004,7 @@ impl<'a> Worker<'a> {
             return Verdict::Close;
         }
         if shared.cut.load(Ordering::SeqCst) {
-            if io.out.is_empty() && io.after == After::Continue && mid_request(io) {
+            if !owes(io) && io.after == After::Continue && mid_request(io) {
                 // A request still arriving when the grace ran out: told to
                 // come back, never blamed for it.
                 let response = api::error(503, "the server is stopping; try again");
@@ -1132,13 +1142,19 @@ impl<'a> Worker<'a> {
         } else {
             &mut io.out
         };
-        http::encode_response(
-            out,
-            &response,
-            request.is_head(),
-            keep_alive,
-            &date_at(now.wall / 1000),
-        );
+        let date = date_at(now.wall / 1000);
+        // Nothing is answered while a large body is owed (`handle_all`
+        // stops), so no answer can overtake one.
+        debug_assert!(io.tail.is_empty());
+        if response.body.len() >= TAIL_BODY && !request.is_head() {
+            // A large listing is written from the buffer it was encoded
+            // into: no second copy, and no second allocation to fault in.
+            http::encode_head(out, &response, keep_alive, &date);
+            io.tail = response.body;
+            io.tail_pos = 0;
+        } else {
+            http::encode_response(out, &response, request.is_head(), keep_alive, &date);
+        }
         if !keep_alive {
             io.after = After::Close;
         }
@@ -1155,7 +1171,7 @@ impl<'a> Worker<'a> {
             if !self.flush(io) {
                 return Verdict::Close;
             }
-            if !io.out.is_empty() {
+            if owes(io) {
                 let started = *io.write_started.get_or_insert(now);
                 return Verdict::Keep(started + millis(self.shared.config.request_timeout));
             }
@@ -1284,7 +1300,7 @@ impl<'a> Worker<'a> {
     fn handle_all(&mut self, conn: &Conn, io: &mut ConnIo, data: &[u8]) -> usize {
         let mut used = 0;
         while used < data.len() && io.after == After::Continue {
-            if self.out.len() + io.out.len() > OUT_BATCH {
+            if self.out.len() + io.out.len() > OUT_BATCH || !io.tail.is_empty() {
                 break;
             }
             match io.parser.parse(&data[used..]) {
@@ -1373,14 +1389,32 @@ impl<'a> Worker<'a> {
             }
         }
         // Written: the buffer goes back to the worker (or away if large).
-        let mut done = std::mem::take(&mut io.out);
-        io.out_pos = 0;
-        done.clear();
-        if done.capacity() <= KEEP_OUT && done.capacity() > self.out.capacity() {
-            self.out = done;
+        if !io.out.is_empty() {
+            let mut done = std::mem::take(&mut io.out);
+            io.out_pos = 0;
+            done.clear();
+            if done.capacity() <= KEEP_OUT && done.capacity() > self.out.capacity() {
+                self.out = done;
+            }
         }
+        while io.tail_pos < io.tail.len() {
+            match (&*stream).write(&io.tail[io.tail_pos..]) {
+                Ok(0) => return false,
+                Ok(n) => io.tail_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        io.tail = Vec::new();
+        io.tail_pos = 0;
         true
     }
+}
+
+/// Whether the connection has output the client has not taken yet.
+fn owes(io: &ConnIo) -> bool {
+    !io.out.is_empty() || !io.tail.is_empty()
 }
 
 /// Whether part of a request has arrived and not been answered.

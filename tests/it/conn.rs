@@ -266,6 +266,61 @@ fn slow_readers_of_large_answers_hold_no_worker() {
     }
 }
 
+/// A large answer is sent from its own buffer after its head: answers
+/// pipelined before and after it keep their order, a HEAD of it sends no
+/// body, and `Connection: close` on the last closes after the whole of it.
+#[test]
+fn large_answers_keep_their_place_in_a_pipeline() {
+    let server = start_with(|_| {});
+    let addr = server.local_addr();
+    register(addr);
+    fill_registry(addr);
+    let head = b"HEAD /registro/1.0/apps HTTP/1.1\r\nHost: t\r\n\r\n";
+    let small = b"GET /registro/1.0/apps/web HTTP/1.1\r\nHost: t\r\n\r\n";
+    let last = b"GET /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let mut stream = connect(addr, Duration::from_secs(5));
+    let pipeline = [HEARTBEAT, GET_APPS, HEARTBEAT, head, small, GET_APPS, last].concat();
+    stream.write_all(&pipeline).expect("send");
+    let mut reader = BufReader::new(stream);
+    let mut next = |what: &str, is_head: bool| {
+        let reply = if is_head {
+            read_head(&mut reader)
+        } else {
+            read_reply(&mut reader)
+        };
+        reply.unwrap_or_else(|| panic!("no answer to {what}"))
+    };
+    assert_eq!(next("the first heartbeat", false).status, 204);
+    let listing = next("the first listing", false);
+    assert_eq!(listing.status, 200);
+    assert!(listing.body.len() > 65_536, "{} bytes", listing.body.len());
+    assert_eq!(
+        listing.json()["applications"].as_array().map(Vec::len),
+        Some(301)
+    );
+    assert_eq!(next("the second heartbeat", false).status, 204);
+    let headed = next("HEAD", true);
+    assert_eq!(headed.status, 200);
+    assert_eq!(
+        headed.header("content-length"),
+        Some(listing.body.len().to_string().as_str())
+    );
+    let web = next("the app", false);
+    assert_eq!(web.json()["name"], "web");
+    for what in ["the second listing", "the last listing"] {
+        let again = next(what, false);
+        assert_eq!(again.status, 200, "{what}");
+        assert_eq!(again.body.len(), listing.body.len(), "{what}");
+    }
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "{} bytes after the last answer",
+        rest.len()
+    );
+}
+
 /// The thread count of the server does not grow with connections: 3,000
 /// idle keep-alive connections and 300 slowloris senders later it is what
 /// it was with none, and each idle connection costs at most 2 KiB of
