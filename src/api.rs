@@ -6,16 +6,15 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
 
 use serde::de::DeserializeOwned;
-use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
+
+mod views;
 
 use crate::auth::Access;
 use crate::clock::Now;
 use crate::http::{Request, Response};
 use crate::log::Log;
-use crate::registry::{
-    self, AppView, Counts, InstanceView, Metadata, Millis, Periods, Registry, Status, StatusSet,
-};
+use crate::registry::{self, Counts, Metadata, Millis, Periods, Registry, Status, StatusSet};
 
 /// The path every route hangs below.
 pub const ROOT: &str = "/registro/1.0";
@@ -226,7 +225,7 @@ impl Api {
         };
         // Serialised after the lock is released: a large listing never
         // stalls heartbeats for longer than the copy of its handles.
-        let mut response = json(200, &AppsJson(&apps, now));
+        let mut response = Response::json(200, views::apps(&apps, now));
         response.headers.push((INDEX_HEADER, index.to_string()));
         Ok(Outcome::Respond(response))
     }
@@ -245,7 +244,7 @@ impl Api {
         match view.map_err(|e| refusal(e, app, ""))? {
             None => Ok(wait(Topic::App(Arc::from(app)), query, now)),
             Some(view) => {
-                let mut response = json(200, &AppJson(&view, now));
+                let mut response = Response::json(200, views::app(&view, now));
                 response
                     .headers
                     .push((INDEX_HEADER, view.index.to_string()));
@@ -259,7 +258,7 @@ impl Api {
             .lock()
             .instance(app, id, now.mono)
             .map_err(|e| refusal(e, app, id))?;
-        Ok(json(200, &InstanceJson(&view, now)))
+        Ok(Response::json(200, views::instance(&view, now)))
     }
 
     fn create_app(&self, body: &[u8], now: Now) -> Result<Response, Response> {
@@ -273,7 +272,7 @@ impl Api {
         let view = registry.app(&new.name, now.mono, StatusSet::ALL, None);
         self.publish(registry, false);
         let mut response = match view {
-            Ok(Some(view)) => json(201, &AppJson(&view, now)),
+            Ok(Some(view)) => Response::json(201, views::app(&view, now)),
             _ => Response::empty(201),
         };
         response.location = Some(format!("{ROOT}/apps/{}", encode_segment(&new.name)));
@@ -304,7 +303,7 @@ impl Api {
         let view = registry.instance(app, &new.id, now.mono);
         self.publish(registry, false);
         let mut response = match view {
-            Ok(view) => json(201, &InstanceJson(&view, now)),
+            Ok(view) => Response::json(201, views::instance(&view, now)),
             Err(_) => Response::empty(201),
         };
         response.location = Some(format!(
@@ -680,64 +679,11 @@ pub fn status_name(status: Status) -> &'static str {
     }
 }
 
-struct InstanceJson<'a>(&'a InstanceView, Now);
-
-impl Serialize for InstanceJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let (i, now) = (self.0, self.1);
-        let mut st = s.serialize_struct("Instance", 6)?;
-        st.serialize_field("id", &*i.id)?;
-        st.serialize_field("ip", &*i.ip)?;
-        st.serialize_field("port", &i.port)?;
-        st.serialize_field("status", status_name(i.status))?;
-        st.serialize_field("lastRenewal", &(wall_of(i.last_renewal, now) / 1000))?;
-        if let Some(metadata) = &i.metadata {
-            st.serialize_field("metadata", &**metadata)?;
-        }
-        st.end()
-    }
-}
-
 /// The wall-clock time of a monotonic reading: what the system clock said
 /// `now.mono - mono` ago. Ages come from the monotonic clock; only the
 /// `lastRenewal` shown is on the wall clock.
 fn wall_of(mono: Millis, now: Now) -> Millis {
     now.wall.saturating_sub(now.mono.saturating_sub(mono))
-}
-
-struct AppJson<'a>(&'a AppView, Now);
-
-impl Serialize for AppJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("App", 2)?;
-        st.serialize_field("name", &*self.0.name)?;
-        st.serialize_field("instances", &Each(&self.0.instances, self.1, InstanceJson))?;
-        st.end()
-    }
-}
-
-struct AppsJson<'a>(&'a [AppView], Now);
-
-impl Serialize for AppsJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(1))?;
-        map.serialize_entry("applications", &Each(self.0, self.1, AppJson))?;
-        map.end()
-    }
-}
-
-/// A slice as a JSON array, each element through its wire wrapper, without
-/// building a vector of wrappers first.
-struct Each<'a, T, W>(&'a [T], Now, fn(&'a T, Now) -> W);
-
-impl<'a, T, W: Serialize> Serialize for Each<'a, T, W> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for item in self.0 {
-            seq.serialize_element(&(self.2)(item, self.1))?;
-        }
-        seq.end()
-    }
 }
 
 #[cfg(test)]
