@@ -70,6 +70,11 @@ impl<S: Read + Write> Conn<S> {
         }
     }
 
+    /// The stream, for a caller that keeps the connection open unread.
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+
     /// Writes one or more whole requests.
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)

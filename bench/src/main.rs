@@ -12,7 +12,7 @@
 //! Usage: `registro-bench [--quick] [--server PATH] [--registro PATH] [--runs N]
 //! [--secs S] [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N]
 //! [--fleet-secs S] [--fleet-interval S] [--watchers N]
-//! [--only hb,fresh,mixed,sweep,memory,watch,fleet]`;
+//! [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet]`;
 //! `REGISTRO_BENCH_QUICK=1` is the same as `--quick`.
 
 #![forbid(unsafe_code)]
@@ -24,6 +24,7 @@ mod http;
 mod load;
 mod proc;
 mod report;
+mod slowloris;
 mod watch;
 
 use load::{Fleet, Load, Outcome, Reader, ReaderOutcome};
@@ -115,6 +116,22 @@ pub struct Results {
     pub fleet: Option<fleet::FleetOutcome>,
     /// The watch fan-out scenario.
     pub watch: Option<WatchRun>,
+    /// The slowloris scenario.
+    pub slowloris: Option<SlowRun>,
+}
+
+/// Heartbeats beside idle and slowloris connections (issue 9), one server.
+#[derive(Default)]
+pub struct SlowRun {
+    /// One per round.
+    pub rounds: Vec<slowloris::SlowRound>,
+    /// Server threads with none of the connections, and with them all.
+    pub threads: [u64; 2],
+    /// Server resident bytes likewise.
+    pub rss: [u64; 2],
+    /// Of the idle and slow connections, how many the server still held
+    /// open at the end.
+    pub still_open: usize,
 }
 
 /// The watch fan-out (issue 10) against one server.
@@ -240,7 +257,7 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
                      [--registro PATH (the server under test)] [--runs N] [--secs S] \
                      [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N] [--fleet-secs S] \
                      [--fleet-interval S] [--watchers N] \
-                     [--only hb,fresh,mixed,sweep,memory,watch,fleet]"
+                     [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet]"
                         .to_string(),
                 )
             }
@@ -327,6 +344,9 @@ fn run(s: &Settings) -> Result<(), String> {
     if let Some(mut rb) = rb {
         r.bad_exits.append(&mut rb.bad_exits);
         r.before = Some(rb);
+    }
+    if s.wants("slowloris") {
+        scenario_slowloris(s, &mut r, began)?;
     }
     if s.wants("fleet") {
         scenario_fleet(s, &mut r, began)?;
@@ -664,6 +684,100 @@ fn connections_allowed(asked: usize, most: usize, what: &str) -> Result<usize, S
         ));
     }
     Ok(n)
+}
+
+/// Heartbeats beside 2,000 idle and 300 slowloris connections (issue 9):
+/// both servers hold their connections at once and are measured in turn,
+/// round by round, each round trickling only to the server measured.
+fn scenario_slowloris(s: &Settings, r: &mut Results, began: Instant) -> Result<(), String> {
+    let mut rb = r.before.take();
+    let result = scenario_slowloris_both(s, r, rb.as_deref_mut(), began);
+    if let Some(mut rb) = rb {
+        r.bad_exits.append(&mut rb.bad_exits);
+        r.before = Some(rb);
+    }
+    result
+}
+
+fn scenario_slowloris_both(
+    s: &Settings,
+    r: &mut Results,
+    rb: Option<&mut Results>,
+    began: Instant,
+) -> Result<(), String> {
+    let heartbeats = if s.quick { 20 } else { 100 };
+    let fds = fleet::raise_nofile();
+    let needed = 2 * 2 * (slowloris::IDLE + slowloris::SLOW) as u64 + 256;
+    if fds < needed {
+        return Err(format!(
+            "slowloris: needs {needed} open files; the limit is {fds}"
+        ));
+    }
+    let mut both = binaries(s, r, rb);
+    // Slow senders are held for the whole scenario, not cut off at 10 s.
+    let flags = ["--request-timeout".to_string(), "600".to_string()];
+    let mut held = Vec::new();
+    for (bin, tag, res) in both.iter_mut() {
+        let server = start_binary(bin, res, &format!("registro-slowloris{tag}"), &flags)?;
+        fill(&server, Fleet::new(1), res, true, began)?;
+        let pid = server.pid();
+        let before = (fleet::threads(pid), server.rss()?);
+        let connections =
+            slowloris::hold(server.addr).map_err(|e| format!("slowloris{tag}: {e}"))?;
+        let run = SlowRun {
+            threads: [before.0, fleet::threads(pid)],
+            rss: [before.1, server.rss()?],
+            ..SlowRun::default()
+        };
+        progress(
+            began,
+            format_args!(
+                "slowloris{tag}: {} idle + {} slow connections held; server threads {} -> {}, resident {} -> {}",
+                slowloris::IDLE,
+                slowloris::SLOW,
+                run.threads[0],
+                run.threads[1],
+                report::bytes(run.rss[0]),
+                report::bytes(run.rss[1])
+            ),
+        );
+        held.push((server, connections, run, pid));
+    }
+    for round in 0..s.runs {
+        for j in 0..held.len() {
+            let b = (j + round) % held.len();
+            let (_, connections, run, pid) = &mut held[b];
+            let cpu_before = proc::cpu_secs(Some(*pid));
+            let mut o = connections.round(heartbeats);
+            o.server_cpu = proc::cpu_secs(Some(*pid))
+                .zip(cpu_before)
+                .map_or(f64::NAN, |(a, b)| a - b);
+            progress(
+                began,
+                format_args!(
+                    "round {}: slowloris{}: {} heartbeats, p50 {}, p99 {}, max {}, {} errors, {} bytes trickled, server CPU {:.1} us per byte",
+                    round + 1,
+                    both[b].1,
+                    o.hist.count(),
+                    report::ms(o.hist.quantile(0.5)),
+                    report::ms(o.hist.quantile(0.99)),
+                    report::ms(o.hist.max()),
+                    o.errors,
+                    o.trickled,
+                    o.server_cpu * 1e6 / o.trickled.max(1) as f64
+                ),
+            );
+            run.rounds.push(o);
+        }
+    }
+    for (b, (server, connections, mut run, _)) in held.into_iter().enumerate() {
+        run.still_open = connections.still_open();
+        drop(connections);
+        let name = format!("registro-slowloris{}", both[b].1);
+        stop(server, both[b].2, &name);
+        both[b].2.slowloris = Some(run);
+    }
+    Ok(())
 }
 
 /// The fleet (issue 9): `fleet_n` clients, each with its own keep-alive

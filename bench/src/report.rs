@@ -2,8 +2,9 @@
 //! takes verbatim.
 
 use crate::fleet::FleetOutcome;
+use crate::hist::Histogram;
 use crate::load::Outcome;
-use crate::{Results, Settings, WatchRound, WatchRun, CONNS};
+use crate::{Results, Settings, SlowRun, WatchRound, WatchRun, CONNS};
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -516,10 +517,95 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
         let before = r.before.as_ref().and_then(|b| b.watch.as_ref());
         render_watch(&mut out, s, watch, before);
     }
+    if let Some(slow) = &r.slowloris {
+        let before = r.before.as_ref().and_then(|b| b.slowloris.as_ref());
+        render_slowloris(&mut out, s, slow, before);
+    }
     if let Some(fleet) = &r.fleet {
         render_fleet(&mut out, fleet);
     }
     out
+}
+
+/// Every heartbeat of the slowloris rounds in one histogram.
+fn slow_hist(run: &SlowRun) -> Histogram {
+    let mut all = Histogram::default();
+    for round in &run.rounds {
+        all.merge(&round.hist);
+    }
+    all
+}
+
+/// The slowloris scenario's table and its targets.
+fn render_slowloris(out: &mut String, s: &Settings, now: &SlowRun, before: Option<&SlowRun>) {
+    use crate::slowloris::{IDLE, SLOW};
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Slowloris (issue 9): {IDLE} idle keep-alive connections and {SLOW} slow senders (half a request, then one \
+         more header byte each every 20 ms) held against the server; in each of {} rounds, heartbeats on fresh \
+         connections (connect to answer), each sent as a round of trickled bytes begins. Both servers hold their \
+         connections at once; rounds alternate, trickling only to the server measured.\n",
+        s.runs
+    );
+    let _ = writeln!(
+        out,
+        "| Server | heartbeats | p50 | p99 | max | errors | server threads (none / all held) | resident (none / all held) | server CPU per trickled byte | connections still open |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---|---:|---:|");
+    let mut servers = vec![("now", now)];
+    if let Some(b) = before {
+        servers.push(("before", b));
+    }
+    for (label, run) in &servers {
+        let hist = slow_hist(run);
+        let errors: u64 = run.rounds.iter().map(|x| x.errors).sum();
+        let trickled: u64 = run.rounds.iter().map(|x| x.trickled).sum();
+        let cpu: f64 = run.rounds.iter().map(|x| x.server_cpu).sum();
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {} | {} | {errors} | {} / {} | {} / {} | {:.1} µs | {} of {} |",
+            thousands(hist.count() as f64),
+            ms(hist.quantile(0.5)),
+            ms(hist.quantile(0.99)),
+            ms(hist.max()),
+            run.threads[0],
+            run.threads[1],
+            bytes(run.rss[0]),
+            bytes(run.rss[1]),
+            cpu * 1e6 / trickled.max(1) as f64,
+            thousands(run.still_open as f64),
+            thousands((IDLE + SLOW) as f64),
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "| Target (issue 9) | measured | |");
+    let _ = writeln!(out, "|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| Slowloris: server threads no more than with none | {} / {} | {} |",
+        now.threads[0],
+        now.threads[1],
+        verdict(Some(now.threads[1] <= now.threads[0]))
+    );
+    if let Some(b) = before {
+        let (hn, hb) = (slow_hist(now), slow_hist(b));
+        let ratio = |q: f64| hn.quantile(q) as f64 / hb.quantile(q).max(1) as f64;
+        let (p50, p99) = (ratio(0.5), ratio(0.99));
+        let _ = writeln!(
+            out,
+            "| Slowloris: heartbeat latency as before (p50 and p99 at most 1.1x) | p50 {p50:.2}x, p99 {p99:.2}x | {} |",
+            verdict(Some(p50 <= 1.1 && p99 <= 1.1))
+        );
+    }
+    let errors: u64 = now.rounds.iter().map(|x| x.errors).sum();
+    let _ = writeln!(
+        out,
+        "| Slowloris: every heartbeat answered, every connection held | {errors} errors, {} of {} open | {} |",
+        thousands(now.still_open as f64),
+        thousands((IDLE + SLOW) as f64),
+        verdict(Some(errors == 0 && now.still_open == IDLE + SLOW))
+    );
 }
 
 /// Heartbeats per second with watchers over those without (medians).
