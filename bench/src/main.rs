@@ -129,8 +129,9 @@ pub struct SlowRun {
     pub threads: [u64; 2],
     /// Server resident bytes likewise.
     pub rss: [u64; 2],
-    /// Of the idle and slow connections, how many the server still held
-    /// open at the end.
+    /// Idle and slow connections held, and how many of them the server
+    /// still held open at the end.
+    pub held: [usize; 2],
     pub still_open: usize,
 }
 
@@ -706,8 +707,13 @@ fn scenario_slowloris_both(
     began: Instant,
 ) -> Result<(), String> {
     let heartbeats = if s.quick { 20 } else { 100 };
+    let (idle, slow) = if s.quick {
+        (slowloris::IDLE / 10, slowloris::SLOW / 10)
+    } else {
+        (slowloris::IDLE, slowloris::SLOW)
+    };
     let fds = fleet::raise_nofile();
-    let needed = 2 * 2 * (slowloris::IDLE + slowloris::SLOW) as u64 + 256;
+    let needed = 2 * 2 * (idle + slow) as u64 + 256;
     if fds < needed {
         return Err(format!(
             "slowloris: needs {needed} open files; the limit is {fds}"
@@ -723,8 +729,9 @@ fn scenario_slowloris_both(
         let pid = server.pid();
         let before = (fleet::threads(pid), server.rss()?);
         let connections =
-            slowloris::hold(server.addr).map_err(|e| format!("slowloris{tag}: {e}"))?;
+            slowloris::hold(server.addr, idle, slow).map_err(|e| format!("slowloris{tag}: {e}"))?;
         let run = SlowRun {
+            held: [idle, slow],
             threads: [before.0, fleet::threads(pid)],
             rss: [before.1, server.rss()?],
             ..SlowRun::default()
@@ -732,9 +739,7 @@ fn scenario_slowloris_both(
         progress(
             began,
             format_args!(
-                "slowloris{tag}: {} idle + {} slow connections held; server threads {} -> {}, resident {} -> {}",
-                slowloris::IDLE,
-                slowloris::SLOW,
+                "slowloris{tag}: {idle} idle + {slow} slow connections held; server threads {} -> {}, resident {} -> {}",
                 run.threads[0],
                 run.threads[1],
                 report::bytes(run.rss[0]),

@@ -538,11 +538,11 @@ fn slow_hist(run: &SlowRun) -> Histogram {
 
 /// The slowloris scenario's table and its targets.
 fn render_slowloris(out: &mut String, s: &Settings, now: &SlowRun, before: Option<&SlowRun>) {
-    use crate::slowloris::{IDLE, SLOW};
+    let [idle, slow] = now.held;
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "Slowloris (issue 9): {IDLE} idle keep-alive connections and {SLOW} slow senders (half a request, then one \
+        "Slowloris (issue 9): {idle} idle keep-alive connections and {slow} slow senders (half a request, then one \
          more header byte each every 20 ms) held against the server; in each of {} rounds, heartbeats on fresh \
          connections (connect to answer), each sent as a round of trickled bytes begins. Both servers hold their \
          connections at once; rounds alternate, trickling only to the server measured.\n",
@@ -575,7 +575,7 @@ fn render_slowloris(out: &mut String, s: &Settings, now: &SlowRun, before: Optio
             bytes(run.rss[1]),
             cpu * 1e6 / trickled.max(1) as f64,
             thousands(run.still_open as f64),
-            thousands((IDLE + SLOW) as f64),
+            thousands((run.held[0] + run.held[1]) as f64),
         );
     }
     let _ = writeln!(out);
@@ -603,8 +603,8 @@ fn render_slowloris(out: &mut String, s: &Settings, now: &SlowRun, before: Optio
         out,
         "| Slowloris: every heartbeat answered, every connection held | {errors} errors, {} of {} open | {} |",
         thousands(now.still_open as f64),
-        thousands((IDLE + SLOW) as f64),
-        verdict(Some(errors == 0 && now.still_open == IDLE + SLOW))
+        thousands((idle + slow) as f64),
+        verdict(Some(errors == 0 && now.still_open == idle + slow))
     );
 }
 

@@ -13,7 +13,8 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Idle keep-alive connections, slow senders, and the trickle period.
+/// Idle keep-alive connections and slow senders of the issue (`--quick`
+/// holds a tenth), and the trickle period.
 pub const IDLE: usize = 2000;
 pub const SLOW: usize = 300;
 const TRICKLE: Duration = Duration::from_millis(20);
@@ -42,13 +43,13 @@ pub struct SlowRound {
     pub server_cpu: f64,
 }
 
-/// Opens the idle and slow connections against `addr`; instance 0 of the
-/// bench fleet must be registered there.
-pub fn hold(addr: SocketAddr) -> Result<Held, String> {
-    let mut idle = Vec::with_capacity(IDLE);
-    while idle.len() < IDLE {
+/// Opens `n_idle` idle and `n_slow` slow connections against `addr`;
+/// instance 0 of the bench fleet must be registered there.
+pub fn hold(addr: SocketAddr, n_idle: usize, n_slow: usize) -> Result<Held, String> {
+    let mut idle = Vec::with_capacity(n_idle);
+    while idle.len() < n_idle {
         let mut batch = Vec::with_capacity(BATCH);
-        for _ in 0..BATCH.min(IDLE - idle.len()) {
+        for _ in 0..BATCH.min(n_idle - idle.len()) {
             let mut conn = Conn::connect(addr).map_err(|e| format!("idle connect: {e}"))?;
             conn.send(LISTING).map_err(|e| format!("idle send: {e}"))?;
             batch.push(conn);
@@ -66,9 +67,9 @@ pub fn hold(addr: SocketAddr) -> Result<Held, String> {
             idle.push(conn.into_inner());
         }
     }
-    let mut slow = Vec::with_capacity(SLOW);
-    while slow.len() < SLOW {
-        for _ in 0..BATCH.min(SLOW - slow.len()) {
+    let mut slow = Vec::with_capacity(n_slow);
+    while slow.len() < n_slow {
+        for _ in 0..BATCH.min(n_slow - slow.len()) {
             let mut stream = TcpStream::connect(addr).map_err(|e| format!("slow connect: {e}"))?;
             let _ = stream.set_nodelay(true);
             stream
