@@ -112,6 +112,13 @@ const LINGER: Millis = 100;
 const OUT_BATCH: usize = 64 * 1024;
 /// A worker keeps an output buffer up to this size for the next connection.
 const KEEP_OUT: usize = 1 << 20;
+/// A request that has come in `SLOW_READS` reads of fewer than `SMALL_READ`
+/// bytes each and is still not whole is trickling (slowloris, or a person
+/// typing): after each read its socket wakes no one for `TRICKLE_MS`, so it
+/// costs a worker at most one turn in that time, not one per byte.
+const SLOW_READS: u32 = 8;
+const SMALL_READ: usize = 64;
+const TRICKLE_MS: Millis = 50;
 /// A body this large is sent from its own buffer after its head, not
 /// copied behind it.
 const TAIL_BODY: usize = 64 * 1024;
@@ -131,6 +138,8 @@ struct Shared {
     api: Arc<Api>,
     config: Config,
     waker: Waker,
+    /// The poller's registry, for a worker to quiet a trickling socket.
+    registry: mio::Registry,
     /// Stop accepting; answer what is read with `Connection: close`.
     stopping: AtomicBool,
     /// The grace period is over: cut every connection.
@@ -179,6 +188,10 @@ struct Conn {
     /// The peer has shut its side (an event said so): a short read no longer
     /// means the socket is empty, the end of file may be behind the data.
     peer_closed: AtomicBool,
+    /// Its request is trickling in: a timer at `wake_at` hands it to a
+    /// worker to read what has come (and events that raced are ignored).
+    trickling: AtomicBool,
+    wake_at: AtomicU64,
     io: Mutex<ConnIo>,
 }
 
@@ -193,6 +206,12 @@ struct ConnIo {
     continued: bool,
     /// When the request now arriving began (monotonic ms).
     request_started: Option<Millis>,
+    /// Reads of fewer than `SMALL_READ` bytes since a request was last whole.
+    small_reads: u32,
+    /// Registered for writability only (trickling): arriving bytes wake no one.
+    quiet: bool,
+    /// Bytes were read in the worker's present turn.
+    read_some: bool,
     /// Output the client has not taken yet, from `out_pos` on.
     out: Vec<u8>,
     out_pos: usize,
@@ -255,6 +274,7 @@ impl Server {
             api: Arc::clone(&api),
             config: config.clone(),
             waker,
+            registry: poll.registry().try_clone()?,
             stopping: AtomicBool::new(false),
             cut: AtomicBool::new(false),
             exit: AtomicBool::new(false),
@@ -469,6 +489,49 @@ impl Shared {
     /// Makes sure the poller looks at `conn` by `at`.
     fn schedule(&self, conn: &Conn, at: Millis) {
         conn.deadline.store(at, Ordering::SeqCst);
+        self.arm(conn, at);
+    }
+
+    /// A trickling request just read from: its socket stops waking the
+    /// poller, and a timer hands it to a worker in `TRICKLE_MS` to read what
+    /// came meanwhile. If nothing came, or the request is whole, its bytes
+    /// wake it again. Called by the worker holding `conn` after each step.
+    fn pace(&self, conn: &Conn, io: &mut ConnIo) {
+        let trickling = std::mem::take(&mut io.read_some)
+            && io.small_reads >= SLOW_READS
+            && matches!(io.phase, Phase::Open)
+            && mid_request(io)
+            && !owes(io);
+        if trickling != io.quiet {
+            let interest = if trickling {
+                Interest::WRITABLE
+            } else {
+                Interest::READABLE | Interest::WRITABLE
+            };
+            if let Some(stream) = &mut io.stream {
+                // A failure leaves it woken by every byte, as before.
+                if self
+                    .registry
+                    .reregister(stream, Token(conn.slot + FIRST_CONN), interest)
+                    .is_ok()
+                {
+                    io.quiet = trickling;
+                }
+            }
+        }
+        if trickling {
+            let at = mono() + TRICKLE_MS;
+            conn.wake_at.store(at, Ordering::SeqCst);
+            conn.trickling.store(true, Ordering::SeqCst);
+            self.arm(conn, at);
+        } else if conn.trickling.load(Ordering::SeqCst) {
+            conn.trickling.store(false, Ordering::SeqCst);
+            conn.wake_at.store(NEVER, Ordering::SeqCst);
+        }
+    }
+
+    /// Makes sure a timer fires for `conn` by `at`.
+    fn arm(&self, conn: &Conn, at: Millis) {
         if at >= conn.scheduled.load(Ordering::SeqCst) {
             return; // an earlier timer will look, and find this one
         }
@@ -661,6 +724,9 @@ impl Poller {
                             let hung_up = event.is_read_closed() || event.is_error();
                             if hung_up {
                                 conn.peer_closed.store(true, Ordering::SeqCst);
+                            } else if conn.trickling.load(Ordering::SeqCst) {
+                                // Its timer reads what has come.
+                                continue;
                             }
                             if !(hung_up && self.hang_up(&conn, &mut batch)) {
                                 self.shared.dispatch(&conn, &mut batch);
@@ -787,6 +853,8 @@ impl Poller {
             scheduled: AtomicU64::new(NEVER),
             woken: AtomicBool::new(false),
             peer_closed: AtomicBool::new(false),
+            trickling: AtomicBool::new(false),
+            wake_at: AtomicU64::new(NEVER),
             io: Mutex::new(ConnIo {
                 stream: Some(stream),
                 peer: Some(peer.ip().to_canonical()),
@@ -794,6 +862,9 @@ impl Poller {
                 parser: Parser::default(),
                 continued: false,
                 request_started: None,
+                small_reads: 0,
+                quiet: false,
+                read_some: false,
                 out: Vec::new(),
                 out_pos: 0,
                 tail: Vec::new(),
@@ -901,12 +972,16 @@ impl Poller {
             };
             conn.scheduled.store(NEVER, Ordering::SeqCst);
             let deadline = conn.deadline.load(Ordering::SeqCst);
-            if deadline > now {
-                if deadline != NEVER {
-                    conn.scheduled.store(deadline, Ordering::SeqCst);
-                    timers.push(deadline, slot, id);
+            let wake = conn.wake_at.load(Ordering::SeqCst);
+            if deadline > now && wake > now {
+                let next = deadline.min(wake);
+                if next != NEVER {
+                    conn.scheduled.store(next, Ordering::SeqCst);
+                    timers.push(next, slot, id);
                 }
             } else {
+                conn.wake_at.store(NEVER, Ordering::SeqCst);
+                conn.trickling.store(false, Ordering::SeqCst);
                 self.shared.dispatch(conn, batch);
             }
         }
@@ -973,6 +1048,7 @@ impl<'a> Worker<'a> {
                     self.close(conn, &mut io);
                     return;
                 }
+                self.shared.pace(conn, &mut io);
                 verdict
             };
             if let Verdict::Keep(at) = verdict {
@@ -1250,6 +1326,10 @@ impl<'a> Worker<'a> {
             // its side: its end of file may have come with these bytes, in
             // the same event, and only another read sees it.
             drained = n < self.scratch.len() && !conn.peer_closed.load(Ordering::SeqCst);
+            io.read_some = true;
+            if n < SMALL_READ {
+                io.small_reads = io.small_reads.saturating_add(1);
+            }
             if io.pending.is_empty() {
                 let scratch = std::mem::take(&mut self.scratch);
                 let used = self.handle_all(conn, io, &scratch[..n]);
@@ -1312,6 +1392,7 @@ impl<'a> Worker<'a> {
                     io.parser = Parser::default();
                     io.continued = false;
                     io.request_started = None;
+                    io.small_reads = 0;
                     request.peer = io.peer;
                     if let Some(verdict) =
                         self.answer(conn, io, request, self.shared.stopping(), None)

@@ -207,6 +207,60 @@ fn partial_requests_resume_when_the_rest_arrives() {
     assert_eq!(read_reply(&mut reader).map(|r| r.status), Some(404));
 }
 
+/// A request trickled in a byte at a time (slowloris, or a person typing)
+/// stops waking a worker on every byte once it is seen trickling, and is
+/// read again on a timer: it is still answered promptly after its last
+/// byte, and a trickler that hangs up mid-request is told so and closed at
+/// once, not at `--request-timeout`.
+#[test]
+fn trickled_requests_are_answered_and_their_hang_ups_seen() {
+    let server = start_with(|c| c.threads = 1);
+    let addr = server.local_addr();
+    register(addr);
+    let mut stream = connect(addr, Duration::from_secs(5));
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    for (i, b) in HEARTBEAT.iter().enumerate() {
+        stream.write_all(&[*b]).expect("send a byte");
+        thread::sleep(Duration::from_millis(2));
+        if i == HEARTBEAT.len() / 2 {
+            // The only worker is free meanwhile: another client is served.
+            assert_eq!(raw(addr, GET_APPS).status, 200);
+        }
+    }
+    let last_byte = Instant::now();
+    let reply = read_reply(&mut reader).expect("the answer");
+    assert_eq!(reply.status, 204, "{reply:?}");
+    // Read again within 50 ms of the last byte; a second of slack.
+    assert!(
+        last_byte.elapsed() < Duration::from_secs(1),
+        "answered {:?} after the last byte",
+        last_byte.elapsed()
+    );
+    // Kept alive: the next request, whole, is answered as usual.
+    stream.write_all(HEARTBEAT).expect("send");
+    assert_eq!(read_reply(&mut reader).map(|r| r.status), Some(204));
+
+    // Half a request, trickled, then the client shuts its side.
+    let mut stream = connect(addr, Duration::from_secs(5));
+    for b in &HEARTBEAT[..40] {
+        stream.write_all(&[*b]).expect("send a byte");
+        thread::sleep(Duration::from_millis(2));
+    }
+    let hung_up = Instant::now();
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        hung_up.elapsed() < Duration::from_secs(5),
+        "closed {:?} after the hang-up (the request timeout is 10 s)",
+        hung_up.elapsed()
+    );
+}
+
 /// Slow readers of large answers, three per worker, hold no worker: while
 /// their answers wait in the poller, heartbeats are answered at once; and
 /// their answers resume when they read again.
