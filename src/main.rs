@@ -22,7 +22,7 @@ struct Flags {
     addr: String,
 
     /// worker threads running the handlers, 1 to 1024; waiting
-    /// connections hold none (default: 4 per CPU, 8 to 64)
+    /// connections hold none (default: the number of CPUs, at least 4)
     #[argh(option)]
     threads: Option<usize>,
 

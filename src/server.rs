@@ -61,7 +61,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            threads: default_threads(),
+            threads: thread::available_parallelism().map_or(4, |n| n.get().max(4)),
             max_connections: default_max_connections(),
             down_after: Duration::from_secs(90),
             evict_after: Duration::from_secs(600),
@@ -79,17 +79,8 @@ impl Default for Config {
 /// poller, stdio, token files, a refused connection's 503.
 const FD_RESERVE: u64 = 64;
 
-/// The default `--threads`: 4 per CPU, 8 to 64.
-pub fn default_threads() -> usize {
-    // Measured with 32 busy keep-alive connections on 2 cores: 8 workers
-    // answered 9% more heartbeats than 4, and 16 or 32 fewer again.
-    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-    (4 * cpus).clamp(8, 64)
-}
-
-/// The default `--max-connections`: what the descriptor limit allows once
-/// the soft limit is raised to the hard one (as `registro` does at start),
-/// less a reserve.
+/// What the descriptor limit allows once the soft limit is raised to the
+/// hard one (as `registro` does at start), less a reserve.
 pub fn default_max_connections() -> usize {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     let fds = limit.maximum.or(limit.current).unwrap_or(1 << 20);
