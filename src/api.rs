@@ -8,6 +8,7 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+mod answers;
 mod views;
 
 use crate::auth::Access;
@@ -30,6 +31,7 @@ pub struct Api {
     log: Log,
     access: Access,
     notify: OnceLock<Notify>,
+    answers: answers::Answers,
 }
 
 impl std::fmt::Debug for Api {
@@ -109,6 +111,7 @@ impl Api {
             log,
             access,
             notify: OnceLock::new(),
+            answers: answers::Answers::default(),
         }
     }
 
@@ -157,6 +160,7 @@ impl Api {
         if changes.apps.is_empty() {
             return;
         }
+        self.answers.changed();
         if let Some(notify) = self.notify.get() {
             // A step of the ticker may change hundreds of apps, some twice:
             // sorted and deduplicated, not searched once per app.
@@ -217,6 +221,10 @@ impl Api {
 
     fn list(&self, query: &ListQuery, now: Now, answer_now: bool) -> Result<Outcome, Response> {
         let unless = query.watch.filter(|_| !answer_now).map(|(index, _)| index);
+        if let Some(shared) = self.shared_answer(&Topic::All, query, unless, now) {
+            return Ok(shared);
+        }
+        let generation = self.answers.generation();
         let mut registry = self.lock();
         let view = registry.apps(now.mono, query.filter, unless);
         self.publish(registry, false);
@@ -225,9 +233,26 @@ impl Api {
         };
         // Serialised after the lock is released: a large listing never
         // stalls heartbeats for longer than the copy of its handles.
-        let mut response = Response::json(200, views::apps(&apps, now));
-        response.headers.push((INDEX_HEADER, index.to_string()));
-        Ok(Outcome::Respond(response))
+        let body = views::apps(&apps, now);
+        if unless.is_some() {
+            let filter = query.filter;
+            self.answers
+                .keep(Topic::All, filter, generation, now.mono, index, &body);
+        }
+        Ok(Outcome::Respond(indexed(body, index)))
+    }
+
+    /// The answer another watcher of `topic` woken by the same change got,
+    /// if it is current (see `answers`); only for a watch (`unless`).
+    fn shared_answer(
+        &self,
+        topic: &Topic,
+        query: &ListQuery,
+        unless: Option<u64>,
+        now: Now,
+    ) -> Option<Outcome> {
+        let (index, body) = self.answers.find(topic, query.filter, unless?, now.mono)?;
+        Some(Outcome::Respond(indexed(body, index)))
     }
 
     fn app(
@@ -238,17 +263,24 @@ impl Api {
         answer_now: bool,
     ) -> Result<Outcome, Response> {
         let unless = query.watch.filter(|_| !answer_now).map(|(index, _)| index);
+        let topic = Topic::App(Arc::from(app));
+        if let Some(shared) = self.shared_answer(&topic, query, unless, now) {
+            return Ok(shared);
+        }
+        let generation = self.answers.generation();
         let mut registry = self.lock();
         let view = registry.app(app, now.mono, query.filter, unless);
         self.publish(registry, false);
         match view.map_err(|e| refusal(e, app, ""))? {
-            None => Ok(wait(Topic::App(Arc::from(app)), query, now)),
+            None => Ok(wait(topic, query, now)),
             Some(view) => {
-                let mut response = Response::json(200, views::app(&view, now));
-                response
-                    .headers
-                    .push((INDEX_HEADER, view.index.to_string()));
-                Ok(Outcome::Respond(response))
+                let body = views::app(&view, now);
+                if unless.is_some() {
+                    let filter = query.filter;
+                    self.answers
+                        .keep(topic, filter, generation, now.mono, view.index, &body);
+                }
+                Ok(Outcome::Respond(indexed(body, view.index)))
             }
         }
     }
@@ -679,6 +711,13 @@ pub fn status_name(status: Status) -> &'static str {
     }
 }
 
+/// A 200 with a JSON body and its `Registro-Index`.
+fn indexed(body: Vec<u8>, index: u64) -> Response {
+    let mut response = Response::json(200, body);
+    response.headers.push((INDEX_HEADER, index.to_string()));
+    response
+}
+
 /// The wall-clock time of a monotonic reading: what the system clock said
 /// `now.mono - mono` ago. Ages come from the monotonic clock; only the
 /// `lastRenewal` shown is on the wall clock.
@@ -968,6 +1007,57 @@ mod tests {
         for (now, want) in cases {
             assert_eq!(after_clock_step(now), want, "{now:?}");
         }
+    }
+
+    /// Watchers woken by one change may share one answer (`answers`), but
+    /// never one older than the latest change, nor one made before FRESH:
+    /// a heartbeat's `lastRenewal` shows in the next watch's answer.
+    #[test]
+    fn a_shared_watch_answer_is_never_behind_a_change_or_stale() {
+        let api = api();
+        let at = |ms: Millis| Now {
+            mono: ms,
+            wall: WALL + ms,
+        };
+        call(
+            &api,
+            "POST",
+            "/registro/1.0/apps",
+            r#"{"name":"web"}"#,
+            at(0),
+        );
+        let instance = r#"{"id":"a","ip":"10.0.0.1","port":80}"#;
+        call(&api, "POST", "/registro/1.0/apps/web", instance, at(0));
+        assert_eq!(
+            call(&api, "PUT", "/registro/1.0/apps/web/a", "", at(0)).0,
+            204
+        );
+        let watch = "/registro/1.0/apps/web?index=1&wait=2s";
+        let ids = |body: &str| -> Vec<String> {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            v["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let (status, first) = call(&api, "GET", watch, "", at(0));
+        assert_eq!((status, ids(&first)), (200, vec!["a".to_string()]));
+        // A change within FRESH: the next watcher sees it.
+        let instance = r#"{"id":"b","ip":"10.0.0.2","port":80}"#;
+        call(&api, "POST", "/registro/1.0/apps/web", instance, at(10));
+        let (_, second) = call(&api, "GET", watch, "", at(20));
+        assert_eq!(ids(&second), vec!["a".to_string(), "b".to_string()]);
+        // A heartbeat of an `up` instance changes no index; once FRESH has
+        // passed since the answer was made, it shows.
+        assert_eq!(
+            call(&api, "PUT", "/registro/1.0/apps/web/a", "", at(1_000)).0,
+            204
+        );
+        let (_, third) = call(&api, "GET", watch, "", at(1_000 + answers::FRESH));
+        let v: serde_json::Value = serde_json::from_str(&third).unwrap();
+        assert_eq!(v["instances"][0]["lastRenewal"], (WALL + 1_000) / 1_000);
     }
 
     #[test]
