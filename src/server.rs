@@ -1460,14 +1460,10 @@ impl<'a> Worker<'a> {
         let Some(stream) = &io.stream else {
             return false;
         };
-        while io.out_pos < io.out.len() {
-            match (&*stream).write(&io.out[io.out_pos..]) {
-                Ok(0) => return false,
-                Ok(n) => io.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
+        match write_from(stream, &io.out, &mut io.out_pos) {
+            Ok(true) => {}
+            Ok(false) => return true,
+            Err(()) => return false,
         }
         // Written: the buffer goes back to the worker (or away if large).
         if !io.out.is_empty() {
@@ -1478,19 +1474,30 @@ impl<'a> Worker<'a> {
                 self.out = done;
             }
         }
-        while io.tail_pos < io.tail.len() {
-            match (&*stream).write(&io.tail[io.tail_pos..]) {
-                Ok(0) => return false,
-                Ok(n) => io.tail_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
+        match write_from(stream, &io.tail, &mut io.tail_pos) {
+            Ok(true) => {}
+            Ok(false) => return true,
+            Err(()) => return false,
         }
         io.tail = Vec::new();
         io.tail_pos = 0;
         true
     }
+}
+
+/// Writes `buf` from `*pos` on: `Ok(true)` once all of it is written,
+/// `Ok(false)` when the socket would block, `Err` when the connection failed.
+fn write_from(stream: &TcpStream, buf: &[u8], pos: &mut usize) -> Result<bool, ()> {
+    while *pos < buf.len() {
+        match (&*stream).write(&buf[*pos..]) {
+            Ok(0) => return Err(()),
+            Ok(n) => *pos += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(()),
+        }
+    }
+    Ok(true)
 }
 
 /// Whether the connection has output the client has not taken yet.

@@ -494,8 +494,17 @@ fn stop(server: ServerProc, r: &mut Results, name: &str) {
 /// machine hits the baseline and every size alike, and both servers when a
 /// second one is given), then 3 and 4, likewise interleaved.
 fn scenarios_1_to_4(s: &Settings, r: &mut Results, began: Instant) -> Result<(), String> {
+    with_before(r, |r, rb| scenarios_1_to_4_both(s, r, rb, began))
+}
+
+/// Runs `f` with the results of the server under test and, if a second
+/// server is compared, of that one; the second's bad exits join the first's.
+fn with_before(
+    r: &mut Results,
+    f: impl FnOnce(&mut Results, Option<&mut Results>) -> Result<(), String>,
+) -> Result<(), String> {
     let mut rb = r.before.take();
-    let result = scenarios_1_to_4_both(s, r, rb.as_deref_mut(), began);
+    let result = f(r, rb.as_deref_mut());
     if let Some(mut rb) = rb {
         r.bad_exits.append(&mut rb.bad_exits);
         r.before = Some(rb);
@@ -691,13 +700,7 @@ fn connections_allowed(asked: usize, most: usize, what: &str) -> Result<usize, S
 /// both servers hold their connections at once and are measured in turn,
 /// round by round, each round trickling only to the server measured.
 fn scenario_slowloris(s: &Settings, r: &mut Results, began: Instant) -> Result<(), String> {
-    let mut rb = r.before.take();
-    let result = scenario_slowloris_both(s, r, rb.as_deref_mut(), began);
-    if let Some(mut rb) = rb {
-        r.bad_exits.append(&mut rb.bad_exits);
-        r.before = Some(rb);
-    }
-    result
+    with_before(r, |r, rb| scenario_slowloris_both(s, r, rb, began))
 }
 
 fn scenario_slowloris_both(
