@@ -556,7 +556,9 @@ impl Head {
                 self.keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
             }
         } else if name.eq_ignore_ascii_case(b"authorization") {
-            self.authorization = Some(String::from_utf8_lossy(value).into_owned());
+            // Not UTF-8: no token can match it. Kept as empty (refused as
+            // malformed), not lossily, where distinct bytes would read alike.
+            self.authorization = Some(String::from_utf8(value.to_vec()).unwrap_or_default());
         } else if name.eq_ignore_ascii_case(b"expect") {
             if value.eq_ignore_ascii_case(b"100-continue") {
                 self.expect_continue = !self.http10;
@@ -750,6 +752,30 @@ mod tests {
             !shown.contains("s3cr3t") && shown.contains("<redacted>"),
             "{shown}"
         );
+    }
+
+    /// Found by the parser fuzz (case 466021 of seed 1795932978076181297):
+    /// an Authorization value that is not UTF-8 was kept lossily, each bad
+    /// byte turned into a 3-byte U+FFFD, so a line within the 8 KiB limit
+    /// became a longer string, and bytes that differ read the same (a stored
+    /// token holding U+FFFD would match any of them). It now reads as no
+    /// token at all in a well-formed header: refused as malformed.
+    #[test]
+    fn an_authorization_that_is_not_utf8_reads_as_malformed() {
+        let mut input = b"GET / HTTP/1.1\r\nAuthorization: Bearer ".to_vec();
+        input.extend(std::iter::repeat_n(0xff, 8000));
+        input.extend_from_slice(b"\r\n\r\n");
+        let request = match parse(&input) {
+            Ok(Parsed::Complete { request, .. }) => request,
+            other => panic!("not parsed: {other:?}"),
+        };
+        let authorization = request.authorization.unwrap_or_default();
+        assert!(
+            authorization.len() <= MAX_LINE,
+            "{} bytes",
+            authorization.len()
+        );
+        assert!(!authorization.contains('\u{fffd}'), "kept lossily");
     }
 
     /// Parses `input` fed in pieces of `step` bytes, as a socket might
