@@ -188,9 +188,9 @@ struct Conn {
     /// The peer has shut its side (an event said so): a short read no longer
     /// means the socket is empty, the end of file may be behind the data.
     peer_closed: AtomicBool,
-    /// Its request is trickling in: a timer at `wake_at` hands it to a
-    /// worker to read what has come (and events that raced are ignored).
-    trickling: AtomicBool,
+    /// Its request is trickling in (`NEVER` if not): a timer at this time
+    /// hands it to a worker to read what has come, and events that raced
+    /// with its quieting are ignored until then.
     wake_at: AtomicU64,
     io: Mutex<ConnIo>,
 }
@@ -522,10 +522,8 @@ impl Shared {
         if trickling {
             let at = mono() + TRICKLE_MS;
             conn.wake_at.store(at, Ordering::SeqCst);
-            conn.trickling.store(true, Ordering::SeqCst);
             self.arm(conn, at);
-        } else if conn.trickling.load(Ordering::SeqCst) {
-            conn.trickling.store(false, Ordering::SeqCst);
+        } else {
             conn.wake_at.store(NEVER, Ordering::SeqCst);
         }
     }
@@ -724,7 +722,7 @@ impl Poller {
                             let hung_up = event.is_read_closed() || event.is_error();
                             if hung_up {
                                 conn.peer_closed.store(true, Ordering::SeqCst);
-                            } else if conn.trickling.load(Ordering::SeqCst) {
+                            } else if conn.wake_at.load(Ordering::SeqCst) != NEVER {
                                 // Its timer reads what has come.
                                 continue;
                             }
@@ -853,7 +851,6 @@ impl Poller {
             scheduled: AtomicU64::new(NEVER),
             woken: AtomicBool::new(false),
             peer_closed: AtomicBool::new(false),
-            trickling: AtomicBool::new(false),
             wake_at: AtomicU64::new(NEVER),
             io: Mutex::new(ConnIo {
                 stream: Some(stream),
@@ -981,7 +978,6 @@ impl Poller {
                 }
             } else {
                 conn.wake_at.store(NEVER, Ordering::SeqCst);
-                conn.trickling.store(false, Ordering::SeqCst);
                 self.shared.dispatch(conn, batch);
             }
         }
