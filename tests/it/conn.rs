@@ -10,8 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    connect, eventually, fill_registry, proc_status, raise_nofile, raw, read_head, read_reply,
-    start_with, Proc, Reply,
+    connect, eventually, fill_registry, held_open, proc_status, raise_nofile, raw, read_head,
+    read_reply, start_with, Proc, Reply,
 };
 
 const GET_APPS: &[u8] = b"GET /registro/1.0/apps HTTP/1.1\r\nHost: t\r\n\r\n";
@@ -42,15 +42,6 @@ fn idle_connection(addr: SocketAddr) -> TcpStream {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("connection"), Some("keep-alive"));
     reader.into_inner()
-}
-
-/// Whether the server still holds `stream` open: nothing to read, no EOF.
-fn held_open(stream: &TcpStream) -> bool {
-    stream.set_nonblocking(true).expect("nonblocking");
-    let mut byte = [0u8; 1];
-    let open = matches!((&*stream).read(&mut byte), Err(e) if e.kind() == ErrorKind::WouldBlock);
-    stream.set_nonblocking(false).expect("blocking");
-    open
 }
 
 /// Sends `bytes`, reads until the server closes, and returns the one answer

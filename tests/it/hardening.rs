@@ -14,7 +14,9 @@ use std::sync::{PoisonError, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{connect, eventually, fill_registry, raise_nofile, raw, read_reply, Proc};
+use crate::support::{
+    connect, eventually, fill_registry, held_open, raise_nofile, raw, read_reply, Proc,
+};
 
 /// The load test takes this exclusively and the other tests here share it, so
 /// that heartbeat latencies are not measured while another test of this
@@ -482,15 +484,6 @@ fn hostile_bytes_get_a_4xx_or_a_closed_connection_and_the_server_keeps_serving()
 }
 
 // 3. Many idle and slow connections at once.
-
-/// Whether the server still holds `stream` open: nothing to read, no EOF.
-fn held_open(stream: &TcpStream) -> bool {
-    stream.set_nonblocking(true).expect("nonblocking");
-    let mut byte = [0u8; 1];
-    let open = matches!((&*stream).read(&mut byte), Err(e) if e.kind() == ErrorKind::WouldBlock);
-    stream.set_nonblocking(false).expect("blocking");
-    open
-}
 
 #[test]
 fn heartbeats_stay_fast_under_2000_idle_and_300_slowloris_connections() {
