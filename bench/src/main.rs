@@ -164,6 +164,22 @@ pub struct WatchRound {
     pub load: Outcome,
 }
 
+impl WatchRound {
+    /// `fanout` of the change sent at `t0`, each arrival timed from then.
+    fn new(fanout: watch::Fanout, t0: Instant, change_us: u64, load: Outcome) -> WatchRound {
+        let mut hist = hist::Histogram::default();
+        for at in &fanout.arrivals {
+            hist.record(at.saturating_duration_since(t0).as_micros() as u64);
+        }
+        WatchRound {
+            fanout,
+            hist,
+            change_us,
+            load,
+        }
+    }
+}
+
 /// The sweeps seen while heartbeats ran against one server.
 pub struct SweepRun {
     /// The server's `--down-after`.
@@ -1178,16 +1194,7 @@ fn scenario_watch(s: &Settings, r: &mut Results, began: Instant) -> Result<(), S
         let mut fanout = watchers.collect(t0 + Duration::from_secs(5))?;
         watchers.rearm()?;
         fanout.armed = armed;
-        let mut hist = hist::Histogram::default();
-        for at in &fanout.arrivals {
-            hist.record(at.saturating_duration_since(t0).as_micros() as u64);
-        }
-        let w = WatchRound {
-            fanout,
-            hist,
-            change_us,
-            load: o,
-        };
+        let w = WatchRound::new(fanout, t0, change_us, o);
         progress(
             began,
             format_args!("watch fan-out {}: {}", round + 1, report::watch_summary(&w)),
@@ -1209,15 +1216,11 @@ fn scenario_watch(s: &Settings, r: &mut Results, began: Instant) -> Result<(), S
     let cpu_after = cpu();
     watchers.rearm()?;
     fanout.armed = armed;
-    let mut hist = hist::Histogram::default();
-    for at in &fanout.arrivals {
-        hist.record(at.saturating_duration_since(t0).as_micros() as u64);
-    }
-    let w = WatchRound {
+    let w = WatchRound::new(
         fanout,
-        hist,
+        t0,
         change_us,
-        load: Outcome {
+        Outcome {
             server_cpu: cpu_after
                 .0
                 .zip(cpu_before.0)
@@ -1228,7 +1231,7 @@ fn scenario_watch(s: &Settings, r: &mut Results, began: Instant) -> Result<(), S
                 .map_or(f64::NAN, |(a, b)| a - b),
             ..Outcome::default()
         },
-    };
+    );
     progress(
         began,
         format_args!(
