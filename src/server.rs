@@ -523,7 +523,7 @@ impl Shared {
             let at = mono() + TRICKLE_MS;
             conn.wake_at.store(at, Ordering::SeqCst);
             self.arm(conn, at);
-        } else {
+        } else if conn.wake_at.load(Ordering::SeqCst) != NEVER {
             conn.wake_at.store(NEVER, Ordering::SeqCst);
         }
     }
