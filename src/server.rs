@@ -119,6 +119,11 @@ const KEEP_OUT: usize = 1 << 20;
 const SLOW_READS: u32 = 8;
 const SMALL_READ: usize = 64;
 const TRICKLE_MS: Millis = 50;
+/// Trickling connections wait `TRICKLE_MS` plus up to this much more, by
+/// connection id: slow senders that began together (one attacker's batch)
+/// are read at spread-out times, not all in the same millisecond, where a
+/// request arriving behind them would wait for all of their reads.
+const TRICKLE_SPREAD: u64 = 32;
 /// A body this large is sent from its own buffer after its head, not
 /// copied behind it.
 const TAIL_BODY: usize = 64 * 1024;
@@ -520,7 +525,7 @@ impl Shared {
             }
         }
         if trickling {
-            let at = mono() + TRICKLE_MS;
+            let at = mono() + TRICKLE_MS + conn.id % TRICKLE_SPREAD;
             conn.wake_at.store(at, Ordering::SeqCst);
             self.arm(conn, at);
         } else if conn.wake_at.load(Ordering::SeqCst) != NEVER {
