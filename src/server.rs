@@ -672,6 +672,8 @@ struct Poller {
     refused: u64,
     refused_logged: Option<Millis>,
     stop_done: bool,
+    /// A connection just accepted, on its way to a worker.
+    fresh: Vec<Arc<Conn>>,
 }
 
 impl Poller {
@@ -689,6 +691,7 @@ impl Poller {
             refused: 0,
             refused_logged: None,
             stop_done: false,
+            fresh: Vec::with_capacity(1),
         }
     }
 
@@ -879,6 +882,12 @@ impl Poller {
             }),
         });
         shared.schedule(&conn, now + millis(shared.config.idle_timeout));
+        // Handed to a worker at once: its first request is usually on its
+        // way, and the worker's wake-up then overlaps its coming rather than
+        // follows it (as a thread blocked in `read` did). If it has not come
+        // yet, the worker finds nothing and its readiness event follows.
+        shared.dispatch(&conn, &mut self.fresh);
+        shared.enqueue(&mut self.fresh);
         self.conns[slot] = Some(conn);
     }
 
