@@ -214,6 +214,48 @@ fn a_watch_is_woken_by_removals_by_time() {
     );
 }
 
+/// What a parked watch's client does meanwhile is seen at once: a request
+/// sent behind the watch is answered after it, in order, and a client that
+/// hangs up stops counting as waiting long before its wait ends.
+#[test]
+fn a_parked_watch_keeps_what_comes_behind_it_and_sees_its_client_leave() {
+    let server = start_with(|_| {});
+    let addr = server.local_addr();
+    let mut c = Conn::open(addr);
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    with_a_up(&mut c);
+    let before = index_of(&mut c, "/apps/web");
+    let watch =
+        format!("GET /registro/1.0/apps/web?index={before}&wait=60s HTTP/1.1\r\nHost: t\r\n\r\n");
+    // A watch with the next request sent behind it, in the same write.
+    let eager = TcpStream::connect(addr).expect("connect");
+    (&eager)
+        .write_all(
+            format!("{watch}GET /registro/1.0/apps/web/a HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+        )
+        .expect("send");
+    parked(&mut c, 1);
+    // A watch whose client leaves while it waits: no longer waiting within
+    // `parked`'s 5 s, where its wait is 60 s.
+    let leaving = TcpStream::connect(addr).expect("connect");
+    (&leaving).write_all(watch.as_bytes()).expect("send");
+    parked(&mut c, 2);
+    drop(leaving);
+    parked(&mut c, 1);
+    // The change answers the watch, then the request behind it.
+    register(&mut c, "web", "b", "10.0.0.2", 80);
+    eager.set_read_timeout(Some(PROMPT)).expect("timeout");
+    let mut reader = BufReader::new(eager);
+    let first = read_reply(&mut reader).expect("the watch's answer");
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(index(&first) > before);
+    assert_eq!(status_in(&first.json(), "b").as_deref(), Some("starting"));
+    let second = read_reply(&mut reader).expect("the request behind the watch");
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_eq!(second.json()["id"], "a", "{}", second.body);
+    parked(&mut c, 0);
+}
+
 #[test]
 fn a_plain_renewal_wakes_no_watch_and_a_watch_returns_at_wait() {
     let server = start_with(|_| {});
