@@ -219,7 +219,8 @@ fn write_lines(shared: &Shared, out: &mut dyn Write) {
         };
         if last || Instant::now() >= next_summary {
             next_summary = Instant::now() + Duration::from_secs(1);
-            for line in lock(&shared.budget).summarise() {
+            let now = crate::clock::now().mono;
+            for line in lock(&shared.budget).summarise(now, last) {
                 batch.push_str(&stamped(format_args!("{line}")));
             }
         }
@@ -336,14 +337,16 @@ impl Log {
     }
 
     /// Queues one summary line per app and kind of the events that went
-    /// over the budget since the last summary. Call it when a batch of
-    /// events ends (a sweep's pass); the logger thread also calls it every
-    /// second and at the end.
+    /// over the budget since the last summary, unless there was one less
+    /// than a second ago (the logger's next second then brings it). Call it
+    /// when a batch of events ends (a sweep's pass); the logger thread also
+    /// calls it every second and at the end.
     pub fn summarise(&self) {
         let Some(shared) = &self.shared else {
             return;
         };
-        let lines = lock(&shared.budget).summarise();
+        let now = crate::clock::now().mono;
+        let lines = lock(&shared.budget).summarise(now, false);
         for line in lines {
             self.push(stamped(format_args!("{line}")), true);
         }
@@ -413,6 +416,8 @@ struct Budget {
     /// Events over the budget by kind and app, in order of first arrival.
     over: HashMap<Key, usize>,
     order: Vec<(Key, Over)>,
+    /// When the last summary was made, if one was.
+    summarised: Option<u64>,
 }
 
 impl Budget {
@@ -423,6 +428,7 @@ impl Budget {
             used: 0,
             over: HashMap::new(),
             order: Vec::new(),
+            summarised: None,
         }
     }
 
@@ -457,8 +463,19 @@ impl Budget {
 
     /// The summary lines of what went over the budget, and a fresh count:
     /// one line per app and kind, at most [`SUMMARY_LINES`]; the rest
-    /// summed by kind.
-    fn summarise(&mut self) -> Vec<String> {
+    /// summed by kind. At most one summary a second (`now` in ms), unless
+    /// `last`: within a second of the previous one there is none, and the
+    /// count goes on.
+    fn summarise(&mut self, now: u64, last: bool) -> Vec<String> {
+        if self.order.is_empty()
+            || !last
+                && self
+                    .summarised
+                    .is_some_and(|at| now < at.saturating_add(1000))
+        {
+            return Vec::new();
+        }
+        self.summarised = Some(now);
         self.over.clear();
         let mut lines = Vec::new();
         let mut rest: Vec<(Kind, u64, u64)> = Vec::new();
@@ -652,6 +669,30 @@ mod tests {
         Event::AppCreated { app: app.into() }
     }
 
+    #[test]
+    fn summaries_come_at_most_once_a_second() {
+        let mut budget = Budget::new(1);
+        assert!(budget.admit(&down("web", "a"), 0));
+        assert!(!budget.admit(&down("web", "b"), 10));
+        let first = "1 more instances of \"web\" went down: no heartbeat; first \"b\"";
+        assert_eq!(budget.summarise(100, false), [first]);
+        // Within a second of the last summary (a sweep's pass ending): none
+        // yet, and what comes meanwhile is still counted.
+        assert!(!budget.admit(&down("web", "c"), 200));
+        assert!(budget.summarise(600, false).is_empty());
+        assert!(!budget.admit(&down("web", "d"), 700));
+        let both = "2 more instances of \"web\" went down: no heartbeat; first \"c\"";
+        assert_eq!(budget.summarise(1100, false), [both]);
+        // Nothing to say is no summary: it does not hold the next one back.
+        assert!(budget.summarise(2200, false).is_empty());
+        assert!(budget.admit(&down("web", "e"), 2250));
+        assert!(!budget.admit(&down("web", "f"), 2260));
+        assert_eq!(budget.summarise(2300, false).len(), 1);
+        // At the stop, whenever it comes.
+        assert!(!budget.admit(&down("web", "g"), 2400));
+        assert_eq!(budget.summarise(2500, true).len(), 1);
+    }
+
     /// Events offered at `now` (ms): which got a line, and the summary after.
     #[track_caller]
     fn check_budget(per_second: u32, events: &[(u64, Event)], lines: usize, summary: &[&str]) {
@@ -661,9 +702,9 @@ mod tests {
             .filter(|(now, e)| budget.admit(e, *now))
             .count();
         assert_eq!(admitted, lines, "lines of their own");
-        assert_eq!(budget.summarise(), summary);
+        assert_eq!(budget.summarise(10_000, false), summary);
         assert!(
-            budget.summarise().is_empty(),
+            budget.summarise(20_000, false).is_empty(),
             "a summary starts a fresh count"
         );
     }
@@ -730,7 +771,7 @@ mod tests {
         for (now, e) in &events {
             budget.admit(e, *now);
         }
-        let lines = budget.summarise();
+        let lines = budget.summarise(10_000, false);
         assert_eq!(lines.len(), SUMMARY_LINES + 1);
         assert_eq!(
             lines[SUMMARY_LINES],
