@@ -507,8 +507,10 @@ fn stop(server: ServerProc, r: &mut Results, name: &str) {
 }
 
 /// Scenarios 1 and 2 interleaved round by round (so drift on a shared
-/// machine hits the baseline and every size alike, and both servers when a
-/// second one is given), then 3 and 4, likewise interleaved.
+/// machine hits the baseline and every size alike), with what a ratio
+/// compares measured back to back (the baseline and the smallest size; the
+/// two servers at each size, when a second one is given), then 3 and 4,
+/// likewise interleaved.
 fn scenarios_1_to_4(s: &Settings, r: &mut Results, began: Instant) -> Result<(), String> {
     with_before(r, |r, rb| scenarios_1_to_4_both(s, r, rb, began))
 }
@@ -566,34 +568,56 @@ fn scenarios_1_to_4_both(
         }
     }
     if let Some(base) = &baseline {
+        // One group per size: the two servers back to back, and the baseline
+        // beside the smallest, so that each ratio compares measurements a
+        // few seconds apart, not a round apart (the machine's speed drifts).
+        // The groups rotate and each group's order reverses round by round.
+        let groups: Vec<Vec<Option<usize>>> = (0..s.sizes.len())
+            .map(|k| {
+                let servers = sized.iter().enumerate().filter(|(_, x)| x.1 == k);
+                let mut group: Vec<Option<usize>> = servers.map(|(i, _)| Some(i)).collect();
+                if k == 0 {
+                    group.insert(0, None);
+                }
+                group
+            })
+            .collect();
         for round in 0..s.runs {
-            // Rotate the order each round.
-            let slots = sized.len() + 1;
-            for slot in (0..slots).map(|i| (i + round) % slots) {
-                let (label, server, n, at) = match slot {
-                    0 => ("baseline".to_string(), base, s.sizes[0], None),
-                    i => {
-                        let (b, k, n, server) = &sized[i - 1];
-                        (
-                            format!("heartbeats {}{}", report::thousands(*n as f64), both[*b].1),
-                            server,
-                            *n,
-                            Some((*b, *k)),
-                        )
+            for g in 0..groups.len() {
+                let mut group = groups[(g + round) % groups.len()].clone();
+                if round % 2 == 1 {
+                    group.reverse();
+                }
+                for slot in group {
+                    let (label, server, n, at) = match slot {
+                        None => ("baseline".to_string(), base, s.sizes[0], None),
+                        Some(i) => {
+                            let (b, k, n, server) = &sized[i];
+                            (
+                                format!(
+                                    "heartbeats {}{}",
+                                    report::thousands(*n as f64),
+                                    both[*b].1
+                                ),
+                                server,
+                                *n,
+                                Some((*b, *k)),
+                            )
+                        }
+                    };
+                    let o = measure(
+                        &heartbeat_load(s, server.addr, n, round * 7919),
+                        server,
+                        Instant::now(),
+                    );
+                    progress(
+                        began,
+                        format_args!("round {}: {label}: {}", round + 1, report::summary(&o)),
+                    );
+                    match at {
+                        None => both[0].2.baseline.push(o),
+                        Some((b, k)) => both[b].2.heartbeats[k].push(o),
                     }
-                };
-                let o = measure(
-                    &heartbeat_load(s, server.addr, n, round * 7919),
-                    server,
-                    Instant::now(),
-                );
-                progress(
-                    began,
-                    format_args!("round {}: {label}: {}", round + 1, report::summary(&o)),
-                );
-                match at {
-                    None => both[0].2.baseline.push(o),
-                    Some((b, k)) => both[b].2.heartbeats[k].push(o),
                 }
             }
         }

@@ -235,7 +235,8 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
     let _ = writeln!(
         out,
         "Every server is a fresh process on loopback. Heartbeat figures are medians of {} runs of {:.1} s, the \
-         baseline and the three fleet sizes interleaved round by round; {CONNS} keep-alive connections, one request \
+         baseline and the three fleet sizes interleaved round by round (the baseline beside the smallest size, \
+         and with a second server, the two servers back to back at each size); {CONNS} keep-alive connections, one request \
          in flight on each, driven by {} load-generator threads on the same 2 cores. Instances are spread over {} \
          apps, ids `i-0000000` (9 bytes), each at its own 10.x.y.z address, and renewed once before measuring (so \
          all are `up`). Memory and sweep figures are medians of {heavy}.\n",
