@@ -672,8 +672,6 @@ struct Poller {
     refused: u64,
     refused_logged: Option<Millis>,
     stop_done: bool,
-    /// A connection just accepted, on its way to a worker.
-    fresh: Vec<Arc<Conn>>,
 }
 
 impl Poller {
@@ -691,7 +689,6 @@ impl Poller {
             refused: 0,
             refused_logged: None,
             stop_done: false,
-            fresh: Vec::with_capacity(1),
         }
     }
 
@@ -744,7 +741,7 @@ impl Poller {
             // After the hang-ups of the same batch: a connection that closed
             // before a new one arrived has made room for it.
             if accept {
-                self.accept();
+                self.accept(&mut batch);
             }
             self.shared.enqueue(&mut batch);
             let now = mono();
@@ -753,7 +750,7 @@ impl Poller {
             self.fire_timers(now, &mut batch);
             if self.retry_accept.is_some_and(|t| t <= now) {
                 self.retry_accept = None;
-                self.accept();
+                self.accept(&mut batch);
             }
             if self.refused > 0 && self.refused_logged.is_none_or(|t| now >= t + 1000) {
                 self.log_refused(now);
@@ -783,7 +780,8 @@ impl Poller {
         }
     }
 
-    fn accept(&mut self) {
+    /// Accepts what is queued; each new connection joins `batch`.
+    fn accept(&mut self, batch: &mut Vec<Arc<Conn>>) {
         loop {
             let Some(listener) = &self.listener else {
                 return;
@@ -791,7 +789,7 @@ impl Poller {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     self.backoff = 1;
-                    self.admit(stream, peer);
+                    self.admit(stream, peer, batch);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if transient(&e) => {}
@@ -815,7 +813,7 @@ impl Poller {
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, batch: &mut Vec<Arc<Conn>>) {
         let shared = &self.shared;
         if shared.open.load(Ordering::SeqCst) >= shared.config.max_connections {
             // Refused without ever blocking the poller.
@@ -882,12 +880,12 @@ impl Poller {
             }),
         });
         shared.schedule(&conn, now + millis(shared.config.idle_timeout));
-        // Handed to a worker at once: its first request is usually on its
-        // way, and the worker's wake-up then overlaps its coming rather than
-        // follows it (as a thread blocked in `read` did). If it has not come
-        // yet, the worker finds nothing and its readiness event follows.
-        shared.dispatch(&conn, &mut self.fresh);
-        shared.enqueue(&mut self.fresh);
+        // Handed to a worker with this pass's batch, not at its readiness:
+        // its first request is usually on its way, and the worker's wake-up
+        // then overlaps its coming rather than follows it (as a thread
+        // blocked in `read` did). If it has not come yet, the worker finds
+        // nothing and its readiness event follows.
+        shared.dispatch(&conn, batch);
         self.conns[slot] = Some(conn);
     }
 
