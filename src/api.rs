@@ -347,9 +347,13 @@ impl Api {
     }
 
     fn renew(&self, app: &str, id: &str, now: Now) -> Result<Response, Response> {
+        let asked = Instant::now();
         let mut registry = self.lock();
+        // Its time is when the lock is had: the wait on it is added.
+        let waited = Millis::try_from(asked.elapsed().as_millis()).unwrap_or(0);
+        let at = now.mono.saturating_add(waited);
         let event = registry
-            .renew(app, id, now.mono)
+            .renew(app, id, at)
             .map_err(|e| refusal(e, app, id))?;
         self.log.metrics().heartbeat();
         match event {

@@ -864,7 +864,8 @@ impl Registry {
         })
     }
 
-    /// A heartbeat: the instance becomes `Up` with `last_renewal = now`.
+    /// A heartbeat: the instance becomes `Up` with `last_renewal = now` (or
+    /// keeps a later one it already has).
     ///
     /// Returns [`Event::InstanceUp`] if it was not `Up` before (`Starting` or
     /// `Down`), `None` if it was. An out-of-service instance is left unchanged
@@ -878,6 +879,9 @@ impl Registry {
             return Err(Error::OutOfService);
         }
         let slot = &mut app.slots[pos];
+        // A heartbeat that waited on the lock may carry an older time than
+        // one already stored: `last_renewal` never moves backwards.
+        let now = now.max(slot.last_renewal);
         slot.last_renewal = now;
         if before == Status::Up {
             // Deadlines only move later: `next_due` stays a lower bound.
@@ -900,7 +904,8 @@ impl Registry {
     /// Takes an instance out of service, with `last_renewal = now`.
     ///
     /// Returns [`Event::InstanceOutOfService`] if it was not out of service
-    /// already, `None` if it was (still `Ok`: the operation is idempotent).
+    /// already, `None` if it was (still `Ok`: the operation is idempotent,
+    /// and leaves `last_renewal`, so its expiry, as they were).
     pub fn take_out_of_service(
         &mut self,
         app: &str,
@@ -912,13 +917,14 @@ impl Registry {
         let app = Self::live_app_mut(&mut self.apps, periods, app, now)?;
         let (pos, before) = app.live_slot_mut(id, now, periods)?;
         let slot = &mut app.slots[pos];
+        if before == Status::OutOfService {
+            // Idempotent: a second DELETE does not extend its life.
+            return Ok(None);
+        }
         // Its one deadline, expiry from now, is later than any it had.
         book.restate(slot.status, Status::OutOfService);
         slot.status = Status::OutOfService;
-        slot.last_renewal = now;
-        if before == Status::OutOfService {
-            return Ok(None);
-        }
+        slot.last_renewal = now.max(slot.last_renewal);
         let event = Event::InstanceOutOfService {
             app: app.name.clone(),
             id: slot.id.clone(),
@@ -1362,12 +1368,28 @@ mod tests {
     }
 
     #[test]
+    fn a_late_heartbeat_never_moves_last_renewal_backwards() {
+        // A heartbeat whose time was read before it waited on the lock
+        // comes after a later one: its time is older, and is ignored.
+        check_web("2_000 renew web a => up:web/a \n 1_500 renew web a => none \n 2_001 get web a => up 10.0.0.1:80 @2000");
+        check_web("2_000 renew web a => up:web/a \n 1_500 renew web a => none \n 92_001 get web a => down 10.0.0.1:80 @2000");
+        // Down since 91_001 by the later one: an older time does not raise it.
+        check_web("1_000 renew web a => up:web/a \n 95_000 renew web a => up:web/a \n 94_000 renew web a => none \n 95_001 get web a => up 10.0.0.1:80 @95000");
+    }
+
+    #[test]
+    fn a_second_delete_does_not_extend_an_out_of_service_life() {
+        check_web("5 out web a => out:web/a \n 8 out web a => none \n 9 get web a => out-of-service 10.0.0.1:80 @5");
+        // Deleting again and again keeps the first expiry.
+        check_web("5 out web a => out:web/a \n 600_000 out web a => none \n 600_006 get web a => NoSuchInstance");
+    }
+
+    #[test]
     fn out_of_service() {
         check_web("5 out web a => out:web/a \n 6 get web a => out-of-service 10.0.0.1:80 @5");
         check_web("5 out web a => out:web/a \n 6 renew web a => OutOfService");
         check_web("5 out web a => out:web/a \n 6 renew web a => OutOfService \n 7 get web a => out-of-service 10.0.0.1:80 @5");
-        check_web("5 out web a => out:web/a \n 8 out web a => none \n 9 get web a => out-of-service 10.0.0.1:80 @8");
-        check_web("1 renew web a => up:web/a \n 5 out web a => out:web/a");
+                check_web("1 renew web a => up:web/a \n 5 out web a => out:web/a");
         check_web("1 renew web a => up:web/a \n 95_000 out web a => out:web/a");
         // Out of service never decays to down.
         check_web("5 out web a => out:web/a \n 200_000 sweep => - \n 200_000 get web a => out-of-service 10.0.0.1:80 @5");
