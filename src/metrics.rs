@@ -339,7 +339,7 @@ impl Metrics {
             ("starting", counts.starting),
             ("up", counts.up),
             ("down", counts.down),
-            ("out_of_service", counts.out_of_service),
+            ("out-of-service", counts.out_of_service),
         ] {
             sample(o, "registro_instances", &format!("status=\"{status}\""), n);
         }
@@ -673,7 +673,7 @@ mod tests {
             "registro_instances{status=\"starting\"} 1",
             "registro_instances{status=\"up\"} 5",
             "registro_instances{status=\"down\"} 0",
-            "registro_instances{status=\"out_of_service\"} 7",
+            "registro_instances{status=\"out-of-service\"} 7",
             "registro_registrations_total 1",
             "registro_heartbeats_total 2",
             "registro_evictions_total 3",

@@ -305,7 +305,7 @@ fn metrics_count_what_happens() {
         ("registro_instances{status=\"starting\"}", 2.0),
         ("registro_instances{status=\"up\"}", 1.0),
         ("registro_instances{status=\"down\"}", 0.0),
-        ("registro_instances{status=\"out_of_service\"}", 1.0),
+        ("registro_instances{status=\"out-of-service\"}", 1.0),
         ("registro_evictions_total", 0.0),
         ("registro_heartbeats_total", 1.0),
         (
