@@ -1389,7 +1389,7 @@ mod tests {
         check_web("5 out web a => out:web/a \n 6 get web a => out-of-service 10.0.0.1:80 @5");
         check_web("5 out web a => out:web/a \n 6 renew web a => OutOfService");
         check_web("5 out web a => out:web/a \n 6 renew web a => OutOfService \n 7 get web a => out-of-service 10.0.0.1:80 @5");
-                check_web("1 renew web a => up:web/a \n 5 out web a => out:web/a");
+        check_web("1 renew web a => up:web/a \n 5 out web a => out:web/a");
         check_web("1 renew web a => up:web/a \n 95_000 out web a => out:web/a");
         // Out of service never decays to down.
         check_web("5 out web a => out:web/a \n 200_000 sweep => - \n 200_000 get web a => out-of-service 10.0.0.1:80 @5");

@@ -369,12 +369,68 @@ impl Poller {
     }
 }
 
-/// Socket errors after which accept() can simply be called again.
+/// Errors after which `accept()` is simply called again, at once and without
+/// a word: the pending connection it was taking failed (it aborted, or, as
+/// Linux passes on, its network has trouble; `EPERM` is a firewall's
+/// refusal), and the next one may be fine. Anything else (out of
+/// descriptors or memory) backs off.
 pub(super) fn transient(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    let again = [
+        Errno::NETDOWN,
+        Errno::PROTO,
+        Errno::NOPROTOOPT,
+        Errno::HOSTDOWN,
+        Errno::NONET,
+        Errno::HOSTUNREACH,
+        Errno::OPNOTSUPP,
+        Errno::NETUNREACH,
+        Errno::PERM,
+    ];
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
-    )
+    ) || e
+        .raw_os_error()
+        .is_some_and(|n| again.iter().any(|a| a.raw_os_error() == n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::io::Errno;
+
+    #[track_caller]
+    fn check(errno: Errno, want: bool) {
+        let e = io::Error::from_raw_os_error(errno.raw_os_error());
+        assert_eq!(transient(&e), want, "{e}");
+    }
+
+    #[test]
+    fn a_pending_connections_network_trouble_is_retried_at_once() {
+        // `man 2 accept`: on Linux, errors of the pending connection's
+        // network are passed on; retry them like EAGAIN.
+        for errno in [
+            Errno::NETDOWN,
+            Errno::PROTO,
+            Errno::NOPROTOOPT,
+            Errno::HOSTDOWN,
+            Errno::NONET,
+            Errno::HOSTUNREACH,
+            Errno::OPNOTSUPP,
+            Errno::NETUNREACH,
+            Errno::PERM, // a firewall's refusal
+            Errno::CONNABORTED,
+            Errno::CONNRESET,
+            Errno::INTR,
+        ] {
+            check(errno, true);
+        }
+        // Out of descriptors or memory: a retry now would fail again.
+        for errno in [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM] {
+            check(errno, false);
+        }
+    }
 }
