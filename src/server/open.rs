@@ -12,7 +12,7 @@ use crate::registry::Millis;
 
 use super::conn::{owes, After, Conn, ConnIo, Phase};
 use super::pace::SMALL_READ;
-use super::worker::{Verdict, Worker, LINGER, LINGER_BYTES};
+use super::worker::{Verdict, Worker, LINGER, LINGER_BYTES, TURN_REQUESTS};
 use super::{date, date_at, lock, millis, mono, NEVER};
 
 /// Answers queued before they are written out, when requests are pipelined.
@@ -124,16 +124,19 @@ impl Worker<'_> {
                     return self.step_parked_keep(conn, io);
                 }
                 if used < pending.len() {
-                    io.pending = if used == 0 {
-                        pending
-                    } else {
-                        pending[used..].to_vec()
-                    };
+                    let mut pending = pending;
+                    pending.drain(..used);
+                    io.pending = pending;
                 }
                 if !self.out.is_empty() || io.after != After::Continue {
                     self.stash_out(io);
                     continue;
                 }
+            }
+            if self.turn_spent() && (!(drained || io.eof) || !io.pending.is_empty()) {
+                // Its turn is over with more to do: to the back of the queue.
+                self.yielded = true;
+                break;
             }
             if io.eof {
                 if io.pending.is_empty() {
@@ -175,6 +178,7 @@ impl Worker<'_> {
             // the same event, and only another read sees it.
             drained = n < self.scratch.len() && !conn.peer_closed.load(Ordering::SeqCst);
             io.read_some = true;
+            self.turn_bytes += n;
             if n < SMALL_READ {
                 io.small_reads = io.small_reads.saturating_add(1);
             }
@@ -212,7 +216,10 @@ impl Worker<'_> {
     pub(super) fn handle_all(&mut self, conn: &Conn, io: &mut ConnIo, data: &[u8]) -> usize {
         let mut used = 0;
         while used < data.len() && io.after == After::Continue {
-            if self.out.len() + io.out.len() > OUT_BATCH || !io.tail.is_empty() {
+            if self.out.len() + io.out.len() > OUT_BATCH
+                || !io.tail.is_empty()
+                || self.turn_requests >= TURN_REQUESTS
+            {
                 break;
             }
             match io.parser.parse(&data[used..]) {
@@ -226,6 +233,7 @@ impl Worker<'_> {
                     io.request_started = None;
                     io.small_reads = 0;
                     request.peer = io.peer;
+                    self.turn_requests += 1;
                     if let Some(verdict) =
                         self.answer(conn, io, request, self.shared.stopping(), None)
                     {

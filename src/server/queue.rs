@@ -59,4 +59,17 @@ impl Shared {
             self.work.notify_one();
         }
     }
+
+    /// Puts `conn`, whose turn on a worker is over, at the back of the queue
+    /// (its state stays `BUSY`: it is still owned by the workers).
+    pub(super) fn requeue(&self, conn: &Arc<Conn>) {
+        let wake = {
+            let mut queue = lock(&self.queue);
+            queue.jobs.push_back(Arc::clone(conn));
+            queue.waiting > 0
+        };
+        if wake {
+            self.work.notify_one();
+        }
+    }
 }

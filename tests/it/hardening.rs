@@ -1109,3 +1109,93 @@ fn sigterm_stops_the_server_as_pid_1() {
     assert!(took < Duration::from_secs(1), "exit took {took:?}");
     assert!(server.lines().iter().any(|l| l.ends_with("stopped")));
 }
+
+/// Issue 19, finding 1: six connections each keeping 2,000 pipelined
+/// `GET /healthz` in flight (written 2,000 at a time, the answers drained
+/// by another thread) held every worker, and a fresh connection's request
+/// went unanswered. A connection's turn on a worker is bounded, so the
+/// fresh request is answered while they are still sending (each stops after
+/// `BATCHES` batches, which the fresh answer must come before).
+#[test]
+fn pipelining_connections_leave_room_for_a_fresh_one() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    use std::sync::{Arc, Condvar, Mutex};
+    const PIPELINERS: usize = 6;
+    const BATCH: usize = 2_000;
+    const BATCHES: usize = 50;
+    let _heavy = exclusive();
+    let server = crate::support::start_with(|c| c.threads = 2);
+    let addr = server.local_addr();
+    let answered = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
+    let batch = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n".repeat(BATCH);
+    let mut threads = Vec::new();
+    for _ in 0..PIPELINERS {
+        let mut writer = connect(addr, Duration::from_secs(60));
+        let mut reader = writer.try_clone().expect("clone");
+        // Answers counted by the reader, for the writer to keep 2,000 in flight.
+        let got = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let (answered, finished, batch, counted) = (
+            answered.clone(),
+            finished.clone(),
+            batch.clone(),
+            got.clone(),
+        );
+        threads.push(thread::spawn(move || {
+            for sent in (0..BATCHES).map(|b| b * BATCH) {
+                let (lock, cv) = &*got;
+                let mut n = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                while sent > *n + BATCH && !answered.load(SeqCst) {
+                    n = cv
+                        .wait_timeout(n, Duration::from_millis(100))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                drop(n);
+                if answered.load(SeqCst) || writer.write_all(&batch).is_err() {
+                    break;
+                }
+            }
+            finished.fetch_add(1, SeqCst);
+            let _ = writer.shutdown(Shutdown::Write);
+        }));
+        let started = started.clone();
+        threads.push(thread::spawn(move || {
+            let mut buf = vec![0; 1 << 16];
+            let mut carry = Vec::new();
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                carry.extend_from_slice(&buf[..n]);
+                let found = carry.windows(12).filter(|w| w == b"HTTP/1.1 200").count();
+                let keep = carry.len().saturating_sub(11);
+                carry.drain(..keep);
+                let (lock, cv) = &*counted;
+                let mut total = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                if *total == 0 && found > 0 {
+                    started.fetch_add(1, SeqCst);
+                }
+                *total += found;
+                cv.notify_all();
+            }
+        }));
+    }
+    eventually(Duration::from_secs(60), "pipelining under way", || {
+        (started.load(SeqCst) == PIPELINERS).then_some(())
+    });
+    let mut probe = connect(addr, Duration::from_secs(120));
+    probe
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    let reply = read_reply(&mut BufReader::new(&probe));
+    let still_sending = finished.load(SeqCst) == 0;
+    answered.store(true, SeqCst);
+    assert_eq!(reply.map(|r| r.status), Some(200));
+    assert!(
+        still_sending,
+        "the fresh request was answered only once a pipelining connection had stopped sending"
+    );
+    for t in threads {
+        let _ = t.join();
+    }
+    drop(server);
+}
