@@ -80,7 +80,7 @@ mod tests {
     use super::*;
 
     #[test]
-    pub(super) fn timers_fire_in_deadline_order_and_not_before() {
+    fn timers_fire_in_deadline_order_and_not_before() {
         let mut t = Timers::default();
         assert_eq!(t.next(), NEVER);
         t.push(500, 1, 10);

@@ -161,17 +161,17 @@ impl Worker<'_> {
 mod tests {
     use super::*;
 
-    pub(super) fn app(name: &str) -> Topic {
+    fn app(name: &str) -> Topic {
         Topic::App(Arc::from(name))
     }
 
-    pub(super) fn sorted(mut v: Vec<(usize, u64)>) -> Vec<(usize, u64)> {
+    fn sorted(mut v: Vec<(usize, u64)>) -> Vec<(usize, u64)> {
         v.sort_unstable();
         v
     }
 
     #[test]
-    pub(super) fn parked_watches_wake_on_their_topic_only_and_once() {
+    fn parked_watches_wake_on_their_topic_only_and_once() {
         let mut w = Watches::default();
         w.park(1, 10, app("web"));
         w.park(2, 20, app("web"));
@@ -190,7 +190,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn a_closed_or_reparked_connection_is_not_woken_for_its_old_topic() {
+    fn a_closed_or_reparked_connection_is_not_woken_for_its_old_topic() {
         let mut w = Watches::default();
         w.park(1, 10, app("web"));
         w.park(2, 20, app("web"));
