@@ -78,20 +78,30 @@ impl Watches {
 }
 
 impl Worker<'_> {
-    /// A parked watch: woken, due, or the server stopping.
+    /// A parked watch: woken, due, the server stopping, or the client has
+    /// shut its side (it can ask nothing more: answered at once, as at its
+    /// `wait`, then what it sent behind the watch, then closed).
     pub(super) fn parked(&mut self, conn: &Conn, io: &mut ConnIo, now: Millis) -> Verdict {
         let Phase::Parked(parked) = &io.phase else {
             return Verdict::Close;
         };
         let deadline = parked.1;
         let stopping = self.shared.stopping();
-        let answer = conn.woken.swap(false, Ordering::SeqCst) || now >= deadline || stopping;
-        // Staying parked: the client may have gone away, or sent its next
-        // request early. (Answered now, the socket is read after the answer,
-        // as for any request: a read here would cost each of 10,000 woken
-        // watchers a system call that finds nothing.)
-        if !answer && !self.read_while_parked(io) {
-            return Verdict::Close;
+        let mut answer =
+            conn.woken.swap(false, Ordering::SeqCst) || now >= deadline || stopping || io.eof;
+        // Staying parked: the client may have gone away, shut its side, or
+        // sent its next request early. (Answered now, the socket is read
+        // after the answer, as for any request: a read here would cost each
+        // of 10,000 woken watchers a system call that finds nothing.)
+        if !answer {
+            match self.read_while_parked(io) {
+                Some(true) => {}
+                Some(false) => {
+                    io.eof = true;
+                    answer = true;
+                }
+                None => return Verdict::Close,
+            }
         }
         if !self.flush(io) {
             return Verdict::Close;
@@ -108,35 +118,38 @@ impl Worker<'_> {
             conn,
             io,
             request,
-            now >= deadline || stopping,
+            now >= deadline || stopping || io.eof,
             Some(deadline),
         ) {
             // Woken for nothing and parked again: what came meanwhile is
             // read now, as it would have been.
-            if !self.read_while_parked(io) {
-                return Verdict::Close;
+            match self.read_while_parked(io) {
+                Some(true) => return verdict,
+                Some(false) => {
+                    io.eof = true;
+                    return Verdict::Keep(0);
+                }
+                None => return Verdict::Close,
             }
-            return verdict;
         }
         self.open(conn, io, now)
     }
 
     /// Reads what a parked watch's client sent (kept for after the
-    /// answer); false when it hung up or the socket failed.
-    pub(super) fn read_while_parked(&mut self, io: &mut ConnIo) -> bool {
-        let Some(stream) = &io.stream else {
-            return false;
-        };
+    /// answer): `Some(true)` while it may send more, `Some(false)` once it
+    /// has shut its side, `None` when the socket failed.
+    pub(super) fn read_while_parked(&mut self, io: &mut ConnIo) -> Option<bool> {
+        let stream = io.stream.as_ref()?;
         loop {
             if io.pending.len() > http::MAX_HEADER_BYTES + http::MAX_CHUNKED_RAW {
-                return true;
+                return Some(true);
             }
             match (&*stream).read(&mut self.scratch) {
-                Ok(0) => return false,
+                Ok(0) => return Some(false),
                 Ok(n) => io.pending.extend_from_slice(&self.scratch[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(true),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
+                Err(_) => return None,
             }
         }
     }
@@ -147,7 +160,7 @@ impl Worker<'_> {
         if !self.flush(io) {
             return Verdict::Close;
         }
-        if conn.woken.load(Ordering::SeqCst) {
+        if conn.woken.load(Ordering::SeqCst) || io.eof {
             return Verdict::Keep(0);
         }
         match &io.phase {

@@ -384,3 +384,34 @@ fn ten_thousand_watches_hold_no_threads() {
         changed.elapsed()
     );
 }
+
+/// Issue 19, finding 3: a watch and a request pipelined behind it, then
+/// `shutdown(SHUT_WR)`: the watch is answered (here at its `wait`), then
+/// the request behind it, then the connection is closed. It was dropped
+/// unanswered, with the request behind it.
+#[test]
+fn a_half_closed_watch_is_answered_then_what_follows_it() {
+    let server = start_with(|_| {});
+    let addr = server.local_addr();
+    let mut c = Conn::open(addr);
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    let now = index_of(&mut c, "/apps/web");
+    let mut stream = crate::support::connect(addr, Duration::from_secs(30));
+    let bytes = format!(
+        "GET /registro/1.0/apps/web?index={now}&wait=1s HTTP/1.1\r\nHost: t\r\n\r\n\
+         GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+    );
+    stream.write_all(bytes.as_bytes()).expect("send");
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    let mut received = Vec::new();
+    let closed = std::io::Read::read_to_end(&mut stream, &mut received).is_ok();
+    let mut replies = &received[..];
+    let watch = read_reply(&mut replies).expect("the watch is answered");
+    assert_eq!((watch.status, index(&watch)), (200, now));
+    let health = read_reply(&mut replies).expect("the request behind it is answered");
+    assert_eq!(health.status, 200);
+    assert!(replies.is_empty(), "nothing more");
+    assert!(closed, "then the connection is closed");
+}
