@@ -119,7 +119,8 @@ fn valid(rng: &mut Rng) -> (Vec<u8>, Request) {
         }
     }
     let mut bytes;
-    if !body.is_empty() && rng.chance(2) {
+    // HTTP/1.0 has no transfer codings: such a request is refused.
+    if !body.is_empty() && !http10 && rng.chance(2) {
         head.push_str("Transfer-Encoding: chunked\r\n\r\n");
         bytes = head.into_bytes();
         let mut at = 0;
@@ -188,6 +189,10 @@ const TOKENS: &[&[u8]] = &[
     b"0\r\n\r\n",
     b"0000000000a\r\n",
     b"5;ext=\"x\"\r\n",
+    b" 5\r\n",
+    b"5\n",
+    b"0\n\n",
+    b"HTTP/1.0",
     b"HTTP/1.1",
     b"HTTP/1.2",
     b"HTTP/2.0",
@@ -352,7 +357,7 @@ fn smuggling_shape(request: &[u8]) -> Option<&'static str> {
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
         .skip_while(|l| l.is_empty());
-    let _request_line = lines.next();
+    let request_line = lines.next().unwrap_or_default();
     if head
         .iter()
         .enumerate()
@@ -402,7 +407,57 @@ fn smuggling_shape(request: &[u8]) -> Option<&'static str> {
     if !codings.is_empty() && codings.last().map(Vec::as_slice) != Some(b"chunked") {
         return Some("a Transfer-Encoding other than a final chunked");
     }
+    if !codings.is_empty() && request_line.ends_with(b"HTTP/1.0") {
+        return Some("Transfer-Encoding in an HTTP/1.0 request");
+    }
+    if !codings.is_empty() {
+        return chunked_shape(&request[end..]);
+    }
     None
+}
+
+/// RFC 9112 7.1 in a chunked body (whole, as accepted): CRLF ends every
+/// line (chunk size, chunk data, trailers), and the size begins the line.
+/// `None` for a body framed as it must be (or one this walk cannot read,
+/// which the parser has refused anyway).
+fn chunked_shape(body: &[u8]) -> Option<&'static str> {
+    let mut at = 0;
+    let line = |at: &mut usize| -> Option<Result<&[u8], &'static str>> {
+        let nl = body[*at..].iter().position(|&b| b == b'\n')?;
+        let line = &body[*at..*at + nl];
+        *at += nl + 1;
+        Some(
+            line.strip_suffix(b"\r")
+                .ok_or("a bare LF in a chunked body"),
+        )
+    };
+    loop {
+        let size_line = match line(&mut at)? {
+            Ok(l) => l,
+            Err(shape) => return Some(shape),
+        };
+        if size_line.first().is_some_and(u8::is_ascii_whitespace) {
+            return Some("whitespace before a chunk size");
+        }
+        let digits = size_line.split(|&b| b == b';').next()?.trim_ascii_end();
+        let size = usize::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()?;
+        if size == 0 {
+            // The trailers, up to an empty line.
+            loop {
+                match line(&mut at)? {
+                    Ok([]) => return None,
+                    Ok(_) => {}
+                    Err(shape) => return Some(shape),
+                }
+            }
+        }
+        at = at.checked_add(size).filter(|&a| a <= body.len())?;
+        match &body[at..] {
+            [b'\r', b'\n', ..] => at += 2,
+            [b'\n', ..] => return Some("a bare LF after chunk data"),
+            _ => return None,
+        }
+    }
 }
 
 /// A parse's answer, comparable.

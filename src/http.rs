@@ -440,7 +440,12 @@ fn dechunk(c: &mut Chunks, start: usize, buf: &[u8]) -> Result<Option<usize>, Re
                         _ => ReadError::Bad("chunk size line too long"),
                     });
                 }
-                let line = rest[..nl].strip_suffix(b"\r").unwrap_or(&rest[..nl]);
+                // RFC 9112 7.1: CRLF ends every line of a chunked body. A
+                // bare LF is where a proxy reading it otherwise would end
+                // the request elsewhere (request smuggling).
+                let Some(line) = rest[..nl].strip_suffix(b"\r") else {
+                    return Err(ReadError::Bad("bare LF in a chunked body"));
+                };
                 c.pos += nl + 1;
                 if line.contains(&b'\r') {
                     return Err(ReadError::Bad("bare CR in a chunked body"));
@@ -481,14 +486,15 @@ fn dechunk(c: &mut Chunks, start: usize, buf: &[u8]) -> Result<Option<usize>, Re
     }
 }
 
-/// A chunk-size line: hex digits (any number of leading zeros), then
-/// optional extensions after `;`.
+/// A chunk-size line: hex digits (any number of leading zeros) from its
+/// first byte, then optional extensions after `;` (whitespace may come
+/// before the `;`, RFC 9112 7.1.1's BWS, never before the digits).
 fn chunk_size(line: &[u8]) -> Result<usize, ReadError> {
     let digits = line
         .split(|&b| b == b';')
         .next()
         .unwrap_or_default()
-        .trim_ascii();
+        .trim_ascii_end();
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_hexdigit) {
         return Err(ReadError::Bad("invalid chunk size"));
     }
@@ -575,6 +581,11 @@ impl Head {
 
     /// RFC 9112 6.3: how long the body is, or why that cannot be told.
     fn framing(&self) -> Result<Framing, ReadError> {
+        if self.transfer_encoding && self.http10 {
+            // RFC 9112 6.1: HTTP/1.0 has no transfer codings; a sender that
+            // claims one is faulty framing (400, then the connection closes).
+            return Err(ReadError::Bad("Transfer-Encoding in an HTTP/1.0 request"));
+        }
         if self.transfer_encoding {
             if self.content_length.is_some() {
                 // Both at once is how requests get smuggled.
@@ -1060,6 +1071,21 @@ mod tests {
             b"POST / HTTP/1.1\rContent-Length: 3\r\n\r\nabc",
             b"POST / HTTP/1.1\r\nX: a\rContent-Length: 3\r\n\r\nabc",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\r\n\r\n",
+            // Issue 19: CRLF only, in every line of a chunked body.
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\nx\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;\nx\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\n\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: y\n\r\n",
+            // No whitespace before the chunk size.
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n 1\r\nx\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\t1\r\nx\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n 0\r\n\r\n",
+            // HTTP/1.0 has no Transfer-Encoding (RFC 9112 6.1): faulty framing.
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n0\r\n\r\n",
         ];
         for case in cases {
             check_err(case, Some(400));

@@ -135,6 +135,24 @@ fn smuggling_framings_answer_400_and_close() {
             "a bare CR in a chunk line",
             format!("{apps}Transfer-Encoding: chunked\r\n\r\n0\r\r\n\r\n"),
         ),
+        (
+            "a bare LF ending a chunk size",
+            format!("{apps}Transfer-Encoding: chunked\r\n\r\nd;\n{{\"name\":\"x\"}}\r\n0\r\n\r\n"),
+        ),
+        (
+            "bare LFs ending chunk data and the last chunk",
+            format!("{apps}Transfer-Encoding: chunked\r\n\r\nd\r\n{{\"name\":\"x\"}}\n0\n\n"),
+        ),
+        (
+            "whitespace before a chunk size",
+            format!("{apps}Transfer-Encoding: chunked\r\n\r\n d\r\n{{\"name\":\"x\"}}\r\n0\r\n\r\n"),
+        ),
+        (
+            "HTTP/1.0 with Transfer-Encoding",
+            "POST /registro/1.0/apps HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\n\
+             Transfer-Encoding: chunked\r\n\r\nd\r\n{\"name\":\"x\"}\r\n0\r\n\r\n"
+                .to_string(),
+        ),
     ];
     for (what, request) in cases {
         check_refused(addr, what, request.as_bytes());

@@ -112,7 +112,9 @@ fn valid(rng: &mut Rng) -> Vec<u8> {
     if rng.chance(6) {
         head.push_str("Expect: 100-continue\r\n");
     }
-    if rng.chance(3) {
+    // HTTP/1.0 has no transfer codings: such a request is refused (and
+    // sometimes sent, to see it refused).
+    if rng.chance(3) && (version == "HTTP/1.1" || rng.chance(8)) {
         head.push_str("Transfer-Encoding: chunked\r\n\r\n");
         let mut out = head.into_bytes();
         let bytes = body.as_bytes();
@@ -161,6 +163,10 @@ const TOKENS: &[&[u8]] = &[
     b"0\r\n\r\n",
     b"00000000000a\r\n",
     b"5;ext=1\r\n",
+    b" 5\r\n",
+    b"5\n",
+    b"0\n\n",
+    b"HTTP/1.0",
     b"HTTP/1.1",
     b"HTTP/2.0",
     b"HTTP/1.1\r\n",
