@@ -623,13 +623,47 @@ fn parse_length(value: &[u8]) -> Result<u64, ReadError> {
         .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
 }
 
+/// A response's body: its own bytes, or bytes shared with other responses
+/// (a watch answer the watchers of one change share), never copied to be
+/// sent. Reads as a byte slice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// Bytes of this response only.
+    Owned(Vec<u8>),
+    /// Bytes shared, read-only, with other responses.
+    Shared(std::sync::Arc<Vec<u8>>),
+}
+
+impl Default for Body {
+    fn default() -> Body {
+        Body::Owned(Vec::new())
+    }
+}
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Body::Owned(bytes) => bytes,
+            Body::Shared(bytes) => bytes,
+        }
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(bytes: Vec<u8>) -> Body {
+        Body::Owned(bytes)
+    }
+}
+
 /// One response, ready to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     /// The status code.
     pub status: u16,
     /// The JSON body, or empty.
-    pub body: Vec<u8>,
+    pub body: Body,
     /// The `Allow` header of a 405.
     pub allow: Option<&'static str>,
     /// The `Location` header of a 201.
@@ -642,10 +676,10 @@ pub struct Response {
 
 impl Response {
     /// A response with a JSON body.
-    pub fn json(status: u16, body: Vec<u8>) -> Response {
+    pub fn json(status: u16, body: impl Into<Body>) -> Response {
         Response {
             status,
-            body,
+            body: body.into(),
             allow: None,
             location: None,
             content_type: "application/json",

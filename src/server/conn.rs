@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use mio::net::TcpStream;
 
-use crate::http::{Parser, Request};
+use crate::http::{Body, Parser, Request};
 use crate::registry::Millis;
 
 use super::worker::Worker;
@@ -69,7 +69,7 @@ pub(super) struct ConnIo {
     pub(super) out_pos: usize,
     /// A large body owed after `out`, from `tail_pos` on; while it is owed
     /// no further request is answered.
-    pub(super) tail: Vec<u8>,
+    pub(super) tail: Body,
     pub(super) tail_pos: usize,
     /// When writing first blocked.
     pub(super) write_started: Option<Millis>,
@@ -102,7 +102,7 @@ impl Shared {
         io.stream = None;
         io.pending = Vec::new();
         io.out = Vec::new();
-        io.tail = Vec::new();
+        io.tail = Body::default();
         io.phase = Phase::Open;
         lock(&self.watches).unpark(conn.slot, conn.id);
         conn.state.store(CLOSED, Ordering::SeqCst);
@@ -157,7 +157,7 @@ impl Worker<'_> {
             Ok(false) => return true,
             Err(()) => return false,
         }
-        io.tail = Vec::new();
+        io.tail = Body::default();
         io.tail_pos = 0;
         true
     }

@@ -12,7 +12,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::api;
-use crate::http::{self, Parser};
+use crate::http::{self, Body, Parser};
 use crate::registry::Millis;
 
 use super::conn::{owes, After, Conn, ConnIo, Phase, BUSY, CLOSED, IDLE};
@@ -243,7 +243,7 @@ impl Poller {
                 read_some: false,
                 out: Vec::new(),
                 out_pos: 0,
-                tail: Vec::new(),
+                tail: Body::default(),
                 tail_pos: 0,
                 write_started: None,
                 after: After::Continue,
