@@ -13,7 +13,7 @@ mod views;
 
 use crate::auth::Access;
 use crate::clock::Now;
-use crate::http::{Request, Response};
+use crate::http::{Body, Request, Response};
 use crate::log::Log;
 use crate::registry::{self, Counts, Metadata, Millis, Periods, Registry, Status, StatusSet};
 
@@ -153,6 +153,12 @@ impl Api {
         self.publish_changes(changes, waiting);
     }
 
+    /// Lets go of the shared watch answers too old to be shared at `now`
+    /// (the ticker calls it every second at most).
+    pub fn forget_stale_answers(&self, now: Millis) {
+        self.answers.forget_stale(now);
+    }
+
     fn publish_changes(&self, mut changes: Changes, waiting: bool) {
         for event in &changes.events {
             self.log.event(event, waiting);
@@ -234,11 +240,13 @@ impl Api {
         // Serialised after the lock is released: a large listing never
         // stalls heartbeats for longer than the copy of its handles.
         let body = views::apps(&apps, now);
-        if unless.is_some() {
-            let filter = query.filter;
-            self.answers
-                .keep(Topic::All, filter, generation, now.mono, index, &body);
-        }
+        let body = match unless {
+            Some(_) => {
+                self.answers
+                    .keep(Topic::All, query.filter, generation, now.mono, index, body)
+            }
+            None => Body::Owned(body),
+        };
         Ok(Outcome::Respond(indexed(body, index)))
     }
 
@@ -274,13 +282,15 @@ impl Api {
         match view.map_err(|e| refusal(e, app, ""))? {
             None => Ok(wait(topic, query, now)),
             Some(view) => {
-                let body = views::app(&view, now);
-                if unless.is_some() {
-                    let filter = query.filter;
-                    self.answers
-                        .keep(topic, filter, generation, now.mono, view.index, &body);
-                }
-                Ok(Outcome::Respond(indexed(body, view.index)))
+                let (body, index) = (views::app(&view, now), view.index);
+                let body = match unless {
+                    Some(_) => {
+                        self.answers
+                            .keep(topic, query.filter, generation, now.mono, index, body)
+                    }
+                    None => Body::Owned(body),
+                };
+                Ok(Outcome::Respond(indexed(body, index)))
             }
         }
     }
@@ -716,7 +726,7 @@ pub fn status_name(status: Status) -> &'static str {
 }
 
 /// A 200 with a JSON body and its `Registro-Index`.
-fn indexed(body: Vec<u8>, index: u64) -> Response {
+fn indexed(body: impl Into<Body>, index: u64) -> Response {
     let mut response = Response::json(200, body);
     response.headers.push((INDEX_HEADER, index.to_string()));
     response

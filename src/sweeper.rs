@@ -94,6 +94,7 @@ fn run(api: &Api, stopped: &mpsc::Receiver<()>, every: Millis, log_every_pass: b
             next_full = clock::now().mono.saturating_add(every);
         }
         let now = clock::now().mono;
+        api.forget_stale_answers(now);
         let due = api.lock().next_due().unwrap_or(Millis::MAX);
         let wake = due
             .saturating_add(BATCH)
