@@ -12,7 +12,7 @@
 //! Usage: `registro-bench [--quick] [--server PATH] [--registro PATH] [--runs N]
 //! [--secs S] [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N]
 //! [--fleet-secs S] [--fleet-interval S] [--watchers N]
-//! [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet]`;
+//! [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining]`;
 //! `REGISTRO_BENCH_QUICK=1` is the same as `--quick`.
 
 #![forbid(unsafe_code)]
@@ -22,6 +22,7 @@ mod fleet;
 mod hist;
 mod http;
 mod load;
+mod pipelining;
 mod proc;
 mod report;
 mod slowloris;
@@ -274,7 +275,7 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
                      [--registro PATH (the server under test)] [--runs N] [--secs S] \
                      [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N] [--fleet-secs S] \
                      [--fleet-interval S] [--watchers N] \
-                     [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet]"
+                     [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining]"
                         .to_string(),
                 )
             }
@@ -368,8 +369,12 @@ fn run(s: &Settings) -> Result<(), String> {
     if s.wants("fleet") {
         scenario_fleet(s, &mut r, began)?;
     }
+    let piped = match s.wants("pipelining") {
+        true => pipelining::scenario(s, &mut r, began)?,
+        false => String::new(),
+    };
     let elapsed = began.elapsed();
-    print!("{}", report::render(s, &r, elapsed));
+    print!("{}{piped}", report::render(s, &r, elapsed));
     if r.bad_exits.is_empty() {
         Ok(())
     } else {
