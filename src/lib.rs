@@ -28,6 +28,7 @@ mod metrics;
 mod ops;
 pub mod registry;
 mod server;
+mod store;
 mod sweeper;
 
 pub use auth::TokenFiles;

@@ -1,0 +1,63 @@
+//! The in-process store: writes change the view in place. Time is applied by
+//! the sweeper (`crate::sweeper`), this store's ticker.
+
+use super::{Error, Registration, Store};
+use crate::api::Api;
+use crate::clock::Now;
+
+/// The registry kept in the process only (`--store memory`, the default).
+#[derive(Debug, Default)]
+pub struct Memory;
+
+impl Store for Memory {
+    fn create_app(&self, api: &Api, name: &str, now: Now) -> Result<(), Error> {
+        let mut registry = api.lock();
+        let event = registry.create_app(name, now.mono)?;
+        registry.push_event(event);
+        api.publish(registry, false);
+        Ok(())
+    }
+
+    fn register(&self, api: &Api, new: &Registration<'_>, now: Now) -> Result<(), Error> {
+        let mut registry = api.lock();
+        let event = registry.register(
+            new.app,
+            new.id,
+            new.ip,
+            new.port,
+            new.metadata.clone(),
+            now.mono,
+        )?;
+        registry.push_event(event);
+        api.publish(registry, false);
+        Ok(())
+    }
+
+    fn renew(&self, api: &Api, app: &str, id: &str, now: Now) -> Result<(), Error> {
+        let mut registry = api.lock();
+        let event = registry.renew(app, id, now.mono)?;
+        api.log().metrics().heartbeat();
+        match event {
+            // A plain heartbeat: nothing to log, nobody to wake.
+            None => drop(registry),
+            Some(event) => {
+                registry.push_event(event);
+                api.publish(registry, false);
+            }
+        }
+        Ok(())
+    }
+
+    fn take_out_of_service(&self, api: &Api, app: &str, id: &str, now: Now) -> Result<(), Error> {
+        let mut registry = api.lock();
+        if let Some(event) = registry.take_out_of_service(app, id, now.mono)? {
+            registry.push_event(event);
+        }
+        api.publish(registry, false);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "memory".to_string()
+    }
+}
