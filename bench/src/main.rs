@@ -12,12 +12,13 @@
 //! Usage: `registro-bench [--quick] [--server PATH] [--registro PATH] [--runs N]
 //! [--secs S] [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N]
 //! [--fleet-secs S] [--fleet-interval S] [--watchers N]
-//! [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet]`;
+//! [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,etcd]`;
 //! `REGISTRO_BENCH_QUICK=1` is the same as `--quick`.
 
 #![forbid(unsafe_code)]
 
 mod baseline;
+mod etcd;
 mod fleet;
 mod hist;
 mod http;
@@ -274,7 +275,7 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
                      [--registro PATH (the server under test)] [--runs N] [--secs S] \
                      [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N] [--fleet-secs S] \
                      [--fleet-interval S] [--watchers N] \
-                     [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet]"
+                     [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,etcd]"
                         .to_string(),
                 )
             }
@@ -367,6 +368,9 @@ fn run(s: &Settings) -> Result<(), String> {
     }
     if s.wants("fleet") {
         scenario_fleet(s, &mut r, began)?;
+    }
+    if s.wants("etcd") {
+        etcd::scenario(s, began)?;
     }
     let elapsed = began.elapsed();
     print!("{}", report::render(s, &r, elapsed));
