@@ -14,6 +14,7 @@ use crate::api::Api;
 use crate::clock::Now;
 use crate::registry::{self, Metadata};
 
+pub mod etcd;
 pub mod memory;
 
 /// A registration, validated by the API.

@@ -1,0 +1,3 @@
+//! The etcd store (in progress).
+#[allow(dead_code)]
+pub mod client;
