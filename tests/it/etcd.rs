@@ -42,11 +42,21 @@ fn pair(cluster: &Cluster, prefix: &str, args: &[&str]) -> (Proc, Proc) {
 }
 
 /// One request through a fresh connection: the status and the body, or
-/// `None` when the server could not be reached or did not answer in time.
+/// `None` when the server could not be reached or did not answer within 3 s.
 fn send(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    send_within(addr, method, path, body, Duration::from_secs(3))
+}
+
+fn send_within(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Option<(u16, String)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(3)))
+        .timeout_global(Some(timeout))
         .build()
         .into();
     let url = format!("http://{addr}{path}");
@@ -193,6 +203,14 @@ fn a_change_on_one_server_wakes_a_watch_on_the_other_within_a_second() {
         view["applications"][0]["instances"][0]["status"],
         "out-of-service"
     );
+    // The store's own metrics (API.md Part 4).
+    let r = ca.send_raw(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n", false);
+    for name in [
+        "registro_store_requests_total{",
+        "registro_store_request_duration_seconds",
+    ] {
+        assert!(r.body.contains(name), "no {name} in /metrics:\n{}", r.body);
+    }
 }
 
 /// Whom a test kills.
@@ -583,8 +601,8 @@ fn without_etcd_changes_answer_503_reads_answer_and_it_recovers() {
             ("PUT", "/registro/1.0/apps/web/w", String::new()),
             ("DELETE", "/registro/1.0/apps/web/w", String::new()),
         ] {
-            let (s, text) = send(addr, method, path, &body)
-                .unwrap_or_else(|| panic!("{method} {path}: no answer within 3 s"));
+            let (s, text) = send_within(addr, method, path, &body, Duration::from_secs(10))
+                .unwrap_or_else(|| panic!("{method} {path}: no answer within 10 s"));
             assert_eq!(s, 503, "{method} {path}: {text}");
             let v: Value = serde_json::from_str(&text)
                 .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
@@ -626,6 +644,46 @@ fn without_etcd_changes_answer_503_reads_answer_and_it_recovers() {
         .collect();
     assert_eq!(names, ["db", "web"], "{view}");
     assert_eq!(view["applications"][1]["instances"][0]["status"], "up");
+}
+
+#[test]
+fn a_server_that_lost_its_watch_past_a_compaction_catches_up() {
+    if !installed("a_server_that_lost_its_watch_past_a_compaction_catches_up") {
+        return;
+    }
+    let mut cluster = Cluster::start("compaction");
+    // B knows only member 2: killing it cuts B's watch stream.
+    let a = cluster.registro("/compaction/", &[]);
+    let store = cluster.store_of(&[2]);
+    let b = Proc::start(&["--store", &store, "--etcd-prefix", "/compaction/"]);
+    let mut ca = Conn::open(a.addr);
+    check(&mut ca, "POST", "/apps", &app_body("web"), 201);
+    register(&mut ca, "web", "gone", "10.0.0.1", 80);
+    converged(&[a.addr, b.addr], Duration::from_secs(3), "before");
+    cluster.kill(2);
+    // Changes B's stream never carried, then the history they were in goes.
+    check(&mut ca, "POST", "/apps", &app_body("db"), 201);
+    register(&mut ca, "web", "new", "10.0.0.2", 80);
+    check(&mut ca, "PUT", "/apps/web/new", "", 204);
+    check(&mut ca, "DELETE", "/apps/web/gone", "", 204);
+    cluster.compact();
+    // B still answers reads meanwhile, with what it last saw.
+    let (s, _) = send(b.addr, "GET", "/registro/1.0/apps/web/gone", "").expect("a read");
+    assert_eq!(s, 200);
+    cluster.restart(2);
+    let (view, _) = converged(&[a.addr, b.addr], Duration::from_secs(10), "after");
+    let web = &view["applications"][1];
+    assert_eq!(status_in(web, "new").as_deref(), Some("up"), "{view}");
+    assert_eq!(
+        status_in(web, "gone").as_deref(),
+        Some("out-of-service"),
+        "{view}"
+    );
+    // And B's own changes work again.
+    let mut cb = Conn::open(b.addr);
+    eventually(Duration::from_secs(10), "a change through B", || {
+        (cb.post("/apps", &app_body("cache")).status == 201).then_some(())
+    });
 }
 
 #[test]

@@ -247,12 +247,36 @@ impl Cluster {
 
     /// `etcd://127.0.0.1:C1,127.0.0.1:C2,127.0.0.1:C3`, for `--store`.
     pub fn store(&self) -> String {
-        let hosts: Vec<String> = self
-            .members
+        self.store_of(&[0, 1, 2])
+    }
+
+    /// `--store` naming only the members `which`.
+    pub fn store_of(&self, which: &[usize]) -> String {
+        let hosts: Vec<String> = which
             .iter()
-            .map(|m| format!("127.0.0.1:{}", m.client))
+            .map(|&i| format!("127.0.0.1:{}", self.members[i].client))
             .collect();
         format!("etcd://{}", hosts.join(","))
+    }
+
+    /// Compacts etcd's history up to its current revision (through the
+    /// first running member), and returns that revision.
+    pub fn compact(&self) -> u64 {
+        let m = self
+            .members
+            .iter()
+            .find(|m| m.child.is_some())
+            .expect("a running member");
+        let (_, status) =
+            call(m.client, "maintenance/status", &serde_json::json!({})).expect("status");
+        let revision: u64 = status["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no revision in {status}"));
+        let body = serde_json::json!({"revision": revision.to_string(), "physical": true});
+        let (code, answer) = call(m.client, "kv/compaction", &body).expect("compaction");
+        assert_eq!(code, 200, "compaction: {answer}");
+        revision
     }
 
     /// The index of the member that leads, once one does (asked of every
