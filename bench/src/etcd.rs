@@ -628,7 +628,8 @@ fn paced_part(
     killed: &std::sync::OnceLock<Instant>,
 ) -> Paced {
     let mut out = Paced::default();
-    let mut conn: Option<Conn<std::net::TcpStream>> = None;
+    // Connected before the period starts; again after a failure.
+    let mut conn: Option<Conn<std::net::TcpStream>> = Conn::connect(addr).ok();
     let mut buf = Vec::with_capacity(128);
     let spacing = period.as_secs_f64() / n.max(1) as f64;
     // The first heartbeat after the kill that failed, while none has worked since.
