@@ -1216,6 +1216,9 @@ mod tests {
         fn describe(&self) -> String {
             "unreachable".into()
         }
+        fn spawn(&self, _: &Arc<Api>, _: &crate::Config) -> std::io::Result<store::Threads> {
+            Err(std::io::ErrorKind::Unsupported.into())
+        }
     }
 
     #[test]

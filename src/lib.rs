@@ -33,3 +33,4 @@ mod sweeper;
 
 pub use auth::TokenFiles;
 pub use server::{Config, Server};
+pub use store::StoreConfig;

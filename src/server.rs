@@ -25,7 +25,6 @@ use crate::http::{self, Parsed, Parser, Request};
 use crate::log::{self, Logger};
 use crate::metrics::Metrics;
 use crate::registry::{Millis, Periods};
-use crate::sweeper::Sweeper;
 
 /// How the server runs. `Default` gives the production settings on `0.0.0.0:8080`.
 #[derive(Debug, Clone)]
@@ -55,6 +54,8 @@ pub struct Config {
     pub log_sweeps: bool,
     /// Where the access tokens are read from (none: every request is allowed).
     pub tokens: TokenFiles,
+    /// Where the registry is kept (`--store`, `--etcd-prefix`).
+    pub store: crate::store::StoreConfig,
 }
 
 impl Default for Config {
@@ -71,6 +72,7 @@ impl Default for Config {
             log: true,
             log_sweeps: false,
             tokens: TokenFiles::default(),
+            store: crate::store::StoreConfig::default(),
         }
     }
 }
@@ -94,7 +96,7 @@ pub struct Server {
     shared: Arc<Shared>,
     poller: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
-    sweeper: Option<Sweeper>,
+    store: Option<crate::store::Threads>,
     logger: Option<Logger>,
 }
 
@@ -273,7 +275,7 @@ impl Server {
         let logger = Logger::start(config.log)?;
         let log = logger.log();
         let access = Access::load(&config.tokens)?;
-        let api = Arc::new(Api::new(periods, logger.log(), access));
+        let api = Arc::new(crate::store::api(&config, periods, logger.log(), access)?);
         let threads = config.threads.max(1);
         let shared = Arc::new(Shared {
             api: Arc::clone(&api),
@@ -309,7 +311,7 @@ impl Server {
             shared: Arc::clone(&shared),
             poller: None,
             workers: Vec::with_capacity(threads),
-            sweeper: None,
+            store: None,
             logger: None,
         };
         for _ in 0..threads {
@@ -340,7 +342,7 @@ impl Server {
             }
         }
         let store = api.store().describe();
-        server.sweeper = Some(Sweeper::spawn(api, config.sweep_every, config.log_sweeps)?);
+        server.store = Some(api.store().spawn(&api, &config)?);
         log.line(format_args!(
             "registro {}: {threads} worker threads, at most {} connections, idle timeout {}, \
              request timeout {}, down after {}, evict after {}, sweep every {}, store {}; listening on {local_addr}",
@@ -409,8 +411,8 @@ impl Server {
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
-        if let Some(sweeper) = self.sweeper.take() {
-            sweeper.stop();
+        if let Some(store) = self.store.take() {
+            store.stop();
         }
         if let Some(logger) = self.logger.take() {
             shared.api.log().line(format_args!("stopped"));

@@ -1,9 +1,14 @@
 //! The in-process store: writes change the view in place. Time is applied by
 //! the sweeper (`crate::sweeper`), this store's ticker.
 
-use super::{Error, Registration, Store};
+use std::io;
+use std::sync::Arc;
+
+use super::{Error, Registration, Store, Threads};
 use crate::api::Api;
 use crate::clock::Now;
+use crate::sweeper::Sweeper;
+use crate::Config;
 
 /// The registry kept in the process only (`--store memory`, the default).
 #[derive(Debug, Default)]
@@ -59,5 +64,9 @@ impl Store for Memory {
 
     fn describe(&self) -> String {
         "memory".to_string()
+    }
+
+    fn spawn(&self, api: &Arc<Api>, config: &Config) -> io::Result<Threads> {
+        Sweeper::spawn(Arc::clone(api), config.sweep_every, config.log_sweeps).map(Threads::Memory)
     }
 }

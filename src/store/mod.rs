@@ -8,11 +8,69 @@
 //! change in an etcd cluster and answers once the view, fed by an etcd watch,
 //! has applied it. Every change of the view goes through `Api::publish`.
 
+use std::io;
 use std::sync::Arc;
 
 use crate::api::Api;
+use crate::auth::Access;
 use crate::clock::Now;
-use crate::registry::{self, Metadata};
+use crate::log::Log;
+use crate::registry::{self, Metadata, Periods};
+use crate::sweeper::Sweeper;
+use crate::Config;
+
+/// Where the registry is kept (`--store`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// In this process (`--store memory`, the default).
+    #[default]
+    Memory,
+    /// In an etcd v3 cluster (`--store etcd://HOST:PORT[,...]`).
+    Etcd {
+        /// `HOST:PORT` of each member.
+        members: Vec<String>,
+        /// The key prefix (`--etcd-prefix`).
+        prefix: String,
+    },
+}
+
+/// The API over the store `config.store` names: for etcd, connected, the
+/// periods checked and the registry read (an error here is one line for
+/// the user: `InvalidInput`).
+pub fn api(config: &Config, periods: Periods, log: Log, access: Access) -> io::Result<Api> {
+    match &config.store {
+        StoreConfig::Memory => Ok(Api::new(periods, log, access)),
+        StoreConfig::Etcd { members, prefix } => {
+            let settings = etcd::Settings {
+                members: members.clone(),
+                prefix: prefix.clone(),
+                periods,
+                threads: config.threads,
+            };
+            let (store, view) = etcd::Etcd::open(settings, log.clone())?;
+            Ok(Api::with_store(view, Box::new(store), log, access))
+        }
+    }
+}
+
+/// A store's threads, stopped and joined by `stop` (or on drop).
+#[derive(Debug)]
+pub enum Threads {
+    /// The sweeper, the memory store's ticker.
+    Memory(Sweeper),
+    /// etcd's watch, keeper and evictor.
+    Etcd(etcd::Threads),
+}
+
+impl Threads {
+    /// Stops the threads and waits for them.
+    pub fn stop(self) {
+        match self {
+            Threads::Memory(sweeper) => sweeper.stop(),
+            Threads::Etcd(threads) => threads.stop(),
+        }
+    }
+}
 
 pub mod etcd;
 pub mod memory;
@@ -39,7 +97,6 @@ pub enum Error {
     Refused(registry::Error),
     /// The store cannot be reached, has no quorum or is saturated: a 503
     /// with this message; the change may be retried.
-    #[allow(dead_code)]
     Unavailable(String),
 }
 
@@ -68,4 +125,6 @@ pub trait Store: Send + Sync {
     fn render_metrics(&self, _out: &mut String) {}
     /// What the start-up line calls it.
     fn describe(&self) -> String;
+    /// Starts the store's threads.
+    fn spawn(&self, api: &Arc<Api>, config: &Config) -> io::Result<Threads>;
 }

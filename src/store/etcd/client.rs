@@ -11,7 +11,7 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -502,11 +502,12 @@ impl Watch {
         })
     }
 
-    /// The next line of the stream; `Ok(None)` once `stop` is set. An error
-    /// means the stream is lost (closed, reset, garbled).
-    pub fn next(&mut self, stop: &AtomicBool) -> io::Result<Option<Value>> {
+    /// The next line of the stream; `Ok(None)` once `quit` says so (it is
+    /// asked every 200 ms at most). An error means the stream is lost
+    /// (closed, reset, garbled).
+    pub fn next(&mut self, quit: &dyn Fn() -> bool) -> io::Result<Option<Value>> {
         loop {
-            if stop.load(Ordering::SeqCst) {
+            if quit() {
                 return Ok(None);
             }
             match self.fill() {
@@ -646,9 +647,8 @@ pub fn decode(text: &str) -> Result<Vec<u8>, ()> {
 /// A read of a whole stream into lines (for tests of the chunk decoder).
 #[cfg(test)]
 fn read_all(watch: &mut Watch) -> Vec<Value> {
-    let stop = AtomicBool::new(false);
     let mut out = Vec::new();
-    while let Ok(Some(v)) = watch.next(&stop) {
+    while let Ok(Some(v)) = watch.next(&|| false) {
         out.push(v);
     }
     out
