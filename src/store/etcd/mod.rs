@@ -478,7 +478,7 @@ impl Store for Etcd {
                     return Err(registry::Error::InstanceExists);
                 }
             }
-            let value = InstValue {
+            let mut value = InstValue {
                 ip: new.ip.to_string(),
                 port: new.port,
                 status: Stored::Starting,
@@ -486,6 +486,25 @@ impl Store for Etcd {
                 renewed: now.wall,
                 vrev: 0,
             };
+            if let Some(inst) = inst.filter(|i| {
+                i.status() == Status::Starting
+                    && i.value.ip == new.ip
+                    && i.value.port == new.port
+                    && i.value.metadata.as_deref().filter(|m| !m.is_empty())
+                        == new.metadata.as_deref()
+            }) {
+                // The same registration again: only its time changes, and
+                // no index moves (as in memory), so the app's key is not
+                // written either.
+                value.vrev = inst.visible_rev();
+                return Ok(Plan::Txn(
+                    vec![
+                        Compare::CreateRevision(app_key.clone(), app.create_rev),
+                        Compare::ModRevision(inst_key.clone(), inst.mod_rev),
+                    ],
+                    vec![Op::Put(inst_key.clone(), json(&value), 0)],
+                ));
+            }
             Ok(Plan::Txn(
                 vec![
                     Compare::CreateRevision(app_key.clone(), app.create_rev),
@@ -579,7 +598,12 @@ impl Store for Etcd {
             let mut value = inst.value.clone();
             value.status = Stored::OutOfService;
             value.renewed = now.wall;
-            value.vrev = 0;
+            // Out of service again: only its time changes, no index moves.
+            value.vrev = if inst.status() == Status::OutOfService {
+                inst.visible_rev()
+            } else {
+                0
+            };
             Ok(Plan::Txn(
                 vec![Compare::ModRevision(inst_key.clone(), inst.mod_rev)],
                 vec![
