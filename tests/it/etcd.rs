@@ -508,8 +508,18 @@ fn a_silent_instance_goes_down_then_away_on_every_server() {
     check(&mut ca, "POST", "/apps", &app_body("web"), 201);
     register(&mut ca, "web", "quiet", "10.0.0.1", 80);
     register(&mut ca, "web", "alive", "10.0.0.2", 80);
+    check(&mut cb, "PUT", "/apps/web/alive", "", 204);
     let renewed = Instant::now();
     check(&mut ca, "PUT", "/apps/web/quiet", "", 204);
+    // A watch on B, of the state where both are up: time passing on the
+    // registry wakes it (API.md Part 3: within 1 s of becoming true).
+    converged(&[a.addr, b.addr], SEEN_WITHIN, "both up");
+    let at = index_of(&mut cb, "/apps/web");
+    let mut wb = Conn::open(b.addr);
+    let watch = thread::spawn(move || {
+        let reply = wb.get(&format!("/apps/web?index={at}&wait=30s"));
+        (reply, renewed.elapsed())
+    });
     // `alive` heartbeats through both servers in turn: the periods count
     // heartbeats made through any server.
     let mut turn = 0;
@@ -564,6 +574,13 @@ fn a_silent_instance_goes_down_then_away_on_every_server() {
             "server {k}: removed only after {gone:?}"
         );
     }
+    let (reply, woken) = watch.join().expect("the watch");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(status_in(&reply.json(), "quiet").as_deref(), Some("down"));
+    assert!(
+        woken < down_after + Duration::from_secs(2),
+        "the watch on B was woken {woken:?} after the last heartbeat"
+    );
     check(&mut cb, "PUT", "/apps/web/quiet", "", 404);
     let (view, _) = converged(&[a.addr, b.addr], SEEN_WITHIN, "after the removal");
     assert_eq!(
@@ -651,6 +668,39 @@ fn without_etcd_changes_answer_503_reads_answer_and_it_recovers() {
         .collect();
     assert_eq!(names, ["db", "web"], "{view}");
     assert_eq!(view["applications"][1]["instances"][0]["status"], "up");
+}
+
+#[test]
+fn the_registry_outlives_every_server() {
+    if !installed("the_registry_outlives_every_server") {
+        return;
+    }
+    let cluster = Cluster::start("outlives");
+    let (a, b) = pair(&cluster, "/outlives/", &[]);
+    let mut ca = Conn::open(a.addr);
+    check(&mut ca, "POST", "/apps", &app_body("web"), 201);
+    check(&mut ca, "POST", "/apps", &app_body("db"), 201);
+    let meta = json!({"id": "m", "ip": "10.0.0.3", "port": 81, "metadata": {"zone": "eu-1"}});
+    check(&mut ca, "POST", "/apps/web", &meta.to_string(), 201);
+    register(&mut ca, "web", "up", "10.0.0.1", 80);
+    check(&mut ca, "PUT", "/apps/web/up", "", 204);
+    register(&mut ca, "web", "out", "10.0.0.2", 80);
+    check(&mut ca, "DELETE", "/apps/web/out", "", 204);
+    let (before, index) = converged(&[a.addr, b.addr], Duration::from_secs(3), "before");
+    for mut p in [a, b] {
+        p.signal("KILL");
+        let _ = p.wait_exit(Duration::from_secs(5));
+    }
+    // A new server on the same prefix serves the same registry, at an
+    // index no lower, and takes heartbeats of what was up.
+    let c = cluster.registro("/outlives/", &[]);
+    let (after, later) = conformance::view(c.addr);
+    assert_eq!(after, before);
+    assert!(later >= index, "the index went back: {index} then {later}");
+    let mut cc = Conn::open(c.addr);
+    check(&mut cc, "PUT", "/apps/web/up", "", 204);
+    check(&mut cc, "PUT", "/apps/web/out", "", 403);
+    assert_eq!(conformance::view(c.addr), (before, later));
 }
 
 #[test]
