@@ -432,6 +432,9 @@ pub fn parked(c: &mut Conn, n: usize) {
     });
 }
 
+/// A change: what it is, how it is made, the status it leaves `b` in.
+type Change = (&'static str, fn(&mut Conn), Option<&'static str>);
+
 fn watches(addrs: &[SocketAddr]) {
     let addr = addrs[0];
     let mut c = Conn::open(addr);
@@ -458,7 +461,7 @@ fn watches(addrs: &[SocketAddr]) {
         reply.body
     );
     // Each kind of change wakes a watch of the app and of the list.
-    let changes: [(&str, fn(&mut Conn), Option<&str>); 3] = [
+    let changes: [Change; 3] = [
         (
             "register",
             |c| {
