@@ -94,6 +94,8 @@ pub enum Compare {
     ModRevision(Vec<u8>, i64),
     /// The key's `create_revision` equals this (0: the key is absent).
     CreateRevision(Vec<u8>, i64),
+    /// No key starts with this prefix.
+    Empty(Vec<u8>),
 }
 
 /// What a transaction did.
@@ -311,6 +313,11 @@ pub fn txn_body(compares: &[Compare], success: &[Op]) -> Value {
             Compare::CreateRevision(key, rev) => json!({
                 "key": encode(key), "target": "CREATE", "result": "EQUAL",
                 "create_revision": rev.to_string()}),
+            // Over a range, a compare holds when every key satisfies it, so
+            // when none exists (etcd compares an empty range as one absent key).
+            Compare::Empty(prefix) => json!({
+                "key": encode(prefix), "range_end": encode(&prefix_end(prefix)),
+                "target": "CREATE", "result": "EQUAL", "create_revision": "0"}),
         })
         .collect();
     let success: Vec<Value> = success

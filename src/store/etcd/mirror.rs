@@ -8,7 +8,7 @@
 //! | key | value | written by |
 //! |---|---|---|
 //! | `P periods` | `{"down_after_ms","evict_after_ms"}` | the first server (create-if-absent) |
-//! | `P apps/APP` | `{"since"}`: wall ms of its creation or last eviction | create app, register, evictor |
+//! | `P apps/APP` | `{"since"}`: wall ms of its creation or last eviction | create app, evictor |
 //! | `P inst/APP/ID` | [`InstValue`] | register, first heartbeat, take out of service, evictor |
 //! | `P alive/APP/ID` | empty, on the instance's lease | first heartbeat (lease TTL `--down-after`) |
 //! | `P removed` | empty | the evictor, with each app it removes |
@@ -590,12 +590,12 @@ pub enum Action {
 }
 
 impl Action {
-    /// The transaction operations of this action (its compare is one).
+    /// The compares and operations of this action.
     pub fn ops(
         &self,
         prefix: &str,
         now_wall: u64,
-    ) -> (super::client::Compare, Vec<super::client::Op>) {
+    ) -> (Vec<super::client::Compare>, Vec<super::client::Op>) {
         use super::client::{Compare, Op};
         let since = serde_json::to_vec(&AppValue { since: now_wall }).unwrap_or_default();
         match self {
@@ -608,14 +608,14 @@ impl Action {
                 let key = Key::Inst(app.clone(), id.clone()).bytes(prefix);
                 let value = serde_json::to_vec(value).unwrap_or_default();
                 (
-                    Compare::ModRevision(key.clone(), *mod_rev),
+                    vec![Compare::ModRevision(key.clone(), *mod_rev)],
                     vec![Op::Put(key, value, 0)],
                 )
             }
             Action::RemoveInstance { app, id, mod_rev } => {
                 let key = Key::Inst(app.clone(), id.clone()).bytes(prefix);
                 (
-                    Compare::ModRevision(key.clone(), *mod_rev),
+                    vec![Compare::ModRevision(key.clone(), *mod_rev)],
                     vec![
                         Op::Delete(key),
                         Op::Delete(Key::Alive(app.clone(), id.clone()).bytes(prefix)),
@@ -628,7 +628,11 @@ impl Action {
                 let inst = format!("{prefix}inst/{app}/").into_bytes();
                 let alive = format!("{prefix}alive/{app}/").into_bytes();
                 (
-                    Compare::ModRevision(key.clone(), *mod_rev),
+                    // Not removed while an instance is registered in it.
+                    vec![
+                        Compare::ModRevision(key.clone(), *mod_rev),
+                        Compare::Empty(inst.clone()),
+                    ],
                     vec![
                         Op::Delete(key),
                         Op::DeletePrefix(inst),
@@ -647,7 +651,10 @@ pub fn batches(actions: &[Action], prefix: &str, now_wall: u64, max_ops: usize) 
     let mut out: Vec<Vec<usize>> = Vec::new();
     let mut ops = 0;
     for (i, action) in actions.iter().enumerate() {
-        let n = action.ops(prefix, now_wall).1.len();
+        let n = {
+            let (compares, ops) = action.ops(prefix, now_wall);
+            compares.len().max(ops.len())
+        };
         match out.last_mut() {
             Some(batch) if ops + n <= max_ops && batch.len() < max_ops => {
                 batch.push(i);
@@ -674,8 +681,8 @@ pub fn txn_of(
     let mut ops: Vec<Op> = Vec::new();
     let mut put = std::collections::HashSet::new();
     for action in actions {
-        let (compare, action_ops) = action.ops(prefix, now_wall);
-        compares.push(compare);
+        let (action_compares, action_ops) = action.ops(prefix, now_wall);
+        compares.extend(action_compares);
         for op in action_ops {
             if let Op::Put(key, _, _) = &op {
                 if !put.insert(key.clone()) {

@@ -12,7 +12,7 @@
 //! time is the evictor's, on every server, with compares. See
 //! `mirror.rs` for the keys and ARCHITECTURE.md for the reasons.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
@@ -99,6 +99,9 @@ struct Shared {
     stop_lock: Mutex<()>,
     stop_signal: Condvar,
     restart_watch: AtomicBool,
+    /// Changes waiting for the committer, and its wake-up.
+    jobs: Mutex<VecDeque<Arc<Job>>>,
+    queued: Condvar,
     metrics: StoreMetrics,
     log: Log,
 }
@@ -190,6 +193,8 @@ impl Etcd {
             stop_lock: Mutex::new(()),
             stop_signal: Condvar::new(),
             restart_watch: AtomicBool::new(false),
+            jobs: Mutex::new(VecDeque::new()),
+            queued: Condvar::new(),
             metrics: StoreMetrics::default(),
             log,
         });
@@ -203,8 +208,9 @@ impl Etcd {
             handles: Vec::new(),
         };
         type Body = fn(&Shared, &Weak<Api>);
-        let bodies: [(&str, Body); 3] = [
+        let bodies: [(&str, Body); 4] = [
             ("registro-watch", watch),
+            ("registro-commit", commit),
             ("registro-keep", keep),
             ("registro-evict", evict),
         ];
@@ -239,6 +245,8 @@ impl Threads {
         drop(lock(&self.shared.stop_lock));
         self.shared.stop_signal.notify_all();
         self.shared.applied_changed.notify_all();
+        drop(lock(&self.shared.jobs));
+        self.shared.queued.notify_all();
         for handle in self.handles.drain(..) {
             let _ = handle.join();
         }
@@ -371,21 +379,25 @@ impl Shared {
             )
         })?;
         let deadline = Instant::now() + WRITE_TIMEOUT;
+        let mut caught_up = false;
         for _ in 0..ATTEMPTS {
-            let (compares, ops) = match decide(&lock(&self.mirror))? {
-                Plan::Done => return Ok(()),
-                Plan::Txn(compares, ops) => (compares, ops),
+            let decided = decide(&lock(&self.mirror));
+            let (compares, ops) = match decided {
+                Ok(Plan::Done) => return Ok(()),
+                Ok(Plan::Txn(compares, ops)) => (compares, ops),
+                Err(e) if missing(e) && !caught_up => {
+                    caught_up = true;
+                    self.catch_up(deadline)?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
             };
-            let left = deadline.saturating_duration_since(Instant::now());
-            let started = Instant::now();
-            let result = self.client.txn(&compares, &ops, left);
-            let outcome = match &result {
-                Ok(r) if r.succeeded => Outcome::Ok,
-                Ok(_) => Outcome::Conflict,
-                Err(CallError::Refused(..)) => Outcome::Refused,
-                Err(CallError::Unreachable(_)) => Outcome::Unreachable,
+            let Some(result) = self.commit(compares, ops, deadline) else {
+                return Err(Error::Unavailable(format!(
+                    "the registry's store (etcd) did not answer within {} s; try again",
+                    WRITE_TIMEOUT.as_secs()
+                )));
             };
-            self.metrics.record(MOp::Txn, outcome, started.elapsed());
             match result {
                 Ok(done) => {
                     self.health(Ok(()));
@@ -417,9 +429,147 @@ impl Shared {
         ))
     }
 
+    /// Waits until the view has applied every change etcd had committed
+    /// when this was called: a change just made through another server
+    /// (whose client goes on through this one) is then seen. Costs one
+    /// linearizable read; used only before answering 404 to a change.
+    fn catch_up(&self, deadline: Instant) -> Result<(), Error> {
+        let key = self.key(Key::Periods);
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.call(MOp::Range, |c| c.range(&key, &[], left)) {
+            Ok((_, revision)) => {
+                self.wait_applied(revision, deadline);
+                Ok(())
+            }
+            Err(_) => Err(self.unavailable()),
+        }
+    }
+
+    /// Hands a transaction to the committer and waits for its outcome
+    /// until `deadline` (`None`: not known by then; it may still commit,
+    /// which a retry's compare then finds).
+    fn commit(
+        &self,
+        compares: Vec<Compare>,
+        ops: Vec<Op>,
+        deadline: Instant,
+    ) -> Option<Result<client::TxnResult, CallError>> {
+        let job = Arc::new(Job {
+            compares,
+            ops,
+            result: Mutex::new(None),
+            done: Condvar::new(),
+        });
+        lock(&self.jobs).push_back(Arc::clone(&job));
+        self.queued.notify_one();
+        let mut result = lock(&job.result);
+        while result.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.stopped() {
+                return None;
+            }
+            result = job
+                .done
+                .wait_timeout(result, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        result.take()
+    }
+
+    /// One transaction, counted.
+    fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<client::TxnResult, CallError> {
+        let started = Instant::now();
+        let result = self.client.txn(compares, ops, CALL_TIMEOUT);
+        let outcome = match &result {
+            Ok(r) if r.succeeded => Outcome::Ok,
+            Ok(_) => Outcome::Conflict,
+            Err(CallError::Refused(..)) => Outcome::Refused,
+            Err(CallError::Unreachable(_)) => Outcome::Unreachable,
+        };
+        self.metrics.record(MOp::Txn, outcome, started.elapsed());
+        result
+    }
+
     fn key(&self, key: Key) -> Vec<u8> {
         key.bytes(&self.prefix)
     }
+}
+
+/// A change waiting for the committer.
+#[derive(Debug)]
+struct Job {
+    compares: Vec<Compare>,
+    ops: Vec<Op>,
+    result: Mutex<Option<Result<client::TxnResult, CallError>>>,
+    done: Condvar,
+}
+
+impl Job {
+    fn finish(&self, result: Result<client::TxnResult, CallError>) {
+        *lock(&self.result) = Some(result);
+        self.done.notify_all();
+    }
+
+    /// The keys it compares.
+    fn compared(&self) -> impl Iterator<Item = &[u8]> {
+        self.compares.iter().map(|c| match c {
+            Compare::ModRevision(k, _) | Compare::CreateRevision(k, _) | Compare::Empty(k) => {
+                k.as_slice()
+            }
+        })
+    }
+
+    /// The keys it changes.
+    fn changed(&self) -> impl Iterator<Item = &[u8]> {
+        self.ops.iter().map(|op| match op {
+            Op::Put(k, _, _) | Op::Delete(k) | Op::DeletePrefix(k) => k.as_slice(),
+        })
+    }
+}
+
+/// Takes from `queue` the jobs that fit in one transaction: at most
+/// `max_ops` compares and operations, and no key that one job changes
+/// compared or changed by another (etcd refuses a key put twice, and a
+/// compare must see the state its job was decided on); the rest wait for
+/// the next transaction, in their order.
+fn take_batch(queue: &mut VecDeque<Arc<Job>>, max_ops: usize) -> Vec<Arc<Job>> {
+    let mut batch = Vec::new();
+    let mut changed: HashSet<Vec<u8>> = HashSet::new();
+    let mut compared: HashSet<Vec<u8>> = HashSet::new();
+    let (mut compares, mut ops) = (0, 0);
+    let mut kept = VecDeque::new();
+    while let Some(job) = queue.pop_front() {
+        let fits = compares + job.compares.len() <= max_ops && ops + job.ops.len() <= max_ops;
+        if !fits && !batch.is_empty() {
+            kept.push_back(job);
+            break;
+        }
+        let clash = job
+            .changed()
+            .any(|k| changed.contains(k) || compared.contains(k))
+            || job.compared().any(|k| changed.contains(k));
+        if clash {
+            kept.push_back(job);
+            continue;
+        }
+        changed.extend(job.changed().map(<[u8]>::to_vec));
+        compared.extend(job.compared().map(<[u8]>::to_vec));
+        compares += job.compares.len();
+        ops += job.ops.len();
+        batch.push(job);
+    }
+    kept.append(queue);
+    *queue = kept;
+    batch
+}
+
+/// Whether a refusal says something is absent (the view may be behind).
+fn missing(e: registry::Error) -> bool {
+    matches!(
+        e,
+        registry::Error::NoSuchApp | registry::Error::NoSuchInstance
+    )
 }
 
 /// One of the bounded places of a change waiting on etcd.
@@ -511,7 +661,6 @@ impl Store for Etcd {
                     Compare::ModRevision(inst_key.clone(), inst.map_or(0, |i| i.mod_rev)),
                 ],
                 vec![
-                    Op::Put(app_key.clone(), json(&AppValue { since: app.since }), 0),
                     Op::Put(inst_key.clone(), json(&value), 0),
                     Op::Delete(alive_key.clone()),
                 ],
@@ -521,14 +670,26 @@ impl Store for Etcd {
 
     fn renew(&self, api: &Api, app: &str, id: &str, now: Now) -> Result<(), Error> {
         let s = &self.shared;
-        let lease = {
+        let look = || {
             let mirror = lock(&s.mirror);
             let (_, inst) = mirror.instance(app, id)?;
             match inst.status() {
-                Status::OutOfService => return Err(registry::Error::OutOfService.into()),
-                Status::Up => inst.alive,
-                Status::Starting | Status::Down => None,
+                Status::OutOfService => Err(registry::Error::OutOfService),
+                Status::Up => Ok(inst.alive),
+                Status::Starting | Status::Down => Ok(None),
             }
+        };
+        let lease = match look() {
+            Err(e) if missing(e) => {
+                // Registered through another server a moment ago? (Within
+                // the writers' bound: else the 404 as the view has it.)
+                let Some(_permit) = Permit::take(&s.writers, s.max_writers) else {
+                    return Err(e.into());
+                };
+                s.catch_up(Instant::now() + WRITE_TIMEOUT)?;
+                look()?
+            }
+            result => result?,
         };
         if let Some(lease) = lease {
             // A plain heartbeat: a keep-alive, sent with others shortly.
@@ -772,6 +933,47 @@ fn watch(s: &Shared, weak: &Weak<Api>) {
     }
 }
 
+/// The committer thread: sends the changes waiting, several in one
+/// transaction (etcd then does one Raft round for all: the gateway's and
+/// Raft's cost per call, not per change). If such a transaction's compares
+/// fail, its changes are sent again one by one, so that each gets its own
+/// outcome.
+fn commit(s: &Shared, _api: &Weak<Api>) {
+    loop {
+        let mut jobs = lock(&s.jobs);
+        while jobs.is_empty() {
+            if s.stopped() {
+                return;
+            }
+            jobs = s
+                .queued
+                .wait_timeout(jobs, Duration::from_millis(200))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let batch = take_batch(&mut jobs, MAX_TXN_OPS);
+        drop(jobs);
+        if let [job] = batch.as_slice() {
+            job.finish(s.txn(&job.compares, &job.ops));
+            continue;
+        }
+        let compares: Vec<Compare> = batch.iter().flat_map(|j| j.compares.clone()).collect();
+        let ops: Vec<Op> = batch.iter().flat_map(|j| j.ops.clone()).collect();
+        match s.txn(&compares, &ops) {
+            Ok(done) if !done.succeeded => {
+                for job in &batch {
+                    job.finish(s.txn(&job.compares, &job.ops));
+                }
+            }
+            result => {
+                for job in &batch {
+                    job.finish(result.clone());
+                }
+            }
+        }
+    }
+}
+
 /// The keeper thread: sends the queued keep-alives, batched, and probes
 /// etcd's quorum when there are none, so that health recovers by itself.
 fn keep(s: &Shared, _api: &Weak<Api>) {
@@ -842,5 +1044,64 @@ fn evict(s: &Shared, _api: &Weak<Api>) {
                 Err(_) => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(compares: &[&str], ops: &[&str]) -> Arc<Job> {
+        Arc::new(Job {
+            compares: compares
+                .iter()
+                .map(|k| Compare::ModRevision(k.as_bytes().to_vec(), 1))
+                .collect(),
+            ops: ops
+                .iter()
+                .map(|k| Op::Delete(k.as_bytes().to_vec()))
+                .collect(),
+            result: Mutex::new(None),
+            done: Condvar::new(),
+        })
+    }
+
+    fn names(batch: &[Arc<Job>]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|j| String::from_utf8_lossy(j.changed().next().unwrap_or(b"-")).into_owned())
+            .collect()
+    }
+
+    /// Changes of different keys share a transaction; a change of a key
+    /// another one compares or changes waits for the next, as does what
+    /// would pass etcd's 128 operations.
+    #[test]
+    fn batches_share_no_changed_key_and_stay_within_the_limit() {
+        let mut queue: VecDeque<Arc<Job>> = [
+            job(&["app", "a"], &["a"]),
+            job(&["app", "b"], &["b"]),
+            job(&["a"], &["a"]),
+            job(&["c"], &["app"]),
+            job(&["d"], &["d"]),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(names(&take_batch(&mut queue, 128)), ["a", "b", "d"]);
+        assert_eq!(names(&take_batch(&mut queue, 128)), ["a", "app"]);
+        assert!(queue.is_empty());
+        let mut queue: VecDeque<Arc<Job>> = (0..100)
+            .map(|i| {
+                let k = format!("k{i}");
+                job(&[&k], &[&k, &format!("x{i}")])
+            })
+            .collect();
+        let first = take_batch(&mut queue, 128);
+        assert_eq!((first.len(), queue.len()), (64, 36));
+        assert_eq!(names(&first)[0], "k0");
+        assert_eq!(take_batch(&mut queue, 128).len(), 36);
+        // One job larger than the limit still goes (alone): etcd says why.
+        let mut queue: VecDeque<Arc<Job>> = [job(&[], &["a"; 200])].into_iter().collect();
+        assert_eq!(take_batch(&mut queue, 128).len(), 1);
     }
 }
