@@ -16,6 +16,7 @@ use crate::clock::Now;
 use crate::http::{Body, Request, Response};
 use crate::log::Log;
 use crate::registry::{self, Counts, Metadata, Millis, Periods, Registry, Status, StatusSet};
+use crate::store::{self, Registration, Store};
 
 /// The path every route hangs below.
 pub const ROOT: &str = "/registro/1.0";
@@ -28,6 +29,8 @@ const ALLOW_INSTANCE: &str = "DELETE, GET, HEAD, PUT";
 /// The registry behind its lock, and the HTTP API in front of it.
 pub struct Api {
     registry: Mutex<Registry>,
+    store: Box<dyn Store>,
+    recorder: OnceLock<Recorder>,
     log: Log,
     access: Access,
     notify: OnceLock<Notify>,
@@ -43,6 +46,11 @@ impl std::fmt::Debug for Api {
 /// Called with the topics whose index changed, so that the connection layer
 /// can wake the requests waiting on them. Must not block.
 pub type Notify = Box<dyn Fn(&[Topic]) + Send + Sync>;
+
+/// Called by [`Api::publish`] with the registry and the events drained from
+/// it, while the registry's lock is still held (so what it records is in the
+/// order of the changes). Must be quick and must not lock the registry.
+pub type Recorder = Box<dyn Fn(&Registry, &[registry::Event]) + Send + Sync>;
 
 /// What a watch waits on: the whole list (`/apps`) or one application.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -105,9 +113,21 @@ struct Changes {
 impl Api {
     /// An empty registry with these periods, logging one line per event.
     pub fn new(periods: Periods, log: Log, access: Access) -> Api {
+        Api::with_store(
+            Registry::new(periods),
+            Box::new(store::memory::Memory),
+            log,
+            access,
+        )
+    }
+
+    /// The view `registry`, its writes sent to `store`.
+    pub fn with_store(registry: Registry, store: Box<dyn Store>, log: Log, access: Access) -> Api {
         access.set_log(log.clone());
         Api {
-            registry: Mutex::new(Registry::new(periods)),
+            registry: Mutex::new(registry),
+            store,
+            recorder: OnceLock::new(),
             log,
             access,
             notify: OnceLock::new(),
@@ -118,6 +138,18 @@ impl Api {
     /// Sets the hook told about index changes (once; later calls are ignored).
     pub fn set_notify(&self, notify: Notify) {
         let _ = self.notify.set(notify);
+    }
+
+    /// Sets the hook told about every change while the registry is locked
+    /// (once; later calls are ignored). See [`Recorder`].
+    #[allow(dead_code)] // `--data-dir`'s journal plugs in here.
+    pub fn set_recorder(&self, recorder: Recorder) {
+        let _ = self.recorder.set(recorder);
+    }
+
+    /// Where writes go.
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
     }
 
     /// Locks the registry. A panic elsewhere while it was held cannot leave it
@@ -149,6 +181,11 @@ impl Api {
     pub fn publish(&self, mut registry: MutexGuard<'_, Registry>, waiting: bool) {
         let mut changes = Changes::default();
         registry.drain_changes(&mut changes.apps, &mut changes.events);
+        if !changes.apps.is_empty() || !changes.events.is_empty() {
+            if let Some(recorder) = self.recorder.get() {
+                recorder(&registry, &changes.events);
+            }
+        }
         drop(registry);
         self.publish_changes(changes, waiting);
     }
@@ -306,11 +343,10 @@ impl Api {
     fn create_app(&self, body: &[u8], now: Now) -> Result<Response, Response> {
         let new: NewApp = parse_body(body)?;
         check_name("name", &new.name)?;
+        self.store
+            .create_app(self, &new.name, now)
+            .map_err(|e| store_refusal(e, &new.name, ""))?;
         let mut registry = self.lock();
-        registry
-            .create_app(&new.name, now.mono)
-            .map_err(|e| refusal(e, &new.name, ""))
-            .map(|event| registry.push_event(event))?;
         let view = registry.app(&new.name, now.mono, StatusSet::ALL, None);
         self.publish(registry, false);
         let mut response = match view {
@@ -337,13 +373,17 @@ impl Api {
             }
         };
         let metadata = parse_metadata(new.metadata)?;
-        let mut registry = self.lock();
-        registry
-            .register(app, &new.id, &new.ip, port, metadata, now.mono)
-            .map_err(|e| refusal(e, app, &new.id))
-            .map(|event| registry.push_event(event))?;
-        let view = registry.instance(app, &new.id, now.mono);
-        self.publish(registry, false);
+        let registration = Registration {
+            app,
+            id: &new.id,
+            ip: &new.ip,
+            port,
+            metadata,
+        };
+        self.store
+            .register(self, &registration, now)
+            .map_err(|e| store_refusal(e, app, &new.id))?;
+        let view = self.lock().instance(app, &new.id, now.mono);
         let mut response = match view {
             Ok(view) => Response::json(201, views::instance(&view, now)),
             Err(_) => Response::empty(201),
@@ -357,35 +397,16 @@ impl Api {
     }
 
     fn renew(&self, app: &str, id: &str, now: Now) -> Result<Response, Response> {
-        let asked = Instant::now();
-        let mut registry = self.lock();
-        // Its time is when the lock is had: the wait on it is added.
-        let waited = Millis::try_from(asked.elapsed().as_millis()).unwrap_or(0);
-        let at = now.mono.saturating_add(waited);
-        let event = registry
-            .renew(app, id, at)
-            .map_err(|e| refusal(e, app, id))?;
-        self.log.metrics().heartbeat();
-        match event {
-            // A plain heartbeat: nothing to log, nobody to wake.
-            None => drop(registry),
-            Some(event) => {
-                registry.push_event(event);
-                self.publish(registry, false);
-            }
-        }
+        self.store
+            .renew(self, app, id, now)
+            .map_err(|e| store_refusal(e, app, id))?;
         Ok(Response::empty(204))
     }
 
     fn take_out_of_service(&self, app: &str, id: &str, now: Now) -> Result<Response, Response> {
-        let mut registry = self.lock();
-        let event = registry
-            .take_out_of_service(app, id, now.mono)
-            .map_err(|e| refusal(e, app, id))?;
-        if let Some(event) = event {
-            registry.push_event(event);
-        }
-        self.publish(registry, false);
+        self.store
+            .take_out_of_service(self, app, id, now)
+            .map_err(|e| store_refusal(e, app, id))?;
         Ok(Response::empty(204))
     }
 }
@@ -397,6 +418,15 @@ fn wait(topic: Topic, query: &ListQuery, now: Now) -> Outcome {
         topic,
         deadline: crate::clock::instant_of(now.mono.saturating_add(wait)),
     })
+}
+
+/// A store's refusal: the registry's, or a 503 when the store cannot take
+/// the change now.
+fn store_refusal(e: store::Error, app: &str, id: &str) -> Response {
+    match e {
+        store::Error::Refused(e) => refusal(e, app, id),
+        store::Error::Unavailable(why) => error(503, why),
+    }
 }
 
 /// The one place a registry error becomes a status and a message.
@@ -1144,6 +1174,98 @@ mod tests {
         call(&api, "PUT", "/registro/1.0/apps/web/a", "", now);
         let web = vec![Topic::All, Topic::App("web".into())];
         assert_eq!(*seen.lock().unwrap(), vec![web.clone(), web.clone(), web]);
+    }
+
+    /// The recorder sees every change while the lock is held, with its events.
+    #[test]
+    fn the_recorder_sees_each_change_with_its_events() {
+        let api = api();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        api.set_recorder(Box::new(move |registry, events| {
+            sink.lock().unwrap().push((registry.index(), events.len()))
+        }));
+        let now = Now {
+            mono: 0,
+            wall: WALL,
+        };
+        call(&api, "POST", "/registro/1.0/apps", r#"{"name":"web"}"#, now);
+        let instance = r#"{"id":"a","ip":"10.0.0.1","port":80}"#;
+        call(&api, "POST", "/registro/1.0/apps/web", instance, now);
+        // A plain heartbeat records nothing; the first one makes `a` up.
+        call(&api, "PUT", "/registro/1.0/apps/web/a", "", now);
+        call(&api, "PUT", "/registro/1.0/apps/web/a", "", now);
+        assert_eq!(*seen.lock().unwrap(), vec![(2, 1), (3, 1), (4, 1)]);
+    }
+
+    /// A store that cannot be reached: every change answers 503 with JSON.
+    struct Unreachable;
+
+    impl Store for Unreachable {
+        fn create_app(&self, _: &Api, _: &str, _: Now) -> Result<(), store::Error> {
+            Err(store::Error::Unavailable("etcd is unreachable".into()))
+        }
+        fn register(&self, _: &Api, _: &Registration<'_>, _: Now) -> Result<(), store::Error> {
+            Err(store::Error::Unavailable("etcd is unreachable".into()))
+        }
+        fn renew(&self, _: &Api, _: &str, _: &str, _: Now) -> Result<(), store::Error> {
+            Err(store::Error::Unavailable("etcd is unreachable".into()))
+        }
+        fn take_out_of_service(
+            &self,
+            _: &Api,
+            _: &str,
+            _: &str,
+            _: Now,
+        ) -> Result<(), store::Error> {
+            Err(store::Error::Unavailable("etcd is unreachable".into()))
+        }
+        fn health(&self) -> Result<(), String> {
+            Err("etcd is unreachable".into())
+        }
+        fn describe(&self) -> String {
+            "unreachable".into()
+        }
+        fn spawn(&self, _: &Arc<Api>, _: &crate::Config) -> std::io::Result<store::Threads> {
+            Err(std::io::ErrorKind::Unsupported.into())
+        }
+    }
+
+    #[test]
+    fn an_unreachable_store_answers_503_with_json() {
+        let log = crate::log::Logger::start(false)
+            .expect("no logger thread")
+            .log();
+        let access = Access::load(&crate::auth::TokenFiles::default()).expect("no token files");
+        let periods = Periods {
+            down_after: 90_000,
+            evict_after: 600_000,
+        };
+        let api = Api::with_store(Registry::new(periods), Box::new(Unreachable), log, access);
+        let now = Now {
+            mono: 0,
+            wall: WALL,
+        };
+        for (method, target, body) in [
+            ("POST", "/registro/1.0/apps", r#"{"name":"web"}"#),
+            (
+                "POST",
+                "/registro/1.0/apps/web",
+                r#"{"id":"a","ip":"10.0.0.1","port":80}"#,
+            ),
+            ("PUT", "/registro/1.0/apps/web/a", ""),
+            ("DELETE", "/registro/1.0/apps/web/a", ""),
+        ] {
+            let (status, body) = call(&api, method, target, body, now);
+            assert_eq!(status, 503, "{method} {target}");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            assert_eq!(v["error"], "etcd is unreachable");
+        }
+        assert_eq!(
+            call(&api, "GET", "/healthz", "", now),
+            (503, "{\"status\":\"store unreachable\"}\n".into())
+        );
+        assert_eq!(call(&api, "GET", "/registro/1.0/apps", "", now).0, 200);
     }
 
     #[test]

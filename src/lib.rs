@@ -28,7 +28,9 @@ mod metrics;
 mod ops;
 pub mod registry;
 mod server;
+mod store;
 mod sweeper;
 
 pub use auth::TokenFiles;
 pub use server::{Config, Server};
+pub use store::StoreConfig;

@@ -70,6 +70,16 @@ struct Flags {
     #[argh(switch)]
     log_sweeps: bool,
 
+    /// where the registry is kept: "memory" (in this process, the default)
+    /// or "etcd://HOST:PORT[,HOST:PORT...]" (an etcd v3 cluster that any
+    /// number of Registro servers share)
+    #[argh(option, default = "String::from(\"memory\")")]
+    store: String,
+
+    /// the key prefix of the registry in etcd (default "/registro/")
+    #[argh(option, default = "String::from(\"/registro/\")")]
+    etcd_prefix: String,
+
     /// print the version and exit (also -V)
     #[argh(switch)]
     version: bool,
@@ -87,6 +97,8 @@ const OPTIONS: &[&str] = &[
     "--request-timeout",
     "--token-file",
     "--read-token-file",
+    "--store",
+    "--etcd-prefix",
 ];
 
 /// The most connection threads `--threads` may keep ready.
@@ -209,7 +221,11 @@ fn config(flags: Flags) -> Result<registro::Config, String> {
                 .to_string(),
         );
     }
+    // `--store etcd` keeps no data directory: with `--data-dir` (when that
+    // flag exists) it is an error, checked here.
+    let store = store(&flags.store, &flags.etcd_prefix)?;
     Ok(registro::Config {
+        store,
         addr: listen_addr(&flags.addr)?,
         threads,
         max_connections: positive(
@@ -227,6 +243,43 @@ fn config(flags: Flags) -> Result<registro::Config, String> {
             write: flags.token_file,
             read: flags.read_token_file,
         },
+    })
+}
+
+/// Parses `--store` (and `--etcd-prefix`, for etcd).
+fn store(store: &str, prefix: &str) -> Result<registro::StoreConfig, String> {
+    if store == "memory" {
+        return Ok(registro::StoreConfig::Memory);
+    }
+    let bad = |why: &str| {
+        format!(
+            "invalid --store {store:?}: {why}; expected memory or etcd://HOST:PORT[,HOST:PORT...]"
+        )
+    };
+    let Some(list) = store.strip_prefix("etcd://") else {
+        return Err(bad("unknown store"));
+    };
+    let mut members = Vec::new();
+    for member in list.split(',') {
+        let member = member.trim_end_matches('/');
+        let port = member
+            .rsplit_once(':')
+            .map(|(host, port)| (host, port.parse::<u16>()));
+        match port {
+            Some((host, Ok(port))) if !host.is_empty() && port > 0 && !host.contains('/') => {
+                members.push(member.to_string())
+            }
+            _ => return Err(bad(&format!("{member:?} is not HOST:PORT"))),
+        }
+    }
+    if prefix.is_empty() || !prefix.is_ascii() {
+        return Err(format!(
+            "invalid --etcd-prefix {prefix:?}: expected a non-empty ASCII key prefix such as /registro/"
+        ));
+    }
+    Ok(registro::StoreConfig::Etcd {
+        members,
+        prefix: prefix.to_string(),
     })
 }
 

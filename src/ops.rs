@@ -32,9 +32,13 @@ pub fn handle(api: &Api, request: &Request, now: Now) -> Option<Response> {
         return Some(response);
     }
     Some(match route {
-        "/healthz" => Response::json(200, b"{\"status\":\"ok\"}\n".to_vec()),
+        "/healthz" => match api.store().health() {
+            Ok(()) => Response::json(200, b"{\"status\":\"ok\"}\n".to_vec()),
+            Err(_) => Response::json(503, b"{\"status\":\"store unreachable\"}\n".to_vec()),
+        },
         "/metrics" => {
-            let text = api.log().metrics().render(&counts(api, now));
+            let mut text = api.log().metrics().render(&counts(api, now));
+            api.store().render_metrics(&mut text);
             text_response(
                 text.into_bytes(),
                 "text/plain; version=0.0.4; charset=utf-8",

@@ -63,6 +63,31 @@ pub struct Periods {
     pub evict_after: Millis,
 }
 
+impl Periods {
+    /// Periods that are never reached: a mirror's (see [`Registry::mirror`]).
+    pub const NEVER: Periods = Periods {
+        down_after: Millis::MAX / 4,
+        evict_after: Millis::MAX / 2,
+    };
+}
+
+/// An instance's state as a store holds it, for [`Registry::apply_instance`].
+#[derive(Clone, Debug)]
+pub struct Applied<'a> {
+    /// The instance id.
+    pub id: &'a str,
+    /// Its address.
+    pub ip: &'a str,
+    /// Its port.
+    pub port: u16,
+    /// Its status, as read (no decay applies in a mirror).
+    pub status: Status,
+    /// Its metadata.
+    pub metadata: Option<Arc<Metadata>>,
+    /// When it last renewed (monotonic, converted by the caller).
+    pub last_renewal: Millis,
+}
+
 /// The status of an instance, as a reader sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -1158,6 +1183,165 @@ impl Registry {
         self.apps.len()
     }
 
+    /// A registry that only mirrors a store's state (`--store etcd`): its
+    /// periods are never reached, so nothing in it decays by itself; time's
+    /// changes arrive as [`Registry::apply_instance`] and removals.
+    pub fn mirror() -> Registry {
+        Registry::new(Periods::NEVER)
+    }
+
+    /// Makes app `name` present (created empty at `now` if absent); returns
+    /// whether it was absent. The caller sets its index.
+    pub fn apply_app(&mut self, name: &str, now: Millis) -> bool {
+        if self.apps.contains_key(name) {
+            return false;
+        }
+        let name: Arc<str> = Arc::from(name);
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        let app = App::new(name.clone(), now, epoch);
+        self.apps.insert(name.clone(), app);
+        self.names.insert(name.clone());
+        self.book.changed.push(name.clone());
+        self.book.events.push(Event::AppCreated { app: name });
+        true
+    }
+
+    /// Removes app `name` and its instances, if present.
+    pub fn apply_remove_app(&mut self, name: &str) {
+        let Some(mut app) = self.apps.remove(name) else {
+            return;
+        };
+        self.names.remove(name);
+        self.book.set_due(&mut app, Millis::MAX);
+        for slot in &app.slots {
+            self.book.counts[slot.status.ix()] -= 1;
+        }
+        if self.book.scanning.as_deref() == Some(name) {
+            self.book.scanning = None;
+        }
+        self.book.changed.push(app.name.clone());
+        self.book.events.push(Event::AppRemoved { app: app.name });
+    }
+
+    /// Stores instance `state.id` of `app` exactly as given (the app is
+    /// created if absent), with the event its change makes: added, replaced
+    /// (another address or metadata, or back to `Starting`), up, down, out of
+    /// service; none if only `last_renewal` changed. Returns whether what a
+    /// read answers changed. The caller sets the index.
+    pub fn apply_instance(&mut self, app: &str, state: Applied<'_>, now: Millis) -> bool {
+        self.apply_app(app, now);
+        let Some(app) = self.apps.get_mut(app) else {
+            return false;
+        };
+        let book = &mut self.book;
+        let metadata = state.metadata.filter(|m| !m.is_empty());
+        let Some(&pos) = app.ids.get(state.id) else {
+            let id: Arc<str> = Arc::from(state.id);
+            let ip = Ip::new(state.ip);
+            app.ids.insert(id.clone(), app.slots.len());
+            if let Some(m) = metadata {
+                app.metadata.insert(id.clone(), m);
+            }
+            app.slots.push(Slot {
+                id: id.clone(),
+                ip: ip.clone(),
+                last_renewal: state.last_renewal,
+                port: state.port,
+                status: state.status,
+            });
+            app.empty_since = None;
+            book.counts[state.status.ix()] += 1;
+            book.events.push(Event::InstanceAdded {
+                app: app.name.clone(),
+                id,
+                ip,
+                port: state.port,
+            });
+            return true;
+        };
+        let slot = &mut app.slots[pos];
+        slot.last_renewal = state.last_renewal;
+        let moved = *slot.ip != *state.ip || slot.port != state.port;
+        let old = app.metadata.get(&slot.id).cloned();
+        let remeta = old != metadata;
+        let before = slot.status;
+        if !moved && !remeta && before == state.status {
+            return false;
+        }
+        if moved {
+            slot.ip = Ip::new(state.ip);
+            slot.port = state.port;
+        }
+        if remeta {
+            match &metadata {
+                Some(m) => app.metadata.insert(slot.id.clone(), m.clone()),
+                None => app.metadata.remove(&slot.id),
+            };
+        }
+        book.restate(before, state.status);
+        slot.status = state.status;
+        let (name, id) = (app.name.clone(), slot.id.clone());
+        book.events.push(match state.status {
+            _ if moved || remeta || (state.status == Status::Starting) => Event::InstanceReplaced {
+                app: name,
+                id,
+                ip: slot.ip.clone(),
+                port: slot.port,
+            },
+            Status::Up => Event::InstanceUp { app: name, id },
+            Status::Down => Event::InstanceDown { app: name, id },
+            Status::OutOfService | Status::Starting => {
+                Event::InstanceOutOfService { app: name, id }
+            }
+        });
+        true
+    }
+
+    /// Removes instance `id` of `app`, if present; returns whether it was.
+    pub fn apply_remove_instance(&mut self, app: &str, id: &str) -> bool {
+        let periods = self.periods;
+        let Some(app) = self.apps.get_mut(app) else {
+            return false;
+        };
+        let Some(&pos) = app.ids.get(id) else {
+            return false;
+        };
+        let removed = app.remove(pos, &mut self.book, periods);
+        self.book.events.push(Event::InstanceRemoved {
+            app: app.name.clone(),
+            id: removed.id,
+        });
+        true
+    }
+
+    /// Sets an app's change index (a store's revision), telling its
+    /// watchers if it changed.
+    pub fn set_app_index(&mut self, app: &str, index: u64) {
+        if let Some(app) = self.apps.get_mut(app) {
+            if app.index != index {
+                app.index = index;
+                if self.book.changed.last() != Some(&app.name) {
+                    self.book.changed.push(app.name.clone());
+                }
+            }
+        }
+    }
+
+    /// Sets the global change index; it never decreases.
+    pub fn set_index(&mut self, index: u64) {
+        self.book.index = self.book.index.max(index);
+    }
+
+    /// A heartbeat's time, shown as `lastRenewal`, changing nothing else.
+    pub fn touch(&mut self, app: &str, id: &str, last_renewal: Millis) {
+        if let Some(app) = self.apps.get_mut(app) {
+            if let Some(&pos) = app.ids.get(id) {
+                app.slots[pos].last_renewal = last_renewal;
+            }
+        }
+    }
+
     fn live_app(&self, name: &str, now: Millis) -> Result<&App, Error> {
         self.apps
             .get(name)
@@ -2095,5 +2279,75 @@ mod tests {
             std::mem::size_of::<Slot>()
         );
         assert_eq!(Registry::new(P).periods(), P);
+    }
+
+    /// A mirror stores what it is given, at the index it is given, logs the
+    /// events of the difference and never decays by itself.
+    #[test]
+    fn a_mirror_applies_states_with_explicit_indexes() {
+        let mut reg = Registry::mirror();
+        let mut apps = Vec::new();
+        let mut events = Vec::new();
+        let mut drain = |reg: &mut Registry| {
+            apps.clear();
+            events.clear();
+            reg.drain_changes(&mut apps, &mut events);
+            let names: Vec<String> = apps.iter().map(|a| a.to_string()).collect();
+            let events: Vec<String> = events.iter().map(event).collect();
+            (names.join(","), events.join(" "))
+        };
+        let a = |status, ip, last_renewal| Applied {
+            id: "a",
+            ip,
+            port: 80,
+            status,
+            metadata: None,
+            last_renewal,
+        };
+        assert!(reg.apply_app("web", T0));
+        assert!(!reg.apply_app("web", T0));
+        reg.set_app_index("web", 7);
+        reg.set_index(7);
+        assert_eq!(drain(&mut reg), ("web".into(), "app-created:web".into()));
+        assert!(reg.apply_instance("web", a(Status::Starting, "10.0.0.1", T0), T0));
+        reg.set_app_index("web", 9);
+        assert_eq!(
+            drain(&mut reg),
+            ("web".into(), "added:web/a@10.0.0.1:80".into())
+        );
+        // Only the time: no event, no change.
+        assert!(!reg.apply_instance("web", a(Status::Starting, "10.0.0.1", T0 + 5), T0));
+        assert_eq!(drain(&mut reg), (String::new(), String::new()));
+        for (status, ip, want) in [
+            (Status::Up, "10.0.0.1", "up:web/a"),
+            (Status::Down, "10.0.0.1", "down:web/a"),
+            (Status::OutOfService, "10.0.0.1", "out:web/a"),
+            (Status::Starting, "10.0.0.2", "replaced:web/a@10.0.0.2:80"),
+        ] {
+            assert!(reg.apply_instance("web", a(status, ip, T0), T0));
+            assert_eq!(drain(&mut reg).1, want);
+        }
+        // Years later nothing has decayed; the indexes are the ones given.
+        let far = T0 + 10 * 365 * 86_400_000;
+        let view = reg.app("web", far, StatusSet::ALL, None).unwrap().unwrap();
+        assert_eq!((list(&view), view.index), ("web[a:starting]".into(), 9));
+        assert_eq!(reg.apps(far, StatusSet::ALL, None).unwrap().1, 7);
+        reg.set_index(3);
+        assert_eq!(reg.index(), 7, "the index never decreases");
+        reg.touch("web", "a", T0 + 42);
+        assert_eq!(reg.instance("web", "a", far).unwrap().last_renewal, T0 + 42);
+        assert!(reg.apply_remove_instance("web", "a"));
+        assert!(!reg.apply_remove_instance("web", "a"));
+        assert_eq!(reg.counts().starting, 0);
+        // An instance of an app not yet seen creates it.
+        assert!(reg.apply_instance("db", a(Status::Up, "10.0.0.3", T0), T0));
+        assert_eq!(reg.counts().up, 1);
+        drain(&mut reg);
+        reg.apply_remove_app("db");
+        assert_eq!(drain(&mut reg), ("db".into(), "app-removed:db".into()));
+        assert_eq!(
+            (reg.counts().up, reg.app_count(), reg.next_due()),
+            (0, 1, None)
+        );
     }
 }

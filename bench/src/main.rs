@@ -12,12 +12,13 @@
 //! Usage: `registro-bench [--quick] [--server PATH] [--registro PATH] [--runs N]
 //! [--secs S] [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N]
 //! [--fleet-secs S] [--fleet-interval S] [--watchers N]
-//! [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining]`;
+//! [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining,etcd]`;
 //! `REGISTRO_BENCH_QUICK=1` is the same as `--quick`.
 
 #![forbid(unsafe_code)]
 
 mod baseline;
+mod etcd;
 mod fleet;
 mod hist;
 mod http;
@@ -275,7 +276,7 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
                      [--registro PATH (the server under test)] [--runs N] [--secs S] \
                      [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N] [--fleet-secs S] \
                      [--fleet-interval S] [--watchers N] \
-                     [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining]"
+                     [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining,etcd]"
                         .to_string(),
                 )
             }
@@ -373,6 +374,9 @@ fn run(s: &Settings) -> Result<(), String> {
         true => pipelining::scenario(s, &mut r, began)?,
         false => String::new(),
     };
+    if s.wants("etcd") {
+        etcd::scenario(s, began)?;
+    }
     let elapsed = began.elapsed();
     print!("{}{piped}", report::render(s, &r, elapsed));
     if r.bad_exits.is_empty() {

@@ -34,7 +34,6 @@ use crate::auth::{Access, TokenFiles};
 use crate::clock;
 use crate::log::{self, Logger};
 use crate::registry::{Millis, Periods};
-use crate::sweeper::Sweeper;
 
 /// How the server runs. `Default` gives the production settings on `0.0.0.0:8080`.
 #[derive(Debug, Clone)]
@@ -64,6 +63,8 @@ pub struct Config {
     pub log_sweeps: bool,
     /// Where the access tokens are read from (none: every request is allowed).
     pub tokens: TokenFiles,
+    /// Where the registry is kept (`--store`, `--etcd-prefix`).
+    pub store: crate::store::StoreConfig,
 }
 
 impl Default for Config {
@@ -80,6 +81,7 @@ impl Default for Config {
             log: true,
             log_sweeps: false,
             tokens: TokenFiles::default(),
+            store: crate::store::StoreConfig::default(),
         }
     }
 }
@@ -103,7 +105,7 @@ pub struct Server {
     shared: Arc<Shared>,
     poller: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
-    sweeper: Option<Sweeper>,
+    store: Option<crate::store::Threads>,
     logger: Option<Logger>,
 }
 
@@ -163,7 +165,7 @@ impl Server {
         let logger = Logger::start(config.log)?;
         let log = logger.log();
         let access = Access::load(&config.tokens)?;
-        let api = Arc::new(Api::new(periods, logger.log(), access));
+        let api = Arc::new(crate::store::api(&config, periods, logger.log(), access)?);
         let threads = config.threads.max(1);
         let shared = Arc::new(Shared {
             api: Arc::clone(&api),
@@ -199,7 +201,7 @@ impl Server {
             shared: Arc::clone(&shared),
             poller: None,
             workers: Vec::with_capacity(threads),
-            sweeper: None,
+            store: None,
             logger: None,
         };
         for _ in 0..threads {
@@ -229,10 +231,11 @@ impl Server {
                 return Err(e);
             }
         }
-        server.sweeper = Some(Sweeper::spawn(api, config.sweep_every, config.log_sweeps)?);
+        let store = api.store().describe();
+        server.store = Some(api.store().spawn(&api, &config)?);
         log.line(format_args!(
             "registro {}: {threads} worker threads, at most {} connections, idle timeout {}, \
-             request timeout {}, down after {}, evict after {}, sweep every {}; listening on {local_addr}",
+             request timeout {}, down after {}, evict after {}, sweep every {}, store {}; listening on {local_addr}",
             env!("CARGO_PKG_VERSION"),
             config.max_connections,
             secs(config.idle_timeout),
@@ -240,6 +243,7 @@ impl Server {
             secs(config.down_after),
             secs(config.evict_after),
             secs(config.sweep_every),
+            store,
         ));
         server.logger = Some(logger);
         Ok(server)
@@ -297,8 +301,8 @@ impl Server {
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
-        if let Some(sweeper) = self.sweeper.take() {
-            sweeper.stop();
+        if let Some(store) = self.store.take() {
+            store.stop();
         }
         if let Some(logger) = self.logger.take() {
             shared.api.log().line(format_args!("stopped"));

@@ -9,6 +9,7 @@ mod cli;
 mod concurrency;
 mod conn;
 mod discovery;
+mod etcd;
 mod fuzz;
 mod hardening;
 mod lifecycle;

@@ -1,0 +1,835 @@
+//! Scenario "etcd" (issue 17): two `registro` servers on one registry kept
+//! in a three-member etcd cluster on loopback (Debian's `etcd`, started
+//! here with its default timeouts, each member with its own data directory
+//! under the temporary directory, killed when the scenario ends).
+//!
+//! Measured: registrations through both servers (pipelined, 8 connections
+//! of 8 requests each per server); every instance's first heartbeat (a
+//! status change, so a write); steady heartbeats closed loop (32
+//! connections, half to each server) with p50/p99; then fleets of growing
+//! size at a 30 s heartbeat, each instance renewed once per period on a
+//! schedule spread evenly over it (open loop: a heartbeat's latency counts
+//! from when it was due, so a server that falls behind shows it), until
+//! one misses (an error, or p99 >= 50 ms); and the largest fleet carried
+//! once more with the etcd leader killed a third into the period.
+//!
+//! The servers run with `--down-after 300s --evict-after 3600s`: growing
+//! the fleet takes minutes, during which the instances already registered
+//! are not renewed, and none may go down in between.
+
+use crate::hist::Histogram;
+use crate::http::Conn;
+use crate::load::{self, push_heartbeat, push_register, Fleet, Load, Outcome, APPS};
+use crate::proc::{ServerProc, Stop};
+use crate::report::{ms, thousands};
+use crate::{progress, Settings, CONNS};
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Registration: connections per server, requests in flight on each.
+const REG_CONNS: usize = 8;
+const REG_DEPTH: usize = 8;
+/// The paced fleet: connections per server.
+const FLEET_CONNS: usize = 32;
+/// Each server's `--threads`: half of them may wait on etcd at once, and
+/// etcd commits concurrent changes together.
+const SERVER_THREADS: usize = 16;
+/// The fleet targets of issue 17.
+const P99_TARGET_US: u64 = 50_000;
+
+/// A member of the cluster.
+struct Member {
+    client: u16,
+    peer: u16,
+    child: Option<Child>,
+}
+
+/// Three etcd members on loopback, killed on drop.
+struct Cluster {
+    root: PathBuf,
+    members: Vec<Member>,
+}
+
+fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+/// `POST /v3/maintenance/status` of one member: (member id, leader id).
+fn status(port: u16) -> Option<(String, String)> {
+    let mut conn = Conn::connect(SocketAddr::from(([127, 0, 0, 1], port))).ok()?;
+    let request = "POST /v3/maintenance/status HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+    conn.send(request.as_bytes()).ok()?;
+    let mut body = Vec::new();
+    let r = conn.read_response(Some(&mut body)).ok()?;
+    if r.status != 200 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&body);
+    let field = |name: &str| -> Option<String> {
+        let at = text.find(&format!("\"{name}\":\""))? + name.len() + 4;
+        let end = text[at..].find('"')?;
+        Some(text[at..at + end].to_string())
+    };
+    Some((field("member_id")?, field("leader")?))
+}
+
+impl Cluster {
+    fn start() -> Result<Cluster, String> {
+        let root = std::env::temp_dir().join(format!(
+            "registro-bench-etcd-{}-{}",
+            std::process::id(),
+            free_port()?
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+        let mut members = Vec::new();
+        for _ in 0..3 {
+            members.push(Member {
+                client: free_port()?,
+                peer: free_port()?,
+                child: None,
+            });
+        }
+        let mut cluster = Cluster { root, members };
+        for i in 0..3 {
+            cluster.spawn(i)?;
+        }
+        cluster.leader(Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), String> {
+        let initial: Vec<String> = self
+            .members
+            .iter()
+            .enumerate()
+            .map(|(k, m)| format!("m{k}=http://127.0.0.1:{}", m.peer))
+            .collect();
+        let m = &self.members[i];
+        let client = format!("http://127.0.0.1:{}", m.client);
+        let peer = format!("http://127.0.0.1:{}", m.peer);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.root.join(format!("m{i}.log")))
+            .map_err(|e| format!("etcd log: {e}"))?;
+        let child = Command::new("etcd")
+            .args(["--name", &format!("m{i}")])
+            .arg("--data-dir")
+            .arg(self.root.join(format!("m{i}")))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--initial-cluster-state", "new"])
+            .args([
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+                "--log-level",
+                "warn",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start etcd: {e}"))?;
+        self.members[i].child = Some(child);
+        Ok(())
+    }
+
+    /// The index of the leading member, once every running member agrees.
+    fn leader(&self, within: Duration) -> Result<usize, String> {
+        let end = Instant::now() + within;
+        loop {
+            let seen: Vec<(usize, Option<(String, String)>)> = self
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.child.is_some())
+                .map(|(i, m)| (i, status(m.client)))
+                .collect();
+            let leaders: Vec<&String> = seen
+                .iter()
+                .filter_map(|(_, s)| s.as_ref().map(|s| &s.1))
+                .collect();
+            let agreed = leaders.len() == seen.len() && leaders.windows(2).all(|w| w[0] == w[1]);
+            if let (true, Some(i)) = (
+                agreed,
+                seen.iter()
+                    .find(|(_, s)| s.as_ref().is_some_and(|(me, l)| me == l && l != "0"))
+                    .map(|(i, _)| *i),
+            ) {
+                return Ok(i);
+            }
+            if Instant::now() > end {
+                return Err(format!("etcd elected no leader within {within:?}"));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn store(&self) -> String {
+        let hosts: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client))
+            .collect();
+        format!("etcd://{}", hosts.join(","))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// One fleet size at one period.
+pub struct FleetRun {
+    pub n: usize,
+    pub period: Duration,
+    pub hist: Histogram,
+    pub ok: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub elapsed: Duration,
+    /// With the leader killed: when, after the start.
+    pub killed_at: Option<Duration>,
+    /// The longest a heartbeat that was due after the kill waited from its
+    /// due time to its answer (failures included, until the next success).
+    pub worst_after_kill_us: u64,
+}
+
+impl FleetRun {
+    fn carried(&self) -> bool {
+        self.errors == 0 && self.ok > 0 && self.hist.quantile(0.99) < P99_TARGET_US
+    }
+}
+
+/// Everything the scenario measured.
+#[derive(Default)]
+pub struct EtcdRun {
+    /// (instances, time, 503s sent again) of the registration target's run.
+    pub registration: Option<(usize, Duration, u64)>,
+    /// The same for every instance's first heartbeat.
+    pub first_beats: Option<(usize, Duration, u64)>,
+    /// Steady heartbeats, closed loop, one per round.
+    pub heartbeats: Vec<Outcome>,
+    /// Fleets at the 30 s period, growing.
+    pub fleets: Vec<FleetRun>,
+    /// The largest carried fleet again, with the leader killed.
+    pub leader_killed: Option<FleetRun>,
+    /// Server processes that did not stop cleanly.
+    pub bad_exits: Vec<String>,
+}
+
+/// Runs the scenario and prints its section of the report; without etcd
+/// installed, a note (an error when `CI=true`, where it must run).
+pub fn scenario(s: &Settings, began: Instant) -> Result<(), String> {
+    let installed = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("etcd").is_file()));
+    if !installed {
+        let why = "the etcd scenario was skipped: no `etcd` on PATH (apt-get install etcd-server)";
+        if std::env::var("CI").as_deref() == Ok("true") {
+            return Err(why.to_string());
+        }
+        println!("\n{why}\n");
+        return Ok(());
+    }
+    let run = measure(s, began)?;
+    print!("{}", render(s, &run));
+    if run.bad_exits.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "servers did not stop cleanly: {}",
+            run.bad_exits.join("; ")
+        ))
+    }
+}
+
+fn start_server(
+    s: &Settings,
+    cluster: &Cluster,
+    prefix: &str,
+    name: &str,
+) -> Result<ServerProc, String> {
+    let mut cmd = Command::new(&s.server);
+    cmd.args(["--addr", "127.0.0.1:0", "--store", &cluster.store()])
+        .args(["--etcd-prefix", prefix])
+        .args(["--down-after", "300s", "--evict-after", "3600s"])
+        .args(["--threads", &SERVER_THREADS.to_string()]);
+    ServerProc::start(name, cmd, Stop::Term)
+}
+
+fn measure(s: &Settings, began: Instant) -> Result<EtcdRun, String> {
+    let mut cluster = Cluster::start()?;
+    progress(
+        began,
+        format_args!("etcd: three members on {}", cluster.store()),
+    );
+    let prefix = format!("/registro-bench-{}/", std::process::id());
+    let a = start_server(s, &cluster, &prefix, "registro (etcd) a")?;
+    let b = start_server(s, &cluster, &prefix, "registro (etcd) b")?;
+    let addrs = [a.addr, b.addr];
+    let mut run = EtcdRun::default();
+    let result = measure_on(s, &mut cluster, addrs, &mut run, began);
+    let failed = run
+        .fleets
+        .iter()
+        .chain(&run.leader_killed)
+        .any(|f| f.errors > 0);
+    if failed || result.is_err() {
+        for (server, name) in [(&a, "a"), (&b, "b")] {
+            progress(
+                began,
+                format_args!("etcd: the last lines of server {name}: {}", server.tail()),
+            );
+        }
+    }
+    for (server, name) in [(a, "a"), (b, "b")] {
+        match server.stop() {
+            Ok(status) if status.success() => {}
+            Ok(status) => run
+                .bad_exits
+                .push(format!("registro (etcd) {name}: {status}")),
+            Err(e) => run.bad_exits.push(format!("registro (etcd) {name}: {e}")),
+        }
+    }
+    result.map(|()| run)
+}
+
+fn measure_on(
+    s: &Settings,
+    cluster: &mut Cluster,
+    addrs: [SocketAddr; 2],
+    run: &mut EtcdRun,
+    began: Instant,
+) -> Result<(), String> {
+    let (registrations, sizes, period) = if s.quick {
+        (300, vec![300, 600], Duration::from_secs(1))
+    } else {
+        (
+            50_000,
+            vec![50_000, 100_000, 150_000, 200_000, 300_000],
+            Duration::from_secs(30),
+        )
+    };
+    create_apps(addrs[0])?;
+    let (took, retried) = pipelined(addrs, 0..registrations, false)?;
+    run.registration = Some((registrations, took, retried));
+    progress(
+        began,
+        format_args!(
+            "etcd: registered {} instances through both servers in {:.1} s ({}/s; {retried} answers 503 sent again)",
+            thousands(registrations as f64),
+            took.as_secs_f64(),
+            thousands(registrations as f64 / took.as_secs_f64().max(1e-9))
+        ),
+    );
+    let (took, retried) = pipelined(addrs, 0..registrations, true)?;
+    run.first_beats = Some((registrations, took, retried));
+    progress(
+        began,
+        format_args!(
+            "etcd: first heartbeat of each (now up) in {:.1} s",
+            took.as_secs_f64()
+        ),
+    );
+    for round in 0..s.runs {
+        let o = closed_loop(s, addrs, registrations, round);
+        progress(
+            began,
+            format_args!(
+                "etcd: heartbeats, round {}: {}/s, p50 {}, p99 {}, errors {}{}",
+                round + 1,
+                thousands(o.rate()),
+                ms(o.hist.quantile(0.5)),
+                ms(o.hist.quantile(0.99)),
+                o.errors,
+                o.first_error
+                    .as_deref()
+                    .map_or(String::new(), |e| format!(" (first: {e})"))
+            ),
+        );
+        run.heartbeats.push(o);
+    }
+    let mut have = registrations;
+    for &n in &sizes {
+        if n > have {
+            let (took, _) = pipelined(addrs, have..n, false)?;
+            pipelined(addrs, have..n, true)?;
+            progress(
+                began,
+                format_args!(
+                    "etcd: fleet grown to {} ({} registered in {:.1} s)",
+                    thousands(n as f64),
+                    thousands((n - have) as f64),
+                    took.as_secs_f64()
+                ),
+            );
+            have = n;
+        }
+        let f = paced(addrs, n, period, None);
+        progress(began, format_args!("etcd: {}", fleet_line(&f)));
+        let carried = f.carried();
+        run.fleets.push(f);
+        if !carried {
+            break;
+        }
+    }
+    let largest = run
+        .fleets
+        .iter()
+        .filter(|f| f.carried())
+        .map(|f| f.n)
+        .max()
+        .unwrap_or(sizes[0]);
+    let leader = cluster.leader(Duration::from_secs(30))?;
+    let f = paced(
+        addrs,
+        largest,
+        period,
+        Some((period / 3, &mut || cluster.kill(leader))),
+    );
+    progress(
+        began,
+        format_args!("etcd: leader killed: {}", fleet_line(&f)),
+    );
+    run.leader_killed = Some(f);
+    Ok(())
+}
+
+fn create_apps(addr: SocketAddr) -> Result<(), String> {
+    let mut conn = Conn::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    for app in 0..APPS {
+        let body = format!(r#"{{"name":"app-{app}"}}"#);
+        let request = format!(
+            "POST /registro/1.0/apps HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        conn.send(request.as_bytes())
+            .map_err(|e| format!("create app-{app}: {e}"))?;
+        let r = conn
+            .read_response(None)
+            .map_err(|e| format!("create app-{app}: {e}"))?;
+        if r.status != 201 {
+            return Err(format!("create app-{app}: status {}", r.status));
+        }
+    }
+    Ok(())
+}
+
+/// Registers (or, with `renew`, renews once) instances `range` through
+/// both servers, `REG_CONNS` connections each pipelining `REG_DEPTH`:
+/// how long it took, and how many 503s were sent again.
+fn pipelined(
+    addrs: [SocketAddr; 2],
+    range: std::ops::Range<usize>,
+    renew: bool,
+) -> Result<(Duration, u64), String> {
+    let start = Instant::now();
+    let failed = Arc::new(AtomicBool::new(false));
+    let retries = Arc::new(AtomicU64::new(0));
+    let stride = 2 * REG_CONNS;
+    let workers: Vec<thread::JoinHandle<Result<(), String>>> = (0..stride)
+        .map(|t| {
+            let failed = Arc::clone(&failed);
+            let retries = Arc::clone(&retries);
+            let range = range.clone();
+            thread::spawn(move || {
+                let r = pipelined_part(addrs[t % 2], range, t, stride, renew, &failed, &retries);
+                if r.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                r
+            })
+        })
+        .collect();
+    let mut first = Ok(());
+    for w in workers {
+        let r = w
+            .join()
+            .unwrap_or_else(|_| Err("a registering thread panicked".into()));
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    first.map(|()| (start.elapsed(), retries.load(Ordering::Relaxed)))
+}
+
+fn pipelined_part(
+    addr: SocketAddr,
+    range: std::ops::Range<usize>,
+    t: usize,
+    stride: usize,
+    renew: bool,
+    failed: &AtomicBool,
+    retries: &AtomicU64,
+) -> Result<(), String> {
+    let (what, expected) = if renew {
+        ("renew", 204)
+    } else {
+        ("register", 201)
+    };
+    let mut conn = Conn::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    let fleet = Fleet::new(range.end);
+    let mut buf = Vec::new();
+    let mut batch = Vec::with_capacity(REG_DEPTH);
+    // A 503 (the server's bound on changes waiting on etcd) is sent again
+    // later, as a client does; anything else but the expected status fails.
+    let mut pending: VecDeque<usize> = (range.start + t..range.end).step_by(stride).collect();
+    let limit = 100 * pending.len() as u64 + 1000;
+    let mut tried = 0u64;
+    while !pending.is_empty() && !failed.load(Ordering::Relaxed) {
+        buf.clear();
+        batch.clear();
+        while batch.len() < REG_DEPTH {
+            let Some(i) = pending.pop_front() else { break };
+            if renew {
+                push_heartbeat(&mut buf, i);
+            } else {
+                push_register(&mut buf, fleet, i);
+            }
+            batch.push(i);
+        }
+        conn.send(&buf).map_err(|e| format!("{what}: send: {e}"))?;
+        for &i in &batch {
+            let r = conn
+                .read_response(None)
+                .map_err(|e| format!("{what} i-{i:07}: {e}"))?;
+            if r.status == 503 {
+                pending.push_back(i);
+                retries.fetch_add(1, Ordering::Relaxed);
+                tried += 1;
+                if tried > limit {
+                    return Err(format!(
+                        "{what} through {addr}: still 503 after {tried} tries"
+                    ));
+                }
+            } else if r.status != expected {
+                return Err(format!(
+                    "{what} i-{i:07} through {addr}: status {} (expected {expected})",
+                    r.status
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Closed-loop heartbeats: `CONNS` connections, half to each server.
+fn closed_loop(s: &Settings, addrs: [SocketAddr; 2], n: usize, round: usize) -> Outcome {
+    let base = Instant::now();
+    let loads: Vec<Load> = addrs
+        .iter()
+        .enumerate()
+        .map(|(k, &addr)| Load {
+            addr,
+            fleet: Fleet::new(n),
+            conns: CONNS / 2,
+            per_thread: s.per_thread,
+            duration: s.secs,
+            fresh: false,
+            offset: (k + round * 2) * (n / 4).max(1),
+            samples: false,
+            stop: None,
+            started: None,
+        })
+        .collect();
+    let handles: Vec<_> = loads
+        .into_iter()
+        .map(|l| thread::spawn(move || load::run(&l, base)))
+        .collect();
+    let mut total = Outcome::default();
+    for h in handles {
+        match h.join() {
+            Ok(o) => {
+                total.hist.merge(&o.hist);
+                total.ok += o.ok;
+                total.errors += o.errors;
+                if total.first_error.is_none() {
+                    total.first_error = o.first_error;
+                }
+                total.elapsed = total.elapsed.max(o.elapsed);
+            }
+            Err(_) => {
+                total.errors += 1;
+                total
+                    .first_error
+                    .get_or_insert_with(|| "load thread panicked".into());
+            }
+        }
+    }
+    total
+}
+
+/// What one connection of the paced fleet saw.
+#[derive(Default)]
+struct Paced {
+    hist: Histogram,
+    ok: u64,
+    errors: u64,
+    first_error: Option<String>,
+    worst_after_kill_us: u64,
+}
+
+/// Instance `k` of `n` (0 <= k < n) renewed once at `start + k * period / n`,
+/// instance `k` on connection `k % conns` (the connections split between
+/// the servers); `kill` runs at its offset into the period.
+fn paced(
+    addrs: [SocketAddr; 2],
+    n: usize,
+    period: Duration,
+    kill: Option<(Duration, &mut dyn FnMut())>,
+) -> FleetRun {
+    let conns = 2 * FLEET_CONNS;
+    let start = Instant::now() + Duration::from_millis(200);
+    let killed = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let workers: Vec<thread::JoinHandle<Paced>> = (0..conns)
+        .map(|c| {
+            let killed = Arc::clone(&killed);
+            thread::spawn(move || paced_part(addrs[c % 2], n, c, conns, start, period, &killed))
+        })
+        .collect();
+    let mut killed_at = None;
+    if let Some((after, kill)) = kill {
+        let at = start + after;
+        thread::sleep(at.saturating_duration_since(Instant::now()));
+        kill();
+        let _ = killed.set(Instant::now());
+        killed_at = Some(after);
+    }
+    let mut run = FleetRun {
+        n,
+        period,
+        hist: Histogram::default(),
+        ok: 0,
+        errors: 0,
+        first_error: None,
+        elapsed: Duration::ZERO,
+        killed_at,
+        worst_after_kill_us: 0,
+    };
+    for w in workers {
+        let p = w.join().unwrap_or_else(|_| Paced {
+            errors: 1,
+            first_error: Some("a fleet thread panicked".into()),
+            ..Paced::default()
+        });
+        run.hist.merge(&p.hist);
+        run.ok += p.ok;
+        run.errors += p.errors;
+        if run.first_error.is_none() {
+            run.first_error = p.first_error;
+        }
+        run.worst_after_kill_us = run.worst_after_kill_us.max(p.worst_after_kill_us);
+    }
+    run.elapsed = start.elapsed();
+    run
+}
+
+fn paced_part(
+    addr: SocketAddr,
+    n: usize,
+    c: usize,
+    conns: usize,
+    start: Instant,
+    period: Duration,
+    killed: &std::sync::OnceLock<Instant>,
+) -> Paced {
+    let mut out = Paced::default();
+    // Connected before the period starts; again after a failure.
+    let mut conn: Option<Conn<std::net::TcpStream>> = Conn::connect(addr).ok();
+    let mut buf = Vec::with_capacity(128);
+    let spacing = period.as_secs_f64() / n.max(1) as f64;
+    // The first heartbeat after the kill that failed, while none has worked since.
+    let mut failing_since: Option<Instant> = None;
+    for k in (c..n).step_by(conns) {
+        let due = start + Duration::from_secs_f64(k as f64 * spacing);
+        thread::sleep(due.saturating_duration_since(Instant::now()));
+        buf.clear();
+        push_heartbeat(&mut buf, k);
+        let result = match conn.as_mut() {
+            Some(open) => Ok(open),
+            None => Conn::connect(addr).map(|open| conn.insert(open)),
+        }
+        .and_then(|open| {
+            open.send(&buf)?;
+            open.read_response(None)
+        });
+        let done = Instant::now();
+        let waited = done.saturating_duration_since(due).as_micros() as u64;
+        let after_kill = killed.get().is_some_and(|at| due >= *at);
+        match result {
+            Ok(r) if r.status == 204 => {
+                out.ok += 1;
+                out.hist.record(waited);
+                if after_kill {
+                    let since = failing_since.take().unwrap_or(due);
+                    let worst = done.saturating_duration_since(since).as_micros() as u64;
+                    out.worst_after_kill_us = out.worst_after_kill_us.max(worst);
+                }
+            }
+            other => {
+                out.errors += 1;
+                let e = match other {
+                    Ok(r) => format!("i-{k:07} through {addr}: status {}", r.status),
+                    Err(e) => {
+                        conn = None;
+                        format!("i-{k:07} through {addr}: {e}")
+                    }
+                };
+                out.first_error.get_or_insert(e);
+                if after_kill {
+                    failing_since.get_or_insert(due);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn fleet_line(f: &FleetRun) -> String {
+    let mut s = format!(
+        "{} instances at a {:.0} s heartbeat ({}/s due): {} answered 204 ({}/s), p50 {}, p99 {}, max {}, {} errors",
+        thousands(f.n as f64),
+        f.period.as_secs_f64(),
+        thousands(f.n as f64 / f.period.as_secs_f64()),
+        thousands(f.ok as f64),
+        thousands(f.ok as f64 / f.elapsed.as_secs_f64().max(1e-9)),
+        ms(f.hist.quantile(0.5)),
+        ms(f.hist.quantile(0.99)),
+        ms(f.hist.max()),
+        f.errors
+    );
+    if let Some(at) = f.killed_at {
+        let _ = write!(
+            s,
+            "; leader killed at {:.1} s, longest wait of a heartbeat due after it {}",
+            at.as_secs_f64(),
+            ms(f.worst_after_kill_us)
+        );
+    }
+    if let Some(e) = &f.first_error {
+        let _ = write!(s, " (first error: {e})");
+    }
+    s
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+/// The scenario's section of the report, in markdown.
+pub fn render(s: &Settings, r: &EtcdRun) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n### High availability on etcd (two servers with --threads {SERVER_THREADS}, a three-member etcd cluster on loopback{})\n",
+        if s.quick { "; quick mode" } else { "" }
+    );
+    let _ = writeln!(out, "| Measurement | Figure |\n|---|---|");
+    if let Some((n, took, retried)) = r.registration {
+        let _ = writeln!(
+            out,
+            "| Registering {} instances through both servers | {:.1} s ({}/s; {} answers 503 sent again) |",
+            thousands(n as f64),
+            took.as_secs_f64(),
+            thousands(n as f64 / took.as_secs_f64().max(1e-9)),
+            thousands(retried as f64)
+        );
+    }
+    if let Some((n, took, retried)) = r.first_beats {
+        let _ = writeln!(
+            out,
+            "| First heartbeat of each (starting to up: a write) | {:.1} s ({}/s; {} answers 503 sent again) |",
+            took.as_secs_f64(),
+            thousands(n as f64 / took.as_secs_f64().max(1e-9)),
+            thousands(retried as f64)
+        );
+    }
+    for (i, o) in r.heartbeats.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "| Heartbeats, {CONNS} connections half to each server, round {} | {}/s, p50 {}, p99 {}, errors {} |",
+            i + 1,
+            thousands(o.rate()),
+            ms(o.hist.quantile(0.5)),
+            ms(o.hist.quantile(0.99)),
+            o.errors
+        );
+    }
+    for f in &r.fleets {
+        let _ = writeln!(out, "| Fleet: {} |", fleet_line(f));
+    }
+    if let Some(f) = &r.leader_killed {
+        let _ = writeln!(
+            out,
+            "| Fleet with the etcd leader killed: {} |",
+            fleet_line(f)
+        );
+    }
+    let _ = writeln!(out, "\n| Target (issue 17) | Measured | |\n|---|---|---|");
+    if let Some((n, took, _)) = r.registration {
+        let scaled = took.as_secs_f64() * 50_000.0 / n.max(1) as f64;
+        let _ = writeln!(
+            out,
+            "| 50,000 registrations in under 60 s | {:.1} s{} | {} |",
+            scaled,
+            if n == 50_000 {
+                String::new()
+            } else {
+                format!(" (scaled from {n})")
+            },
+            met(scaled < 60.0)
+        );
+    }
+    let largest = r.fleets.iter().filter(|f| f.carried()).map(|f| f.n).max();
+    let biggest_tried = r.fleets.iter().map(|f| f.n).max().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "| A fleet of >= 100,000 at a 30 s heartbeat, 0 errors, p99 < 50 ms | largest carried: {} of those tried (up to {}) | {} |",
+        largest.map_or("none".to_string(), |n| thousands(n as f64)),
+        thousands(biggest_tried as f64),
+        met(largest.is_some_and(|n| n >= 100_000) || (s.quick && largest.is_some()))
+    );
+    if let Some(f) = &r.leader_killed {
+        let _ = writeln!(
+            out,
+            "| The same with the leader killed: 0 errors | {} errors, p99 {} | {} |",
+            f.errors,
+            ms(f.hist.quantile(0.99)),
+            met(f.errors == 0)
+        );
+    }
+    out
+}

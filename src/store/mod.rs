@@ -1,0 +1,130 @@
+//! The seam between the API and where the registry is kept.
+//!
+//! [`crate::api::Api`] reads a local view, a [`Registry`] behind a `Mutex`
+//! (`Api::lock`), and sends every write (create an app, register, renew, take
+//! out of service) to a [`Store`], which changes that view itself or has it
+//! changed: [`memory::Memory`] changes the view in place (the registry lives
+//! in the process, the sweeper is its ticker); [`etcd::Etcd`] commits the
+//! change in an etcd cluster and answers once the view, fed by an etcd watch,
+//! has applied it. Every change of the view goes through `Api::publish`.
+
+use std::io;
+use std::sync::Arc;
+
+use crate::api::Api;
+use crate::auth::Access;
+use crate::clock::Now;
+use crate::log::Log;
+use crate::registry::{self, Metadata, Periods};
+use crate::sweeper::Sweeper;
+use crate::Config;
+
+/// Where the registry is kept (`--store`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// In this process (`--store memory`, the default).
+    #[default]
+    Memory,
+    /// In an etcd v3 cluster (`--store etcd://HOST:PORT[,...]`).
+    Etcd {
+        /// `HOST:PORT` of each member.
+        members: Vec<String>,
+        /// The key prefix (`--etcd-prefix`).
+        prefix: String,
+    },
+}
+
+/// The API over the store `config.store` names: for etcd, connected, the
+/// periods checked and the registry read (an error here is one line for
+/// the user: `InvalidInput`).
+pub fn api(config: &Config, periods: Periods, log: Log, access: Access) -> io::Result<Api> {
+    match &config.store {
+        StoreConfig::Memory => Ok(Api::new(periods, log, access)),
+        StoreConfig::Etcd { members, prefix } => {
+            let settings = etcd::Settings {
+                members: members.clone(),
+                prefix: prefix.clone(),
+                periods,
+                threads: config.threads,
+            };
+            let (store, view) = etcd::Etcd::open(settings, log.clone())?;
+            Ok(Api::with_store(view, Box::new(store), log, access))
+        }
+    }
+}
+
+/// A store's threads, stopped and joined by `stop` (or on drop).
+#[derive(Debug)]
+pub enum Threads {
+    /// The sweeper, the memory store's ticker.
+    Memory(Sweeper),
+    /// etcd's watch, keeper and evictor.
+    Etcd(etcd::Threads),
+}
+
+impl Threads {
+    /// Stops the threads and waits for them.
+    pub fn stop(self) {
+        match self {
+            Threads::Memory(sweeper) => sweeper.stop(),
+            Threads::Etcd(threads) => threads.stop(),
+        }
+    }
+}
+
+pub mod etcd;
+pub mod memory;
+
+/// A registration, validated by the API.
+#[derive(Debug, Clone)]
+pub struct Registration<'a> {
+    /// The application.
+    pub app: &'a str,
+    /// The instance id.
+    pub id: &'a str,
+    /// Its address.
+    pub ip: &'a str,
+    /// Its port (1 to 65535).
+    pub port: u16,
+    /// Its metadata, `None` when empty.
+    pub metadata: Option<Arc<Metadata>>,
+}
+
+/// Why a store did not make a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The registry refused it (a 4xx).
+    Refused(registry::Error),
+    /// The store cannot be reached, has no quorum or is saturated: a 503
+    /// with this message; the change may be retried.
+    Unavailable(String),
+}
+
+impl From<registry::Error> for Error {
+    fn from(e: registry::Error) -> Error {
+        Error::Refused(e)
+    }
+}
+
+/// Where writes go. Each method returns once the change is in the local
+/// view (`Api::lock`), so a read that follows on the same server sees it.
+pub trait Store: Send + Sync {
+    /// Creates an application.
+    fn create_app(&self, api: &Api, name: &str, now: Now) -> Result<(), Error>;
+    /// Registers an instance (API.md Part 2's rules).
+    fn register(&self, api: &Api, new: &Registration<'_>, now: Now) -> Result<(), Error>;
+    /// A heartbeat.
+    fn renew(&self, api: &Api, app: &str, id: &str, now: Now) -> Result<(), Error>;
+    /// Takes an instance out of service.
+    fn take_out_of_service(&self, api: &Api, app: &str, id: &str, now: Now) -> Result<(), Error>;
+    /// `Err(why)` while the store cannot take changes (`/healthz` answers 503).
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Appends the store's own metric families to a `/metrics` page.
+    fn render_metrics(&self, _out: &mut String) {}
+    /// What the start-up line calls it.
+    fn describe(&self) -> String;
+    /// Starts the store's threads.
+    fn spawn(&self, api: &Arc<Api>, config: &Config) -> io::Result<Threads>;
+}
