@@ -84,6 +84,8 @@ pub struct Heartbeat {
 struct Progress {
     last_error: Option<Error>,
     renewals: u64,
+    /// The registry answered 403: the instance is out of service already.
+    refused: bool,
 }
 
 impl Heartbeat {
@@ -148,6 +150,10 @@ impl Heartbeat {
     /// `stop` returns within one client timeout plus the deregistration's
     /// request: a request in flight is waited for, and a re-registration
     /// in progress looks for the stop between its requests.
+    ///
+    /// After a 403 (an operator took the instance out of service) nothing
+    /// is sent: the instance is out of service already, and a DELETE would
+    /// only extend its stay in the registry. `stop` then returns `Ok`.
     pub fn stop(mut self) -> Result<(), Error> {
         self.halt()
     }
@@ -187,6 +193,9 @@ impl Heartbeat {
             // `guarded` catches panics, so the join cannot fail; were it to,
             // deregistering is still the right thing to do.
             drop(handle.join());
+        }
+        if lock(&self.shared).refused {
+            return Ok(());
         }
         self.client.delete_instance(&self.app, &self.instance)
     }
@@ -291,6 +300,7 @@ fn report(shared: &Mutex<Progress>, schedule: &mut Schedule, outcome: Outcome) -
         }
         Outcome::Refused(e) => {
             progress.last_error = Some(e);
+            progress.refused = true;
             None
         }
         Outcome::Stopped => None,

@@ -79,6 +79,9 @@ mod cache;
 mod client;
 mod error;
 mod heartbeat;
+#[cfg(all(unix, feature = "signal"))]
+mod signal;
+mod stop;
 mod types;
 mod watch;
 
@@ -86,5 +89,8 @@ pub use cache::{Cache, Snapshot};
 pub use client::{Client, ClientBuilder, Registration};
 pub use error::{Error, InvalidResponse, TransportError};
 pub use heartbeat::Heartbeat;
+#[cfg(all(unix, feature = "signal"))]
+pub use signal::{stop_on_signals, SignalStop};
+pub use stop::Stopper;
 pub use types::{Application, Instance, Metadata, Status};
 pub use watch::Watch;

@@ -409,7 +409,7 @@ fn the_cache_picks_round_robin_and_follows_changes() -> Result<(), Error> {
 fn the_cache_serves_its_last_view_while_the_registry_is_away() -> Result<(), Error> {
     let first = server();
     let addr = first.local_addr();
-    let c = Client::builder(&root(addr))
+    let c = Client::builder(root(addr))
         .timeout(Duration::from_millis(500))
         .build();
     let (app, one) = c.register_service("web-1", "web", "10.0.0.1", 8080)?;
@@ -466,7 +466,7 @@ fn the_cache_stops_within_a_second_even_when_the_registry_hangs() {
         Ok(a) => a,
         Err(e) => panic!("no address: {e}"),
     };
-    let c = Client::builder(&root(addr))
+    let c = Client::builder(root(addr))
         .timeout(Duration::from_millis(300))
         .build();
     let cache = c.cache(&["web"]);

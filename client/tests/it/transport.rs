@@ -55,7 +55,7 @@ fn every_operation(client: &Client) -> Vec<(&'static str, Result<(), Error>, Dur
 #[test]
 fn a_closed_port_fails_fast_as_a_transport_error() {
     let timeout = Duration::from_millis(300);
-    let client = Client::builder(&root(closed_port()))
+    let client = Client::builder(root(closed_port()))
         .timeout(timeout)
         .build();
     assert_eq!(client.timeout(), timeout);
@@ -83,7 +83,7 @@ fn a_registry_that_never_answers_times_out() {
         Err(e) => panic!("no address: {e}"),
     };
     let timeout = Duration::from_millis(200);
-    let client = Client::builder(&root(addr)).timeout(timeout).build();
+    let client = Client::builder(root(addr)).timeout(timeout).build();
     let started = Instant::now();
     let outcome = client.apps();
     let took = started.elapsed();
@@ -98,12 +98,27 @@ fn a_registry_that_never_answers_times_out() {
     drop(listener);
 }
 
-#[test]
-fn a_bad_url_is_a_transport_error() {
-    for url in ["not a url", "ftp://127.0.0.1:1/registro", ""] {
-        match Client::new(url).apps() {
-            Err(Error::Transport(_)) => {}
-            other => panic!("{url:?}: expected a transport error, got {other:?}"),
-        }
+#[track_caller]
+fn check_bad_url(url: &str, says: &str) {
+    match Client::new(url).apps() {
+        Err(Error::Url(message)) => assert!(message.contains(says), "{url:?}: {message}"),
+        other => panic!("{url:?}: expected a URL error, got {other:?}"),
     }
+}
+
+#[test]
+fn a_bad_url_says_what_is_wrong() {
+    check_bad_url("", "no registry URL given");
+    check_bad_url(
+        "localhost:8080/registro",
+        "has no scheme: write http://localhost:8080/registro",
+    );
+    check_bad_url("not a url", "has no scheme");
+    check_bad_url("ftp://127.0.0.1:1/registro", "use http:// or https://");
+    check_bad_url("http:///registro", "has no host");
+    #[cfg(not(feature = "tls"))]
+    check_bad_url("https://127.0.0.1:1/registro", "the \"tls\" feature");
+    // Nothing was sent, so nothing is worth retrying.
+    let e = Client::new("localhost:8080").apps().err();
+    assert!(e.is_some_and(|e| !e.is_transport() && e.status().is_none()));
 }
