@@ -17,21 +17,22 @@ use std::time::Duration;
 use registro_client::{stop_on_signals, Client, Error};
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
-}
-
-fn run() -> Result<(), Error> {
     let mut args = std::env::args().skip(1);
     let root = args
         .next()
         .unwrap_or_else(|| "http://127.0.0.1:8080/registro".to_owned());
     let id = args.next().unwrap_or_else(|| "signal-1".to_owned());
-    let client = Client::new(root);
+    if let Err(e) = run(&root, &id) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
 
-    let (app, inst) = client.register_service(&id, "signal-example", "127.0.0.1", 8080)?;
+/// Registers `id`, heartbeats, and waits; SIGTERM or SIGINT deregisters it
+/// and ends the process.
+pub fn run(root: &str, id: &str) -> Result<(), Error> {
+    let client = Client::new(root);
+    let (app, inst) = client.register_service(id, "signal-example", "127.0.0.1", 8080)?;
     let heartbeat = client.start_heartbeat(&app, &inst);
     let signals = stop_on_signals([heartbeat])?;
     println!("{inst} registered; stop me with Ctrl-C or SIGTERM");

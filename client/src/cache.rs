@@ -166,15 +166,19 @@ impl Cache {
 
     /// The next `up` instance of the application, round-robin; `None` if it
     /// has none (or is not one the cache watches).
-    pub fn pick(&self, app: &str) -> Option<Instance> {
+    pub fn pick(&self, app: impl AsRef<str>) -> Option<Instance> {
         self.pick_where(app, |_| true)
     }
 
     /// The next `up` instance of the application for which `keep` is true,
     /// round-robin: e.g. `|i| i.meta("zone") == Some("eu-1")`.
-    pub fn pick_where(&self, app: &str, keep: impl Fn(&Instance) -> bool) -> Option<Instance> {
+    pub fn pick_where(
+        &self,
+        app: impl AsRef<str>,
+        keep: impl Fn(&Instance) -> bool,
+    ) -> Option<Instance> {
         let mut views = lock(&self.views);
-        let view = views.get_mut(app)?;
+        let view = views.get_mut(app.as_ref())?;
         let candidates: Vec<&Instance> = view
             .app
             .as_ref()?
@@ -190,18 +194,28 @@ impl Cache {
         Some(chosen)
     }
 
-    /// A copy of the application's view, with its age; `None` if the cache
-    /// does not watch it or has not yet been able to read it.
-    pub fn snapshot(&self, app: &str) -> Option<Snapshot> {
+    /// A copy of the application's view, with its age and the latest
+    /// error; `None` if the cache does not watch it.
+    ///
+    /// Before the registry has answered once (it is unreachable, or the
+    /// root URL is wrong), the snapshot has an application without
+    /// instances, an age of `Duration::MAX` and the error that says why.
+    pub fn snapshot(&self, app: impl AsRef<str>) -> Option<Snapshot> {
         let views = lock(&self.views);
-        let view = views.get(app)?;
+        let view = views.get(app.as_ref())?;
+        if view.app.is_none() && view.error.is_none() {
+            return None;
+        }
         let age = match view.confirmed {
             Some(_) if view.held => Duration::ZERO,
             Some(at) => at.elapsed(),
             None => Duration::MAX,
         };
         Some(Snapshot {
-            app: view.app.clone()?,
+            app: view
+                .app
+                .clone()
+                .unwrap_or_else(|| Application::new(app.as_ref())),
             age,
             error: view.error.clone(),
         })

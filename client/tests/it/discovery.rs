@@ -469,8 +469,14 @@ fn the_cache_stops_within_a_second_even_when_the_registry_hangs() {
     let c = Client::builder(root(addr))
         .timeout(Duration::from_millis(300))
         .build();
-    let cache = c.cache(&["web"]);
-    assert!(cache.snapshot("web").is_none(), "never read");
+    let cache = c.cache(["web"]);
+    let never = cache.snapshot("web");
+    assert!(
+        never.as_ref().is_some_and(|s| s.age == Duration::MAX
+            && s.app.instances.is_empty()
+            && s.error.as_ref().is_some_and(Error::is_transport)),
+        "never read: {never:?}"
+    );
     let started = Instant::now();
     cache.stop();
     assert!(
