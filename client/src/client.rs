@@ -231,6 +231,17 @@ impl Client {
     /// The URL is checked by the first request: one without a scheme, or
     /// `https://` without the `tls` feature, makes every request fail with
     /// [`Error::Url`], which says what to write instead.
+    ///
+    /// Any string will do:
+    ///
+    /// ```
+    /// use registro_client::Client;
+    ///
+    /// let root: String = std::env::var("REGISTRO_URL")
+    ///     .unwrap_or_else(|_| "http://localhost:8080/registro".to_owned());
+    /// let client = Client::new(root);
+    /// # drop(client);
+    /// ```
     pub fn new(root: impl AsRef<str>) -> Client {
         Client::builder(root).build()
     }
@@ -577,7 +588,9 @@ impl Client {
             match self.exchange_with(&self.bases[at], method, route, expect, timeout) {
                 Err(e) if e.moves_on() => failed = Some(e),
                 answered => {
-                    if at != first {
+                    // A server that answered stays in use; a URL that
+                    // cannot be used does not become the one in use.
+                    if at != first && !matches!(answered, Err(Error::Url(_))) {
                         self.current.store(at, Ordering::Relaxed);
                     }
                     return answered;

@@ -148,5 +148,10 @@ fn a_503_moves_on_and_other_answers_do_not() -> Result<(), Error> {
         .build();
     assert!(gone.apps().is_err_and(|e| e.is_transport()));
     assert_eq!(gone.url(), busy.root(), "no server worked: no move");
+    // A URL the client cannot use is said at once, and never becomes the
+    // one in use.
+    let mistyped = Client::builder(busy.root()).url("localhost:8080").build();
+    assert!(mistyped.apps().is_err_and(|e| matches!(e, Error::Url(_))));
+    assert_eq!(mistyped.url(), busy.root());
     Ok(())
 }
