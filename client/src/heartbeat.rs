@@ -41,10 +41,14 @@ const MAX_FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// - **403**: an operator took the instance out of service. The heartbeat
 ///   stops renewing and never registers the instance again on its own, even
 ///   once the registry has forgotten it; `last_error` keeps the 403 and
-///   [`Heartbeat::is_running`] turns false. Register again (a new
+///   [`Heartbeat::is_running`] turns false, and [`Heartbeat::stop`] sends
+///   no deregistration (the instance is out already). Register again (a new
 ///   `register_service` and heartbeat) to come back.
 /// - **401** ([`Error::Unauthorized`]): tried again after a full interval,
 ///   not sooner.
+/// - A client of several servers ([`ClientBuilder::url`](crate::ClientBuilder::url))
+///   moves to the next after a connection error, a timeout or a 503 within
+///   the same beat, so the beat succeeds and the period is kept.
 /// - Anything else (an unreachable registry, an unexpected status): retried
 ///   with a backoff that starts short and doubles up to the interval; it
 ///   never ends the thread.

@@ -119,3 +119,8 @@ pub use signal::{stop_on_signals, SignalStop};
 pub use stop::Stopper;
 pub use types::{Application, Instance, Metadata, Status};
 pub use watch::Watch;
+
+/// The Rust blocks of `docs/client.md`, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/client.md")]
+struct ClientReference;
