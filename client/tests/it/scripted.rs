@@ -44,8 +44,11 @@ fn check_slow_stop(requests: usize, expected: &[&str]) {
     let stopped = hb.stop();
     let took = started.elapsed();
     assert!(stopped.is_ok(), "{stopped:?}");
-    // One timeout (the request in flight) plus the DELETE.
-    assert!(took < timeout + slow, "stop took {took:?}");
+    // The request in flight plus the DELETE: about 1.8 s, under 3 s on a
+    // busy machine (2.42 s seen with the whole suite running beside it);
+    // the three more requests of the fault took 3.6 s more. The lines below
+    // say exactly which requests were waited for.
+    assert!(took < timeout * 2, "stop took {took:?}");
     let lines = registry.lines();
     assert_eq!(lines, expected);
 }
