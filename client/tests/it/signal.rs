@@ -35,7 +35,8 @@ fn child() {
 fn sigterm_and_sigint_deregister_before_the_process_ends() {
     let server = server();
     let c = client(&server);
-    for (signal, name) in [(15, "TERM"), (2, "INT")] {
+    use rustix::process::{kill_process, Pid, Signal};
+    for (signal, number, name) in [(Signal::TERM, 15, "TERM"), (Signal::INT, 2, "INT")] {
         let id = format!("child-{name}");
         let exe = match std::env::current_exe() {
             Ok(exe) => exe,
@@ -77,13 +78,11 @@ fn sigterm_and_sigint_deregister_before_the_process_ends() {
         }
         assert_eq!(status(&c, "signal-example", &id), Some(Status::Up));
 
-        let sent = Command::new("kill")
-            .args([format!("-{name}"), child.id().to_string()])
-            .status();
-        assert!(sent.is_ok_and(|s| s.success()), "kill -{name} failed");
+        let sent = kill_process(Pid::from_child(&child), signal);
+        assert!(sent.is_ok(), "SIG{name} not sent: {sent:?}");
         let ended = child.wait();
         assert!(
-            ended.as_ref().is_ok_and(|s| s.signal() == Some(signal)),
+            ended.as_ref().is_ok_and(|s| s.signal() == Some(number)),
             "the child should end by SIG{name} as by default: {ended:?}"
         );
         // Right after: no waiting, no polling.
