@@ -155,3 +155,32 @@ fn a_503_moves_on_and_other_answers_do_not() -> Result<(), Error> {
     assert_eq!(mistyped.url(), busy.root());
     Ok(())
 }
+
+#[test]
+fn a_watch_carries_its_index_to_the_next_server() -> Result<(), Error> {
+    // Servers of one registry on etcd answer the same index for the same
+    // state: the move is no change, and the long poll goes on at b.
+    let body = r#"{"name":"web","instances":[{"id":"a","ip":"x","port":1,"status":"up","lastRenewal":1}]}"#;
+    let a = Responder::start(move |_| Answer::new(200, body).header("Registro-Index", "7"));
+    let b = Responder::start(move |_| {
+        Answer::new(200, body)
+            .header("Registro-Index", "7")
+            .after(Duration::from_millis(200))
+    });
+    let b_root = b.root();
+    let c = Client::builder(a.root()).url(&b_root).build();
+    let mut watch = c.watch("web");
+    assert!(watch.next_timeout(LIMIT)?.is_some());
+    assert_eq!(watch.index(), Some(7));
+    drop(a);
+    assert_eq!(watch.next_timeout(Duration::from_millis(300))?, None);
+    let lines = b.lines();
+    assert!(
+        lines
+            .first()
+            .is_some_and(|l| l.starts_with("GET /registro/1.0/apps/web?index=7&wait=")),
+        "{lines:?}"
+    );
+    assert_eq!(c.url(), b_root);
+    Ok(())
+}
