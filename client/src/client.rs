@@ -582,23 +582,22 @@ impl Client {
     ) -> Result<Reply, Error> {
         let count = self.bases.len();
         let first = self.current.load(Ordering::Relaxed) % count;
-        let mut failed = None;
-        for step in 0..count {
+        let mut step = 0;
+        loop {
             let at = (first + step) % count;
-            match self.exchange_with(&self.bases[at], method, route, expect, timeout) {
-                Err(e) if e.moves_on() => failed = Some(e),
-                answered => {
-                    // A server that answered stays in use; a URL that
-                    // cannot be used does not become the one in use.
-                    if at != first && !matches!(answered, Err(Error::Url(_))) {
-                        self.current.store(at, Ordering::Relaxed);
-                    }
-                    return answered;
-                }
+            let outcome = self.exchange_with(&self.bases[at], method, route, expect, timeout);
+            let failed = matches!(&outcome, Err(e) if e.moves_on());
+            step += 1;
+            if failed && step < count {
+                continue;
             }
+            // A server that answered stays in use; a URL that cannot be
+            // used does not become the one in use.
+            if !failed && at != first && !matches!(outcome, Err(Error::Url(_))) {
+                self.current.store(at, Ordering::Relaxed);
+            }
+            return outcome;
         }
-        // `count` is at least 1, so `failed` is set.
-        Err(failed.unwrap_or(Error::Url(String::new())))
     }
 
     /// One request to one server.

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 /// that a request in flight returns at once instead of at the end of its
 /// wait.
 ///
-/// Each watch has a pool of its own (see [`Client::own_pool`](crate::Client)),
-/// so a stop interrupts that watch only, never the client's other requests.
+/// Each watch has a pool of its own (`Client::own_pool`), so a stop
+/// interrupts that watch only, never the client's other requests.
 #[derive(Debug, Clone)]
 pub(crate) struct Stop(Arc<Shared>);
 
