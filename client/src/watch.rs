@@ -166,11 +166,16 @@ impl Watch {
             let wait = deadline.map_or(self.client.wait(), |d| {
                 d.saturating_duration_since(now).min(self.client.wait())
             });
+            let sent = Instant::now();
             let outcome = self.step(wait, self.client.timeout());
             if self.stop.is_stopped() {
                 return Ok(None);
             }
-            if self.polling() || outcome.is_err() {
+            // "No change" well before the wait, even from a registry that
+            // holds watches (a wait under 100 ms near the deadline is no
+            // long poll, and leaves `early` as it was): paced, never spun.
+            let quick_and_unchanged = matches!(outcome, Ok(None)) && sent.elapsed() < wait / 2;
+            if self.polling() || outcome.is_err() || quick_and_unchanged {
                 self.not_before = Instant::now().checked_add(self.poll_every);
             }
             if let Some(app) = outcome? {
