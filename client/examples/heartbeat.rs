@@ -1,4 +1,4 @@
-//! The seed README's usage: register a service, heartbeat, stop.
+//! Register a service, keep it up with a heartbeat, deregister it.
 //!
 //! Run a registry (`cargo run -- --addr 127.0.0.1:8080`), then:
 //!

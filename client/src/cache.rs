@@ -1,24 +1,18 @@
 use std::collections::BTreeMap;
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::client::Client;
 use crate::error::Error;
+use crate::stop::Stop;
 use crate::types::{Application, Instance, Status};
 use crate::watch::Watch;
 
-/// The longest a cache's long poll asks the registry to wait, so that its
-/// thread notices a stop within a second.
-const CACHE_WAIT: Duration = Duration::from_millis(400);
+/// The first wait after a failure (the waits then double).
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The most a cache's request may take beyond its wait (less if the
-/// client's timeout is shorter): a registry slower than this counts as
-/// unreachable for the cache, which keeps its last view.
-const CACHE_MARGIN: Duration = Duration::from_millis(500);
-
-/// The longest wait after failures (the waits double up to it).
+/// The longest wait after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A discovery cache, from [`Client::cache`]: the current view of a few
@@ -44,27 +38,43 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// # drop(near);
 /// ```
 ///
-/// Each application has a thread that watches it (see [`Watch`]): against
-/// a registry that sends change indexes, a change reaches the cache as soon
-/// as the registry makes it (each long poll lasts under half a second, so
-/// an idle cache makes about two small requests a second per application;
-/// a registry that sends indexes but answers at once is asked as often);
-/// against one that sends none (the original Go server), it reads the
-/// application every second. The token of the client
-/// ([`ClientBuilder::token`](crate::ClientBuilder::token)) is sent.
+/// Each application has a thread that watches it (see [`Watch`]). What
+/// that costs the registry:
+///
+/// - Against Registro (which sends change indexes and holds watches), each
+///   request is a long poll the registry holds until the application
+///   changes or 60 seconds pass ([`ClientBuilder::watch_wait`]). **An idle
+///   cache makes one request per application per minute**; a change reaches
+///   it as soon as the registry makes it, at the cost of one request (the
+///   new view) per change.
+/// - An application the registry does not know yet is read every second
+///   until it exists (a watch cannot be held on it).
+/// - Against a registry that sends no index (the original Go server), or
+///   answers long polls at once, the application is read every second.
+///
+/// The token of the client ([`ClientBuilder::token`]) is sent, and a client
+/// with several servers ([`ClientBuilder::url`]) moves on to the next when
+/// one fails, carrying the index across.
 ///
 /// While the registry is unreachable the cache keeps serving the last view
 /// it had; [`Snapshot::age`] says how long ago the registry last confirmed
 /// it and [`Snapshot::error`] why it has not since. An application the
-/// registry does not know has no instances (it may appear later).
+/// registry does not know has no instances (it may appear later); any
+/// other 404 (`no such route`: a root URL without `/registro`) is an error
+/// in the snapshot.
 ///
-/// [`Cache::stop`], or dropping the cache, stops and joins the threads
-/// within a second.
+/// [`Cache::stop`], or dropping the cache, interrupts the long polls in
+/// flight and joins the threads at once (in milliseconds, whatever the
+/// wait).
+///
+/// [`ClientBuilder::watch_wait`]: crate::ClientBuilder::watch_wait
+/// [`ClientBuilder::token`]: crate::ClientBuilder::token
+/// [`ClientBuilder::url`]: crate::ClientBuilder::url
 #[derive(Debug)]
 pub struct Cache {
     views: Arc<Mutex<BTreeMap<String, View>>>,
-    /// Dropping them wakes the threads, which then end.
-    wakes: Vec<mpsc::Sender<()>>,
+    /// One per thread: stopping interrupts its long poll and pause.
+    stops: Vec<Stop>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -75,6 +85,9 @@ struct View {
     app: Option<Application>,
     /// When the registry last confirmed it.
     confirmed: Option<Instant>,
+    /// A long poll is held by the registry after a good answer: the view is
+    /// current (a change would have answered it).
+    held: bool,
     error: Option<Error>,
     /// The round-robin position.
     next: usize,
@@ -88,37 +101,43 @@ pub struct Snapshot {
     /// The application as the registry last reported it: every instance,
     /// whatever its status.
     pub app: Application,
-    /// How long ago the registry last confirmed this view: under a second
-    /// while it answers, growing while it does not.
+    /// How long the view has gone unconfirmed: zero while the registry
+    /// holds the cache's long poll (it would answer at once on a change),
+    /// under a second while a registry that holds no watches answers, and
+    /// from a failure on, the time since the registry last answered.
     pub age: Duration,
     /// Why the latest attempt to refresh the view failed, if it did.
     pub error: Option<Error>,
 }
 
 impl Cache {
-    pub(crate) fn start(client: &Client, apps: &[&str]) -> Cache {
+    pub(crate) fn start<I>(client: &Client, apps: I) -> Cache
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
         let views: Arc<Mutex<BTreeMap<String, View>>> = Arc::default();
-        let mut wakes = Vec::new();
+        let mut stops = Vec::new();
         let mut threads = Vec::new();
-        let margin = client.timeout().min(CACHE_MARGIN);
-        for &name in apps {
+        for name in apps {
+            let name = name.as_ref();
             if lock(&views).contains_key(name) {
                 continue;
             }
-            let mut watch = Watch::new(client.clone(), name);
+            let mut watch = Watch::new(client, name);
             // The first view, before returning.
             let first = watch.step(Duration::ZERO, client.timeout());
             let failed = first.is_err();
             lock(&views).insert(name.to_owned(), View::default());
             record(&views, name, first);
-            let (wake, asleep) = mpsc::channel();
+            let stop = watch.stop_handle().clone();
             let shared = Arc::clone(&views);
             let app = name.to_owned();
             let spawned = thread::Builder::new()
                 .name(format!("registro-cache-{}", name.replace('\0', "")))
                 .spawn(move || {
                     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        follow(watch, failed, margin, &asleep, &shared);
+                        follow(watch, failed, &shared);
                     }));
                     if let Err(panic) = caught {
                         if let Some(view) = lock(&shared).get_mut(&app) {
@@ -128,7 +147,7 @@ impl Cache {
                 });
             match spawned {
                 Ok(handle) => {
-                    wakes.push(wake);
+                    stops.push(stop);
                     threads.push(handle);
                 }
                 Err(e) => {
@@ -140,22 +159,26 @@ impl Cache {
         }
         Cache {
             views,
-            wakes,
+            stops,
             threads,
         }
     }
 
     /// The next `up` instance of the application, round-robin; `None` if it
     /// has none (or is not one the cache watches).
-    pub fn pick(&self, app: &str) -> Option<Instance> {
+    pub fn pick(&self, app: impl AsRef<str>) -> Option<Instance> {
         self.pick_where(app, |_| true)
     }
 
     /// The next `up` instance of the application for which `keep` is true,
     /// round-robin: e.g. `|i| i.meta("zone") == Some("eu-1")`.
-    pub fn pick_where(&self, app: &str, keep: impl Fn(&Instance) -> bool) -> Option<Instance> {
+    pub fn pick_where(
+        &self,
+        app: impl AsRef<str>,
+        keep: impl Fn(&Instance) -> bool,
+    ) -> Option<Instance> {
         let mut views = lock(&self.views);
-        let view = views.get_mut(app)?;
+        let view = views.get_mut(app.as_ref())?;
         let candidates: Vec<&Instance> = view
             .app
             .as_ref()?
@@ -171,14 +194,29 @@ impl Cache {
         Some(chosen)
     }
 
-    /// A copy of the application's view, with its age; `None` if the cache
-    /// does not watch it or has not yet been able to read it.
-    pub fn snapshot(&self, app: &str) -> Option<Snapshot> {
+    /// A copy of the application's view, with its age and the latest
+    /// error; `None` if the cache does not watch it.
+    ///
+    /// Before the registry has answered once (it is unreachable, or the
+    /// root URL is wrong), the snapshot has an application without
+    /// instances, an age of `Duration::MAX` and the error that says why.
+    pub fn snapshot(&self, app: impl AsRef<str>) -> Option<Snapshot> {
         let views = lock(&self.views);
-        let view = views.get(app)?;
+        let view = views.get(app.as_ref())?;
+        if view.app.is_none() && view.error.is_none() {
+            return None;
+        }
+        let age = match view.confirmed {
+            Some(_) if view.held => Duration::ZERO,
+            Some(at) => at.elapsed(),
+            None => Duration::MAX,
+        };
         Some(Snapshot {
-            app: view.app.clone()?,
-            age: view.confirmed.map_or(Duration::MAX, |at| at.elapsed()),
+            app: view
+                .app
+                .clone()
+                .unwrap_or_else(|| Application::new(app.as_ref())),
+            age,
             error: view.error.clone(),
         })
     }
@@ -188,13 +226,17 @@ impl Cache {
         lock(&self.views).keys().cloned().collect()
     }
 
-    /// Stops and joins the threads (within a second).
+    /// Stops and joins the threads: interrupts their long polls and pauses,
+    /// so it returns within milliseconds whatever the wait.
     pub fn stop(mut self) {
         self.halt();
     }
 
     fn halt(&mut self) {
-        self.wakes.clear();
+        // Every stop first, so the threads end together.
+        for stop in self.stops.drain(..) {
+            stop.stop();
+        }
         for handle in self.threads.drain(..) {
             // Panics are caught inside the thread.
             drop(handle.join());
@@ -208,43 +250,47 @@ impl Drop for Cache {
     }
 }
 
-/// A cache thread: keeps one application's view current until woken.
-fn follow(
-    mut watch: Watch,
-    mut failed: bool,
-    margin: Duration,
-    asleep: &mpsc::Receiver<()>,
-    views: &Mutex<BTreeMap<String, View>>,
-) {
-    let poll_every = crate::watch::DEFAULT_POLL_EVERY;
-    let mut backoff = Duration::from_millis(100);
+/// A cache thread: keeps one application's view current until stopped.
+fn follow(mut watch: Watch, mut failed: bool, views: &Mutex<BTreeMap<String, View>>) {
+    let name = watch.app().to_owned();
+    let stop = watch.stop_handle().clone();
+    let mut backoff = FIRST_BACKOFF;
     loop {
         let pause = if failed {
             let pause = backoff;
             backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
             pause
         } else {
-            backoff = Duration::from_millis(100);
-            if watch.index().is_none() {
-                // A registry without indexes (the original): read every second.
-                poll_every
-            } else if watch.polling() {
-                // Indexes but no held watches (this server before its
-                // connection layer parks them): ask as often as the long
-                // polls would, so a change still arrives within half a second.
-                CACHE_WAIT
+            backoff = FIRST_BACKOFF;
+            if watch.polling() {
+                // No index (the original server, or an app it does not
+                // know), or indexes without held watches: read every second.
+                watch.poll_interval()
             } else {
                 Duration::ZERO
             }
         };
-        match asleep.recv_timeout(pause) {
-            Err(RecvTimeoutError::Timeout) => {}
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        if stop.sleep(pause) {
+            return;
         }
-        let outcome = watch.step(CACHE_WAIT, margin);
+        let held = watch.holds();
+        if held {
+            set_held(views, &name, true);
+        }
+        let (wait, margin) = (watch.client().wait(), watch.client().timeout());
+        let outcome = watch.step(wait, margin);
+        if stop.is_stopped() {
+            // The interruption's error is no news.
+            return;
+        }
         failed = outcome.is_err();
-        let name = watch.app().to_owned();
         record(views, &name, outcome);
+    }
+}
+
+fn set_held(views: &Mutex<BTreeMap<String, View>>, name: &str, held: bool) {
+    if let Some(view) = lock(views).get_mut(name) {
+        view.held = held;
     }
 }
 
@@ -258,6 +304,7 @@ fn record(
     let Some(view) = views.get_mut(name) else {
         return;
     };
+    view.held = false;
     match outcome {
         Ok(changed) => {
             if let Some(app) = changed {

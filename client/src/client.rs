@@ -1,4 +1,5 @@
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +18,13 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often [`Client::start_heartbeat`] renews: the registry's contract.
 pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How long a watch or cache asks the registry to hold a long poll, unless
+/// the builder says otherwise: the registry's own default.
+pub(crate) const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+/// The longest hold the registry grants (`?wait=` above it is cut to it).
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
 /// The most of a successful answer's body the client reads (an application
 /// list of thousands of instances fits easily).
 const BODY_LIMIT: u64 = 64 * 1024 * 1024;
@@ -24,28 +32,91 @@ const BODY_LIMIT: u64 = 64 * 1024 * 1024;
 /// The most of an error answer's body the client reads for its message.
 const ERROR_BODY_LIMIT: u64 = 64 * 1024;
 
-/// A handle on one registry, for registering, renewing, deregistering and
+/// A handle on a registry, for registering, renewing, deregistering and
 /// discovering instances.
 ///
 /// It holds a pool of keep-alive connections; clones are cheap and share it.
 /// Every request gives up after the client's timeout (5 seconds unless
 /// [`ClientBuilder::timeout`] says otherwise).
+///
+/// A client may know several servers of one registry
+/// ([`ClientBuilder::url`]): each request goes to the one in use, and moves
+/// on to the next after a connection error, a timeout or a 503, which then
+/// stays in use (for every clone) while it answers.
 #[derive(Debug, Clone)]
 pub struct Client {
-    /// The root URL with `/1.0` appended and no trailing slash.
-    base: String,
+    /// Each root URL with `/1.0` appended and no trailing slash; never empty.
+    bases: Arc<[Base]>,
+    /// Which of `bases` is in use, shared by clones.
+    current: Arc<AtomicUsize>,
     agent: ureq::Agent,
     timeout: Duration,
+    /// How long a watch's long poll asks the registry to wait.
+    wait: Duration,
     /// The `Authorization` header's value, `Bearer <token>`.
     authorization: Option<Arc<str>>,
+}
+
+/// One server's root URL, as given and as requests use it.
+#[derive(Debug)]
+struct Base {
+    root: String,
+    /// The root with `/1.0` appended, without a trailing slash.
+    api: String,
+    /// Why the URL cannot be used, if it cannot (no scheme, `https` without
+    /// the `tls` feature): every request to it is that error.
+    problem: Option<String>,
+}
+
+impl Base {
+    fn new(root: &str) -> Base {
+        let root = root.trim();
+        let mut api = root.trim_end_matches('/').to_owned();
+        api.push_str("/1.0");
+        Base {
+            root: root.to_owned(),
+            api,
+            problem: url_problem(root),
+        }
+    }
+}
+
+/// What is wrong with a root URL that the client cannot use, said so that
+/// the fix is plain.
+fn url_problem(root: &str) -> Option<String> {
+    if root.is_empty() {
+        return Some(
+            "no registry URL given: write one like http://localhost:8080/registro".to_owned(),
+        );
+    }
+    let Some((scheme, rest)) = root.split_once("://") else {
+        return Some(format!(
+            "the registry URL {root:?} has no scheme: write http://{root}"
+        ));
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return Some(format!("the registry URL {root:?} has no host"));
+    }
+    match scheme.to_ascii_lowercase().as_str() {
+        "http" => None,
+        "https" if cfg!(feature = "tls") => None,
+        "https" => Some(format!(
+            "the registry URL {root:?} is https, which needs the \"tls\" feature of \
+             registro-client: registro-client = {{ version = \"...\", features = [\"tls\"] }}"
+        )),
+        other => Some(format!(
+            "the registry URL {root:?} has the scheme {other:?}: use http:// or https://"
+        )),
+    }
 }
 
 /// Configures a [`Client`]: `Client::builder(url).timeout(d).build()`.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct ClientBuilder {
-    root: String,
+    roots: Vec<String>,
     timeout: Duration,
+    wait: Duration,
     token: Option<String>,
 }
 
@@ -76,6 +147,62 @@ impl ClientBuilder {
         self
     }
 
+    /// Another server of the same registry, tried after the ones given
+    /// before it when they fail (a connection error, a timeout or a 503).
+    ///
+    /// ```
+    /// use registro_client::Client;
+    ///
+    /// let client = Client::builder("http://10.0.0.1:8080/registro")
+    ///     .url("http://10.0.0.2:8080/registro")
+    ///     .url("http://10.0.0.3:8080/registro")
+    ///     .build();
+    /// assert_eq!(client.url(), "http://10.0.0.1:8080/registro");
+    /// ```
+    ///
+    /// The servers should serve one registry (Registro on etcd, `--store
+    /// etcd://...`): a server that does not know an instance answers its
+    /// heartbeat 404, and the heartbeat then registers it there again.
+    pub fn url(mut self, root: impl AsRef<str>) -> ClientBuilder {
+        self.roots.push(root.as_ref().to_owned());
+        self
+    }
+
+    /// Each of these servers, as [`ClientBuilder::url`] adds one: e.g. the
+    /// parts of `REGISTRO_URLS=http://a:8080/registro,http://b:8080/registro`.
+    ///
+    /// ```
+    /// use registro_client::Client;
+    ///
+    /// let urls = "http://10.0.0.1:8080/registro,http://10.0.0.2:8080/registro";
+    /// let mut parts = urls.split(',');
+    /// let first = parts.next().unwrap_or_default();
+    /// let client = Client::builder(first).urls(parts).build();
+    /// # drop(client);
+    /// ```
+    pub fn urls<I>(mut self, roots: I) -> ClientBuilder
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.roots
+            .extend(roots.into_iter().map(|r| r.as_ref().to_owned()));
+        self
+    }
+
+    /// How long a [`Watch`] or a [`Cache`] asks the registry to hold each
+    /// long poll before answering "no change": 60 seconds by default (the
+    /// registry's own default), at most 600 (the registry's limit). An idle
+    /// cache makes one request per application per wait.
+    ///
+    /// A shorter wait costs more requests and changes nothing else: a
+    /// change is answered at once whatever the wait, and
+    /// [`Cache::stop`](crate::Cache::stop) interrupts a wait in progress.
+    pub fn watch_wait(mut self, wait: Duration) -> ClientBuilder {
+        self.wait = wait.clamp(Duration::from_millis(1), MAX_WAIT);
+        self
+    }
+
     /// The client.
     pub fn build(self) -> Client {
         let agent = ureq::Agent::config_builder()
@@ -84,12 +211,13 @@ impl ClientBuilder {
             .user_agent(concat!("registro-client/", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent();
-        let mut base = self.root.trim_end_matches('/').to_owned();
-        base.push_str("/1.0");
+        let bases: Vec<Base> = self.roots.iter().map(|r| Base::new(r)).collect();
         Client {
-            base,
+            bases: bases.into(),
+            current: Arc::new(AtomicUsize::new(0)),
             agent,
             timeout: self.timeout,
+            wait: self.wait,
             authorization: self.token.map(|t| Arc::from(format!("Bearer {t}"))),
         }
     }
@@ -100,17 +228,31 @@ impl Client {
     /// `"http://localhost:8080/registro"` (the client appends `/1.0` and the
     /// route), with the default 5-second timeout.
     ///
-    /// The URL is not checked here: a bad one makes every request fail with
-    /// [`Error::Transport`].
-    pub fn new(root: &str) -> Client {
+    /// The URL is checked by the first request: one without a scheme, or
+    /// `https://` without the `tls` feature, makes every request fail with
+    /// [`Error::Url`], which says what to write instead.
+    ///
+    /// Any string will do:
+    ///
+    /// ```
+    /// use registro_client::Client;
+    ///
+    /// let root: String = std::env::var("REGISTRO_URL")
+    ///     .unwrap_or_else(|_| "http://localhost:8080/registro".to_owned());
+    /// let client = Client::new(root);
+    /// # drop(client);
+    /// ```
+    pub fn new(root: impl AsRef<str>) -> Client {
         Client::builder(root).build()
     }
 
-    /// A builder for a client of the registry at `root`, to set its timeout.
-    pub fn builder(root: &str) -> ClientBuilder {
+    /// A builder for a client of the registry at `root`, to set its timeout,
+    /// token, other servers ([`ClientBuilder::url`]) or watch wait.
+    pub fn builder(root: impl AsRef<str>) -> ClientBuilder {
         ClientBuilder {
-            root: root.to_owned(),
+            roots: vec![root.as_ref().to_owned()],
             timeout: DEFAULT_TIMEOUT,
+            wait: DEFAULT_WAIT,
             token: None,
         }
     }
@@ -118,6 +260,33 @@ impl Client {
     /// The most a request may take, end to end.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The root URL of the server in use: the first one given until a
+    /// request moves on to another (see [`ClientBuilder::url`]).
+    pub fn url(&self) -> &str {
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()].root
+    }
+
+    /// How long a watch's long poll asks the registry to wait
+    /// ([`ClientBuilder::watch_wait`]).
+    pub(crate) fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// A clone with a connection pool of its own, for a watch: stopping the
+    /// watch shuts that pool down, interrupting its long poll, and leaves
+    /// the client's other requests alone.
+    pub(crate) fn own_pool(&self) -> Client {
+        Client {
+            agent: ureq::Agent::new_with_config(self.agent.config().clone()),
+            ..self.clone()
+        }
+    }
+
+    /// The connection pool, for a watch's [`Stop`](crate::stop::Stop).
+    pub(crate) fn agent(&self) -> &ureq::Agent {
+        &self.agent
     }
 
     /// Registers an instance of an application, creating the application
@@ -149,12 +318,12 @@ impl Client {
     /// ([`Client::start_heartbeat`]) to bring it up and keep it up.
     pub fn register_service(
         &self,
-        id: &str,
-        app: &str,
-        ip: &str,
+        id: impl AsRef<str>,
+        app: impl AsRef<str>,
+        ip: impl AsRef<str>,
         port: u16,
     ) -> Result<(Application, Instance), Error> {
-        self.register(app, &Instance::new(id, ip, port))
+        self.register(app.as_ref(), &Instance::new(id.as_ref(), ip.as_ref(), port))
     }
 
     /// A registration to fill in part by part, with metadata if wanted;
@@ -173,7 +342,7 @@ impl Client {
     fn register(&self, app: &str, inst: &Instance) -> Result<(Application, Instance), Error> {
         let mut application = match self.app(app) {
             Ok(found) => found,
-            Err(e) if e.is_not_found() => self.ensure_app(app)?,
+            Err(e) if e.is_unknown_app() => self.ensure_app(app)?,
             Err(e) => return Err(e),
         };
         let instance = self.post_instance(app, inst)?;
@@ -193,14 +362,14 @@ impl Client {
 
     /// Every application the registry knows, with its instances.
     pub fn apps(&self) -> Result<Vec<Application>, Error> {
-        let list: AppList = self.get(&self.url(&["apps"]))?;
+        let list: AppList = self.get(&route(&["apps"]))?;
         Ok(list.applications.unwrap_or_default())
     }
 
     /// The application of this name, with its instances; an unknown name is
-    /// an [`Error::Status`] with code 404.
-    pub fn app(&self, name: &str) -> Result<Application, Error> {
-        self.get(&self.url(&["apps", name]))
+    /// an [`Error::Status`] with code 404 ([`Error::is_unknown_app`]).
+    pub fn app(&self, name: impl AsRef<str>) -> Result<Application, Error> {
+        self.get(&route(&["apps", name.as_ref()]))
     }
 
     /// The application of this name with only the instances of these
@@ -221,8 +390,12 @@ impl Client {
     /// }
     /// # Ok::<(), registro_client::Error>(())
     /// ```
-    pub fn app_with_status(&self, name: &str, statuses: &[Status]) -> Result<Application, Error> {
-        let mut url = self.url(&["apps", name]);
+    pub fn app_with_status(
+        &self,
+        name: impl AsRef<str>,
+        statuses: &[Status],
+    ) -> Result<Application, Error> {
+        let mut url = route(&["apps", name.as_ref()]);
         push_status_query(&mut url, statuses);
         let app: Application = self.get(&url)?;
         Ok(app.with_status(statuses))
@@ -233,7 +406,7 @@ impl Client {
     /// filtered by the registry and again by the client, as in
     /// [`Client::app_with_status`].
     pub fn apps_with_status(&self, statuses: &[Status]) -> Result<Vec<Application>, Error> {
-        let mut url = self.url(&["apps"]);
+        let mut url = route(&["apps"]);
         push_status_query(&mut url, statuses);
         let list: AppList = self.get(&url)?;
         Ok(list
@@ -246,21 +419,35 @@ impl Client {
 
     /// A watch on the application of this name: a blocking iterator that
     /// yields the application each time it changes; see [`Watch`].
-    pub fn watch(&self, app: &str) -> Watch {
-        Watch::new(self.clone(), app)
+    pub fn watch(&self, app: impl AsRef<str>) -> Watch {
+        Watch::new(self, app.as_ref())
     }
 
     /// A discovery cache of these applications, kept current by a thread
     /// per application; see [`Cache`]. Their first views are read before
     /// this returns.
-    pub fn cache(&self, apps: &[&str]) -> Cache {
+    ///
+    /// Any list of names will do: `&["web", "db"]`, a `Vec<String>`, a
+    /// `&[String]`, an iterator.
+    ///
+    /// ```no_run
+    /// # let client = registro_client::Client::new("http://localhost:8080/registro");
+    /// let apps: Vec<String> = std::env::args().skip(1).collect();
+    /// let cache = client.cache(&apps);
+    /// # drop(cache);
+    /// ```
+    pub fn cache<I>(&self, apps: I) -> Cache
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
         Cache::start(self, apps)
     }
 
     /// One instance of an application; an unknown application or instance is
     /// an [`Error::Status`] with code 404.
-    pub fn instance(&self, app: &str, id: &str) -> Result<Instance, Error> {
-        self.get(&self.url(&["apps", app, id]))
+    pub fn instance(&self, app: impl AsRef<str>, id: impl AsRef<str>) -> Result<Instance, Error> {
+        self.get(&route(&["apps", app.as_ref(), id.as_ref()]))
     }
 
     /// Refreshes `app` (its instances and their statuses) from the registry.
@@ -271,9 +458,10 @@ impl Client {
 
     /// Creates an application with no instances; one of that name existing
     /// already is an [`Error::Status`] with code 409.
-    pub fn new_app(&self, name: &str) -> Result<Application, Error> {
+    pub fn new_app(&self, name: impl AsRef<str>) -> Result<Application, Error> {
+        let name = name.as_ref();
         let body = json!({ "name": name });
-        let answer = self.send(Method::Post(body), &self.url(&["apps"]), 201)?;
+        let answer = self.send(Method::Post(body), &route(&["apps"]), 201)?;
         // This project's server answers with the application; the original,
         // with an empty body.
         Ok(serde_json::from_slice(&answer).unwrap_or_else(|_| Application::new(name)))
@@ -291,11 +479,11 @@ impl Client {
     pub fn new_instance(
         &self,
         app: &Application,
-        id: &str,
-        ip: &str,
+        id: impl AsRef<str>,
+        ip: impl AsRef<str>,
         port: u16,
     ) -> Result<Instance, Error> {
-        self.post_instance(&app.name, &Instance::new(id, ip, port))
+        self.post_instance(&app.name, &Instance::new(id.as_ref(), ip.as_ref(), port))
     }
 
     /// Registers `inst` (its id, address and metadata) in the application
@@ -305,7 +493,7 @@ impl Client {
         if !inst.metadata.is_empty() {
             body["metadata"] = json!(inst.metadata);
         }
-        let answer = self.send(Method::Post(body), &self.url(&["apps", app]), 201)?;
+        let answer = self.send(Method::Post(body), &route(&["apps", app]), 201)?;
         // This project's server answers with the instance; the original, with
         // an empty body.
         Ok(
@@ -322,7 +510,7 @@ impl Client {
     /// An instance the registry does not know (it restarted, or evicted it) is
     /// an [`Error::Status`] with code 404; one taken out of service, 403.
     pub fn renew_instance(&self, app: &Application, inst: &Instance) -> Result<(), Error> {
-        self.send(Method::Put, &self.url(&["apps", &app.name, &inst.id]), 204)?;
+        self.send(Method::Put, &route(&["apps", &app.name, &inst.id]), 204)?;
         Ok(())
     }
 
@@ -330,11 +518,7 @@ impl Client {
     /// [`Status::OutOfService`](crate::Status::OutOfService) and refuses its
     /// heartbeats; it is removed after the registry's eviction period.
     pub fn delete_instance(&self, app: &Application, inst: &Instance) -> Result<(), Error> {
-        self.send(
-            Method::Delete,
-            &self.url(&["apps", &app.name, &inst.id]),
-            204,
-        )?;
+        self.send(Method::Delete, &route(&["apps", &app.name, &inst.id]), 204)?;
         Ok(())
     }
 
@@ -370,44 +554,71 @@ impl Client {
         Heartbeat::start(self.clone(), &app.name, inst, interval)
     }
 
-    /// The URL of a route: the base followed by each segment, percent-encoded.
-    pub(crate) fn url(&self, segments: &[&str]) -> String {
-        let mut url = self.base.clone();
-        for segment in segments {
-            url.push('/');
-            push_encoded(&mut url, segment);
-        }
-        url
-    }
-
-    fn get<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, Error> {
-        let body = self.send(Method::Get, url, 200)?;
+    fn get<T: serde::de::DeserializeOwned>(&self, route: &str) -> Result<T, Error> {
+        let body = self.send(Method::Get, route, 200)?;
         // Parsed whatever the Content-Type: the original server says text/plain.
         serde_json::from_slice(&body).map_err(Error::invalid_response)
     }
 
     /// Sends a request; returns the body of an answer with status `expect`,
     /// and an error for anything else.
-    fn send(&self, method: Method, url: &str, expect: u16) -> Result<Vec<u8>, Error> {
-        self.exchange(method, url, expect, None)
+    fn send(&self, method: Method, route: &str, expect: u16) -> Result<Vec<u8>, Error> {
+        self.exchange(&method, route, expect, None)
             .map(|reply| reply.body)
     }
 
-    /// Sends a request, with another timeout than the client's if given;
-    /// returns the answer with status `expect`, and an error for anything else.
+    /// Sends a request for `route` (e.g. `/apps/web?status=up`), with another
+    /// timeout than the client's if given, to the server in use; after a
+    /// connection error, a timeout or a 503, to the next, and so on once
+    /// round. The server that answers otherwise stays in use. Returns the
+    /// answer with status `expect`, and an error for anything else (the last
+    /// server's, when none answered).
     pub(crate) fn exchange(
         &self,
-        method: Method,
-        url: &str,
+        method: &Method,
+        route: &str,
         expect: u16,
         timeout: Option<Duration>,
     ) -> Result<Reply, Error> {
+        let count = self.bases.len();
+        let first = self.current.load(Ordering::Relaxed) % count;
+        let mut step = 0;
+        loop {
+            let at = (first + step) % count;
+            let outcome = self.exchange_with(&self.bases[at], method, route, expect, timeout);
+            let failed = matches!(&outcome, Err(e) if e.moves_on());
+            step += 1;
+            if failed && step < count {
+                continue;
+            }
+            // A server that answered stays in use; a URL that cannot be
+            // used does not become the one in use.
+            if !failed && at != first && !matches!(outcome, Err(Error::Url(_))) {
+                self.current.store(at, Ordering::Relaxed);
+            }
+            return outcome;
+        }
+    }
+
+    /// One request to one server.
+    fn exchange_with(
+        &self,
+        base: &Base,
+        method: &Method,
+        route: &str,
+        expect: u16,
+        timeout: Option<Duration>,
+    ) -> Result<Reply, Error> {
+        if let Some(problem) = &base.problem {
+            return Err(Error::Url(problem.clone()));
+        }
+        let url = format!("{}{route}", base.api);
         let auth = self.authorization.as_deref();
         let sent = match method {
-            Method::Get => prepare(self.agent.get(url), auth, timeout).call(),
-            Method::Post(body) => prepare(self.agent.post(url), auth, timeout).send_json(body),
-            Method::Put => prepare(self.agent.put(url), auth, timeout).send_empty(),
-            Method::Delete => prepare(self.agent.delete(url), auth, timeout).call(),
+            Method::Get => prepare(self.agent.get(&url), auth, timeout).call(),
+            Method::Post(body) => prepare(self.agent.post(&url), auth, timeout).send_json(body),
+            Method::Put => prepare(self.agent.put(&url), auth, timeout).send_empty(),
+            Method::Delete => prepare(self.agent.delete(&url), auth, timeout).call(),
         };
         let timeout = timeout.unwrap_or(self.timeout);
         let mut response = sent.map_err(|e| Error::from_ureq(e, timeout))?;
@@ -439,6 +650,16 @@ impl Client {
         }
         Err(Error::Status { code, message })
     }
+}
+
+/// The route of these segments, each percent-encoded: `/apps/web`.
+pub(crate) fn route(segments: &[&str]) -> String {
+    let mut route = String::new();
+    for segment in segments {
+        route.push('/');
+        push_encoded(&mut route, segment);
+    }
+    route
 }
 
 /// The body of `GET /apps`.
@@ -612,7 +833,11 @@ mod tests {
 
     #[track_caller]
     fn check_url(root: &str, segments: &[&str], expected: &str) {
-        assert_eq!(Client::new(root).url(segments), expected);
+        let client = Client::new(root);
+        assert_eq!(
+            format!("{}{}", client.bases[0].api, route(segments)),
+            expected
+        );
     }
 
     #[test]

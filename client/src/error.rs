@@ -14,9 +14,13 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum Error {
     /// The request got no HTTP answer: the registry refused the connection,
-    /// the host name did not resolve, the connection broke, or the URL is
-    /// not one the client can use (e.g. `https` without the `tls` feature).
+    /// the host name did not resolve, or the connection broke.
     Transport(TransportError),
+    /// The registry URL is not one the client can use: no scheme (`localhost:8080`
+    /// for `http://localhost:8080`), `https://` without this crate's `tls`
+    /// feature, another scheme, or no URL at all. The message says which
+    /// and what to write instead; nothing was sent.
+    Url(String),
     /// The registry did not answer in full within the client's timeout
     /// (the duration it was given).
     Timeout(Duration),
@@ -42,6 +46,9 @@ pub enum Error {
     /// The operating system would not start the heartbeat's or the cache's
     /// thread.
     Spawn(Arc<std::io::Error>),
+    /// The handlers of SIGTERM and SIGINT could not be installed (from
+    /// `stop_on_signals`, the `signal` feature).
+    Signals(Arc<std::io::Error>),
     /// A [`Registration`](crate::Registration) lacked a required part (named
     /// here); nothing was sent.
     Incomplete(&'static str),
@@ -61,9 +68,34 @@ impl Error {
         }
     }
 
-    /// Whether the registry answered 404: no such application or instance.
+    /// Whether the registry answered 404: no such application or instance,
+    /// or no such route (a root URL without `/registro`, say).
     pub fn is_not_found(&self) -> bool {
         self.status() == Some(404)
+    }
+
+    /// Whether the registry answered that it knows no application of that
+    /// name: a 404 whose `{"error": ...}` says "no such application", or a
+    /// 404 without such a body (the original Go server sends none).
+    ///
+    /// A 404 that says something else is not: `no such route` means the
+    /// root URL is wrong (`http://host:8080/` rather than
+    /// `http://host:8080/registro`), and [`Cache`](crate::Cache) and
+    /// [`Watch`](crate::Watch) report it as an error instead of reading it
+    /// as an application with no instances.
+    pub fn is_unknown_app(&self) -> bool {
+        match self {
+            Error::Status { code: 404, message } => message
+                .as_deref()
+                .is_none_or(|m| m.starts_with("no such application")),
+            _ => false,
+        }
+    }
+
+    /// Whether a client with several servers should try the next: the
+    /// server could not be reached, did not answer in time, or answered 503.
+    pub(crate) fn moves_on(&self) -> bool {
+        self.is_transport() || self.status() == Some(503)
     }
 
     /// Whether the registry could not be reached or did not answer in time:
@@ -81,6 +113,11 @@ impl Error {
 
     pub(crate) fn spawn_failed(err: std::io::Error) -> Error {
         Error::Spawn(Arc::new(err))
+    }
+
+    #[cfg_attr(not(all(unix, feature = "signal")), allow(dead_code))]
+    pub(crate) fn signals(err: std::io::Error) -> Error {
+        Error::Signals(Arc::new(err))
     }
 
     pub(crate) fn panicked(payload: &(dyn std::any::Any + Send)) -> Error {
@@ -103,6 +140,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Transport(e) => write!(f, "registry unreachable: {e}"),
+            Error::Url(m) => f.write_str(m),
             Error::Timeout(d) => write!(f, "registry did not answer within {d:?}"),
             Error::Status {
                 code,
@@ -116,6 +154,7 @@ impl fmt::Display for Error {
             Error::Unauthorized { message: None } => write!(f, "unauthorized"),
             Error::InvalidResponse(e) => write!(f, "invalid response from registry: {e}"),
             Error::Spawn(e) => write!(f, "cannot start a background thread: {e}"),
+            Error::Signals(e) => write!(f, "cannot handle SIGTERM and SIGINT: {e}"),
             Error::Panicked(m) => write!(f, "the background thread panicked: {m}"),
             Error::Incomplete(what) => write!(f, "incomplete registration: no {what} given"),
         }
@@ -127,8 +166,9 @@ impl std::error::Error for Error {
         match self {
             Error::Transport(e) => Some(e),
             Error::InvalidResponse(e) => Some(e),
-            Error::Spawn(e) => Some(&**e),
+            Error::Spawn(e) | Error::Signals(e) => Some(&**e),
             Error::Timeout(_)
+            | Error::Url(_)
             | Error::Status { .. }
             | Error::Unauthorized { .. }
             | Error::Panicked(_)

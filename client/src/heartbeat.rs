@@ -41,10 +41,14 @@ const MAX_FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// - **403**: an operator took the instance out of service. The heartbeat
 ///   stops renewing and never registers the instance again on its own, even
 ///   once the registry has forgotten it; `last_error` keeps the 403 and
-///   [`Heartbeat::is_running`] turns false. Register again (a new
+///   [`Heartbeat::is_running`] turns false, and [`Heartbeat::stop`] sends
+///   no deregistration (the instance is out already). Register again (a new
 ///   `register_service` and heartbeat) to come back.
 /// - **401** ([`Error::Unauthorized`]): tried again after a full interval,
 ///   not sooner.
+/// - A client of several servers ([`ClientBuilder::url`](crate::ClientBuilder::url))
+///   moves to the next after a connection error, a timeout or a 503 within
+///   the same beat, so the beat succeeds and the period is kept.
 /// - Anything else (an unreachable registry, an unexpected status): retried
 ///   with a backoff that starts short and doubles up to the interval; it
 ///   never ends the thread.
@@ -84,6 +88,8 @@ pub struct Heartbeat {
 struct Progress {
     last_error: Option<Error>,
     renewals: u64,
+    /// The registry answered 403: the instance is out of service already.
+    refused: bool,
 }
 
 impl Heartbeat {
@@ -148,6 +154,10 @@ impl Heartbeat {
     /// `stop` returns within one client timeout plus the deregistration's
     /// request: a request in flight is waited for, and a re-registration
     /// in progress looks for the stop between its requests.
+    ///
+    /// After a 403 (an operator took the instance out of service) nothing
+    /// is sent: the instance is out of service already, and a DELETE would
+    /// only extend its stay in the registry. `stop` then returns `Ok`.
     pub fn stop(mut self) -> Result<(), Error> {
         self.halt()
     }
@@ -187,6 +197,9 @@ impl Heartbeat {
             // `guarded` catches panics, so the join cannot fail; were it to,
             // deregistering is still the right thing to do.
             drop(handle.join());
+        }
+        if lock(&self.shared).refused {
+            return Ok(());
         }
         self.client.delete_instance(&self.app, &self.instance)
     }
@@ -291,6 +304,7 @@ fn report(shared: &Mutex<Progress>, schedule: &mut Schedule, outcome: Outcome) -
         }
         Outcome::Refused(e) => {
             progress.last_error = Some(e);
+            progress.refused = true;
             None
         }
         Outcome::Stopped => None,

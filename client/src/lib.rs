@@ -56,22 +56,47 @@
 //!
 //! ```no_run
 //! # let client = registro_client::Client::new("http://localhost:8080/registro");
-//! let cache = client.cache(&["app-name"]);
+//! let cache = client.cache(["app-name"]);
 //! let target = cache.pick_where("app-name", |i| i.meta("zone") == Some("eu-1"));
 //! # drop(target);
 //! ```
+//!
+//! A cache costs the registry one request per application per minute while
+//! nothing changes: each of its requests is a long poll the registry holds
+//! until the application changes (60 seconds at most,
+//! [`ClientBuilder::watch_wait`]), and [`Cache::stop`] interrupts it at once.
+//!
+//! A client may know several servers of one registry; it moves on to the
+//! next after a connection error, a timeout or a 503, for registration,
+//! heartbeats, reads, watches and caches alike, and stays with one that
+//! works:
+//!
+//! ```no_run
+//! # use registro_client::Client;
+//! let client = Client::builder("http://10.0.0.1:8080/registro")
+//!     .url("http://10.0.0.2:8080/registro")
+//!     .build();
+//! # drop(client);
+//! ```
+//!
+//! A program stopped by a signal runs no destructor, so dropping the
+//! heartbeat does not deregister it; with the `signal` feature,
+//! `stop_on_signals([heartbeat])` deregisters on SIGTERM and SIGINT, then
+//! ends the process as the signal would have.
 //!
 //! Every request gives up after the client's timeout (5 seconds by default),
 //! so an unreachable or hung registry is an [`Error`], never a hang. A
 //! registry that demands a token gets it from [`ClientBuilder::token`]. The
 //! heartbeat survives registry restarts by registering again (see
 //! [`Heartbeat`]). The library prints nothing. `client/examples/` in the
-//! repository has complete programs.
+//! repository has complete programs, and `docs/client.md` the reference.
 //!
 //! # Features
 //!
 //! - `tls`: `https://` registry URLs (rustls with the Mozilla root
 //!   certificates). Off by default: plain `http://` needs no TLS stack.
+//! - `signal` (Unix): `stop_on_signals`, through `signal-hook`. Off by
+//!   default.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -79,6 +104,9 @@ mod cache;
 mod client;
 mod error;
 mod heartbeat;
+#[cfg(all(unix, feature = "signal"))]
+mod signal;
+mod stop;
 mod types;
 mod watch;
 
@@ -86,5 +114,13 @@ pub use cache::{Cache, Snapshot};
 pub use client::{Client, ClientBuilder, Registration};
 pub use error::{Error, InvalidResponse, TransportError};
 pub use heartbeat::Heartbeat;
+#[cfg(all(unix, feature = "signal"))]
+pub use signal::{stop_on_signals, SignalStop};
+pub use stop::Stopper;
 pub use types::{Application, Instance, Metadata, Status};
 pub use watch::Watch;
+
+/// The Rust blocks of `docs/client.md`, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/client.md")]
+struct ClientReference;

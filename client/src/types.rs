@@ -137,6 +137,26 @@ impl Instance {
     }
 }
 
+/// `web-1 at 10.0.0.7:8080 (up)`; an IPv6 address in brackets:
+/// `web-2 at [::1]:8080 (starting)`.
+impl std::fmt::Display for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.ip.contains(':') && !self.ip.starts_with('[') {
+            write!(
+                f,
+                "{} at [{}]:{} ({})",
+                self.id, self.ip, self.port, self.status
+            )
+        } else {
+            write!(
+                f,
+                "{} at {}:{} ({})",
+                self.id, self.ip, self.port, self.status
+            )
+        }
+    }
+}
+
 /// The state of an [`Instance`], as the registry reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -262,6 +282,18 @@ mod tests {
                 "status": "out-of-service", "lastRenewal": 9
             }))
         );
+    }
+
+    #[test]
+    fn displays_instances() {
+        assert_eq!(
+            inst("web-1", Status::Up, 1).to_string(),
+            "web-1 at 10.0.0.7:8080 (up)"
+        );
+        let v6 = Instance::new("web-2", "::1", 8080);
+        assert_eq!(v6.to_string(), "web-2 at [::1]:8080 (starting)");
+        let bracketed = Instance::new("web-3", "[::1]", 80);
+        assert_eq!(bracketed.to_string(), "web-3 at [::1]:80 (starting)");
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use registro_client::{Client, Error, Status};
 
 use crate::support::{
-    client, eventually, quiet, root, server, server_on, server_with, status, wait_for_status,
+    client, eventually, quiet, requests, root, server, server_on, server_with, status,
+    wait_for_status,
 };
 
 const FAST: Duration = Duration::from_millis(30);
@@ -150,7 +151,7 @@ fn an_instance_taken_out_of_service_is_not_brought_back() -> Result<(), Error> {
 fn an_unreachable_registry_is_reported_not_fatal() -> Result<(), Error> {
     let server = server();
     let addr = server.local_addr();
-    let short = Client::builder(&root(addr))
+    let short = Client::builder(root(addr))
         .timeout(Duration::from_millis(500))
         .build();
     let (app, inst) = short.register_service("web-1", "web", "10.0.0.7", 8080)?;
@@ -217,8 +218,29 @@ fn an_instance_taken_out_of_service_stays_out_after_its_eviction() -> Result<(),
     assert_eq!(hb.last_error().and_then(|e| e.status()), Some(403));
     assert!(!hb.is_running());
     assert_eq!(status(&c, "web", "web-1"), None);
-    // The stop's deregistration finds nothing left to take out.
-    assert!(hb.stop().is_err_and(|e| e.is_not_found()));
+    // Out of service already: the stop sends nothing (issue 19 item 7).
+    hb.stop()?;
+    assert_eq!(status(&c, "web", "web-1"), None);
+    Ok(())
+}
+
+#[test]
+fn a_stop_after_a_403_sends_no_delete() -> Result<(), Error> {
+    // Issue 19 item 7: a DELETE of an instance out of service already
+    // renews its stay until eviction; the heartbeat has nothing to take out.
+    let server = server();
+    let c = client(&server);
+    let (app, inst) = c.register_service("web-1", "web", "10.0.0.7", 8080)?;
+    let hb = c.start_heartbeat_every(&app, &inst, FAST);
+    c.delete_instance(&app, &inst)?;
+    eventually(LIMIT, "the 403 seen", || {
+        (hb.last_error().and_then(|e| e.status()) == Some(403)).then_some(())
+    });
+    let deletes = || requests(&server, "/registro/1.0/apps/{app}/{id}", "DELETE");
+    assert_eq!(deletes(), 1, "the operator's");
+    hb.stop()?;
+    assert_eq!(deletes(), 1, "the stop sent a DELETE after a 403");
+    assert_eq!(status(&c, "web", "web-1"), Some(Status::OutOfService));
     Ok(())
 }
 

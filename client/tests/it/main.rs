@@ -6,11 +6,15 @@
 
 mod api;
 mod discovery;
+mod failover;
 mod heartbeat;
 mod live;
+mod longpoll;
 mod quirks;
 mod responder;
 mod scripted;
+#[cfg(unix)]
+mod signal;
 mod support;
 mod tokens;
 mod transport;

@@ -68,7 +68,7 @@ impl Canned {
     }
 
     fn client(&self) -> Client {
-        Client::new(&format!("http://{}/registro", self.addr))
+        Client::new(format!("http://{}/registro", self.addr))
     }
 
     fn requests(self) -> Vec<(String, String)> {

@@ -110,7 +110,7 @@ impl Responder {
     }
 
     pub fn client(&self) -> Client {
-        Client::new(&self.root())
+        Client::new(self.root())
     }
 
     /// Every request read so far.

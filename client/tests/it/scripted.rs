@@ -32,7 +32,7 @@ fn check_slow_stop(requests: usize, expected: &[&str]) {
         };
         Answer::new(status, "").after(slow)
     });
-    let client = Client::builder(&registry.root()).timeout(timeout).build();
+    let client = Client::builder(registry.root()).timeout(timeout).build();
     let inst = Instance::new("web-1", "10.0.0.7", 8080);
     let hb =
         client.start_heartbeat_every(&Application::new("web"), &inst, Duration::from_millis(10));
@@ -44,8 +44,11 @@ fn check_slow_stop(requests: usize, expected: &[&str]) {
     let stopped = hb.stop();
     let took = started.elapsed();
     assert!(stopped.is_ok(), "{stopped:?}");
-    // One timeout (the request in flight) plus the DELETE.
-    assert!(took < timeout + slow, "stop took {took:?}");
+    // The request in flight plus the DELETE: about 1.8 s, under 3 s on a
+    // busy machine (2.42 s seen with the whole suite running beside it);
+    // the three more requests of the fault took 3.6 s more. The lines below
+    // say exactly which requests were waited for.
+    assert!(took < timeout * 2, "stop took {took:?}");
     let lines = registry.lines();
     assert_eq!(lines, expected);
 }
@@ -108,7 +111,7 @@ fn a_conflict_when_registering_again_is_reported_and_nothing_is_renewed() {
 #[test]
 fn a_token_is_sent_with_every_request() -> Result<(), Error> {
     let registry = token_registry("s3cret");
-    let client = Client::builder(&registry.root()).token("s3cret").build();
+    let client = Client::builder(registry.root()).token("s3cret").build();
     let (app, inst) = client.register_service("web-1", "web", "10.0.0.7", 8080)?;
     let hb = client.start_heartbeat(&app, &inst);
     assert!(hb.last_error().is_none(), "{:?}", hb.last_error());
@@ -138,7 +141,7 @@ fn a_missing_or_wrong_token_is_unauthorized() {
     let registry = token_registry("s3cret");
     for client in [
         registry.client(),
-        Client::builder(&registry.root()).token("guess").build(),
+        Client::builder(registry.root()).token("guess").build(),
     ] {
         let e = client.app("web").err();
         match &e {

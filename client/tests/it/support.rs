@@ -40,7 +40,7 @@ pub fn root(addr: SocketAddr) -> String {
 
 /// A client of `server` with the default timeout.
 pub fn client(server: &registro::Server) -> Client {
-    Client::new(&root(server.local_addr()))
+    Client::new(root(server.local_addr()))
 }
 
 /// Calls `probe` until it returns `Some`, for at most `limit`; the answer, or
@@ -70,4 +70,20 @@ pub fn wait_for_status(client: &Client, app: &str, id: &str, expected: Status, l
     eventually(limit, &what, || {
         (status(client, app, id) == Some(expected)).then_some(())
     });
+}
+
+/// `registro_http_requests_total` of `route` (the template, such as
+/// `/registro/1.0/apps/{app}`) and `method`, every code summed, from the
+/// server's `/metrics`; 0 when it cannot be read.
+pub fn requests(server: &registro::Server, route: &str, method: &str) -> u64 {
+    let url = format!("http://{}/metrics", server.local_addr());
+    let Ok(mut answer) = ureq::get(&url).call() else {
+        return 0;
+    };
+    let text = answer.body_mut().read_to_string().unwrap_or_default();
+    let prefix = format!("registro_http_requests_total{{route=\"{route}\",method=\"{method}\",");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
