@@ -342,7 +342,7 @@ impl Server {
         server.sweeper = Some(Sweeper::spawn(api, config.sweep_every, config.log_sweeps)?);
         log.line(format_args!(
             "registro {}: {threads} worker threads, at most {} connections, idle timeout {}, \
-             request timeout {}, down after {}, evict after {}, sweep every {}; listening on {local_addr}",
+             request timeout {}, down after {}, evict after {}, sweep every {}; {}; listening on {local_addr}",
             env!("CARGO_PKG_VERSION"),
             config.max_connections,
             secs(config.idle_timeout),
@@ -350,6 +350,7 @@ impl Server {
             secs(config.down_after),
             secs(config.evict_after),
             secs(config.sweep_every),
+            config.tokens.describe(),
         ));
         server.logger = Some(logger);
         Ok(server)
