@@ -13,7 +13,8 @@ use signal_hook::iterator::Signals;
 
 /// Registro: a tiny service registry. Services register, send a heartbeat
 /// every 30 s and find each other under /registro/1.0/apps. Periods take a
-/// unit: 500ms, 90s, 5m (or 5min), 1h; a plain number is seconds.
+/// unit: 500ms, 90s, 5m (or 5min), 1h; a plain number is seconds. Flags
+/// also take one dash and "=", as in Go: -addr :8080, -addr=:8080.
 #[derive(FromArgs, Debug)]
 struct Flags {
     /// where to listen: ":PORT" (every interface, IPv6 and IPv4),
