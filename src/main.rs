@@ -24,12 +24,12 @@ struct Flags {
 
     /// worker threads running the handlers, 1 to 1024; waiting
     /// connections hold none (default: the number of CPUs, at least 4)
-    #[argh(option)]
+    #[argh(option, from_str_fn(count))]
     threads: Option<usize>,
 
     /// connections open at once; more are answered 503 (default: what the
     /// open-files limit allows, less a reserve)
-    #[argh(option)]
+    #[argh(option, from_str_fn(count))]
     max_connections: Option<usize>,
 
     /// time without a heartbeat before an up instance reads down; shorter
@@ -313,6 +313,16 @@ fn listen_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("invalid --addr {s:?}: {e}"))?
         .next()
         .ok_or_else(bad)
+}
+
+/// A count (`--threads`, `--max-connections`): digits only, in words when
+/// not, rather than in the terms of Rust's integer parser.
+fn count(s: &str) -> Result<usize, String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("expected a whole number such as 8".to_string());
+    }
+    s.parse()
+        .map_err(|_| format!("expected a whole number no larger than {}", usize::MAX))
 }
 
 fn positive(flag: &str, n: usize) -> Result<usize, String> {

@@ -167,6 +167,18 @@ fn bad_flags_print_one_line_and_fail() {
         let args = [&lo[..], args].concat();
         assert_refused(&args);
     }
+    // Said in words, not in the terms of Rust's number parser.
+    for (flag, value) in [
+        ("--threads", "x"),
+        ("--threads", "-1"),
+        ("--max-connections", "1.5"),
+    ] {
+        let line = assert_refused(&["--addr", "127.0.0.1:0", flag, value]);
+        assert!(
+            line.contains(flag) && line.contains("whole number") && !line.contains("digit"),
+            "{flag} {value}: {line:?}"
+        );
+    }
     for addr in ["nonsense", ":99999", ":http", "8080", "127.0.0.1", ""] {
         let line = assert_refused(&["--addr", addr]);
         assert!(line.contains("addr"), "--addr {addr:?}: {line:?}");
