@@ -1015,7 +1015,7 @@ fn a_burst_of_connections_cannot_pass_the_limit() {
         // close of the previous burst has been seen. The probe stays open
         // through the burst, so it holds one of the 50 places itself (a
         // probe closed here could still be counted when the burst arrives).
-        let probe = eventually(Duration::from_secs(3), "the connections to close", || {
+        let probe = eventually(Duration::from_secs(10), "the connections to close", || {
             let probe = connect(addr, Duration::from_millis(300));
             (&probe)
                 .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -1034,8 +1034,10 @@ fn a_burst_of_connections_cannot_pass_the_limit() {
             .collect();
         let mut refused = vec![false; burst.len()];
         let count = |refused: &[bool]| refused.iter().filter(|&&r| r).count();
-        // Polls until the 71 refusals have come, or 3 s have passed.
-        let end = Instant::now() + Duration::from_secs(3);
+        // Polls until the 71 refusals have come, or 10 s have passed (the
+        // count is the server's promise; how soon they come, this
+        // machine's load).
+        let end = Instant::now() + Duration::from_secs(10);
         loop {
             for (stream, refused) in burst.iter().zip(refused.iter_mut()) {
                 if !*refused {
