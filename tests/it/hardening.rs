@@ -1102,11 +1102,7 @@ fn sigterm_stops_the_server_as_pid_1() {
     assert_eq!(reply.status, 200);
 
     let signalled = Instant::now();
-    let sent = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success());
+    crate::support::send_signal(pid, "TERM");
     let (code, _) = server.wait_exit(Duration::from_secs(5));
     let took = signalled.elapsed();
     println!("SIGTERM as PID 1: exit code {code:?} after {took:?}");

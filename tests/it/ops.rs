@@ -573,13 +573,8 @@ fn sigterm_exits_promptly_when_stderr_is_stalled() {
     }
     sender.join().unwrap();
 
-    let pid = server.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
     let asked = Instant::now();
+    support::send_signal(server.0.id(), "TERM");
     let status = loop {
         if let Some(status) = server.0.try_wait().unwrap() {
             break Some(status);
