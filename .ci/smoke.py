@@ -5,10 +5,11 @@
                              it there with chroot(8), exactly as in a FROM
                              scratch image (needs root)
     smoke.py docker IMAGE    run IMAGE with `docker run --network host`
-    smoke.py readme BINARY README.md
-                             run every `$ curl` command of the README's
-                             console blocks, in order, against a fresh BINARY
-                             and compare each output with the README's
+    smoke.py readme BINARY FILE.md...
+                             run every `$ ` command of each file's console
+                             blocks that is a curl to localhost:8080, in
+                             order, against a fresh BINARY per file, and
+                             compare each output with the file's
 
 Either way the server listens on 127.0.0.1:0 (a free port, read back from its
 "listening on" line), is driven through the original client's whole flow over
@@ -16,8 +17,18 @@ loopback, then stopped with SIGTERM (`docker stop` for the image) while a client
 holds an idle keep-alive connection open; it must exit 0 within a second.
 The README check keeps the documentation true of the code: its examples are
 written against `localhost:8080`, which is replaced by the server's real
-address; `lastRenewal` values are compared as "some number". Standard library
-only. Exit status 0 when every check passed.
+address; `lastRenewal` and `Registro-Index` values are compared as "some
+number". Other `$ `
+lines (a command that needs more than a fresh server) are shown, not run,
+and listed as such. Commands run in
+a temporary directory, where the server runs too. Two HTML comments, invisible
+on the rendered page, prepare what examples need:
+
+    <!-- smoke-file: NAME LINE -->   writes LINE (and a newline) to NAME there
+    <!-- smoke-server: ARGS -->      restarts the server with these flags
+                                     (split on spaces) for what follows
+
+Standard library only. Exit status 0 when every check passed.
 """
 
 import http.client
@@ -224,9 +235,15 @@ def run_docker(image):
         docker("rm", "-f", name, check_rc=False)
 
 
+SMOKE_FILE = re.compile(r"^<!-- smoke-file: (\S+) (.*) -->$")
+SMOKE_SERVER = re.compile(r"^<!-- smoke-server:(.*)-->$")
+
+
 def readme_examples(path):
-    """(command, expected output) for each `$ ` line of the console blocks."""
-    examples = []
+    """The steps of a file, in order: ("run", command, expected output) for
+    each `$ ` line of its console blocks, ("file", name, line) and
+    ("server", [flags]) for its smoke comments."""
+    steps = []
     in_console = False
     with open(path, encoding="utf-8") as f:
         for line in f.read().splitlines():
@@ -234,50 +251,98 @@ def readme_examples(path):
                 in_console = line.strip() == "```console"
                 continue
             if not in_console:
+                m = SMOKE_FILE.match(line.strip())
+                if m:
+                    steps.append(("file", m.group(1), m.group(2)))
+                m = SMOKE_SERVER.match(line.strip())
+                if m:
+                    steps.append(("server", m.group(1).split()))
                 continue
             if line.startswith("$ "):
-                examples.append((line[2:], []))
-            elif examples:
-                examples[-1][1].append(line)
-    return [(cmd, "\n".join(out)) for cmd, out in examples]
+                steps.append(("run", line[2:], []))
+            elif steps and steps[-1][0] == "run":
+                steps[-1][2].append(line)
+    return [(s[0], s[1], "\n".join(s[2])) if s[0] == "run" else s for s in steps]
 
 
 RENEWAL = re.compile(r'"lastRenewal":\d+')
+INDEX = re.compile(r"(?i)^(Registro-Index: )\d+$", re.M)
 
 
-def run_readme(binary, readme):
-    examples = readme_examples(readme)
-    check(examples, f"no console examples in {readme}")
-    check(shutil.which("curl"), "curl is needed to run the README's examples")
-    proc = subprocess.Popen([binary, "--addr", "127.0.0.1:0"],
-                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        logs = LineCollector(proc.stderr)
-        addr = logs.wait_for(LISTENING, time.monotonic() + STARTUP_DEADLINE).group(1)
-        for cmd, expected in examples:
-            real = cmd.replace("localhost:8080", addr)
-            check(real != cmd, f"README example does not use localhost:8080: {cmd}")
-            out = subprocess.run(["bash", "-c", real], stdin=subprocess.DEVNULL,
-                                 capture_output=True, text=True, timeout=10)
-            got = out.stdout.rstrip("\n")
-            same = RENEWAL.sub('"lastRenewal":N', got) == RENEWAL.sub('"lastRenewal":N', expected)
-            check(out.returncode == 0 and same,
-                  f"README example differs from the server:\n  $ {cmd}\n"
-                  f"  README says:\n{expected}\n  server said (exit {out.returncode}):\n"
-                  f"{got}{out.stderr}")
-        say(f"all {len(examples)} README examples answered as written")
-    finally:
-        proc.send_signal(signal.SIGTERM)
+def some_numbers(text):
+    """`lastRenewal` and `Registro-Index` values as "some number": they
+    depend on the clock (a new server may start its index from it)."""
+    return INDEX.sub(r"\1N", RENEWAL.sub('"lastRenewal":N', text))
+
+
+class Server:
+    """A fresh server on 127.0.0.1:0 in `cwd`, stopped with SIGTERM."""
+
+    def __init__(self, binary, cwd, flags):
+        self.proc = subprocess.Popen([binary, "--addr", "127.0.0.1:0", *flags], cwd=cwd,
+                                     stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        logs = LineCollector(self.proc.stderr)
+        self.addr = logs.wait_for(LISTENING, time.monotonic() + STARTUP_DEADLINE).group(1)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=5)
+            self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_readme(binary, docs):
+    check(shutil.which("curl"), "curl is needed to run the documentation's examples")
+    binary = os.path.abspath(binary)
+    total = 0
+    for doc in docs:
+        steps = readme_examples(doc)
+        shown = []
+        work = tempfile.mkdtemp(prefix="registro-docs-")
+        server = None
+        try:
+            server = Server(binary, work, [])
+            for step in steps:
+                if step[0] == "file":
+                    with open(os.path.join(work, step[1]), "w", encoding="utf-8") as f:
+                        f.write(step[2] + "\n")
+                    continue
+                if step[0] == "server":
+                    server.stop()
+                    server = None
+                    server = Server(binary, work, step[1])
+                    continue
+                _, cmd, expected = step
+                if not (cmd.startswith("curl ") and "localhost:8080" in cmd):
+                    shown.append(cmd)
+                    continue
+                real = cmd.replace("localhost:8080", server.addr)
+                out = subprocess.run(["bash", "-c", real], stdin=subprocess.DEVNULL, cwd=work,
+                                     capture_output=True, text=True, timeout=10)
+                got = out.stdout.rstrip("\n")
+                same = some_numbers(got) == some_numbers(expected)
+                check(out.returncode == 0 and same,
+                      f"{doc}: example differs from the server:\n  $ {cmd}\n"
+                      f"  {doc} says:\n{expected}\n  server said (exit {out.returncode}):\n"
+                      f"{got}{out.stderr}")
+            runs = sum(1 for s in steps if s[0] == "run") - len(shown)
+            say(f"all {runs} examples of {doc} answered as written")
+            for cmd in shown:
+                say(f"  shown, not run (not a curl to localhost:8080): $ {cmd}")
+            total += runs
+        finally:
+            if server is not None:
+                server.stop()
+            shutil.rmtree(work, ignore_errors=True)
+    say(f"{total} examples in {len(docs)} files")
 
 
 def main(argv):
     modes = {"chroot": 3, "docker": 3, "readme": 4}
-    if len(argv) < 2 or modes.get(argv[1]) != len(argv):
+    if len(argv) < 2 or argv[1] not in modes or len(argv) < modes[argv[1]] \
+            or (argv[1] != "readme" and len(argv) != modes[argv[1]]):
         print(__doc__, file=sys.stderr)
         return 2
     try:
@@ -286,7 +351,7 @@ def main(argv):
         elif argv[1] == "docker":
             run_docker(argv[2])
         else:
-            run_readme(argv[2], argv[3])
+            run_readme(argv[2], argv[3:])
     except (CheckFailed, OSError, ValueError, http.client.HTTPException,
             subprocess.TimeoutExpired) as e:
         print(f"smoke: FAILED ({argv[1]}): {e}", file=sys.stderr, flush=True)

@@ -491,6 +491,15 @@ struct NewApp {
     name: String,
 }
 
+impl RequestBody for NewApp {
+    const EXAMPLE: &'static str = r#"{"name": "web"}"#;
+    const FIELDS: &'static [Field] = &[Field {
+        name: "name",
+        kind: Kind::Text,
+        rule: "a string of 1 to 255 bytes without '/'",
+    }];
+}
+
 #[derive(Deserialize)]
 struct NewInstance {
     id: String,
@@ -498,6 +507,97 @@ struct NewInstance {
     port: u64,
     #[serde(default)]
     metadata: serde_json::Value,
+}
+
+impl RequestBody for NewInstance {
+    const EXAMPLE: &'static str = r#"{"id": "web-1", "ip": "10.0.0.7", "port": 8080}"#;
+    const FIELDS: &'static [Field] = &[
+        Field {
+            name: "id",
+            kind: Kind::Text,
+            rule: "a string of 1 to 255 bytes without '/'",
+        },
+        Field {
+            name: "ip",
+            kind: Kind::Text,
+            rule: "a string that is not empty (the address the instance is reached at)",
+        },
+        Field {
+            name: "port",
+            kind: Kind::Whole { min: 1, max: 65535 },
+            rule: "a number from 1 to 65535",
+        },
+    ];
+}
+
+/// A request body: its required fields and the rule of each in words, so
+/// that a body that breaks one is answered in those words rather than in
+/// serde's (`invalid type: string "8080", expected u64`).
+trait RequestBody: DeserializeOwned {
+    /// A valid body, shown when the body is not a JSON object.
+    const EXAMPLE: &'static str;
+    const FIELDS: &'static [Field];
+}
+
+/// A required field of a request body.
+struct Field {
+    name: &'static str,
+    kind: Kind,
+    /// What the value must be, after "NAME must be".
+    rule: &'static str,
+}
+
+/// The JSON a field takes.
+enum Kind {
+    Text,
+    /// A whole number within the bounds.
+    Whole {
+        min: u64,
+        max: u64,
+    },
+}
+
+impl Field {
+    /// `Ok` when `value` is of the field's kind, else the error in words.
+    fn check(&self, value: Option<&serde_json::Value>) -> Result<(), String> {
+        let Some(value) = value else {
+            return Err(format!(
+                "{} is missing: it must be {}",
+                self.name, self.rule
+            ));
+        };
+        let fits = match self.kind {
+            Kind::Text => value.is_string(),
+            Kind::Whole { min, max } => value.as_u64().is_some_and(|n| (min..=max).contains(&n)),
+        };
+        if fits {
+            return Ok(());
+        }
+        Err(format!(
+            "{} must be {}, not {}",
+            self.name,
+            self.rule,
+            describe_json(value)
+        ))
+    }
+}
+
+/// A JSON value as an error message names it: `the string "8080"`, `1.5`,
+/// `a list`; long strings are cut short.
+fn describe_json(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null".to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) if s.chars().count() > 40 => {
+            let cut: String = s.chars().take(40).collect();
+            format!("the string {cut:?}...")
+        }
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Array(_) => "a list".to_string(),
+        Value::Object(_) => "an object".to_string(),
+    }
 }
 
 /// Checks `metadata` against API.md's limits; `null`, absent and `{}` are none.
@@ -648,13 +748,39 @@ fn decode_query(value: &str) -> Result<String, Response> {
     })
 }
 
-/// Parses a JSON object body. Serde would also take an array for a struct
-/// (`["web"]` as `{"name": "web"}`); the contract wants an object.
-fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| error(400, format!("invalid request body: {e}")))?;
-    if !value.is_object() {
-        return Err(error(400, "invalid request body: expected a JSON object"));
+/// Parses a JSON object body, checking each required field against its rule
+/// first, so that every error says what was expected in words. Serde would
+/// also take an array for a struct (`["web"]` as `{"name": "web"}`); the
+/// contract wants an object.
+fn parse_body<T: RequestBody>(body: &[u8]) -> Result<T, Response> {
+    let example = T::EXAMPLE;
+    if body.trim_ascii().is_empty() {
+        return Err(error(
+            400,
+            format!("the request body is empty; send a JSON object such as {example}"),
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        error(
+            400,
+            format!(
+                "the request body is not valid JSON ({e}); send a JSON object such as {example}"
+            ),
+        )
+    })?;
+    let Some(object) = value.as_object() else {
+        return Err(error(
+            400,
+            format!(
+                "the request body must be a JSON object such as {example}, not {}",
+                describe_json(&value)
+            ),
+        ));
+    };
+    for field in T::FIELDS {
+        field
+            .check(object.get(field.name))
+            .map_err(|message| error(400, message))?;
     }
     serde_json::from_value(value).map_err(|e| error(400, format!("invalid request body: {e}")))
 }

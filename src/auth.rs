@@ -31,6 +31,15 @@ pub struct TokenFiles {
 }
 
 impl TokenFiles {
+    /// Which requests need a token, for the start-up line.
+    pub fn describe(&self) -> &'static str {
+        match (&self.write, &self.read) {
+            (None, None) => "no token needed (access is open)",
+            (Some(_), None) => "writes need a token, reads are open",
+            (_, Some(_)) => "writes and reads need a token",
+        }
+    }
+
     /// Reads both files as the server will, so that a bad file can be
     /// reported before anything starts. The error is one line naming the
     /// flag, the path and what is wrong (never a token).
@@ -183,8 +192,17 @@ impl Refused {
             Refused::Malformed => "the Authorization header is not of the form Bearer <token>",
             Refused::Unknown => "the token is not valid",
             Refused::ReadOnly => {
-                "the token may only read; changing the registry needs a token from the --token-file"
+                "this token may only read; changing the registry needs a token from the --token-file"
             }
+        }
+    }
+
+    /// 401 when the client has not shown a valid token; 403 when it has
+    /// (RFC 9110 section 15.5.4: valid credentials, not allowed this).
+    fn status(self) -> u16 {
+        match self {
+            Refused::ReadOnly => 403,
+            _ => 401,
         }
     }
 
@@ -281,10 +299,13 @@ impl Access {
             }
         };
         self.log_refusal(request, refused);
-        let mut response = crate::api::error(401, refused.message());
-        response
-            .headers
-            .push(("WWW-Authenticate", CHALLENGE.to_string()));
+        let mut response = crate::api::error(refused.status(), refused.message());
+        let challenge = match refused {
+            // RFC 6750 section 3.1: a valid token without the right.
+            Refused::ReadOnly => format!("{CHALLENGE}, error=\"insufficient_scope\""),
+            _ => CHALLENGE.to_string(),
+        };
+        response.headers.push(("WWW-Authenticate", challenge));
         Err(response)
     }
 
@@ -330,10 +351,11 @@ impl Access {
             // forge a line; cut short so it cannot fill one either.
             let target: String = request.target.chars().take(200).collect();
             self.log_line(format_args!(
-                "refused {} {:?} from {from}: {} (401; further refusals from this address are logged once a minute{more})",
+                "refused {} {:?} from {from}: {} ({}; further refusals from this address are logged once a minute{more})",
                 request.method.escape_debug(),
                 target,
                 refused.why(),
+                refused.status(),
             ));
         }
     }

@@ -13,7 +13,8 @@ use signal_hook::iterator::Signals;
 
 /// Registro: a tiny service registry. Services register, send a heartbeat
 /// every 30 s and find each other under /registro/1.0/apps. Periods take a
-/// unit: 500ms, 90s, 5m (or 5min), 1h; a plain number is seconds.
+/// unit: 500ms, 90s, 5m (or 5min), 1h; a plain number is seconds. Flags
+/// also take one dash and "=", as in Go: -addr :8080, -addr=:8080.
 #[derive(FromArgs, Debug)]
 struct Flags {
     /// where to listen: ":PORT" (every interface, IPv6 and IPv4),
@@ -23,12 +24,12 @@ struct Flags {
 
     /// worker threads running the handlers, 1 to 1024; waiting
     /// connections hold none (default: the number of CPUs, at least 4)
-    #[argh(option)]
+    #[argh(option, from_str_fn(count))]
     threads: Option<usize>,
 
     /// connections open at once; more are answered 503 (default: what the
     /// open-files limit allows, less a reserve)
-    #[argh(option)]
+    #[argh(option, from_str_fn(count))]
     max_connections: Option<usize>,
 
     /// time without a heartbeat before an up instance reads down; shorter
@@ -179,21 +180,42 @@ fn run(mut signals: Signals) -> Result<(), String> {
     Ok(())
 }
 
+/// The command line as argh takes it. Go's `flag` package, which the
+/// original server used, takes `-addr :8080`, `-addr=:8080` and `--addr`
+/// alike, so a single dash before a flag's name is read as two; so is
 /// `--option=value` as two arguments (for the options that take a value),
-/// `-h` as `--help`, `-V` as `--version`.
+/// `-h` as `--help` and `-V` as `--version`. The argument after an option
+/// is its value and is passed on as it is, whatever it looks like.
 fn normalize(args: impl Iterator<Item = String>) -> Vec<String> {
     let mut out = Vec::new();
+    let mut value_next = false;
     for arg in args {
-        match arg.as_str() {
-            "-h" => out.push("--help".to_string()),
-            "-V" => out.push("--version".to_string()),
-            _ => match arg.split_once('=') {
-                Some((name, value)) if OPTIONS.contains(&name) => {
-                    out.push(name.to_string());
-                    out.push(value.to_string());
-                }
-                _ => out.push(arg),
-            },
+        if std::mem::take(&mut value_next) {
+            out.push(arg);
+            continue;
+        }
+        let arg = match arg.as_str() {
+            "-h" => "--help".to_string(),
+            "-V" => "--version".to_string(),
+            // `-name`: a flag's name (letters, digits and dashes, a letter
+            // first); `-1` or `-` stay as they are.
+            _ if arg.len() > 2
+                && arg.starts_with('-')
+                && arg.as_bytes()[1].is_ascii_alphabetic() =>
+            {
+                format!("-{arg}")
+            }
+            _ => arg,
+        };
+        match arg.split_once('=') {
+            Some((name, value)) if OPTIONS.contains(&name) => {
+                out.push(name.to_string());
+                out.push(value.to_string());
+            }
+            _ => {
+                value_next = OPTIONS.contains(&arg.as_str());
+                out.push(arg);
+            }
         }
     }
     out
@@ -317,6 +339,12 @@ fn no_ipv6(e: &std::io::Error) -> bool {
 /// Parses `--addr`: the Go form `:PORT` means every interface (IPv6 and
 /// IPv4: see `start`).
 fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    // A port alone, as `--addr 8080`: what was meant is most likely `:8080`.
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "invalid --addr {s:?}: a port is written with a colon before it, as --addr :{s} (every interface) or --addr 127.0.0.1:{s}"
+        ));
+    }
     let bad = || format!("invalid --addr {s:?}: expected :PORT, HOST:PORT or [IPv6]:PORT");
     if let Some(port) = s.strip_prefix(':') {
         let port: u16 = port.parse().map_err(|_| bad())?;
@@ -338,6 +366,16 @@ fn listen_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("invalid --addr {s:?}: {e}"))?
         .next()
         .ok_or_else(bad)
+}
+
+/// A count (`--threads`, `--max-connections`): digits only, in words when
+/// not, rather than in the terms of Rust's integer parser.
+fn count(s: &str) -> Result<usize, String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("expected a whole number such as 8".to_string());
+    }
+    s.parse()
+        .map_err(|_| format!("expected a whole number no larger than {}", usize::MAX))
 }
 
 fn positive(flag: &str, n: usize) -> Result<usize, String> {
@@ -477,5 +515,30 @@ mod tests {
         check_normalize(&["--bogus=1"], &["--bogus=1"]);
         check_normalize(&["-h"], &["--help"]);
         check_normalize(&["-V"], &["--version"]);
+    }
+
+    #[test]
+    fn the_go_command_line_single_dash_flags() {
+        // As Go's flag package takes them: -addr :8080, -addr=:8080, --addr.
+        check_normalize(&["-addr", ":8080"], &["--addr", ":8080"]);
+        check_normalize(&["-addr=:8080"], &["--addr", ":8080"]);
+        check_normalize(&["--addr", ":8080"], &["--addr", ":8080"]);
+        check_normalize(
+            &["-down-after", "5", "-evict-after=20", "-log-sweeps"],
+            &["--down-after", "5", "--evict-after", "20", "--log-sweeps"],
+        );
+        check_normalize(&["-token-file", "t"], &["--token-file", "t"]);
+        check_normalize(&["-help"], &["--help"]);
+        check_normalize(&["-version"], &["--version"]);
+        // A value is never read as a flag, whatever it looks like.
+        check_normalize(&["--token-file", "-addr"], &["--token-file", "-addr"]);
+        check_normalize(&["-token-file", "-h"], &["--token-file", "-h"]);
+        check_normalize(&["-threads", "-1"], &["--threads", "-1"]);
+        check_normalize(&["--addr", "--threads=2"], &["--addr", "--threads=2"]);
+        // Not names: left for argh to refuse.
+        check_normalize(&["-1"], &["-1"]);
+        check_normalize(&["-"], &["-"]);
+        check_normalize(&["-x"], &["-x"]);
+        check_normalize(&["-bogus"], &["--bogus"]);
     }
 }

@@ -96,17 +96,23 @@ fn run(api: &Api, stopped: &mpsc::Receiver<()>, every: Millis, log_every_pass: b
         let now = clock::now().mono;
         api.forget_stale_answers(now);
         let due = api.lock().next_due().unwrap_or(Millis::MAX);
-        let wake = due
-            .saturating_add(BATCH)
-            .min(next_full)
-            .min(now + TICK)
-            .max(now + MIN_SLEEP);
+        let wake = wake_at(now, due, next_full);
         if let Err(RecvTimeoutError::Disconnected) =
             stopped.recv_timeout(Duration::from_millis(wake - now))
         {
             return;
         }
     }
+}
+
+/// When the ticker wakes next, at `now`, with the earliest due time of any
+/// app `due` and the next full pass at `next_full`: `BATCH` after `due`,
+/// never later than a `TICK` from now nor sooner than `MIN_SLEEP`.
+fn wake_at(now: Millis, due: Millis, next_full: Millis) -> Millis {
+    due.saturating_add(BATCH)
+        .min(next_full)
+        .min(now.saturating_add(TICK))
+        .max(now.saturating_add(MIN_SLEEP))
 }
 
 /// One pass: over the apps that are due, or (`full`) over every app.
@@ -169,5 +175,35 @@ impl std::fmt::Display for Plural {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = if self.0 == 1 { "" } else { "s" };
         write!(f, "{} {}{s}", self.0, self.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What makes a change caused by time stored and announced within a
+    /// second, whatever `--sweep-every` is: the ticker wakes `BATCH` after
+    /// the earliest due time, and at least once a second.
+    #[test]
+    fn the_ticker_wakes_soon_after_the_earliest_due_time() {
+        let hour = 3_600_000;
+        // Due in 300 ms, a full pass an hour away: awake 100 ms after it.
+        assert_eq!(wake_at(1000, 1300, 1000 + hour), 1400);
+        // Nothing due: once a second all the same.
+        assert_eq!(wake_at(1000, Millis::MAX, 1000 + hour), 2000);
+        // Due long ago (a change waiting): soon, but not in a busy loop.
+        assert_eq!(wake_at(1000, 0, 1000 + hour), 1010);
+        // A full pass sooner than anything due.
+        assert_eq!(wake_at(1000, 1900, 1500), 1500);
+        // Within a second of any due time ahead.
+        for due in [1000, 1001, 1500, 1899, 1900, 1901, 5000] {
+            let wake = wake_at(1000, due, 1000 + hour);
+            assert!(wake > 1000 && wake <= 2000, "due {due}: wake {wake}");
+            assert!(
+                wake <= due + BATCH || wake == 2000,
+                "due {due}: wake {wake}"
+            );
+        }
     }
 }

@@ -405,7 +405,7 @@ pub fn render(s: &Settings, r: &Results, elapsed: Duration) -> String {
             .map(|(o, l)| o.errors + l.errors)
             .sum::<u64>();
     let _ = writeln!(out);
-    let _ = writeln!(out, "| Target (issue 6) | measured | |");
+    let _ = writeln!(out, "| Target | measured | |");
     let _ = writeln!(out, "|---|---|---|");
     let _ = writeln!(
         out,
@@ -543,7 +543,7 @@ fn render_slowloris(out: &mut String, s: &Settings, now: &SlowRun, before: Optio
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "Slowloris (issue 9): {idle} idle keep-alive connections and {slow} slow senders (half a request, then one \
+        "Slowloris: {idle} idle keep-alive connections and {slow} slow senders (half a request, then one \
          more header byte each every 20 ms) held against the server; in each of {} rounds, heartbeats on fresh \
          connections (connect to answer), each sent as a round of trickled bytes begins. Both servers hold their \
          connections at once; rounds alternate, trickling only to the server measured.\n",
@@ -580,7 +580,7 @@ fn render_slowloris(out: &mut String, s: &Settings, now: &SlowRun, before: Optio
         );
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "| Target (issue 9) | measured | |");
+    let _ = writeln!(out, "| Target | measured | |");
     let _ = writeln!(out, "|---|---|---|");
     let _ = writeln!(
         out,
@@ -650,7 +650,7 @@ fn render_watch(out: &mut String, s: &Settings, now: &WatchRun, before: Option<&
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "Watch fan-out (issue 10): {} watchers, each with its own keep-alive connection, driven from one \
+        "Watch fan-out: {} watchers, each with its own keep-alive connection, driven from one \
          load-generator thread (mio), wait on one app (`GET /registro/1.0/apps/{}?index=N&wait=60s`, N from a \
          first GET) while {CONNS} connections renew {} instances of other apps. In the middle of each of {} \
          heartbeat windows of {:.1} s one change is made (a new instance of the watched app), and each watcher's \
@@ -732,7 +732,7 @@ fn render_watch(out: &mut String, s: &Settings, now: &WatchRun, before: Option<&
         }
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "| Target (issue 10) | measured | |");
+    let _ = writeln!(out, "| Target | measured | |");
     let _ = writeln!(out, "|---|---|---|");
     let slowest = now.rounds.iter().map(|x| x.hist.max()).max();
     let fewest = now.rounds.iter().map(|x| x.fanout.arrivals.len()).min();
@@ -788,7 +788,7 @@ fn render_comparison(out: &mut String, s: &Settings, r: &Results, b: &Results) {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "Against the server before issue 9 (`--server {name}`), in the same run, rounds interleaved:\n"
+        "Against the second server (`--server {name}`), in the same run, rounds interleaved:\n"
     );
     let _ = writeln!(
         out,
@@ -883,7 +883,7 @@ fn render_comparison(out: &mut String, s: &Settings, r: &Results, b: &Results) {
         bytes(idle(b) as u64)
     );
     let _ = writeln!(out);
-    let _ = writeln!(out, "| Target (issue 9) | measured | |");
+    let _ = writeln!(out, "| Target | measured | |");
     let _ = writeln!(out, "|---|---|---|");
     for (label, ratio) in verdicts {
         let _ = writeln!(
@@ -916,7 +916,7 @@ fn render_fleet(out: &mut String, o: &FleetOutcome) {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "Fleet (issue 9): {} clients, each with its own keep-alive connection and instance, one load-generator thread; \
+        "Fleet: {} clients, each with its own keep-alive connection and instance, one load-generator thread; \
          {} connected in {:.1} s, then heartbeats for {:.0} s.\n",
         thousands(o.n as f64),
         thousands(o.connected as f64),
@@ -948,7 +948,7 @@ fn render_fleet(out: &mut String, o: &FleetOutcome) {
     let p99 = o.hist.quantile(0.99) as f64;
     let constant = o.threads[0] == o.threads[1] && o.threads[1] == o.threads[2];
     let _ = writeln!(out);
-    let _ = writeln!(out, "| Target (issue 9) | measured | |");
+    let _ = writeln!(out, "| Target | measured | |");
     let _ = writeln!(out, "|---|---|---|");
     let _ = writeln!(
         out,

@@ -235,7 +235,7 @@ impl Server {
         server.store = Some(api.store().spawn(&api, &config)?);
         log.line(format_args!(
             "registro {}: {threads} worker threads, at most {} connections, idle timeout {}, \
-             request timeout {}, down after {}, evict after {}, sweep every {}, store {}; listening on {local_addr}",
+             request timeout {}, down after {}, evict after {}, sweep every {}, store {}; {}; listening on {local_addr}",
             env!("CARGO_PKG_VERSION"),
             config.max_connections,
             secs(config.idle_timeout),
@@ -244,6 +244,7 @@ impl Server {
             secs(config.evict_after),
             secs(config.sweep_every),
             store,
+            config.tokens.describe(),
         ));
         server.logger = Some(logger);
         Ok(server)

@@ -356,6 +356,93 @@ fn post_app_registers_an_instance() {
     assert_instance(&v, "p65535", "10.0.0.1", 65535, "starting");
 }
 
+/// A body that breaks a rule is answered with the rule in words, never in
+/// the terms of the Rust types behind it (`invalid type: string "8080",
+/// expected u64`).
+#[test]
+fn body_errors_state_each_fields_rule_in_words() {
+    let (_s, mut c) = fresh();
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    let port = "port must be a number from 1 to 65535";
+    let id = "id must be a string of 1 to 255 bytes without '/'";
+    let example = r#"{"id": "web-1", "ip": "10.0.0.7", "port": 8080}"#;
+    for (path, body, message) in [
+        (
+            "/apps/web",
+            r#"{"id": "a", "ip": "10.0.0.1", "port": "8080"}"#.to_string(),
+            format!(r#"{port}, not the string "8080""#),
+        ),
+        (
+            "/apps/web",
+            r#"{"id": "a", "ip": "10.0.0.1", "port": 80.5}"#.into(),
+            format!("{port}, not 80.5"),
+        ),
+        (
+            "/apps/web",
+            r#"{"id": "a", "ip": "10.0.0.1", "port": -1}"#.into(),
+            format!("{port}, not -1"),
+        ),
+        (
+            "/apps/web",
+            r#"{"id": "a", "ip": "10.0.0.1", "port": 70000}"#.into(),
+            format!("{port}, not 70000"),
+        ),
+        (
+            "/apps/web",
+            r#"{"id": "a", "ip": "10.0.0.1", "port": null}"#.into(),
+            format!("{port}, not null"),
+        ),
+        (
+            "/apps/web",
+            r#"{"id": "a", "ip": "10.0.0.1"}"#.into(),
+            "port is missing: it must be a number from 1 to 65535".into(),
+        ),
+        (
+            "/apps/web",
+            r#"{"id": 7, "ip": "10.0.0.1", "port": 80}"#.into(),
+            format!("{id}, not 7"),
+        ),
+        (
+            "/apps/web",
+            r#"{"id": "a", "ip": ["10.0.0.1"], "port": 80}"#.into(),
+            "ip must be a string that is not empty (the address the instance is reached at), not a list".into(),
+        ),
+        (
+            "/apps/web",
+            String::new(),
+            format!("the request body is empty; send a JSON object such as {example}"),
+        ),
+        (
+            "/apps/web",
+            r#"["a", "10.0.0.1", 80]"#.into(),
+            format!("the request body must be a JSON object such as {example}, not a list"),
+        ),
+        (
+            "/apps",
+            r#"{"name": 5}"#.into(),
+            "name must be a string of 1 to 255 bytes without '/', not 5".into(),
+        ),
+        (
+            "/apps",
+            r#"{"nom": "web"}"#.into(),
+            "name is missing: it must be a string of 1 to 255 bytes without '/'".into(),
+        ),
+    ] {
+        let r = check(&mut c, "POST", path, &body, 400);
+        assert_eq!(r.error(), message, "POST {path} {body}");
+    }
+    // Not JSON at all: where, and what a body looks like.
+    let r = check(&mut c, "POST", "/apps", "{name: web}", 400);
+    assert!(
+        r.error()
+            .starts_with("the request body is not valid JSON (")
+            && r.error()
+                .ends_with(r#"send a JSON object such as {"name": "web"}"#),
+        "{}",
+        r.error()
+    );
+}
+
 #[test]
 fn get_instance_shows_one_instance() {
     let (_s, mut c) = fresh();

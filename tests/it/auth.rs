@@ -95,6 +95,29 @@ fn assert_401(r: &Reply, what: &str) {
     }
 }
 
+/// A 403 for a read-only token attempting a change: a JSON error that says
+/// the token may only read, and the challenge naming the missing right
+/// (RFC 6750 section 3.1).
+#[track_caller]
+fn assert_403_read_only(r: &Reply, what: &str) {
+    assert_eq!(r.status, 403, "{what}: {r:?}");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"registro\", error=\"insufficient_scope\""),
+        "{what}: {r:?}"
+    );
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("application/json")),
+        "{what}: {r:?}"
+    );
+    assert_eq!(
+        r.error(),
+        "this token may only read; changing the registry needs a token from the --token-file",
+        "{what}"
+    );
+}
+
 /// Authorization headers that must not let a request through.
 fn refused_headers() -> Vec<Option<String>> {
     vec![
@@ -155,11 +178,14 @@ fn every_change_needs_a_token_from_the_token_file() {
                 let r = send(&mut c, method, &path, &body, auth.as_deref());
                 assert_401(&r, &format!("{what} with {auth:?}"));
             }
-            // A read-only token cannot write either, and is told so.
+            // A read-only token cannot write either, and is told so: 403,
+            // a valid credential without the right (RFC 9110 15.5.4). With
+            // no read file, the same string is no token at all: 401.
             let r = send(&mut c, method, &path, &body, Some(&bearer(READER)));
-            assert_401(&r, &format!("{what} with the read token"));
             if read_file.is_some() {
-                assert!(r.error().contains("only read"), "{}", r.error());
+                assert_403_read_only(&r, &format!("{what} with the read token"));
+            } else {
+                assert_401(&r, &format!("{what} with an unknown token"));
             }
             // Nothing refused changed anything: the token's request does
             // what it would have done first.
@@ -526,4 +552,29 @@ fn sighup_without_token_files_changes_nothing() {
         p.child.try_wait().expect("try_wait").is_none(),
         "SIGHUP ended it"
     );
+}
+
+/// The start-up line says which requests need a token, so an operator sees
+/// that writes (and reads) are protected.
+#[test]
+fn the_start_up_line_says_which_requests_need_a_token() {
+    let dir = Dir::new();
+    let write = write_file(&dir);
+    let read = read_file(&dir);
+    let (w, r) = (write.display().to_string(), read.display().to_string());
+    for (args, says) in [
+        (vec![], "no token needed (access is open)"),
+        (
+            vec!["--token-file", w.as_str()],
+            "writes need a token, reads are open",
+        ),
+        (
+            vec!["--token-file", &w, "--read-token-file", &r],
+            "writes and reads need a token",
+        ),
+    ] {
+        let p = Proc::start(&args);
+        let line = p.wait_line("listening on", Duration::from_secs(5));
+        assert!(line.contains(says), "{args:?}: {line:?}");
+    }
 }

@@ -167,6 +167,18 @@ fn bad_flags_print_one_line_and_fail() {
         let args = [&lo[..], args].concat();
         assert_refused(&args);
     }
+    // Said in words, not in the terms of Rust's number parser.
+    for (flag, value) in [
+        ("--threads", "x"),
+        ("--threads", "-1"),
+        ("--max-connections", "1.5"),
+    ] {
+        let line = assert_refused(&["--addr", "127.0.0.1:0", flag, value]);
+        assert!(
+            line.contains(flag) && line.contains("whole number") && !line.contains("digit"),
+            "{flag} {value}: {line:?}"
+        );
+    }
     for addr in ["nonsense", ":99999", ":http", "8080", "127.0.0.1", ""] {
         let line = assert_refused(&["--addr", addr]);
         assert!(line.contains("addr"), "--addr {addr:?}: {line:?}");
@@ -221,6 +233,71 @@ fn go_style_addresses_ipv6_and_integer_periods() {
         let mut c = Conn::open(p.addr);
         check(&mut c, "POST", "/apps", &app_body("web"), 201);
         check(&mut c, "GET", "/apps/web", "", 200);
+    }
+}
+
+/// The command line of the Go original, whose `flag` package takes
+/// `-addr :8080`, `-addr=:8080` and `--addr` alike: scripts, units and
+/// Dockerfiles written for it start this server too. `--help` shows the
+/// long form.
+#[test]
+fn the_go_originals_command_line_is_accepted() {
+    for args in [
+        &["-addr", "127.0.0.1:0"][..],
+        &["-addr=127.0.0.1:0"],
+        &["--addr", "127.0.0.1:0"],
+        &[
+            "-addr",
+            "127.0.0.1:0",
+            "-down-after",
+            "1",
+            "-evict-after=2",
+            "-sweep-every",
+            "1s",
+            "-threads",
+            "1",
+            "-log-sweeps",
+        ],
+    ] {
+        let p = Proc::start_exact(args);
+        assert_eq!(p.addr.ip().to_string(), "127.0.0.1", "{args:?}");
+        let mut c = Conn::open(p.addr);
+        check(&mut c, "GET", "/apps", "", 200);
+    }
+    // The settings were taken, not skipped: the start-up line shows them.
+    let p = Proc::start_exact(&[
+        "-addr",
+        "127.0.0.1:0",
+        "-down-after",
+        "7",
+        "-evict-after=20",
+    ]);
+    let line = p.wait_line("listening on", Duration::from_secs(5));
+    assert!(
+        line.contains("down after 7s") && line.contains("evict after 20s"),
+        "{line:?}"
+    );
+    drop(p);
+    let help = run(&["-help"]);
+    assert_eq!(help.code, Some(0), "{}", help.stderr);
+    assert_eq!(help.stdout, run(&["--help"]).stdout);
+    assert!(help.stdout.contains("  --addr"), "{}", help.stdout);
+    assert_eq!(run(&["-version"]).stdout, run(&["--version"]).stdout);
+    // An unknown flag is still one line, whichever the dashes.
+    let line = assert_refused(&["-addr", "127.0.0.1:0", "-bogus"]);
+    assert!(line.contains("bogus"), "{line:?}");
+}
+
+/// A port alone, as `--addr 8080`, is refused with the spelling that works.
+#[test]
+fn a_port_alone_suggests_the_colon() {
+    for args in [
+        &["--addr", "8080"][..],
+        &["-addr", "8080"],
+        &["--addr=8080"],
+    ] {
+        let line = assert_refused(args);
+        assert!(line.contains("--addr :8080"), "{args:?}: {line:?}");
     }
 }
 

@@ -590,9 +590,11 @@ fn heartbeats_stay_fast_under_2000_idle_and_300_slowloris_connections() {
         trickled >= 50 * SLOW,
         "the slow senders sent only {trickled} bytes"
     );
+    // Held behind the slow senders, a heartbeat would wait for the request
+    // timeout (60 s); 5 s tells the two apart on a loaded machine too.
     for (i, latency) in latencies.iter().enumerate() {
         assert!(
-            *latency < Duration::from_millis(500),
+            *latency < Duration::from_secs(5),
             "heartbeat {i} took {latency:?}"
         );
     }
@@ -611,8 +613,12 @@ fn idle_connections_and_slow_senders_are_cut_off() {
     let server = Proc::start(&["--idle-timeout", "0.5", "--request-timeout", "0.5"]);
     let addr = server.addr;
 
-    // An idle keep-alive connection, after one answered request.
+    // An idle keep-alive connection, after one answered request. The
+    // server's idle time begins between the send and the answer read: the
+    // lower bound counts from before the send, the upper one from after the
+    // answer, so neither depends on how long the answer took to come.
     let mut stream = connect(addr, Duration::from_secs(3));
+    let asked = Instant::now();
     stream.write_all(GET_APPS).expect("send");
     let mut reader = BufReader::new(stream);
     assert_eq!(read_reply(&mut reader).map(|r| r.status), Some(200));
@@ -623,8 +629,9 @@ fn idle_connections_and_slow_senders_are_cut_off() {
     let after = idle_since.elapsed();
     assert!(matches!(closed, Ok(0)), "{closed:?} on an idle connection");
     assert!(
-        after >= Duration::from_millis(400) && after < Duration::from_millis(2500),
-        "an idle connection was closed after {after:?} (idle timeout 0.5 s)"
+        asked.elapsed() >= Duration::from_millis(450) && after < Duration::from_secs(5),
+        "an idle connection was closed {:?} after its request, {after:?} after the answer (idle timeout 0.5 s)",
+        asked.elapsed()
     );
     println!("idle keep-alive connection closed after {after:?}");
 
@@ -633,11 +640,7 @@ fn idle_connections_and_slow_senders_are_cut_off() {
     let t = Instant::now();
     let closed = silent.read(&mut byte);
     assert!(matches!(closed, Ok(0)), "{closed:?} on a silent connection");
-    assert!(
-        t.elapsed() < Duration::from_millis(2500),
-        "{:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 
     // A slowloris sender: one byte every 100 ms (the read timeout paces it,
     // and sees the server hang up).
@@ -670,7 +673,7 @@ fn idle_connections_and_slow_senders_are_cut_off() {
     let how = cut_off.unwrap_or_else(|| panic!("a slow sender was never cut off ({took:?})"));
     println!("slowloris sender cut off after {took:?}: {how}");
     assert!(
-        took >= Duration::from_millis(400) && took < Duration::from_millis(2500),
+        took >= Duration::from_millis(400) && took < Duration::from_secs(5),
         "a slow sender was cut off after {took:?} ({how}; request timeout 0.5 s)"
     );
     assert_serves(addr);
@@ -1012,7 +1015,7 @@ fn a_burst_of_connections_cannot_pass_the_limit() {
         // close of the previous burst has been seen. The probe stays open
         // through the burst, so it holds one of the 50 places itself (a
         // probe closed here could still be counted when the burst arrives).
-        let probe = eventually(Duration::from_secs(3), "the connections to close", || {
+        let probe = eventually(Duration::from_secs(10), "the connections to close", || {
             let probe = connect(addr, Duration::from_millis(300));
             (&probe)
                 .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -1031,8 +1034,10 @@ fn a_burst_of_connections_cannot_pass_the_limit() {
             .collect();
         let mut refused = vec![false; burst.len()];
         let count = |refused: &[bool]| refused.iter().filter(|&&r| r).count();
-        // Polls until the 71 refusals have come, or 3 s have passed.
-        let end = Instant::now() + Duration::from_secs(3);
+        // Polls until the 71 refusals have come, or 10 s have passed (the
+        // count is the server's promise; how soon they come, this
+        // machine's load).
+        let end = Instant::now() + Duration::from_secs(10);
         loop {
             for (stream, refused) in burst.iter().zip(refused.iter_mut()) {
                 if !*refused {
@@ -1097,11 +1102,7 @@ fn sigterm_stops_the_server_as_pid_1() {
     assert_eq!(reply.status, 200);
 
     let signalled = Instant::now();
-    let sent = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success());
+    crate::support::send_signal(pid, "TERM");
     let (code, _) = server.wait_exit(Duration::from_secs(5));
     let took = signalled.elapsed();
     println!("SIGTERM as PID 1: exit code {code:?} after {took:?}");

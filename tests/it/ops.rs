@@ -417,19 +417,51 @@ fn prometheus_scrapes_the_server() {
     ) {
         return;
     }
-    let server = support::start();
+    // Reads need a token, as with --read-token-file: the scrape
+    // configuration of docs/operations.md, `authorization:` and all.
+    let dir = TempDir::new("prometheus");
+    let (writer, reader) = ("w-prometheus-test", "r-prometheus-test");
+    let (write, read) = (dir.0.join("tokens"), dir.0.join("read-tokens"));
+    std::fs::write(&write, format!("{writer}\n")).unwrap();
+    std::fs::write(&read, format!("{reader}\n")).unwrap();
+    let server = support::start_with(|c| {
+        c.tokens = registro::TokenFiles {
+            write: Some(write),
+            read: Some(read.clone()),
+        }
+    });
     let addr = server.local_addr();
     let mut c = Conn::open(addr);
-    assert_eq!(register(&mut c, "web", "w-1", "10.0.0.1", 80).status, 201);
-    assert_eq!(c.put("/apps/web/w-1").status, 204);
+    let mut send = |method: &str, path: &str, body: &str| {
+        c.send_raw(
+            format!(
+                "{method} /registro/1.0{path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {writer}\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+            false,
+        )
+        .status
+    };
+    assert_eq!(send("POST", "/apps", &app_body("web")), 201);
+    let instance = instance_body("w-1", "10.0.0.1", 80);
+    assert_eq!(send("POST", "/apps/web", &instance), 201);
+    assert_eq!(send("PUT", "/apps/web/w-1", ""), 204);
+    assert_eq!(
+        get(addr, "/metrics").status,
+        401,
+        "/metrics without a token"
+    );
 
-    let dir = TempDir::new("prometheus");
     let config = dir.0.join("prometheus.yml");
     std::fs::write(
         &config,
         format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: registro\n    static_configs:\n      - targets: ['{addr}']\n"
+             scrape_configs:\n  - job_name: registro\n    authorization:\n      type: Bearer\n      \
+             credentials_file: {}\n    static_configs:\n      - targets: ['{addr}']\n",
+            read.display()
         ),
     )
     .unwrap();
@@ -541,13 +573,8 @@ fn sigterm_exits_promptly_when_stderr_is_stalled() {
     }
     sender.join().unwrap();
 
-    let pid = server.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
     let asked = Instant::now();
+    support::send_signal(server.0.id(), "TERM");
     let status = loop {
         if let Some(status) = server.0.try_wait().unwrap() {
             break Some(status);

@@ -206,14 +206,9 @@ impl Proc {
         })
     }
 
-    /// Sends a signal with the `kill` command.
+    /// Sends a signal (`"TERM"`, `"INT"`, `"HUP"`) to the process.
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill runs")
-            .success();
-        assert!(ok, "kill -{sig} failed");
+        send_signal(self.child.id(), sig);
     }
 
     /// Waits for the process to exit, up to `deadline`; returns its exit
@@ -399,4 +394,17 @@ pub fn held_open(stream: &TcpStream) -> bool {
     let open = matches!((&*stream).read(&mut byte), Err(e) if e.kind() == ErrorKind::WouldBlock);
     stream.set_nonblocking(false).expect("blocking");
     open
+}
+
+/// Sends a signal (`"TERM"`, `"INT"`, `"HUP"`) to `pid` with one system call,
+/// so that a time taken just before counts the server's work, not the start
+/// of a `kill` program on a loaded machine.
+pub fn send_signal(pid: u32, sig: &str) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let signal: Signal = format!("SIG{sig}")
+        .parse()
+        .unwrap_or_else(|e| panic!("no signal {sig}: {e}"));
+    let pid = i32::try_from(pid).unwrap_or_else(|e| panic!("pid {pid}: {e}"));
+    kill(Pid::from_raw(pid), signal).unwrap_or_else(|e| panic!("kill -{sig} {pid}: {e}"));
 }

@@ -14,8 +14,12 @@ use serde_json::Value;
 use crate::api::{app_body, check, register};
 use crate::support::{eventually, raise_nofile, read_reply, start_with, Conn, Proc, Reply};
 
-/// How long a woken watch may take to answer.
-const PROMPT: Duration = Duration::from_secs(2);
+/// How long a woken watch may take to answer: well under the waits of the
+/// watches here (30 s, 60 s), so an answer within it came from the change
+/// (its index and view say which), not from the wait's end. How much sooner
+/// depends on this machine's load; that the ticker wakes within a second
+/// of a due time is `sweeper::tests`' to show.
+const PROMPT: Duration = Duration::from_secs(10);
 
 /// A watch in flight on a connection of its own.
 struct Watch {
@@ -131,9 +135,12 @@ fn a_watch_is_woken_by_each_kind_of_change() {
         },
     ];
     for case in cases {
+        // Only the case of time needs a short --down-after: elsewhere `a`
+        // must not go down by itself while a loaded machine sets up.
+        let by_time = case.name == "up to down by time";
         let server = start_with(|c| {
-            c.down_after = Duration::from_millis(500);
-            c.evict_after = Duration::from_secs(60);
+            c.down_after = Duration::from_millis(if by_time { 500 } else { 60_000 });
+            c.evict_after = Duration::from_secs(120);
             c.sweep_every = Duration::from_secs(3600);
         });
         let addr = server.local_addr();
@@ -150,8 +157,6 @@ fn a_watch_is_woken_by_each_kind_of_change() {
         for (w, path) in [(watch, "/apps/web"), (list, "/apps")] {
             let (reply, _) = w.answer();
             let late = changed.elapsed();
-            // Time-based: within 1 s of becoming true (500 ms after the
-            // heartbeat), with some slack for a loaded machine.
             assert!(
                 late < PROMPT,
                 "{}: {path} answered {late:?} after the change",
@@ -177,24 +182,27 @@ fn a_watch_is_woken_by_each_kind_of_change() {
 
 #[test]
 fn a_watch_is_woken_by_removals_by_time() {
+    // The app goes an eviction period after its instance: 2 s for this
+    // test to watch it in between, on a loaded machine too.
     let server = start_with(|c| {
         c.down_after = Duration::from_millis(200);
-        c.evict_after = Duration::from_millis(1000);
+        c.evict_after = Duration::from_millis(2000);
         c.sweep_every = Duration::from_secs(3600);
     });
     let addr = server.local_addr();
     let mut c = Conn::open(addr);
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     with_a_up(&mut c);
-    eventually(Duration::from_secs(5), "a down", || {
-        let v = check(&mut c, "GET", "/apps/web", "", 200).json();
-        (status_in(&v, "a").as_deref() == Some("down")).then_some(())
+    // The index of the view where `a` reads down: a watch on it answers at
+    // the removal, or at once if the removal came meanwhile.
+    let before = eventually(Duration::from_secs(5), "a down", || {
+        let r = check(&mut c, "GET", "/apps/web", "", 200);
+        (status_in(&r.json(), "a").as_deref() == Some("down")).then(|| index(&r))
     });
     // The instance's removal.
-    let before = index_of(&mut c, "/apps/web");
     let (reply, took) = Watch::start(addr, &format!("/apps/web?index={before}&wait=30s")).answer();
     assert_eq!(reply.status, 200);
-    assert!(took < Duration::from_millis(1000) + PROMPT, "{took:?}");
+    assert!(took < Duration::from_millis(2000) + PROMPT, "{took:?}");
     assert_eq!(status_in(&reply.json(), "a"), None, "{}", reply.body);
     // The empty app's removal: the app watch answers 404, the list without it.
     let now = index(&reply);
@@ -204,7 +212,7 @@ fn a_watch_is_woken_by_removals_by_time() {
     );
     let (reply, took) = Watch::start(addr, &format!("/apps/web?index={now}&wait=30s")).answer();
     assert_eq!(reply.status, 404, "{}", reply.body);
-    assert!(took < Duration::from_millis(1000) + PROMPT, "{took:?}");
+    assert!(took < Duration::from_millis(2000) + PROMPT, "{took:?}");
     let (reply, _) = list.answer();
     assert_eq!(
         reply.json()["applications"],

@@ -64,7 +64,14 @@ fn a_token_protected_server_works_with_the_token_only() -> Result<(), Error> {
     assert_unauthorized(nobody.apps());
     assert_unauthorized(wrong.app("web"));
     // Changes need the write token.
-    assert_unauthorized(reader.register_service("web-2", "web", "10.0.0.8", 8080));
+    // A read-only token is valid but may not change anything: 403.
+    match reader.register_service("web-2", "web", "10.0.0.8", 8080) {
+        Err(Error::Status {
+            code: 403,
+            message: Some(m),
+        }) if m.contains("may only read") => {}
+        other => panic!("expected a 403 saying the token may only read, got {other:?}"),
+    }
     assert_unauthorized(nobody.delete_instance(&app, &inst));
     // The cache and the heartbeat send it too.
     let cache = reader.cache(&["web"]);
