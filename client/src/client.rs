@@ -638,6 +638,12 @@ impl Client {
                 .map_err(|e| Error::from_ureq(e, timeout))?;
             return Ok(Reply { body, index });
         }
+        let read_only = code == 403
+            && response
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("insufficient_scope"));
         let message = response
             .body_mut()
             .with_config()
@@ -647,6 +653,9 @@ impl Client {
             .and_then(|body| error_message(&body));
         if code == 401 {
             return Err(Error::Unauthorized { message });
+        }
+        if read_only {
+            return Err(Error::Forbidden { message });
         }
         Err(Error::Status { code, message })
     }

@@ -40,6 +40,15 @@ pub enum Error {
         /// The server's explanation, from a `{"error": "..."}` body.
         message: Option<String>,
     },
+    /// The registry answered 403 to a token that it knows but that may only
+    /// read (`WWW-Authenticate: Bearer error="insufficient_scope"`): changing
+    /// the registry needs a token from its `--token-file`. Not to be taken
+    /// for the 403 of an instance out of service, which is an
+    /// [`Error::Status`].
+    Forbidden {
+        /// The server's explanation, from a `{"error": "..."}` body.
+        message: Option<String>,
+    },
     /// The registry answered with the expected status, but the body is not the
     /// JSON the operation expects.
     InvalidResponse(InvalidResponse),
@@ -64,6 +73,7 @@ impl Error {
         match self {
             Error::Status { code, .. } => Some(*code),
             Error::Unauthorized { .. } => Some(401),
+            Error::Forbidden { .. } => Some(403),
             _ => None,
         }
     }
@@ -152,6 +162,8 @@ impl fmt::Display for Error {
             } => write!(f, "http status: {code}"),
             Error::Unauthorized { message: Some(m) } => write!(f, "unauthorized: {m}"),
             Error::Unauthorized { message: None } => write!(f, "unauthorized"),
+            Error::Forbidden { message: Some(m) } => write!(f, "forbidden: {m}"),
+            Error::Forbidden { message: None } => write!(f, "forbidden: the token may only read"),
             Error::InvalidResponse(e) => write!(f, "invalid response from registry: {e}"),
             Error::Spawn(e) => write!(f, "cannot start a background thread: {e}"),
             Error::Signals(e) => write!(f, "cannot handle SIGTERM and SIGINT: {e}"),
@@ -171,6 +183,7 @@ impl std::error::Error for Error {
             | Error::Url(_)
             | Error::Status { .. }
             | Error::Unauthorized { .. }
+            | Error::Forbidden { .. }
             | Error::Panicked(_)
             | Error::Incomplete(_) => None,
         }

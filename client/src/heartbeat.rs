@@ -44,8 +44,9 @@ const MAX_FIRST_BACKOFF: Duration = Duration::from_secs(1);
 ///   [`Heartbeat::is_running`] turns false, and [`Heartbeat::stop`] sends
 ///   no deregistration (the instance is out already). Register again (a new
 ///   `register_service` and heartbeat) to come back.
-/// - **401** ([`Error::Unauthorized`]): tried again after a full interval,
-///   not sooner.
+/// - **401** ([`Error::Unauthorized`]), or **403** for a token that may only
+///   read ([`Error::Forbidden`]): tried again after a full interval, not
+///   sooner.
 /// - A client of several servers ([`ClientBuilder::url`](crate::ClientBuilder::url))
 ///   moves to the next after a connection error, a timeout or a 503 within
 ///   the same beat, so the beat succeeds and the period is kept.
@@ -281,7 +282,7 @@ impl From<Result<(), Error>> for Outcome {
     fn from(result: Result<(), Error>) -> Outcome {
         match result {
             Ok(()) => Outcome::Renewed,
-            Err(e) if e.status() == Some(403) => Outcome::Refused(e),
+            Err(e @ Error::Status { code: 403, .. }) => Outcome::Refused(e),
             Err(e) => Outcome::Failed(e),
         }
     }
@@ -370,7 +371,7 @@ impl Schedule {
     /// the next failure, never above the interval; after a 401 the whole
     /// interval (a refused token is not fixed by asking again soon).
     fn after_failure(&mut self, error: &Error) -> Duration {
-        if matches!(error, Error::Unauthorized { .. }) {
+        if matches!(error, Error::Unauthorized { .. } | Error::Forbidden { .. }) {
             return self.interval.saturating_add(self.jitter());
         }
         let wait = self.backoff;

@@ -66,10 +66,7 @@ fn a_token_protected_server_works_with_the_token_only() -> Result<(), Error> {
     // Changes need the write token.
     // A read-only token is valid but may not change anything: 403.
     match reader.register_service("web-2", "web", "10.0.0.8", 8080) {
-        Err(Error::Status {
-            code: 403,
-            message: Some(m),
-        }) if m.contains("may only read") => {}
+        Err(Error::Forbidden { message: Some(m) }) if m.contains("may only read") => {}
         other => panic!("expected a 403 saying the token may only read, got {other:?}"),
     }
     assert_unauthorized(nobody.delete_instance(&app, &inst));
@@ -89,6 +86,22 @@ fn a_token_protected_server_works_with_the_token_only() -> Result<(), Error> {
     );
     assert!(refused.is_running(), "a 401 does not end the heartbeat");
     assert_unauthorized(refused.stop());
+    // A read-only token's 403 is not an operator's: the heartbeat goes on.
+    let read_only = reader.start_heartbeat_every(
+        &app,
+        &Instance::new("web-1", "10.0.0.7", 8080),
+        Duration::from_secs(30),
+    );
+    assert!(
+        matches!(read_only.last_error(), Some(Error::Forbidden { .. })),
+        "{:?}",
+        read_only.last_error()
+    );
+    assert!(
+        read_only.is_running(),
+        "a read-only token does not end the heartbeat"
+    );
+    assert_eq!(read_only.stop().map_err(|e| e.status()), Err(Some(403)));
     hb.stop()?;
     assert_eq!(
         reader.instance("web", "web-1")?.status,
