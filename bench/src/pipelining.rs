@@ -9,7 +9,7 @@
 
 use crate::hist::Histogram;
 use crate::load::{self, Fleet, Load, Outcome};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -121,16 +121,17 @@ impl Pipelining {
             answered,
             threads,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Under way: each has had answers, or 5 s have passed (a server
+        // that lets some connections hold every worker never answers the
+        // others).
+        let deadline = Instant::now() + Duration::from_secs(5);
         for got in started {
             let (lock, cv) = &*got;
             let mut n = lock.lock().unwrap_or_else(PoisonError::into_inner);
             while *n == 0 {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    drop(n);
-                    pipes.stop();
-                    return Err("pipelining: no answer in 30 s".to_string());
+                    break;
                 }
                 n = cv
                     .wait_timeout(n, left)
@@ -182,13 +183,20 @@ fn write(mut stream: TcpStream, batch: &[u8], got: &(Mutex<u64>, Condvar), stop:
 /// writer's end of file) or the connection fails.
 fn read(mut stream: TcpStream, got: &(Mutex<u64>, Condvar), total: &AtomicU64, stop: &AtomicBool) {
     const STATUS: &[u8] = b"HTTP/1.1 ";
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
     let mut buf = vec![0u8; 1 << 16];
     let mut carry = 0usize; // bytes of a status line split across reads
     loop {
         let n = match stream.read(&mut buf[carry..]) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(n) => n + carry,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                continue;
+            }
+            Err(_) => break,
         };
         let mut found = 0u64;
         let mut at = 0;
@@ -223,9 +231,9 @@ pub fn merged(rounds: &[Round], with: bool) -> Histogram {
     h
 }
 
-/// The scenario against `s.server`: `s.runs` rounds of `s.secs` per
-/// measurement (`--quick`: a tenth of the keep-alive clients). Returns the
-/// report's lines.
+/// The scenario against `s.server`, and against `--server` too when given:
+/// `s.runs` rounds of `s.secs` per measurement (`--quick`: a tenth of the
+/// keep-alive clients). Returns the report's lines.
 pub fn scenario(
     s: &crate::Settings,
     r: &mut crate::Results,
@@ -239,7 +247,34 @@ pub fn scenario(
             "pipelining: needs {needed} open files; the limit is {fds}"
         ));
     }
-    let server = crate::start_registry(s, r, "registro-pipelining", &[])?;
+    let mut out = format!(
+        "\n## Pipelining (issue 19)\n\n\
+         {PIPELINERS} connections each keeping {IN_FLIGHT} pipelined GET /healthz in flight, beside \
+         fresh-connection heartbeats and {keep_alive} keep-alive clients; {} rounds of {:?} per \
+         measurement, each round measuring the heartbeats without and then with the pipelining \
+         connections.\n\n",
+        s.runs, s.secs,
+    );
+    let mut bins = vec![(s.server.clone(), "now")];
+    if let Some(reference) = &s.reference {
+        bins.push((reference.clone(), "before"));
+    }
+    for (bin, tag) in bins {
+        out += &one(s, r, &bin, tag, keep_alive, began)?;
+    }
+    Ok(out)
+}
+
+fn one(
+    s: &crate::Settings,
+    r: &mut crate::Results,
+    bin: &std::path::Path,
+    tag: &str,
+    keep_alive: usize,
+    began: Instant,
+) -> Result<String, String> {
+    let name = format!("registro-pipelining-{tag}");
+    let server = crate::start_binary(bin, r, &name, &[])?;
     crate::fill(&server, Fleet::new(INSTANCES), r, true, began)?;
     let mut rounds = Vec::new();
     for i in 0..s.runs {
@@ -247,7 +282,7 @@ pub fn scenario(
         crate::progress(
             began,
             format_args!(
-                "round {}: pipelining: keep-alive heartbeats {:.0}/s alone, {:.0}/s beside \
+                "round {}: pipelining ({tag}): keep-alive heartbeats {:.0}/s alone, {:.0}/s beside \
                  {PIPELINERS} pipelining connections ({:.2}x); fresh heartbeats p99 {} alone, {} \
                  beside (p50 {}, max {}, {} errors); {:.0} pipelined requests/s",
                 i + 1,
@@ -264,27 +299,30 @@ pub fn scenario(
         );
         rounds.push(o);
     }
-    crate::stop(server, r, "registro-pipelining");
+    crate::stop(server, r, &name);
     let beside = merged(&rounds, true);
     let alone = merged(&rounds, false);
     let mut ratios: Vec<f64> = rounds.iter().map(Round::keep_alive_ratio).collect();
     ratios.sort_by(f64::total_cmp);
     let median = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
     let p99 = beside.quantile(0.99);
+    let errors: u64 = rounds
+        .iter()
+        .map(|o| o.with_fresh.errors + o.with_keep_alive.errors)
+        .sum();
     Ok(format!(
-        "\n## Pipelining (issue 19)\n\n\
-         {PIPELINERS} connections each keeping {IN_FLIGHT} pipelined GET /healthz in flight, beside \
-         fresh-connection heartbeats and {keep_alive} keep-alive clients; {} rounds of {:?} per \
-         measurement.\n\n\
-         - fresh-connection heartbeats beside them: p50 {}, p99 {} (target < 20 ms: {}), max {}; \
-         alone: p99 {}\n\
-         - keep-alive heartbeats beside them over alone, per round: {} (median {median:.2}x; \
-         target >= 0.5x: {})\n",
-        s.runs,
-        s.secs,
+        "- {tag}: fresh-connection heartbeats beside them: {} answered, p50 {}, p99 {} \
+         (target < 20 ms: {}), max {}, {errors} errors or timeouts; alone: p99 {}. Keep-alive \
+         heartbeats beside them over alone, per round: {} (median {median:.2}x; target >= 0.5x: \
+         {})\n",
+        beside.count(),
         crate::report::ms(beside.quantile(0.5)),
         crate::report::ms(p99),
-        if p99 < 20_000 { "met" } else { "missed" },
+        if p99 < 20_000 && errors == 0 {
+            "met"
+        } else {
+            "missed"
+        },
         crate::report::ms(beside.max()),
         crate::report::ms(alone.quantile(0.99)),
         ratios

@@ -218,7 +218,13 @@ impl Proc {
         let status = eventually(deadline, "registro to exit", || {
             self.child.try_wait().expect("try_wait")
         });
-        (status.code(), started.elapsed())
+        let took = started.elapsed();
+        // Its last lines may still be in the pipe: read them all (the pipe
+        // ends with the process), so `lines` misses none.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        (status.code(), took)
     }
 
     /// Resident memory in KiB, from /proc.
