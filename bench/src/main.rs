@@ -12,12 +12,13 @@
 //! Usage: `registro-bench [--quick] [--server PATH] [--registro PATH] [--runs N]
 //! [--secs S] [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N]
 //! [--fleet-secs S] [--fleet-interval S] [--watchers N]
-//! [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet]`;
+//! [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,dashboard]`;
 //! `REGISTRO_BENCH_QUICK=1` is the same as `--quick`.
 
 #![forbid(unsafe_code)]
 
 mod baseline;
+mod dashboard;
 mod fleet;
 mod hist;
 mod http;
@@ -274,7 +275,7 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
                      [--registro PATH (the server under test)] [--runs N] [--secs S] \
                      [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N] [--fleet-secs S] \
                      [--fleet-interval S] [--watchers N] \
-                     [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet]"
+                     [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,dashboard]"
                         .to_string(),
                 )
             }
@@ -368,8 +369,13 @@ fn run(s: &Settings) -> Result<(), String> {
     if s.wants("fleet") {
         scenario_fleet(s, &mut r, began)?;
     }
+    let dashboard = if s.wants("dashboard") {
+        dashboard::scenario(s, began)?
+    } else {
+        String::new()
+    };
     let elapsed = began.elapsed();
-    print!("{}", report::render(s, &r, elapsed));
+    print!("{}{dashboard}", report::render(s, &r, elapsed));
     if r.bad_exits.is_empty() {
         Ok(())
     } else {
