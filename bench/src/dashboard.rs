@@ -20,7 +20,7 @@
 //! skipped.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -450,7 +450,10 @@ impl Browser {
             body.len()
         );
         let exchange = || -> io::Result<(u16, Vec<u8>)> {
-            let mut conn = Conn::connect(addr)?;
+            // A page that is busy answers a script late: longer than LIMIT.
+            let stream = TcpStream::connect(addr)?;
+            stream.set_read_timeout(Some(LIMIT * 3))?;
+            let mut conn = Conn::new(stream);
             conn.send(request.as_bytes())?;
             let mut out = Vec::new();
             let r = conn.read_response(Some(&mut out))?;
@@ -484,23 +487,41 @@ impl Browser {
         Ok(reply["value"].clone())
     }
 
-    /// The proportional set size of every process of this browser (those
-    /// whose command line names its profile), in bytes.
+    /// The proportional set size of every process of this browser (the
+    /// descendants of its chromedriver), in bytes.
     fn pss(&self) -> Option<u64> {
-        let needle = format!("--user-data-dir={}", self.profile.display());
-        let mut total = 0;
+        let mut parents = Vec::new();
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let dir = entry.path();
-            let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
-            if !cmdline
-                .split(|b| *b == 0)
-                .any(|arg| arg == needle.as_bytes())
-            {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
                 continue;
+            };
+            // `pid (comm) state ppid ...`; comm may hold spaces.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parents.push((pid, ppid));
             }
-            let Ok(rollup) = std::fs::read_to_string(dir.join("smaps_rollup")) else {
+        }
+        let mut family = vec![self.driver.id()];
+        let mut k = 0;
+        while k < family.len() {
+            let parent = family[k];
+            family.extend(
+                parents
+                    .iter()
+                    .filter(|(_, p)| *p == parent)
+                    .map(|(c, _)| *c),
+            );
+            k += 1;
+        }
+        let mut total = 0;
+        for pid in &family[1..] {
+            let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
                 continue;
             };
             total += rollup

@@ -887,13 +887,20 @@ fn screenshot(browser: &Browser, c: &mut Conn, path: &str) {
         "const f = document.getElementById('filter'); f.value = ''; \
          f.dispatchEvent(new Event('input'));",
     );
-    for (app, id, ip) in [
-        ("checkout", "checkout-a", "10.0.1.4"),
-        ("checkout", "checkout-b", "10.0.1.5"),
-        ("search", "search-1", "10.0.2.9"),
-        ("search", "search-2", "10.0.2.10"),
+    for (app, id, ip, zone) in [
+        ("checkout", "checkout-a", "10.0.1.4", "eu-1"),
+        ("checkout", "checkout-b", "10.0.1.5", "eu-2"),
+        ("search", "search-1", "10.0.2.9", "us-1"),
+        ("search", "search-2", "10.0.2.10", "us-1"),
     ] {
-        assert_eq!(register(c, app, id, ip, 8443).status, 201);
+        let created = c.post("/apps", &app_body(app)).status;
+        assert!(created == 201 || created == 409, "{created}");
+        let body = serde_json::json!({"id": id, "ip": ip, "port": 8443,
+                                      "metadata": {"zone": zone, "version": "1.4.2"}});
+        assert_eq!(
+            c.post(&format!("/apps/{app}"), &body.to_string()).status,
+            201
+        );
     }
     assert_eq!(c.put("/apps/checkout/checkout-a").status, 204);
     assert_eq!(c.put("/apps/checkout/checkout-b").status, 204);
@@ -988,11 +995,11 @@ fn dashboard_updates_only_the_rows_a_change_touched_in_chromium() {
          window.__observer.observe(document.querySelector('main'), \
            { subtree: true, childList: true, characterData: true, attributes: true });";
     let untouched_except = |app: &str, id: &str| {
-        let check = browser.run(&format!(
+        let check = browser.run(
             "const rows = [...document.querySelectorAll('tr[data-instance]')]; \
-             return {{ unmarked: rows.filter(tr => !tr.__mark || [...tr.children].some(td => !td.__mark)).length, \
-                      rows: rows.length, touched: [...window.__touched].filter(t => t !== 'outside rows').sort() }};",
-        ));
+             return { unmarked: rows.filter(tr => !tr.__mark || [...tr.children].some(td => !td.__mark)).length, \
+                      rows: rows.length, touched: [...window.__touched].filter(t => t !== 'outside rows').sort() };",
+        );
         assert_eq!(check["unmarked"], 0, "rows were rebuilt: {check}");
         assert_eq!(
             check["touched"],
@@ -1085,4 +1092,58 @@ fn dashboard_updates_only_the_rows_a_change_touched_in_chromium() {
         .map(|(k, _)| k)
         .collect();
     assert!(not_found.is_empty(), "404s answered: {not_found:?}");
+}
+
+/// Under `--read-token-file` the page asks for a token on its first 401,
+/// then shows the registry and follows it live with that token (on the
+/// summary's watch and each app's read alike).
+#[test]
+fn dashboard_asks_for_a_read_token_in_chromium() {
+    if !installed(
+        "dashboard_asks_for_a_read_token_in_chromium",
+        &["chromium", "chromedriver"],
+        "chromium chromium-driver",
+    ) {
+        return;
+    }
+    let dir = crate::auth::Dir::new();
+    let read = dir.file("read", "reader-token\n");
+    let server = support::start_with(|c| {
+        c.tokens = registro::TokenFiles {
+            write: None,
+            read: Some(read),
+        }
+    });
+    let addr = server.local_addr();
+    let mut c = Conn::open(addr);
+    assert_eq!(register(&mut c, "web", "web-1", "10.0.0.7", 80).status, 201);
+    let browser = Browser::start();
+    browser.open(&format!("http://{addr}/"));
+    eventually(Duration::from_secs(10), "the token prompt", || {
+        let shown = browser.run(
+            "return document.getElementById('auth').classList.contains('shown') && \
+                    document.getElementById('live').textContent;",
+        );
+        (shown == "a token is needed").then_some(())
+    });
+    assert_eq!(
+        browser.status("web", "web-1"),
+        None,
+        "shown without a token"
+    );
+    browser.run(
+        "document.getElementById('token').value = 'reader-token'; \
+         document.getElementById('auth').requestSubmit();",
+    );
+    eventually(
+        Duration::from_secs(10),
+        "web-1 shown with the token",
+        || (browser.status("web", "web-1")? == "starting").then_some(()),
+    );
+    assert_eq!(c.put("/apps/web/web-1").status, 204);
+    eventually(Duration::from_secs(10), "web-1 shown up", || {
+        (browser.status("web", "web-1")? == "up").then_some(())
+    });
+    let live = browser.run("return document.getElementById('live').textContent;");
+    assert_eq!(live, "live (watching changes)");
 }
