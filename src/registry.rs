@@ -1398,7 +1398,26 @@ mod tests {
             let args: Vec<&str> = words.collect();
             let got = run(&mut reg, T0 + offset, cmd, &args);
             assert_eq!(got, want.trim(), "step `{line}`");
+            counts_agree(&reg, line);
         }
+    }
+
+    /// Each app's counters are its slots' stored statuses, and add up to
+    /// the registry's.
+    #[track_caller]
+    fn counts_agree(reg: &Registry, step: &str) {
+        let mut sum = [0; 4];
+        for app in reg.apps.values() {
+            let mut own = [0; 4];
+            for slot in &app.slots {
+                own[slot.status.ix()] += 1;
+            }
+            assert_eq!(app.counts, own, "{}'s counts after `{step}`", app.name);
+            for (s, n) in sum.iter_mut().zip(own) {
+                *s += n;
+            }
+        }
+        assert_eq!(reg.book.counts, sum, "the registry's counts after `{step}`");
     }
 
     /// [`check`] after [`SETUP`].

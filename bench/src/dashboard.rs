@@ -2,7 +2,7 @@
 //! driven over WebDriver (chromedriver), at 1,000, 20,000 and 100,000
 //! instances (20 apps, each instance `starting` with metadata `zone`).
 //!
-//! Per size and server, in a fresh browser, three runs of:
+//! Per size and server, three runs, each in a fresh browser, of:
 //! - *shown*: from the navigation until the page shows every app and the
 //!   total (the status badges of the header add up to the fleet);
 //! - *rows*: from the navigation until the first instance's row is shown;
@@ -187,9 +187,10 @@ fn measure(
                 took.as_secs_f64()
             ),
         );
-        let browser = Browser::start(chromium, driver)?;
         let mut runs = Vec::new();
         for k in 0..RUNS {
+            // A fresh browser each run: its memory is this page's alone.
+            let browser = Browser::start(chromium, driver)?;
             let run = one_run(&browser, addr, n)?;
             crate::progress(
                 began,
@@ -288,9 +289,12 @@ fn fill(addr: SocketAddr, n: usize) -> Result<Duration, String> {
 /// until it is, for at most LIMIT from `from`; the time from `from`.
 fn until(browser: &Browser, from: Instant, script: &str) -> Result<Option<Duration>, String> {
     loop {
-        let value = browser.run(script)?;
-        if !(value.is_null() || value == false) {
-            return Ok(Some(from.elapsed()));
+        // A page busy for longer than the script timeout is still busy.
+        match browser.run(script) {
+            Ok(value) if !(value.is_null() || value == false) => return Ok(Some(from.elapsed())),
+            Ok(_) => {}
+            Err(e) if e.contains("script timeout") => {}
+            Err(e) => return Err(e),
         }
         if from.elapsed() > LIMIT {
             return Ok(None);
@@ -430,6 +434,7 @@ impl Browser {
         ];
         let new = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            "timeouts": {"script": LIMIT.as_millis() as u64, "pageLoad": (LIMIT * 2).as_millis() as u64},
             "goog:chromeOptions": {"args": args, "binary": chromium.display().to_string()},
         }}});
         let reply = browser.call("POST", "/session", Some(new))?;
