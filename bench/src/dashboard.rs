@@ -492,11 +492,13 @@ impl Browser {
         Ok(reply["value"].clone())
     }
 
-    /// The proportional set size of every process of this browser (the
-    /// descendants of its chromedriver), in bytes.
-    fn pss(&self) -> Option<u64> {
+    /// The processes of this browser: the descendants of its chromedriver.
+    fn processes(&self) -> Vec<u32> {
         let mut parents = Vec::new();
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        for entry in entries.flatten() {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
@@ -524,8 +526,14 @@ impl Browser {
             );
             k += 1;
         }
+        family.remove(0);
+        family
+    }
+
+    /// The proportional set size of every process of this browser, in bytes.
+    fn pss(&self) -> Option<u64> {
         let mut total = 0;
-        for pid in &family[1..] {
+        for pid in self.processes() {
             let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
                 continue;
             };
@@ -544,6 +552,13 @@ impl Drop for Browser {
     fn drop(&mut self) {
         if !self.session.is_empty() {
             let _ = self.call("DELETE", &format!("/session/{}", self.session), None);
+        }
+        // A browser too busy to close in time would outlive its chromedriver:
+        // what is still below the (live) chromedriver is ours to end.
+        for pid in self.processes() {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
