@@ -195,7 +195,13 @@ fn measure(
         for k in 0..RUNS {
             // A fresh browser each run: its memory is this page's alone.
             let browser = Browser::start(chromium, driver)?;
-            let run = one_run(&browser, addr, n)?;
+            let mut run = Run::default();
+            if let Err(e) = one_run(&browser, addr, n, &mut run) {
+                crate::progress(
+                    began,
+                    format_args!("dashboard: {n}, run {} ended: {e}", k + 1),
+                );
+            }
             crate::progress(
                 began,
                 format_args!("dashboard: {n}, run {}: {run:?}", k + 1),
@@ -339,8 +345,9 @@ fn change(browser: &Browser, addr: SocketAddr, i: usize) -> Result<Option<Durati
     Ok(took)
 }
 
-fn one_run(browser: &Browser, addr: SocketAddr, n: usize) -> Result<Run, String> {
-    let mut run = Run::default();
+/// One run into `run`; an error (such as a page too busy to answer
+/// WebDriver at all) ends it with what was measured so far.
+fn one_run(browser: &Browser, addr: SocketAddr, n: usize, run: &mut Run) -> Result<(), String> {
     browser.open("about:blank")?;
     let from = Instant::now();
     browser.open(&format!("http://{addr}/"))?;
@@ -355,7 +362,7 @@ fn one_run(browser: &Browser, addr: SocketAddr, n: usize) -> Result<Run, String>
         ),
     )?;
     if run.shown.is_none() {
-        return Ok(run);
+        return Ok(());
     }
     run.rows = until(browser, from, &shows(0, "starting"))?;
     if run.rows.is_some() {
@@ -372,7 +379,7 @@ fn one_run(browser: &Browser, addr: SocketAddr, n: usize) -> Result<Run, String>
         .run("return performance.memory ? performance.memory.usedJSHeapSize : null;")?
         .as_u64();
     run.pss = browser.pss();
-    Ok(run)
+    Ok(())
 }
 
 fn which(program: &str) -> Option<PathBuf> {
@@ -461,7 +468,7 @@ impl Browser {
         let exchange = || -> io::Result<(u16, Vec<u8>)> {
             // A page that is busy answers a script late: longer than LIMIT.
             let stream = TcpStream::connect(addr)?;
-            stream.set_read_timeout(Some(LIMIT * 3))?;
+            stream.set_read_timeout(Some(LIMIT + Duration::from_secs(15)))?;
             let mut conn = Conn::new(stream);
             conn.send(request.as_bytes())?;
             let mut out = Vec::new();
