@@ -221,7 +221,7 @@ fn operator_routes() {
         "<title>Registro</title>",
     );
     check_route(addr, "HEAD", "/", 200, html, "");
-    for path in ["/", "/healthz", "/metrics"] {
+    for path in ["/", "/healthz", "/metrics", "/favicon.ico"] {
         for method in ["POST", "PUT", "DELETE", "PATCH"] {
             check_route(addr, method, path, 405, json, "not allowed");
         }
