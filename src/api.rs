@@ -245,6 +245,9 @@ impl Api {
                 .as_slice(),
             method,
         ) {
+            (["apps"], _) if get && wants_summary(target)? => {
+                self.summary(&parse_query(target)?, now, answer_now)
+            }
             (["apps"], _) if get => self.list(&parse_query(target)?, now, answer_now),
             (["apps"], "POST") => respond(self.create_app(body, now)),
             (["apps"], _) => Err(not_allowed(method, ALLOW_COLLECTION)),
@@ -285,6 +288,19 @@ impl Api {
             None => Body::Owned(body),
         };
         Ok(Outcome::Respond(indexed(body, index)))
+    }
+
+    /// `GET /apps?view=summary`: each app's name, index and counts by
+    /// status, without instances (O(apps)); watchable like the list.
+    fn summary(&self, query: &ListQuery, now: Now, answer_now: bool) -> Result<Outcome, Response> {
+        let unless = query.watch.filter(|_| !answer_now).map(|(index, _)| index);
+        let mut registry = self.lock();
+        let view = registry.summary(now.mono, unless);
+        self.publish(registry, false);
+        match view {
+            None => Ok(wait(Topic::All, query, now)),
+            Some((apps, index)) => Ok(Outcome::Respond(indexed(views::summary(&apps), index))),
+        }
     }
 
     /// The answer another watcher of `topic` woken by the same change got,
@@ -700,6 +716,33 @@ fn parse_query(target: &str) -> Result<ListQuery, Response> {
         filter: filter.unwrap_or(StatusSet::ALL),
         watch: index.map(|index| (index, wait.unwrap_or(DEFAULT_WAIT))),
     })
+}
+
+/// Whether the query asks for `view=summary`; `view=full` (or none) is
+/// the list with instances, any other view a 400.
+fn wants_summary(target: &str) -> Result<bool, Response> {
+    let query = target
+        .split('#')
+        .next()
+        .and_then(|t| t.split_once('?'))
+        .map_or("", |(_, q)| q);
+    let mut summary = false;
+    for pair in query.split('&') {
+        let Some(value) = pair.strip_prefix("view=") else {
+            continue;
+        };
+        summary = match decode_query(value)?.as_str() {
+            "summary" => true,
+            "full" => false,
+            other => {
+                return Err(error(
+                    400,
+                    format!("unknown view {other:?} in ?view=; use summary or full"),
+                ))
+            }
+        };
+    }
+    Ok(summary)
 }
 
 /// `500ms`, `30s`, `5m` or plain seconds, at most [`MAX_WAIT`].

@@ -317,7 +317,7 @@ impl Access {
         let get = matches!(request.method.as_str(), "GET" | "HEAD");
         // The dashboard's page holds no data (it is the same for everyone)
         // and must load to ask for a token when its requests get a 401.
-        if path == "/healthz" || get && path == "/" {
+        if path == "/healthz" || get && (path == "/" || path == "/favicon.ico") {
             return Need::Nothing;
         }
         match request.method.as_str() {

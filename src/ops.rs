@@ -1,6 +1,7 @@
 //! The operator's routes outside `/registro`: `/healthz`, `/metrics` (the
-//! Prometheus exposition of [`crate::metrics`]) and the dashboard at `/`
-//! (`dashboard.html`, compiled into the binary).
+//! Prometheus exposition of [`crate::metrics`]), the dashboard at `/`
+//! (`dashboard.html`, compiled into the binary) and `/favicon.ico` (204: the
+//! page carries its icon inline, and a browser that asks anyway gets no 404).
 
 use crate::api::{self, Api};
 use crate::clock::Now;
@@ -17,7 +18,7 @@ const ALLOW: &str = "GET, HEAD";
 pub fn handle(api: &Api, request: &Request, now: Now) -> Option<Response> {
     let path = request.target.split('?').next().unwrap_or("");
     let route = match path {
-        "/" | "/healthz" | "/metrics" => path,
+        "/" | "/healthz" | "/metrics" | "/favicon.ico" => path,
         _ => return None,
     };
     if request.method != "GET" && request.method != "HEAD" {
@@ -36,6 +37,7 @@ pub fn handle(api: &Api, request: &Request, now: Now) -> Option<Response> {
             Ok(()) => Response::json(200, b"{\"status\":\"ok\"}\n".to_vec()),
             Err(_) => Response::json(503, b"{\"status\":\"store unreachable\"}\n".to_vec()),
         },
+        "/favicon.ico" => Response::empty(204),
         "/metrics" => {
             let mut text = api.log().metrics().render(&counts(api, now));
             api.store().render_metrics(&mut text);

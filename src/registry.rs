@@ -186,6 +186,18 @@ pub struct AppView {
     pub index: u64,
 }
 
+/// One app in a summary: its index and its instances counted by status,
+/// without the instances themselves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppSummary {
+    /// The app name.
+    pub name: Arc<str>,
+    /// The change index of the app.
+    pub index: u64,
+    /// Its present instances by status, in the order of [`Status::ALL`].
+    pub counts: [usize; 4],
+}
+
 /// Why an operation of the registry was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {
@@ -440,6 +452,9 @@ struct App {
     epoch: u64,
     /// The change index of its last change.
     index: u64,
+    /// Its stored instances by stored status (exact once settled), so that
+    /// a summary costs O(apps).
+    counts: [usize; 4],
     /// A lower bound of the first moment time changes something here;
     /// `Millis::MAX` while a stepped scan is under way (and nothing lowered it).
     next_due: Millis,
@@ -517,9 +532,14 @@ impl Book {
     }
 
     fn restate(&mut self, from: Status, to: Status) {
-        self.counts[from.ix()] -= 1;
-        self.counts[to.ix()] += 1;
+        restate(&mut self.counts, from, to);
     }
+}
+
+/// Moves one instance from `from` to `to` in counts by status.
+fn restate(counts: &mut [usize; 4], from: Status, to: Status) {
+    counts[from.ix()] -= 1;
+    counts[to.ix()] += 1;
 }
 
 impl App {
@@ -533,6 +553,7 @@ impl App {
             gone_at: 0,
             epoch,
             index: 0,
+            counts: [0; 4],
             next_due: Millis::MAX,
             settles: 0,
             scanning: false,
@@ -611,6 +632,7 @@ impl App {
             }
         }
         book.counts[slot.status.ix()] -= 1;
+        self.counts[slot.status.ix()] -= 1;
         self.gone_at = self.gone_at.max(slot.expiry(periods));
         if self.slots.is_empty() {
             self.empty_since = Some(self.gone_at);
@@ -652,6 +674,7 @@ impl App {
                 Some(Status::Down) if slot.status == Status::Up => {
                     slot.status = Status::Down;
                     book.restate(Status::Up, Status::Down);
+                    restate(&mut self.counts, Status::Up, Status::Down);
                     stats.marked_down += 1;
                     changed = true;
                     book.events.push(Event::InstanceDown {
@@ -758,6 +781,50 @@ impl Registry {
         filter: StatusSet,
         unless_index: Option<u64>,
     ) -> Option<(Vec<AppView>, u64)> {
+        self.settle_due(now);
+        if unless_index == Some(self.book.index) {
+            return None;
+        }
+        let views = self
+            .names
+            .iter()
+            .filter_map(|name| self.apps.get(name))
+            .filter(|app| !app.expired(now, self.periods))
+            .map(|app| app.view(now, self.periods, filter))
+            .collect();
+        Some((views, self.book.index))
+    }
+
+    /// Every app present at `now`, sorted by name, with its index and its
+    /// instances counted by status (not copied), and the global index, once
+    /// everything due is settled: O(apps) beside the settling. With
+    /// `unless_index`, answers `None` when the global index is that one.
+    pub fn summary(
+        &mut self,
+        now: Millis,
+        unless_index: Option<u64>,
+    ) -> Option<(Vec<AppSummary>, u64)> {
+        self.settle_due(now);
+        if unless_index == Some(self.book.index) {
+            return None;
+        }
+        let summaries = self
+            .names
+            .iter()
+            .filter_map(|name| self.apps.get(name))
+            .filter(|app| !app.expired(now, self.periods))
+            .map(|app| AppSummary {
+                name: app.name.clone(),
+                index: app.index,
+                counts: app.counts,
+            })
+            .collect();
+        Some((summaries, self.book.index))
+    }
+
+    /// Settles every app that is due at `now`, so that what is stored is
+    /// what reads at `now`.
+    fn settle_due(&mut self, now: Millis) {
         // An app's key in the due set is its `next_due`, or RESCAN after its
         // last settle if that is later: every app due by `now` is among the
         // keys up to `now + RESCAN`, and `settle` checks `next_due` exactly.
@@ -775,17 +842,6 @@ impl Registry {
         if let Some(name) = self.book.scanning.clone() {
             self.settle(&name, now);
         }
-        if unless_index == Some(self.book.index) {
-            return None;
-        }
-        let views = self
-            .names
-            .iter()
-            .filter_map(|name| self.apps.get(name))
-            .filter(|app| !app.expired(now, self.periods))
-            .map(|app| app.view(now, self.periods, filter))
-            .collect();
-        Some((views, self.book.index))
     }
 
     /// The global change index.
@@ -843,6 +899,7 @@ impl Registry {
             }
             slot.port = port;
             book.restate(slot.status, Status::Starting);
+            restate(&mut app.counts, slot.status, Status::Starting);
             slot.status = Status::Starting;
             slot.last_renewal = now;
             let event = Event::InstanceReplaced {
@@ -876,6 +933,7 @@ impl Registry {
         });
         app.empty_since = None;
         book.counts[Status::Starting.ix()] += 1;
+        app.counts[Status::Starting.ix()] += 1;
         book.bump(app);
         book.lower_due(
             app,
@@ -913,6 +971,7 @@ impl Registry {
             return Ok(None);
         }
         book.restate(slot.status, Status::Up);
+        restate(&mut app.counts, slot.status, Status::Up);
         slot.status = Status::Up;
         let event = Event::InstanceUp {
             app: app.name.clone(),
@@ -948,6 +1007,7 @@ impl Registry {
         }
         // Its one deadline, expiry from now, is later than any it had.
         book.restate(slot.status, Status::OutOfService);
+        restate(&mut app.counts, slot.status, Status::OutOfService);
         slot.status = Status::OutOfService;
         slot.last_renewal = now.max(slot.last_renewal);
         let event = Event::InstanceOutOfService {
@@ -1482,6 +1542,14 @@ mod tests {
                     c.apps, c.starting, c.up, c.down, c.out_of_service
                 )
             }
+            ("summary", []) => {
+                let (apps, _) = reg.summary(now, None).expect("a summary");
+                let apps: Vec<String> = apps
+                    .iter()
+                    .map(|a| format!("{}:{:?}", a.name, a.counts))
+                    .collect();
+                apps.join(" ")
+            }
             ("due", []) => reg
                 .next_due()
                 .map_or("never".to_owned(), |at| (at - T0).to_string()),
@@ -1520,7 +1588,26 @@ mod tests {
             let args: Vec<&str> = words.collect();
             let got = run(&mut reg, T0 + offset, cmd, &args);
             assert_eq!(got, want.trim(), "step `{line}`");
+            counts_agree(&reg, line);
         }
+    }
+
+    /// Each app's counters are its slots' stored statuses, and add up to
+    /// the registry's.
+    #[track_caller]
+    fn counts_agree(reg: &Registry, step: &str) {
+        let mut sum = [0; 4];
+        for app in reg.apps.values() {
+            let mut own = [0; 4];
+            for slot in &app.slots {
+                own[slot.status.ix()] += 1;
+            }
+            assert_eq!(app.counts, own, "{}'s counts after `{step}`", app.name);
+            for (s, n) in sum.iter_mut().zip(own) {
+                *s += n;
+            }
+        }
+        assert_eq!(reg.book.counts, sum, "the registry's counts after `{step}`");
     }
 
     /// [`check`] after [`SETUP`].
@@ -1801,6 +1888,32 @@ mod tests {
              1_000_000 tick => removed:web/a removed:web/b removed:web/c
              1_000_000 statuses => 1 apps 0 starting 0 up 0 down 0 out",
         );
+    }
+
+    /// Each app's counts by status, as a summary reads them, follow every
+    /// change of a status (time's too) and add up to the registry's.
+    #[test]
+    fn summaries_count_each_app_by_status() {
+        check_web(
+            "0 create db => app-created:db \n 0 summary => db:[0, 0, 0, 0] web:[1, 0, 0, 0]
+             0 register web b 10.0.0.1 81 => added:web/b@10.0.0.1:81 \n 0 register db x 10.0.0.9 5432 => added:db/x@10.0.0.9:5432
+             1 renew web a => up:web/a \n 2 out web b => out:web/b
+             3 summary => db:[1, 0, 0, 0] web:[0, 1, 0, 1]
+             91_001 summary => db:[1, 0, 0, 0] web:[0, 0, 1, 1]
+             91_002 renew web a => up:web/a \n 91_003 register web b 10.0.0.1 81 => replaced:web/b@10.0.0.1:81
+             91_004 summary => db:[1, 0, 0, 0] web:[1, 1, 0, 0]
+             600_001 summary => db:[0, 0, 0, 0] web:[1, 0, 1, 0]
+             1_200_002 summary => web:[0, 0, 0, 0]",
+        );
+        let mut reg = Registry::new(P);
+        reg.create_app("web", T0).unwrap();
+        reg.register("web", "a", "10.0.0.1", 80, None, T0).unwrap();
+        let (summary, index) = reg.summary(T0, None).expect("a summary");
+        assert_eq!(
+            (summary[0].index, index),
+            (reg.apps["web"].index, reg.index())
+        );
+        assert_eq!(reg.summary(T0, Some(index)), None, "a watch waits");
     }
 
     #[test]

@@ -12,13 +12,14 @@
 //! Usage: `registro-bench [--quick] [--server PATH] [--registro PATH] [--runs N]
 //! [--secs S] [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N]
 //! [--fleet-secs S] [--fleet-interval S] [--watchers N]
-//! [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining,etcd]`;
+//! [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining,etcd,dashboard]`;
 //! `REGISTRO_BENCH_QUICK=1` is the same as `--quick`.
 
 #![forbid(unsafe_code)]
 
 mod baseline;
 mod etcd;
+mod dashboard;
 mod fleet;
 mod hist;
 mod http;
@@ -276,7 +277,7 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
                      [--registro PATH (the server under test)] [--runs N] [--secs S] \
                      [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N] [--fleet-secs S] \
                      [--fleet-interval S] [--watchers N] \
-                     [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining,etcd]"
+                     [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining,etcd,dashboard]"
                         .to_string(),
                 )
             }
@@ -377,8 +378,13 @@ fn run(s: &Settings) -> Result<(), String> {
     if s.wants("etcd") {
         etcd::scenario(s, began)?;
     }
+    let dashboard = if s.wants("dashboard") {
+        dashboard::scenario(s, began)?
+    } else {
+        String::new()
+    };
     let elapsed = began.elapsed();
-    print!("{}{piped}", report::render(s, &r, elapsed));
+    print!("{}{piped}{dashboard}", report::render(s, &r, elapsed));
     if r.bad_exits.is_empty() {
         Ok(())
     } else {

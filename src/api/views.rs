@@ -14,7 +14,7 @@ use std::thread;
 
 use super::{status_name, wall_of};
 use crate::clock::Now;
-use crate::registry::{AppView, InstanceView};
+use crate::registry::{AppSummary, AppView, InstanceView, Status};
 
 /// Instances encoded between two yields of the core: about 40 µs of work.
 const YIELD_EVERY: usize = 256;
@@ -34,6 +34,37 @@ pub fn apps(apps: &[AppView], now: Now) -> Vec<u8> {
             out.push(b',');
         }
         write_app(&mut out, view, now, &mut count);
+    }
+    out.extend_from_slice(b"]}\n");
+    out
+}
+
+/// `{"applications":[{"name":..,"index":..,"total":..,"counts":{..}},...]}`
+/// and a newline: the summary of `GET /apps?view=summary`.
+pub fn summary(apps: &[AppSummary]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + apps.iter().map(|a| 128 + a.name.len()).sum::<usize>());
+    out.extend_from_slice(b"{\"applications\":[");
+    for (k, app) in apps.iter().enumerate() {
+        if k > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"name\":");
+        string(&mut out, &app.name);
+        out.extend_from_slice(b",\"index\":");
+        number(&mut out, app.index);
+        out.extend_from_slice(b",\"total\":");
+        number(&mut out, app.counts.iter().sum::<usize>() as u64);
+        out.extend_from_slice(b",\"counts\":{");
+        for (k, (status, n)) in Status::ALL.iter().zip(app.counts).enumerate() {
+            if k > 0 {
+                out.push(b',');
+            }
+            out.push(b'"');
+            out.extend_from_slice(status_name(*status).as_bytes());
+            out.extend_from_slice(b"\":");
+            number(&mut out, n as u64);
+        }
+        out.extend_from_slice(b"}}");
     }
     out.extend_from_slice(b"]}\n");
     out
@@ -168,7 +199,7 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::registry::{Ip, Metadata, Status};
+    use crate::registry::{Ip, Metadata};
 
     const NOW: Now = Now {
         mono: 10_000,
@@ -231,6 +262,32 @@ mod tests {
             number(&mut out, n);
             assert_eq!(out, n.to_string().as_bytes());
         }
+    }
+
+    #[test]
+    fn summaries_count_by_status() {
+        let apps = [
+            AppSummary {
+                name: Arc::from("we\"b"),
+                index: 9,
+                counts: [1, 2, 0, 3],
+            },
+            AppSummary {
+                name: Arc::from("db"),
+                index: 4,
+                counts: [0; 4],
+            },
+        ];
+        assert_eq!(
+            parse(&summary(&apps)),
+            json!({"applications": [
+                {"name": "we\"b", "index": 9, "total": 6,
+                 "counts": {"starting": 1, "up": 2, "down": 0, "out-of-service": 3}},
+                {"name": "db", "index": 4, "total": 0,
+                 "counts": {"starting": 0, "up": 0, "down": 0, "out-of-service": 0}},
+            ]})
+        );
+        assert_eq!(parse(&summary(&[])), json!({"applications": []}));
     }
 
     #[test]

@@ -635,7 +635,7 @@ fn unknown_routes_answer_404_with_json() {
         "/registro/1.0/apps/web/w/extra/more",
         "/registro/1.0/apps//w",
         "/apps",
-        "/favicon.ico",
+        "/favicon",
         "*",
     ] {
         for method in ["GET", "POST", "PUT"] {

@@ -221,10 +221,18 @@ fn operator_routes() {
         "<title>Registro</title>",
     );
     check_route(addr, "HEAD", "/", 200, html, "");
-    for path in ["/", "/healthz", "/metrics"] {
+    for path in ["/", "/healthz", "/metrics", "/favicon.ico"] {
         for method in ["POST", "PUT", "DELETE", "PATCH"] {
             check_route(addr, method, path, 405, json, "not allowed");
         }
+    }
+    // A browser's request for an icon is not a 404 (the page has its own).
+    for method in ["GET", "HEAD"] {
+        let reply = Conn::open(addr).send_raw(
+            format!("{method} /favicon.ico HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
+            true,
+        );
+        assert_eq!(reply.status, 204, "{method} /favicon.ico: {reply:?}");
     }
     // Other paths are the registry's: still its 404.
     assert_eq!(get(addr, "/index.html").status, 404);
@@ -662,7 +670,13 @@ impl Browser {
                 .spawn()
                 .expect("chromedriver starts"),
         );
-        let agent = support::agent();
+        // A browser starting on a busy machine takes its time: WebDriver
+        // commands get longer than the API's 10 s (no speed is asserted).
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
         let base = format!("http://127.0.0.1:{port}");
         eventually(Duration::from_secs(20), "chromedriver to be ready", || {
             let body = agent.get(format!("{base}/status")).call().ok()?;
@@ -676,6 +690,10 @@ impl Browser {
             "--disable-gpu".into(),
             "--disable-dev-shm-usage".into(),
             "--no-first-run".into(),
+            "--disable-quic".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
             "--window-size=1100,720".into(),
             format!("--user-data-dir={}", profile.0.display()),
         ];
@@ -902,13 +920,20 @@ fn screenshot(browser: &Browser, c: &mut Conn, path: &str) {
         "const f = document.getElementById('filter'); f.value = ''; \
          f.dispatchEvent(new Event('input'));",
     );
-    for (app, id, ip) in [
-        ("checkout", "checkout-a", "10.0.1.4"),
-        ("checkout", "checkout-b", "10.0.1.5"),
-        ("search", "search-1", "10.0.2.9"),
-        ("search", "search-2", "10.0.2.10"),
+    for (app, id, ip, zone) in [
+        ("checkout", "checkout-a", "10.0.1.4", "eu-1"),
+        ("checkout", "checkout-b", "10.0.1.5", "eu-2"),
+        ("search", "search-1", "10.0.2.9", "us-1"),
+        ("search", "search-2", "10.0.2.10", "us-1"),
     ] {
-        assert_eq!(register(c, app, id, ip, 8443).status, 201);
+        let created = c.post("/apps", &app_body(app)).status;
+        assert!(created == 201 || created == 409, "{created}");
+        let body = serde_json::json!({"id": id, "ip": ip, "port": 8443,
+                                      "metadata": {"zone": zone, "version": "1.4.2"}});
+        assert_eq!(
+            c.post(&format!("/apps/{app}"), &body.to_string()).status,
+            201
+        );
     }
     assert_eq!(c.put("/apps/checkout/checkout-a").status, 204);
     assert_eq!(c.put("/apps/checkout/checkout-b").status, 204);
@@ -921,4 +946,250 @@ fn screenshot(browser: &Browser, c: &mut Conn, path: &str) {
     let bytes = base64(png["value"].as_str().expect("a screenshot"));
     assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
     std::fs::write(path, bytes).expect("screenshot written");
+}
+
+/// Registers `per_app` instances `i-NNNN` (each `starting`, metadata
+/// `zone`) in each of `apps` apps `app-K`, on one kept-alive connection.
+fn fill_fleet(c: &mut Conn, apps: usize, per_app: usize) {
+    for a in 0..apps {
+        assert_eq!(c.post("/apps", &app_body(&format!("app-{a}"))).status, 201);
+        for i in 0..per_app {
+            let body = serde_json::json!({
+                "id": format!("i-{i:04}"), "ip": "10.1.0.1", "port": 1000 + i,
+                "metadata": {"zone": format!("z-{}", i % 3)},
+            });
+            assert_eq!(
+                c.post(&format!("/apps/app-{a}"), &body.to_string()).status,
+                201
+            );
+        }
+    }
+}
+
+/// What the page shows of a large registry and how it follows a change:
+/// every app with its counts and the total at once, at most a page of
+/// rows per app until more are asked for, and a change updates the one
+/// row it touched: every other row stays the same node, unmutated (a page
+/// that rebuilt its rows, or re-rendered them all, fails this whatever the
+/// machine's speed). Also the dashboard items of a user's first hour: no
+/// heartbeat yet for `starting`, the count under a filter, the placeholder
+/// at 1200 px, and no 404 for an icon.
+#[test]
+fn dashboard_updates_only_the_rows_a_change_touched_in_chromium() {
+    if !installed(
+        "dashboard_updates_only_the_rows_a_change_touched_in_chromium",
+        &["chromium", "chromedriver"],
+        "chromium chromium-driver",
+    ) {
+        return;
+    }
+    const APPS: usize = 3;
+    const PER_APP: usize = 2_000;
+    let proc = Proc::start(&[]);
+    let addr = proc.addr;
+    let mut c = Conn::open(addr);
+    fill_fleet(&mut c, APPS, PER_APP);
+
+    let browser = Browser::start();
+    browser.command(
+        "POST",
+        "/window/rect",
+        Some(serde_json::json!({"width": 1200, "height": 800})),
+    );
+    browser.open(&format!("http://{addr}/"));
+    // Rows for what is in view: a page of the first app; none yet for the
+    // last, a few screens below.
+    let rows = "return [...document.querySelectorAll('section[data-app]')].map(s => \
+                  s.getAttribute('data-app') + ':' + s.querySelectorAll('tr[data-instance]').length);";
+    let summary = eventually(Duration::from_secs(20), "every app and the total", || {
+        let page = browser.run(
+            "return { apps: [...document.querySelectorAll('section[data-app]')].map(s => s.getAttribute('data-app')), \
+                      total: document.querySelector('#totals [data-total]')?.getAttribute('data-total'), \
+                      first: document.querySelectorAll('section[data-app=\"app-0\"] tr[data-instance]').length, \
+                      count: document.querySelector('section[data-app=\"app-1\"] .count')?.textContent };",
+        );
+        (page["first"] == 100).then_some(page)
+    });
+    assert_eq!(
+        summary,
+        serde_json::json!({"apps": ["app-0", "app-1", "app-2"], "total": "6000",
+                           "first": 100, "count": "2,000 instances"})
+    );
+    assert_eq!(
+        browser.run(rows),
+        serde_json::json!(["app-0:100", "app-1:0", "app-2:0"]),
+        "rows read out of view"
+    );
+    browser.run("document.querySelector('section[data-app=\"app-2\"]').scrollIntoView();");
+    eventually(Duration::from_secs(10), "app-2's rows once in view", || {
+        (browser.run(rows)[2] == "app-2:100").then_some(())
+    });
+    browser.run("window.scrollTo(0, 0);");
+    // Starting instances never sent a heartbeat, and the page says so.
+    let last = browser
+        .run("return document.querySelector('tr[data-instance=\"i-0005\"] td.ago').textContent;");
+    assert_eq!(last, "no heartbeat yet");
+
+    // Every row and every cell of it marked; every mutation under <main>
+    // recorded by the row it happened in.
+    let watch = "window.__touched = new Set(); \
+         for (const tr of document.querySelectorAll('tr[data-instance]')) { \
+           tr.__mark = true; for (const td of tr.children) td.__mark = true; } \
+         window.__observer?.disconnect(); \
+         window.__observer = new MutationObserver((records) => { for (const r of records) { \
+           let n = r.target; while (n && !(n.tagName === 'TR' && n.hasAttribute('data-instance'))) n = n.parentNode; \
+           window.__touched.add(n ? n.closest('section').getAttribute('data-app') + '/' + n.getAttribute('data-instance') : 'outside rows'); } }); \
+         window.__observer.observe(document.querySelector('main'), \
+           { subtree: true, childList: true, characterData: true, attributes: true });";
+    let untouched_except = |app: &str, id: &str| {
+        let check = browser.run(
+            "const rows = [...document.querySelectorAll('tr[data-instance]')]; \
+             return { unmarked: rows.filter(tr => !tr.__mark || [...tr.children].some(td => !td.__mark)).length, \
+                      rows: rows.length, touched: [...window.__touched].filter(t => t !== 'outside rows').sort() };",
+        );
+        assert_eq!(check["unmarked"], 0, "rows were rebuilt: {check}");
+        assert_eq!(
+            check["touched"],
+            serde_json::json!([format!("{app}/{id}")]),
+            "{check}"
+        );
+        check
+    };
+
+    // Unfiltered: the first instance of the first app turns up.
+    browser.run(watch);
+    assert_eq!(c.put("/apps/app-0/i-0000").status, 204);
+    eventually(Duration::from_secs(10), "app-0/i-0000 shown up", || {
+        (browser.status("app-0", "i-0000")? == "up").then_some(())
+    });
+    untouched_except("app-0", "i-0000");
+    let head = browser.run(
+        "return [...document.querySelectorAll('section[data-app=\"app-0\"] .app-counts .status')].map(b => b.textContent);",
+    );
+    assert_eq!(head, serde_json::json!(["1 up", "1,999 starting"]));
+
+    // Filtered to an instance deep in the list: the app says how many of
+    // its instances are shown, and the change shows in that one row.
+    browser.run(
+        "const f = document.getElementById('filter'); f.value = 'app-2 i-1999'; \
+         f.dispatchEvent(new Event('input'));",
+    );
+    let filtered = browser.run(
+        "return { apps: [...document.querySelectorAll('section[data-app]')].map(s => s.getAttribute('data-app')), \
+                  rows: [...document.querySelectorAll('tr[data-instance]')].map(r => r.getAttribute('data-instance')), \
+                  count: document.querySelector('section[data-app=\"app-2\"] .count').textContent };",
+    );
+    assert_eq!(
+        filtered,
+        serde_json::json!({"apps": ["app-2"], "rows": ["i-1999"], "count": "1 of 2,000 instances"})
+    );
+    browser.run(watch);
+    assert_eq!(c.delete("/apps/app-2/i-1999").status, 204);
+    eventually(
+        Duration::from_secs(10),
+        "app-2/i-1999 shown out of service",
+        || (browser.status("app-2", "i-1999")? == "out of service").then_some(()),
+    );
+    untouched_except("app-2", "i-1999");
+
+    // Unfiltered again, then more rows of one app on request: the rows that
+    // were shown stay the same nodes.
+    browser.run(
+        "const f = document.getElementById('filter'); f.value = ''; \
+         f.dispatchEvent(new Event('input')); \
+         for (const tr of document.querySelectorAll('tr[data-instance]')) tr.__mark = true; \
+         document.querySelector('section[data-app=\"app-1\"] button.more').click();",
+    );
+    let more = browser.run(
+        "const rows = [...document.querySelectorAll('section[data-app=\"app-1\"] tr[data-instance]')]; \
+         return { rows: rows.length, marked: rows.filter(tr => tr.__mark).length, \
+                  first: rows[0].getAttribute('data-instance'), last: rows[rows.length - 1].getAttribute('data-instance') };",
+    );
+    assert_eq!(
+        more,
+        serde_json::json!({"rows": 600, "marked": 100, "first": "i-0000", "last": "i-0599"})
+    );
+
+    // The placeholder fits its box at 1200 px (and at a few other widths).
+    for width in [1200, 1000, 1600] {
+        browser.command(
+            "POST",
+            "/window/rect",
+            Some(serde_json::json!({"width": width, "height": 800})),
+        );
+        let fit = browser.run(
+            "const f = document.getElementById('filter'); const cs = getComputedStyle(f); \
+             const ctx = document.createElement('canvas').getContext('2d'); ctx.font = cs.font; \
+             return { text: Math.ceil(ctx.measureText(f.placeholder).width), \
+                      room: f.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight), \
+                      viewport: window.innerWidth };",
+        );
+        let (text, room) = (fit["text"].as_f64().unwrap(), fit["room"].as_f64().unwrap());
+        assert!(text <= room, "placeholder cut at {width} px: {fit}");
+    }
+
+    // The browser asked for no icon that was not there.
+    let samples = metrics(addr);
+    let not_found: Vec<&String> = samples
+        .iter()
+        .filter(|(k, v)| {
+            k.starts_with("registro_http_requests_total") && k.contains("code=\"404\"") && **v > 0.0
+        })
+        .map(|(k, _)| k)
+        .collect();
+    assert!(not_found.is_empty(), "404s answered: {not_found:?}");
+}
+
+/// Under `--read-token-file` the page asks for a token on its first 401,
+/// then shows the registry and follows it live with that token (on the
+/// summary's watch and each app's read alike).
+#[test]
+fn dashboard_asks_for_a_read_token_in_chromium() {
+    if !installed(
+        "dashboard_asks_for_a_read_token_in_chromium",
+        &["chromium", "chromedriver"],
+        "chromium chromium-driver",
+    ) {
+        return;
+    }
+    let dir = crate::auth::Dir::new();
+    let read = dir.file("read", "reader-token\n");
+    let server = support::start_with(|c| {
+        c.tokens = registro::TokenFiles {
+            write: None,
+            read: Some(read),
+        }
+    });
+    let addr = server.local_addr();
+    let mut c = Conn::open(addr);
+    assert_eq!(register(&mut c, "web", "web-1", "10.0.0.7", 80).status, 201);
+    let browser = Browser::start();
+    browser.open(&format!("http://{addr}/"));
+    eventually(Duration::from_secs(10), "the token prompt", || {
+        let shown = browser.run(
+            "return document.getElementById('auth').classList.contains('shown') && \
+                    document.getElementById('live').textContent;",
+        );
+        (shown == "a token is needed").then_some(())
+    });
+    assert_eq!(
+        browser.status("web", "web-1"),
+        None,
+        "shown without a token"
+    );
+    browser.run(
+        "document.getElementById('token').value = 'reader-token'; \
+         document.getElementById('auth').requestSubmit();",
+    );
+    eventually(
+        Duration::from_secs(10),
+        "web-1 shown with the token",
+        || (browser.status("web", "web-1")? == "starting").then_some(()),
+    );
+    assert_eq!(c.put("/apps/web/web-1").status, 204);
+    eventually(Duration::from_secs(10), "web-1 shown up", || {
+        (browser.status("web", "web-1")? == "up").then_some(())
+    });
+    let live = browser.run("return document.getElementById('live').textContent;");
+    assert_eq!(live, "live (watching changes)");
 }

@@ -79,6 +79,7 @@ fn quick_mode_runs_every_scenario_against_the_real_server() {
         "| before (`registro`) | 200 of 200 | 200 / 200 / 200 |",
         "| All 200 watchers answered within 100 ms of the change |",
         "| Heartbeats with the watchers waiting and answered >= 0.9x the same windows without |",
+        "## Dashboard",
         "Machine: ",
         "Command: `make bench`",
     ] {
