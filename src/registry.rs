@@ -1312,6 +1312,7 @@ impl Registry {
             });
             app.empty_since = None;
             book.counts[state.status.ix()] += 1;
+            app.counts[state.status.ix()] += 1;
             book.events.push(Event::InstanceAdded {
                 app: app.name.clone(),
                 id,
@@ -1340,6 +1341,7 @@ impl Registry {
             };
         }
         book.restate(before, state.status);
+        restate(&mut app.counts, before, state.status);
         slot.status = state.status;
         let (name, id) = (app.name.clone(), slot.id.clone());
         book.events.push(match state.status {
@@ -2439,6 +2441,7 @@ mod tests {
         ] {
             assert!(reg.apply_instance("web", a(status, ip, T0), T0));
             assert_eq!(drain(&mut reg).1, want);
+            counts_agree(&reg, want);
         }
         // Years later nothing has decayed; the indexes are the ones given.
         let far = T0 + 10 * 365 * 86_400_000;
@@ -2455,6 +2458,7 @@ mod tests {
         // An instance of an app not yet seen creates it.
         assert!(reg.apply_instance("db", a(Status::Up, "10.0.0.3", T0), T0));
         assert_eq!(reg.counts().up, 1);
+        counts_agree(&reg, "db/a up");
         drain(&mut reg);
         reg.apply_remove_app("db");
         assert_eq!(drain(&mut reg), ("db".into(), "app-removed:db".into()));
