@@ -47,3 +47,15 @@ pub fn mono_of(t: Instant) -> Millis {
 pub fn instant_of(mono: Millis) -> Instant {
     start() + std::time::Duration::from_millis(mono)
 }
+
+/// The lowest index a server started now may hand out: the wall clock in
+/// microseconds. An earlier server started at `t` handed out `t` plus one
+/// per change, so, unless it made more than a change a microsecond or the
+/// clock went back, every index it answered is below this. Microseconds stay
+/// below 2^53 (exact in JSON and JavaScript) until the year 2255.
+pub fn index_floor() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .clamp(1, (1 << 53) - 1)
+}

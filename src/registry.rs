@@ -768,6 +768,14 @@ impl Registry {
         self.book.index
     }
 
+    /// Raises the global change index to `floor` if it is lower (never
+    /// lowers it): a new server starts above every index an earlier one
+    /// could have handed out, so that no index names two views (API.md
+    /// Part 4). The caller chooses `floor` (the start time, a saved index).
+    pub fn raise_index(&mut self, floor: u64) {
+        self.book.index = self.book.index.max(floor);
+    }
+
     /// One instance as it reads at `now`.
     pub fn instance(&self, app: &str, id: &str, now: Millis) -> Result<InstanceView, Error> {
         let app = self.live_app(app, now)?;
@@ -2063,6 +2071,19 @@ mod tests {
         assert_eq!(reg.instance_count(), 100_000);
         let view = reg.instance("big", "instance-99999", T0 + 3).unwrap();
         assert_eq!((view.status, view.last_renewal), (Status::Up, T0 + 2));
+    }
+
+    #[test]
+    fn the_index_is_raised_never_lowered() {
+        let mut reg = Registry::new(P);
+        reg.raise_index(1_000);
+        assert_eq!(reg.index(), 1_000);
+        reg.raise_index(10);
+        assert_eq!(reg.index(), 1_000);
+        reg.create_app("web", T0).unwrap();
+        assert_eq!(reg.index(), 1_001);
+        let view = reg.app("web", T0, StatusSet::ALL, None).unwrap().unwrap();
+        assert_eq!(view.index, 1_001);
     }
 
     #[test]

@@ -274,6 +274,8 @@ impl Server {
         let log = logger.log();
         let access = Access::load(&config.tokens)?;
         let api = Arc::new(Api::new(periods, logger.log(), access));
+        // An index never reused (API.md Part 4): above any a previous server gave.
+        api.lock().raise_index(clock::index_floor());
         let threads = config.threads.max(1);
         let shared = Arc::new(Shared {
             api: Arc::clone(&api),
