@@ -31,6 +31,7 @@ pub struct Api {
     log: Log,
     access: Access,
     notify: OnceLock<Notify>,
+    recorder: OnceLock<Recorder>,
     answers: answers::Answers,
 }
 
@@ -43,6 +44,10 @@ impl std::fmt::Debug for Api {
 /// Called with the topics whose index changed, so that the connection layer
 /// can wake the requests waiting on them. Must not block.
 pub type Notify = Box<dyn Fn(&[Topic]) + Send + Sync>;
+
+/// Called in [`Api::publish`] with the registry still locked and the events
+/// of what changed (the data directory's journal). Must not block.
+pub type Recorder = Box<dyn Fn(&Registry, &[registry::Event]) + Send + Sync>;
 
 /// What a watch waits on: the whole list (`/apps`) or one application.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -111,6 +116,7 @@ impl Api {
             log,
             access,
             notify: OnceLock::new(),
+            recorder: OnceLock::new(),
             answers: answers::Answers::default(),
         }
     }
@@ -118,6 +124,12 @@ impl Api {
     /// Sets the hook told about index changes (once; later calls are ignored).
     pub fn set_notify(&self, notify: Notify) {
         let _ = self.notify.set(notify);
+    }
+
+    /// Sets the hook told about every change while the lock is held (once;
+    /// later calls are ignored).
+    pub fn set_recorder(&self, recorder: Recorder) {
+        let _ = self.recorder.set(recorder);
     }
 
     /// Locks the registry. A panic elsewhere while it was held cannot leave it
@@ -149,6 +161,9 @@ impl Api {
     pub fn publish(&self, mut registry: MutexGuard<'_, Registry>, waiting: bool) {
         let mut changes = Changes::default();
         registry.drain_changes(&mut changes.apps, &mut changes.events);
+        if let Some(record) = self.recorder.get() {
+            record(&registry, &changes.events);
+        }
         drop(registry);
         self.publish_changes(changes, waiting);
     }

@@ -65,6 +65,12 @@ struct Flags {
     #[argh(option)]
     read_token_file: Option<PathBuf>,
 
+    /// directory where the registry is kept across restarts (created if
+    /// absent; one server at a time): a restart, or a crash but its last
+    /// second, forgets nothing (default: none, the registry is in memory only)
+    #[argh(option)]
+    data_dir: Option<PathBuf>,
+
     /// log a summary of every sweep, not only of those that changed
     /// something or took over 100 ms (default off)
     #[argh(switch)]
@@ -87,6 +93,7 @@ const OPTIONS: &[&str] = &[
     "--request-timeout",
     "--token-file",
     "--read-token-file",
+    "--data-dir",
 ];
 
 /// The most connection threads `--threads` may keep ready.
@@ -227,6 +234,7 @@ fn config(flags: Flags) -> Result<registro::Config, String> {
             write: flags.token_file,
             read: flags.read_token_file,
         },
+        data_dir: flags.data_dir,
     })
 }
 

@@ -55,6 +55,8 @@ pub struct Config {
     pub log_sweeps: bool,
     /// Where the access tokens are read from (none: every request is allowed).
     pub tokens: TokenFiles,
+    /// Where the registry is kept across restarts (none: in memory only).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -71,6 +73,7 @@ impl Default for Config {
             log: true,
             log_sweeps: false,
             tokens: TokenFiles::default(),
+            data_dir: None,
         }
     }
 }
@@ -96,6 +99,7 @@ pub struct Server {
     workers: Vec<JoinHandle<()>>,
     sweeper: Option<Sweeper>,
     logger: Option<Logger>,
+    data_dir: Option<crate::persist::DataDir>,
 }
 
 /// How long a stop waits for requests in flight (and requests still
@@ -276,6 +280,10 @@ impl Server {
         let api = Arc::new(Api::new(periods, logger.log(), access));
         // An index never reused (API.md Part 4): above any a previous server gave.
         api.lock().raise_index(clock::index_floor());
+        let data_dir = match &config.data_dir {
+            Some(dir) => Some(crate::persist::DataDir::open(dir, &api)?),
+            None => None,
+        };
         let threads = config.threads.max(1);
         let shared = Arc::new(Shared {
             api: Arc::clone(&api),
@@ -313,6 +321,7 @@ impl Server {
             workers: Vec::with_capacity(threads),
             sweeper: None,
             logger: None,
+            data_dir,
         };
         for _ in 0..threads {
             let shared = Arc::clone(&shared);
@@ -411,6 +420,9 @@ impl Server {
         }
         if let Some(sweeper) = self.sweeper.take() {
             sweeper.stop();
+        }
+        if let Some(data_dir) = self.data_dir.take() {
+            data_dir.stop();
         }
         if let Some(logger) = self.logger.take() {
             shared.api.log().line(format_args!("stopped"));
