@@ -806,3 +806,66 @@ impl Saver {
         let _ = sync_dir(&self.dir);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_of(kind: Kind, version: u16) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let header = Record::Header {
+            kind,
+            version,
+            generation: 3,
+            writer: 9,
+        };
+        codec::encode(&header, &mut bytes);
+        bytes
+    }
+
+    #[track_caller]
+    fn check(bytes: &[u8], want: Kind, expected: Result<u64, &str>) {
+        let path = Path::new("/data/snapshot");
+        let got = header(path, bytes, want)
+            .map(|(generation, _)| generation)
+            .map_err(|e| e.to_string());
+        match (got, expected) {
+            (Ok(g), Ok(e)) => assert_eq!(g, e),
+            (Err(e), Err(part)) => {
+                assert!(e.contains(part) && e.contains("/data/snapshot"), "{e}");
+                assert!(e.contains("left as it is"), "{e}");
+            }
+            (got, expected) => panic!("{got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn a_header_names_the_file_and_why_it_cannot_be_read() {
+        check(
+            &header_of(Kind::Snapshot, codec::VERSION),
+            Kind::Snapshot,
+            Ok(3),
+        );
+        check(
+            &header_of(Kind::Snapshot, codec::VERSION + 1),
+            Kind::Snapshot,
+            Err("a newer format (version 2; this server reads version 1)"),
+        );
+        check(
+            &header_of(Kind::Snapshot, 0),
+            Kind::Snapshot,
+            Err("an older format (version 0;"),
+        );
+        check(
+            &header_of(Kind::Log, codec::VERSION),
+            Kind::Snapshot,
+            Err("not a Registro data file"),
+        );
+        check(b"", Kind::Log, Err("not a Registro data file"));
+        check(
+            b"\x7fELF\x02\x01\x01",
+            Kind::Log,
+            Err("not a Registro data file"),
+        );
+    }
+}

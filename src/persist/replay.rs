@@ -29,6 +29,9 @@ use crate::registry::{AppState, Metadata, Millis, Registry, Status, Stored};
 /// An instance as replayed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Instance {
+    /// Where it goes in its app's order: slots are visited by a snapshot
+    /// from the last down (so they count down), new ids logged count up.
+    order: i64,
     ip: Arc<str>,
     port: u16,
     status: Status,
@@ -61,6 +64,9 @@ pub struct Replay {
     clean: bool,
     /// Records applied.
     pub records: u64,
+    /// The next order of an instance a snapshot lists, and of one a log adds.
+    down: i64,
+    up: i64,
 }
 
 impl Replay {
@@ -111,9 +117,22 @@ impl Replay {
                 metadata,
             } => {
                 let renewal = self.time(renewal);
-                self.apps.entry(app).or_default().instances.insert(
+                let instances = &mut self.apps.entry(app).or_default().instances;
+                let order = match instances.get(&id) {
+                    Some(i) => i.order,
+                    None if kind == Kind::Snapshot => {
+                        self.down -= 1;
+                        self.down
+                    }
+                    None => {
+                        self.up += 1;
+                        self.up
+                    }
+                };
+                instances.insert(
                     id,
                     Instance {
+                        order,
                         ip,
                         port,
                         status,
@@ -176,7 +195,9 @@ impl Replay {
                 },
                 now,
             );
-            for (id, i) in app.instances {
+            let mut instances: Vec<_> = app.instances.into_iter().collect();
+            instances.sort_unstable_by_key(|(_, i)| i.order);
+            for (id, i) in instances {
                 let renewal = if i.status == Status::Up && !self.clean {
                     now
                 } else {
