@@ -71,6 +71,11 @@ struct Flags {
     #[argh(option)]
     data_dir: Option<PathBuf>,
 
+    /// with --data-dir, time between two snapshots (the log of changes
+    /// compacted into one file), if anything changed (default 5m)
+    #[argh(option, default = "Duration::from_secs(300)", from_str_fn(period))]
+    snapshot_every: Duration,
+
     /// log a summary of every sweep, not only of those that changed
     /// something or took over 100 ms (default off)
     #[argh(switch)]
@@ -94,6 +99,7 @@ const OPTIONS: &[&str] = &[
     "--token-file",
     "--read-token-file",
     "--data-dir",
+    "--snapshot-every",
 ];
 
 /// The most connection threads `--threads` may keep ready.
@@ -235,6 +241,7 @@ fn config(flags: Flags) -> Result<registro::Config, String> {
             read: flags.read_token_file,
         },
         data_dir: flags.data_dir,
+        snapshot_every: flags.snapshot_every,
     })
 }
 

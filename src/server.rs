@@ -57,6 +57,8 @@ pub struct Config {
     pub tokens: TokenFiles,
     /// Where the registry is kept across restarts (none: in memory only).
     pub data_dir: Option<std::path::PathBuf>,
+    /// How often the data directory's log is compacted into a snapshot.
+    pub snapshot_every: Duration,
 }
 
 impl Default for Config {
@@ -74,6 +76,7 @@ impl Default for Config {
             log_sweeps: false,
             tokens: TokenFiles::default(),
             data_dir: None,
+            snapshot_every: Duration::from_secs(300),
         }
     }
 }
@@ -281,7 +284,11 @@ impl Server {
         // An index never reused (API.md Part 4): above any a previous server gave.
         api.lock().raise_index(clock::index_floor());
         let data_dir = match &config.data_dir {
-            Some(dir) => Some(crate::persist::DataDir::open(dir, &api)?),
+            Some(dir) => Some(crate::persist::DataDir::open(
+                dir,
+                config.snapshot_every,
+                &api,
+            )?),
             None => None,
         };
         let threads = config.threads.max(1);

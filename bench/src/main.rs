@@ -12,12 +12,13 @@
 //! Usage: `registro-bench [--quick] [--server PATH] [--registro PATH] [--runs N]
 //! [--secs S] [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N]
 //! [--fleet-secs S] [--fleet-interval S] [--watchers N]
-//! [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet]`;
+//! [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,datadir]`;
 //! `REGISTRO_BENCH_QUICK=1` is the same as `--quick`.
 
 #![forbid(unsafe_code)]
 
 mod baseline;
+mod datadir;
 mod fleet;
 mod hist;
 mod http;
@@ -274,7 +275,7 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
                      [--registro PATH (the server under test)] [--runs N] [--secs S] \
                      [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N] [--fleet-secs S] \
                      [--fleet-interval S] [--watchers N] \
-                     [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet]"
+                     [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,datadir]"
                         .to_string(),
                 )
             }
@@ -368,8 +369,13 @@ fn run(s: &Settings) -> Result<(), String> {
     if s.wants("fleet") {
         scenario_fleet(s, &mut r, began)?;
     }
+    let datadir = s
+        .wants("datadir")
+        .then(|| datadir::scenario(s, began))
+        .transpose()?;
     let elapsed = began.elapsed();
     print!("{}", report::render(s, &r, elapsed));
+    print!("{}", datadir.unwrap_or_default());
     if r.bad_exits.is_empty() {
         Ok(())
     } else {

@@ -10,7 +10,7 @@
 //!   (`log.GENERATION`) every [`FLUSH_EVERY`] and syncs it, so a crash loses
 //!   at most the changes of the last second. A failed save is logged,
 //!   counted and retried (into a new log); the server keeps serving.
-//! - Every [`SNAPSHOT_EVERY`] (if anything changed), when the log passes
+//! - Every `--snapshot-every` (5 minutes; if anything was logged since), when the log passes
 //!   [`LOG_LIMIT`], and at a clean stop, it writes a **snapshot** in steps
 //!   of [`STEP`] instances per lock hold (resting as long as a step took),
 //!   to `snapshot.tmp`, syncs it, renames it to `snapshot`, syncs the
@@ -47,8 +47,6 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// With nothing to append, a mark of the time is still written this often,
 /// so that after a crash the time the server ran is counted.
 const MARK_EVERY: Duration = Duration::from_secs(5);
-/// How often a snapshot is made, if anything was logged since the last.
-pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(300);
 /// A log this long is compacted into a snapshot at once.
 pub const LOG_LIMIT: u64 = 64 << 20;
 /// The most bytes of records waiting for the saver. Past it (a disk that
@@ -110,7 +108,7 @@ impl DataDir {
     /// `api`'s registry, raises the index above any saved or handed out
     /// before, installs the recorder and starts the saver. The error is one
     /// line naming the file and why.
-    pub fn open(dir: &Path, api: &Arc<Api>) -> io::Result<DataDir> {
+    pub fn open(dir: &Path, snapshot_every: Duration, api: &Arc<Api>) -> io::Result<DataDir> {
         let started = Instant::now();
         let shown = dir.display();
         fs::create_dir_all(dir)
@@ -181,6 +179,7 @@ impl DataDir {
             last_mark: Instant::now(),
             last_snapshot: Instant::now(),
             snapshot_due: logs_read > 0,
+            snapshot_every,
             logged_since_snapshot: false,
             next_try: Instant::now(),
             last_complaint: None,
@@ -492,6 +491,16 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// What a snapshot wrote.
+#[derive(Debug, Default)]
+struct Written {
+    apps: u64,
+    instances: u64,
+    bytes: u64,
+    /// The longest lock hold of a step.
+    longest: Duration,
+}
+
 /// The saver thread's state.
 struct Saver {
     dir: PathBuf,
@@ -506,6 +515,7 @@ struct Saver {
     last_mark: Instant,
     last_snapshot: Instant,
     snapshot_due: bool,
+    snapshot_every: Duration,
     logged_since_snapshot: bool,
     /// No snapshot is tried before this (after a failure).
     next_try: Instant,
@@ -538,7 +548,7 @@ impl Saver {
             }
             let log_long = self.log_bytes > LOG_LIMIT;
             let periodic =
-                self.logged_since_snapshot && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY;
+                self.logged_since_snapshot && self.last_snapshot.elapsed() >= self.snapshot_every;
             if (self.snapshot_due || log_long || periodic) && Instant::now() >= self.next_try {
                 self.snapshot(false);
             }
@@ -683,7 +693,15 @@ impl Saver {
         self.logged_since_snapshot = false;
         let tmp = self.dir.join(SNAPSHOT_TMP);
         match self.write_snapshot(&tmp, clean) {
-            Ok(bytes) => {
+            Ok(done) => {
+                let bytes = done.bytes;
+                self.api.log().line(format_args!(
+                    "data directory: snapshot of {} apps, {} instances, {bytes} bytes in {} ms (longest lock hold {} us)",
+                    done.apps,
+                    done.instances,
+                    started.elapsed().as_millis(),
+                    done.longest.as_micros()
+                ));
                 self.snapshot_due = false;
                 self.last_snapshot = Instant::now();
                 self.api
@@ -709,7 +727,7 @@ impl Saver {
         }
     }
 
-    fn write_snapshot(&mut self, tmp: &Path, clean: bool) -> io::Result<u64> {
+    fn write_snapshot(&mut self, tmp: &Path, clean: bool) -> io::Result<Written> {
         let with_path = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", tmp.display()));
         let mut file = io::BufWriter::with_capacity(1 << 20, File::create(tmp).map_err(with_path)?);
         let mut chunk = Vec::with_capacity(STEP * 64);
@@ -723,26 +741,32 @@ impl Saver {
             &mut chunk,
         );
         let mut cursor = SnapshotCursor::default();
-        let mut bytes = 0u64;
+        let mut done = Written::default();
         loop {
             let registry = self.api.lock();
             let held = Instant::now();
             let mono = clock::now().mono;
             codec::encode(&Record::Mark { mono }, &mut chunk);
-            let done = registry.snapshot_step(&mut cursor, STEP, &mut |item| match item {
-                Item::App(name, state) => codec::encode(&app_record(name, state), &mut chunk),
-                Item::Instance(app, s) => codec::encode_instance(
-                    &mut chunk,
-                    app,
-                    s.id,
-                    s.ip,
-                    s.port,
-                    s.status,
-                    s.last_renewal,
-                    s.metadata,
-                ),
+            let finished = registry.snapshot_step(&mut cursor, STEP, &mut |item| match item {
+                Item::App(name, state) => {
+                    done.apps += 1;
+                    codec::encode(&app_record(name, state), &mut chunk);
+                }
+                Item::Instance(app, s) => {
+                    done.instances += 1;
+                    codec::encode_instance(
+                        &mut chunk,
+                        app,
+                        s.id,
+                        s.ip,
+                        s.port,
+                        s.status,
+                        s.last_renewal,
+                        s.metadata,
+                    );
+                }
             });
-            if done {
+            if finished {
                 let end = Record::End {
                     mono,
                     index: registry.index(),
@@ -752,10 +776,11 @@ impl Saver {
             }
             drop(registry);
             let step = held.elapsed();
+            done.longest = done.longest.max(step);
             file.write_all(&chunk).map_err(with_path)?;
-            bytes += chunk.len() as u64;
+            done.bytes += chunk.len() as u64;
             chunk.clear();
-            if done {
+            if finished {
                 break;
             }
             if !clean {
@@ -776,7 +801,7 @@ impl Saver {
         let path = self.dir.join(SNAPSHOT);
         fs::rename(tmp, &path).map_err(with_path)?;
         sync_dir(&self.dir)?;
-        Ok(bytes)
+        Ok(done)
     }
 
     /// Waits `d` unless a stop is asked for; says whether one is.
