@@ -835,6 +835,151 @@ impl Saver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::{Metadata, Periods, StatusSet};
+
+    const P: Periods = Periods {
+        down_after: 90_000,
+        evict_after: 600_000,
+    };
+    const T0: u64 = 40_000_000_000;
+
+    /// The registry as a reader sees it at `now`: `app[id:status@age-in-s]`.
+    fn show(reg: &mut Registry, now: u64) -> String {
+        let (apps, _) = reg.apps(now, StatusSet::ALL, None).unwrap_or_default();
+        apps.iter()
+            .map(|a| {
+                let mut ids: Vec<String> = a
+                    .instances
+                    .iter()
+                    .map(|i| {
+                        let meta = i.metadata.as_ref().map_or(0, |m| m.len());
+                        let age = (now - i.last_renewal) / 1000;
+                        format!("{}:{:?}@{age}+{meta}", i.id, i.status)
+                    })
+                    .collect();
+                ids.sort();
+                format!("{}[{}]", a.name, ids.join(" "))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Replays `bytes` (records after a header of `kind` and a mark at
+    /// `mark`) into a registry at `now`.
+    fn replayed(bytes: &[u8], kind: Kind, mark: u64, now: u64) -> Registry {
+        let mut replay = Replay::default();
+        replay.apply(
+            Record::Header {
+                kind,
+                version: codec::VERSION,
+                generation: 1,
+                writer: 7,
+            },
+            kind,
+        );
+        replay.apply(Record::Mark { mono: mark }, kind);
+        let mut at = 0;
+        while let Some((record, n)) = codec::decode(&bytes[at..]).expect("a record") {
+            replay.apply(record, kind);
+            at += n;
+        }
+        let mut reg = Registry::new(P);
+        let index = replay.index();
+        replay.load(&mut reg, now);
+        reg.raise_index(index + 1);
+        reg
+    }
+
+    #[test]
+    fn what_the_recorder_and_a_snapshot_write_reads_back_as_the_registry() {
+        let shared = Shared {
+            buffer: Mutex::new(Buffer::default()),
+            wake: Condvar::new(),
+        };
+        let mut reg = Registry::new(P);
+        let mut apps = Vec::new();
+        let mut events = Vec::new();
+        let mut step = |reg: &mut Registry, f: &dyn Fn(&mut Registry) -> Option<Event>| {
+            if let Some(e) = f(reg) {
+                reg.push_event(e);
+            }
+            reg.drain_changes(&mut apps, &mut events);
+            record(&shared, reg, &events);
+            events.clear();
+        };
+        let mut meta = Metadata::new();
+        meta.insert("zone".into(), "eu".into());
+        let meta = Arc::new(meta);
+        step(&mut reg, &|r| r.create_app("web", T0).ok());
+        step(&mut reg, &|r| r.create_app("gone", T0).ok());
+        step(&mut reg, &|r| {
+            r.register("web", "a", "10.0.0.1", 80, Some(meta.clone()), T0)
+                .ok()
+        });
+        step(&mut reg, &|r| {
+            r.register("web", "b", "10.0.0.2", 80, None, T0).ok()
+        });
+        step(&mut reg, &|r| {
+            r.register("web", "c", "10.0.0.3", 80, None, T0).ok()
+        });
+        step(&mut reg, &|r| {
+            r.renew("web", "a", T0 + 1_000).ok().flatten()
+        });
+        step(&mut reg, &|r| {
+            r.renew("web", "b", T0 + 1_000).ok().flatten()
+        });
+        step(&mut reg, &|r| {
+            r.take_out_of_service("web", "c", T0 + 2_000).ok().flatten()
+        });
+        // `b` goes down, found by a read at T0 + 100 s; `a` heartbeats
+        // meanwhile (unlogged: it changes no status).
+        let _ = reg.renew("web", "a", T0 + 80_000);
+        step(&mut reg, &|r| {
+            let _ = r.apps(T0 + 100_000, StatusSet::ALL, None);
+            None
+        });
+        let now = T0 + 100_000;
+        let want = show(&mut reg, now);
+        assert_eq!(
+            want,
+            "gone[] web[a:Up@20+1 b:Down@99+0 c:OutOfService@98+0]"
+        );
+        let log = std::mem::take(&mut shared.lock().bytes);
+        // After a crash at `now`: `a` counts as renewed then, the rest exact.
+        let mut back = replayed(&log, Kind::Log, now, 1_000_000);
+        assert_eq!(
+            show(&mut back, 1_000_000),
+            "gone[] web[a:Up@0+1 b:Down@99+0 c:OutOfService@98+0]"
+        );
+        assert!(back.index() > reg.index());
+
+        // A clean snapshot keeps `a`'s renewal exactly too.
+        let mut snapshot = Vec::new();
+        let mut cursor = SnapshotCursor::default();
+        while !reg.snapshot_step(&mut cursor, 3, &mut |item| match item {
+            Item::App(name, state) => codec::encode(&app_record(name, state), &mut snapshot),
+            Item::Instance(app, s) => codec::encode_instance(
+                &mut snapshot,
+                app,
+                s.id,
+                s.ip,
+                s.port,
+                s.status,
+                s.last_renewal,
+                s.metadata,
+            ),
+        }) {}
+        codec::encode(
+            &Record::End {
+                mono: now,
+                index: reg.index(),
+                clean: true,
+            },
+            &mut snapshot,
+        );
+        let mut back = replayed(&snapshot, Kind::Snapshot, now, 5_000_000);
+        assert_eq!(show(&mut back, 5_000_000), want);
+    }
 
     fn header_of(kind: Kind, version: u16) -> Vec<u8> {
         let mut bytes = Vec::new();
