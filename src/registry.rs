@@ -324,6 +324,24 @@ pub struct Stored<'a> {
     pub metadata: Option<&'a Metadata>,
 }
 
+/// An instance as a data directory saved it, to put back with
+/// [`Registry::load_instances`].
+#[derive(Clone, Debug)]
+pub struct Saved {
+    /// The instance id (its allocation is kept).
+    pub id: Arc<str>,
+    /// Its address.
+    pub ip: Ip,
+    /// Its port.
+    pub port: u16,
+    /// Its stored status.
+    pub status: Status,
+    /// Its last renewal.
+    pub last_renewal: Millis,
+    /// Its metadata, if any.
+    pub metadata: Option<Arc<Metadata>>,
+}
+
 /// What [`Registry::snapshot_step`] hands its visitor.
 #[derive(Debug)]
 pub enum Item<'a> {
@@ -1328,49 +1346,58 @@ impl Registry {
         self.book.set_due(app, now);
     }
 
-    /// Puts an instance back as saved, with its stored status and renewal,
-    /// replacing one of the same id: loading a data directory. Its metadata
-    /// is `metadata` (shared, not copied; `saved.metadata` is not read). The
-    /// app must have been loaded (else [`Error::NoSuchApp`]).
-    pub fn load_instance(
+    /// Puts instances back as saved, with their stored status and renewal,
+    /// each replacing one of the same id: loading a data directory. The app
+    /// must have been loaded (else [`Error::NoSuchApp`]). Its tables are
+    /// sized once and each instance costs one hash (a million load in a
+    /// fraction of a second).
+    pub fn load_instances(
         &mut self,
         app: &str,
-        saved: Stored<'_>,
-        metadata: Option<Arc<Metadata>>,
+        saved: impl ExactSizeIterator<Item = Saved>,
         now: Millis,
     ) -> Result<(), Error> {
         let book = &mut self.book;
         let app = self.apps.get_mut(app).ok_or(Error::NoSuchApp)?;
-        let metadata = metadata.filter(|m| !m.is_empty());
-        let id: Arc<str> = match app.ids.get(saved.id) {
-            Some(&pos) => {
-                let slot = &mut app.slots[pos];
-                book.counts[slot.status.ix()] -= 1;
-                slot.ip = Ip::new(saved.ip);
-                slot.port = saved.port;
-                slot.status = saved.status;
-                slot.last_renewal = saved.last_renewal;
-                slot.id.clone()
+        app.slots.reserve(saved.len());
+        app.ids.reserve(saved.len());
+        for saved in saved {
+            let status = saved.status;
+            let id = match app.ids.entry(saved.id) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    let slot = &mut app.slots[*e.get()];
+                    book.counts[slot.status.ix()] -= 1;
+                    slot.ip = saved.ip;
+                    slot.port = saved.port;
+                    slot.status = status;
+                    slot.last_renewal = saved.last_renewal;
+                    slot.id.clone()
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let id = e.key().clone();
+                    e.insert(app.slots.len());
+                    app.slots.push(Slot {
+                        id: id.clone(),
+                        ip: saved.ip,
+                        last_renewal: saved.last_renewal,
+                        port: saved.port,
+                        status,
+                    });
+                    id
+                }
+            };
+            book.counts[status.ix()] += 1;
+            match saved.metadata.filter(|m| !m.is_empty()) {
+                Some(m) => {
+                    app.metadata.insert(id, m);
+                }
+                None if !app.metadata.is_empty() => {
+                    app.metadata.remove(&id);
+                }
+                None => {}
             }
-            None => {
-                let id: Arc<str> = Arc::from(saved.id);
-                app.ids.insert(id.clone(), app.slots.len());
-                app.slots.push(Slot {
-                    id: id.clone(),
-                    ip: Ip::new(saved.ip),
-                    last_renewal: saved.last_renewal,
-                    port: saved.port,
-                    status: saved.status,
-                });
-                id
-            }
-        };
-        book.counts[saved.status.ix()] += 1;
-        match metadata {
-            Some(m) => app.metadata.insert(id, m),
-            None => app.metadata.remove(&id),
-        };
-        app.empty_since = None;
+            app.empty_since = None;
+        }
         book.set_due(app, now);
         Ok(())
     }
@@ -2363,27 +2390,24 @@ mod tests {
             gone_at: 0,
         };
         reg.load_app("web", state, T0);
-        let saved = |id, status, last_renewal| Stored {
-            id,
-            ip: "10.0.0.1",
+        let saved = |id: &str, status, last_renewal, metadata| Saved {
+            id: Arc::from(id),
+            ip: Ip::new("10.0.0.1"),
             port: 80,
             status,
             last_renewal,
-            metadata: None,
+            metadata,
         };
-        reg.load_instance(
-            "web",
-            saved("a", Status::Up, T0 - 100_000),
-            metadata("k=v"),
-            T0,
-        )
-        .unwrap();
-        reg.load_instance("web", saved("b", Status::OutOfService, T0 - 1), None, T0)
-            .unwrap();
-        reg.load_instance("web", saved("b", Status::Starting, T0 - 2), None, T0)
-            .unwrap();
+        let batch = vec![
+            saved("a", Status::Up, T0 - 100_000, metadata("k=v")),
+            saved("b", Status::OutOfService, T0 - 1, None),
+        ];
+        reg.load_instances("web", batch.into_iter(), T0).unwrap();
+        let again = vec![saved("b", Status::Starting, T0 - 2, None)];
+        reg.load_instances("web", again.into_iter(), T0).unwrap();
+        let other = vec![saved("c", Status::Up, T0, None)];
         assert_eq!(
-            reg.load_instance("db", saved("c", Status::Up, T0), None, T0),
+            reg.load_instances("db", other.into_iter(), T0),
             Err(Error::NoSuchApp)
         );
         let view = reg.app("web", T0, StatusSet::ALL, None).unwrap().unwrap();

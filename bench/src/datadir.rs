@@ -1,11 +1,13 @@
 //! `--only datadir` (issue 18): what `--data-dir` costs. At each fleet size
-//! the same binary runs twice, with `--data-dir` (and `--snapshot-every 1s`,
-//! so that snapshots overlap every measurement) and without; both get the
+//! the same binary runs twice, with `--data-dir` and without; both get the
 //! same heartbeats and the same churn (a registration every 10 ms, so that
-//! there is something to log and to snapshot), measured back to back, the
-//! order alternating round by round. Then the server with the directory is
-//! stopped (its last snapshot), and started again on it: the time from the
-//! spawn to the first answer, and the disk used per instance.
+//! there is something to log), measured back to back, the order alternating
+//! round by round: the steady cost. Then the server with the directory is
+//! stopped (its last snapshot) and started again on it, with
+//! `--snapshot-every 1s` (snapshot after snapshot): the time from the spawn
+//! to the first answer (and the CPU time that took), the disk used per
+//! instance, and the same rounds again, for the slowest heartbeat while
+//! snapshots are written beside the server without a directory.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -30,6 +32,9 @@ struct Size {
     n: usize,
     with: Vec<Outcome>,
     without: Vec<Outcome>,
+    /// Rounds while snapshots are written, and their controls.
+    saving: Vec<Outcome>,
+    control: Vec<Outcome>,
     /// The longest lock hold of a snapshot step the server logged (µs).
     lock_us: u64,
     /// Bytes in the directory after a clean stop, the stop's duration, and
@@ -37,6 +42,7 @@ struct Size {
     disk: u64,
     stop: Duration,
     restart: Duration,
+    restart_cpu: f64,
 }
 
 /// Runs the scenario and answers its section of the report.
@@ -75,7 +81,7 @@ fn measure_size(
     dir_arg: &str,
     began: Instant,
 ) -> Result<Size, String> {
-    let flags = ["--data-dir", dir_arg, "--snapshot-every", "1s"];
+    let flags = ["--data-dir", dir_arg];
     let with = start(s, &format!("registro-{n}-data-dir"), &flags)?;
     let without = start(s, &format!("registro-{n}"), &[])?;
     for server in [&with, &without] {
@@ -93,70 +99,115 @@ fn measure_size(
         n,
         with: Vec::new(),
         without: Vec::new(),
+        saving: Vec::new(),
+        control: Vec::new(),
         lock_us: 0,
         disk: 0,
         stop: Duration::ZERO,
         restart: Duration::ZERO,
+        restart_cpu: 0.0,
     };
     let mut churned = 0;
-    for round in 0..s.runs {
-        let order: [bool; 2] = if round % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for data_dir in order {
-            let server = if data_dir { &with } else { &without };
-            let churn = Churn::start(server.addr, churned);
-            let o = measure(
-                &heartbeat_load(s, server.addr, n, round * 7919),
-                server,
-                Instant::now(),
-            );
-            churned = churn.stop(churned);
-            progress(
-                began,
-                format_args!(
-                    "round {}: datadir {}{}: {}",
-                    round + 1,
-                    report::thousands(n as f64),
-                    if data_dir { " with --data-dir" } else { "" },
-                    report::summary(&o)
-                ),
-            );
-            if data_dir {
-                out.with.push(o);
-                out.lock_us = out.lock_us.max(longest_hold(&server.tail()));
-            } else {
-                out.without.push(o);
-            }
-        }
-    }
-    let _ = without.stop();
+    rounds(
+        s,
+        n,
+        [&with, &without],
+        &mut out.with,
+        &mut out.without,
+        &mut churned,
+        "",
+        began,
+    );
     let stopping = Instant::now();
     with.stop()
         .map_err(|e| format!("registro-{n}-data-dir: {e}"))?;
     out.stop = stopping.elapsed();
     out.disk = dir_bytes(dir);
     let spawned = Instant::now();
-    let again = start(s, &format!("registro-{n}-restarted"), &flags)?;
+    let mut cmd = Command::new(&s.server);
+    cmd.args(["--addr", "127.0.0.1:0"])
+        .args(flags)
+        .args(["--snapshot-every", "1s"]);
+    let again = ServerProc::start_within(
+        &format!("registro-{n}-restarted"),
+        cmd,
+        Stop::Term,
+        Duration::from_secs(600),
+    )?;
     out.restart = spawned.elapsed();
+    out.restart_cpu = crate::proc::cpu_secs(Some(again.pid())).unwrap_or(f64::NAN);
     let (status, body) =
         load::request_once(again.addr, load::LISTING).map_err(|e| format!("restarted: {e}"))?;
-    let _ = again.stop();
     progress(
         began,
         format_args!(
-            "datadir {}: stop {} ms, {} on disk ({:.0} B per instance), restart to serving {} ms (listing {status}, {} bytes)",
+            "datadir {}: stop {} ms, {} on disk ({:.0} B per instance), restart to serving {} ms ({:.2} s of CPU; listing {status}, {} bytes)",
             report::thousands(n as f64),
             out.stop.as_millis(),
             report::bytes(out.disk),
             out.disk as f64 / n as f64,
             out.restart.as_millis(),
+            out.restart_cpu,
             body
         ),
     );
+    rounds(
+        s,
+        n,
+        [&again, &without],
+        &mut out.saving,
+        &mut out.control,
+        &mut churned,
+        " (snapshots)",
+        began,
+    );
+    out.lock_us = longest_hold(&again.tail());
+    let _ = again.stop();
+    let _ = without.stop();
     Ok(out)
+}
+
+/// `s.runs` rounds of heartbeats with churn on each of `servers` (the one
+/// with a directory first), back to back, the order alternating.
+#[allow(clippy::too_many_arguments)]
+fn rounds(
+    s: &Settings,
+    n: usize,
+    servers: [&ServerProc; 2],
+    with: &mut Vec<Outcome>,
+    without: &mut Vec<Outcome>,
+    churned: &mut usize,
+    what: &str,
+    began: Instant,
+) {
+    for round in 0..s.runs {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for k in order {
+            let server = servers[k];
+            let churn = Churn::start(server.addr, *churned);
+            let o = measure(
+                &heartbeat_load(s, server.addr, n, round * 7919),
+                server,
+                Instant::now(),
+            );
+            *churned = churn.stop(*churned);
+            progress(
+                began,
+                format_args!(
+                    "round {}: datadir {}{}{what}: {}",
+                    round + 1,
+                    report::thousands(n as f64),
+                    if k == 0 { " with --data-dir" } else { "" },
+                    report::summary(&o)
+                ),
+            );
+            if k == 0 {
+                with.push(o);
+            } else {
+                without.push(o);
+            }
+        }
+    }
 }
 
 /// The largest `longest lock hold N us` of the snapshot lines in `tail`.
@@ -239,28 +290,33 @@ fn render(sizes: &[Size]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n## --data-dir (issue 18)\n\nThe same binary with `--data-dir` (a snapshot every second, a registration every 10 ms) and without, measured back to back.\n"
+        "\n## --data-dir (issue 18)\n\nThe same binary with `--data-dir` and without, measured back to back, a registration every 10 ms on each; then the one with the directory stopped, started again on it with `--snapshot-every 1s` (a snapshot after another), and measured again.\n"
     );
     let _ = writeln!(
         out,
-        "| instances | heartbeats/s with | without | ratio (>= 0.95x) | max with | max without | longest snapshot lock hold | disk per instance | stop | start to serving (< 5 s at 1M) |"
+        "| instances | heartbeats/s with | without | ratio (>= 0.95x) | max while snapshots are written | max without | longest snapshot lock hold | disk per instance | stop | start to serving (< 5 s at 1M) |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for z in sizes {
         let (w, wo) = (median_rate(&z.with), median_rate(&z.without));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.2}x | {} | {} | {} | {:.0} B | {} ms | {} ms |",
+            "| {} | {} | {} | {:.2}x | {} | {} | {} | {:.0} B | {} ms | {} ms ({:.2} s CPU) |",
             report::thousands(z.n as f64),
             report::thousands(w),
             report::thousands(wo),
             w / wo.max(1e-9),
-            report::ms(worst(&z.with)),
-            report::ms(worst(&z.without)),
-            report::ms(z.lock_us),
+            report::ms(worst(&z.saving)),
+            report::ms(worst(&z.control)),
+            if z.lock_us == 0 {
+                "n/a (not in the log's last lines)".to_string()
+            } else {
+                report::ms(z.lock_us)
+            },
             z.disk as f64 / z.n as f64,
             z.stop.as_millis(),
-            z.restart.as_millis()
+            z.restart.as_millis(),
+            z.restart_cpu
         );
     }
     out

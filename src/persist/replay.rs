@@ -20,11 +20,12 @@
 //! (at most a few seconds before the crash). After a clean stop the last
 //! file is a snapshot made at the stop, which has every renewal exactly.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::codec::{Kind, Record};
-use crate::registry::{AppState, Metadata, Millis, Registry, Status, Stored};
+use crate::registry::{AppState, Ip, Metadata, Millis, Registry, Saved, Status};
 
 /// An instance as replayed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,7 +33,7 @@ struct Instance {
     /// Where it goes in its app's order: slots are visited by a snapshot
     /// from the last down (so they count down), new ids logged count up.
     order: i64,
-    ip: Arc<str>,
+    ip: Ip,
     port: u16,
     status: Status,
     /// On the virtual clock.
@@ -40,8 +41,9 @@ struct Instance {
     metadata: Option<Arc<Metadata>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct App {
+    name: Arc<str>,
     index: u64,
     empty_since: Option<i64>,
     gone_at: i64,
@@ -51,7 +53,12 @@ struct App {
 /// The state read so far.
 #[derive(Debug, Default)]
 pub struct Replay {
-    apps: HashMap<Arc<str>, App>,
+    /// Apps in the order first read (`None`: removed since), found by name
+    /// through `by_name`, the last one used kept aside (a snapshot lists an
+    /// app's instances together: one string compare, not a hash, each).
+    apps: Vec<Option<App>>,
+    by_name: HashMap<Arc<str>, usize>,
+    last: Option<usize>,
     index: u64,
     /// The virtual clock.
     v: i64,
@@ -98,14 +105,16 @@ impl Replay {
                 let empty_since = empty_since.map(|t| self.time(t));
                 let gone_at = self.time(gone_at);
                 self.index = self.index.max(index);
-                let app = self.apps.entry(name).or_default();
+                let app = self.app(name);
                 app.index = index;
                 app.empty_since = empty_since;
                 app.gone_at = gone_at;
             }
             Record::AppRemoved { name, index } => {
                 self.index = self.index.max(index);
-                self.apps.remove(&name);
+                if let Some(i) = self.by_name.remove(&name) {
+                    self.apps[i] = None;
+                }
             }
             Record::Instance {
                 app,
@@ -117,36 +126,67 @@ impl Replay {
                 metadata,
             } => {
                 let renewal = self.time(renewal);
-                let instances = &mut self.apps.entry(app).or_default().instances;
-                let order = match instances.get(&id) {
-                    Some(i) => i.order,
-                    None if kind == Kind::Snapshot => {
-                        self.down -= 1;
-                        self.down
-                    }
-                    None => {
-                        self.up += 1;
-                        self.up
-                    }
+                let order = if kind == Kind::Snapshot {
+                    self.down - 1
+                } else {
+                    self.up + 1
                 };
-                instances.insert(
-                    id,
-                    Instance {
-                        order,
-                        ip,
-                        port,
-                        status,
-                        renewal,
-                        metadata,
-                    },
-                );
+                let instance = Instance {
+                    order,
+                    ip: Ip::new(&ip),
+                    port,
+                    status,
+                    renewal,
+                    metadata,
+                };
+                match self.app(app).instances.entry(id) {
+                    Entry::Occupied(mut e) => {
+                        let order = e.get().order;
+                        *e.get_mut() = Instance { order, ..instance };
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(instance);
+                        if kind == Kind::Snapshot {
+                            self.down -= 1;
+                        } else {
+                            self.up += 1;
+                        }
+                    }
+                }
             }
             Record::InstanceRemoved { app, id } => {
-                if let Some(app) = self.apps.get_mut(&app) {
-                    app.instances.remove(&id);
+                if let Some(&i) = self.by_name.get(&app) {
+                    if let Some(app) = &mut self.apps[i] {
+                        app.instances.remove(&id);
+                    }
                 }
             }
         }
+    }
+
+    /// The app `name`, created empty if absent.
+    fn app(&mut self, name: Arc<str>) -> &mut App {
+        let i = match self.last {
+            Some(i) if self.apps[i].as_ref().is_some_and(|a| a.name == name) => i,
+            _ => match self.by_name.entry(name) {
+                Entry::Occupied(e) => *e.get(),
+                Entry::Vacant(e) => {
+                    let i = self.apps.len();
+                    self.apps.push(Some(App {
+                        name: e.key().clone(),
+                        index: 0,
+                        empty_since: None,
+                        gone_at: 0,
+                        instances: HashMap::new(),
+                    }));
+                    e.insert(i);
+                    i
+                }
+            },
+        };
+        self.last = Some(i);
+        // Present: `last` and `by_name` only ever name present apps.
+        self.apps[i].get_or_insert_with(unreachable_app)
     }
 
     fn mark(&mut self, mono: u64) {
@@ -175,8 +215,9 @@ impl Replay {
 
     /// Apps and instances read.
     pub fn counts(&self) -> (usize, usize) {
-        let instances = self.apps.values().map(|a| a.instances.len()).sum();
-        (self.apps.len(), instances)
+        let apps = self.apps.iter().flatten();
+        let instances = apps.clone().map(|a| a.instances.len()).sum();
+        (apps.count(), instances)
     }
 
     /// Puts what was read into `registry`, with the registry's `now`
@@ -185,7 +226,8 @@ impl Replay {
     pub fn load(self, registry: &mut Registry, now: Millis) {
         let v = self.v;
         let at = |t: i64| -> Millis { now.saturating_sub(u64::try_from(v - t).unwrap_or(0)) };
-        for (name, app) in self.apps {
+        for app in self.apps.into_iter().flatten() {
+            let name = app.name;
             registry.load_app(
                 &name,
                 AppState {
@@ -197,24 +239,33 @@ impl Replay {
             );
             let mut instances: Vec<_> = app.instances.into_iter().collect();
             instances.sort_unstable_by_key(|(_, i)| i.order);
-            for (id, i) in instances {
-                let renewal = if i.status == Status::Up && !self.clean {
+            let clean = self.clean;
+            let saved = instances.into_iter().map(|(id, i)| Saved {
+                id,
+                ip: i.ip,
+                port: i.port,
+                status: i.status,
+                last_renewal: if i.status == Status::Up && !clean {
                     now
                 } else {
                     at(i.renewal)
-                };
-                let saved = Stored {
-                    id: &id,
-                    ip: &i.ip,
-                    port: i.port,
-                    status: i.status,
-                    last_renewal: renewal,
-                    metadata: None,
-                };
-                // The app was loaded just above.
-                let _ = registry.load_instance(&name, saved, i.metadata, now);
-            }
+                },
+                metadata: i.metadata,
+            });
+            // The app was loaded just above.
+            let _ = registry.load_instances(&name, saved, now);
         }
+    }
+}
+
+/// An app where none can be missing; never made.
+fn unreachable_app() -> App {
+    App {
+        name: Arc::from(""),
+        index: 0,
+        empty_since: None,
+        gone_at: 0,
+        instances: HashMap::new(),
     }
 }
 
