@@ -210,9 +210,26 @@ pub fn encode_instance(
     metadata: Option<&Metadata>,
 ) {
     let start = out.len();
+    encode_instance_unsealed(out, app, id, ip, port, status, renewal, metadata);
+    seal(out, start);
+}
+
+/// The same, its checksum left for [`seal_all`].
+#[allow(clippy::too_many_arguments)]
+pub fn encode_instance_unsealed(
+    out: &mut Vec<u8>,
+    app: &str,
+    id: &str,
+    ip: &str,
+    port: u16,
+    status: Status,
+    renewal: u64,
+    metadata: Option<&Metadata>,
+) {
+    let start = out.len();
     out.extend_from_slice(&[0; FRAME]);
     instance(out, app, id, ip, port, status, renewal, metadata);
-    seal(out, start);
+    seal_len(out, start);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -241,13 +258,38 @@ fn instance(
     }
 }
 
+/// Fills in the checksums of the frames in `out` (whole frames, as
+/// [`encode_unsealed`] writes them): done after the registry's lock is let
+/// go, so a snapshot's step holds it only to copy.
+pub fn seal_all(out: &mut [u8]) {
+    let mut at = 0;
+    while at + FRAME <= out.len() {
+        let len = u32::from_le_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]) as usize;
+        let end = (at + FRAME + len).min(out.len());
+        let crc = crc32c(&out[at + FRAME..end]);
+        out[at + 4..at + FRAME].copy_from_slice(&crc.to_le_bytes());
+        at = end;
+    }
+}
+
+/// Appends `record` framed, its checksum left for [`seal_all`].
+pub fn encode_unsealed(record: &Record, out: &mut Vec<u8>) {
+    let start = out.len();
+    encode(record, out);
+    out[start + 4..start + FRAME].fill(0);
+}
+
 /// Fills in the frame of the payload that starts at `start + FRAME`.
 fn seal(out: &mut [u8], start: usize) {
-    let payload = &out[start + FRAME..];
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    let crc = crc32c(payload);
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    seal_len(out, start);
+    let crc = crc32c(&out[start + FRAME..]);
     out[start + 4..start + FRAME].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Fills in the length of the payload that starts at `start + FRAME`.
+fn seal_len(out: &mut [u8], start: usize) {
+    let len = u32::try_from(out.len() - start - FRAME).unwrap_or(u32::MAX);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
 }
 
 fn u64_(out: &mut Vec<u8>, v: u64) {
@@ -583,6 +625,21 @@ mod tests {
         );
         let (r, _) = decode(&bytes).unwrap().unwrap();
         assert!(matches!(r, Record::Header { version: 2, .. }));
+    }
+
+    #[test]
+    fn frames_sealed_afterwards_read_as_those_sealed_at_once() {
+        let mut sealed = Vec::new();
+        let mut later = Vec::new();
+        for r in samples() {
+            encode(&r, &mut sealed);
+            encode_unsealed(&r, &mut later);
+        }
+        encode_instance(&mut sealed, "web", "z", "::1", 1, Status::Down, 5, None);
+        encode_instance_unsealed(&mut later, "web", "z", "::1", 1, Status::Down, 5, None);
+        assert_ne!(sealed, later);
+        seal_all(&mut later);
+        assert_eq!(sealed, later);
     }
 
     #[test]

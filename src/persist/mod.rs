@@ -12,7 +12,8 @@
 //!   counted and retried (into a new log); the server keeps serving.
 //! - Every `--snapshot-every` (5 minutes; if anything was logged since), when the log passes
 //!   [`LOG_LIMIT`], and at a clean stop, it writes a **snapshot** in steps
-//!   of [`STEP`] instances per lock hold (resting as long as a step took),
+//!   of [`STEP`] instances per lock hold (copied under the lock, checksummed
+//!   after; resting twice as long as a step took),
 //!   to `snapshot.tmp`, syncs it, renames it to `snapshot`, syncs the
 //!   directory, and deletes the logs it covers. A new log starts when the
 //!   snapshot does; replaying it over the snapshot is idempotent.
@@ -449,6 +450,15 @@ fn header_writer(bytes: &[u8]) -> u64 {
 /// Reads a log into `replay`, up to a torn tail (logged); answers its size.
 fn read_log(path: &Path, replay: &mut Replay, log: &Log) -> io::Result<u64> {
     let bytes = fs::read(path).map_err(|e| unreadable(path, e))?;
+    if matches!(codec::decode(&bytes), Ok(None) | Err(codec::Bad::Truncated)) {
+        // A log whose header a crash cut short: it holds nothing.
+        log.line(format_args!(
+            "data directory: {}: ignored, a new log whose first write a crash cut short ({} bytes)",
+            path.display(),
+            bytes.len()
+        ));
+        return Ok(0);
+    }
     let (_, mut at) = header(path, &bytes, Kind::Log)?;
     replay.apply(
         Record::Header {
@@ -746,15 +756,17 @@ impl Saver {
             let registry = self.api.lock();
             let held = Instant::now();
             let mono = clock::now().mono;
-            codec::encode(&Record::Mark { mono }, &mut chunk);
+            // Copied under the lock, checksummed after it.
+            let from = chunk.len();
+            codec::encode_unsealed(&Record::Mark { mono }, &mut chunk);
             let finished = registry.snapshot_step(&mut cursor, STEP, &mut |item| match item {
                 Item::App(name, state) => {
                     done.apps += 1;
-                    codec::encode(&app_record(name, state), &mut chunk);
+                    codec::encode_unsealed(&app_record(name, state), &mut chunk);
                 }
                 Item::Instance(app, s) => {
                     done.instances += 1;
-                    codec::encode_instance(
+                    codec::encode_instance_unsealed(
                         &mut chunk,
                         app,
                         s.id,
@@ -772,10 +784,11 @@ impl Saver {
                     index: registry.index(),
                     clean,
                 };
-                codec::encode(&end, &mut chunk);
+                codec::encode_unsealed(&end, &mut chunk);
             }
             drop(registry);
             let step = held.elapsed();
+            codec::seal_all(&mut chunk[from..]);
             done.longest = done.longest.max(step);
             file.write_all(&chunk).map_err(with_path)?;
             done.bytes += chunk.len() as u64;
@@ -784,10 +797,11 @@ impl Saver {
                 break;
             }
             if !clean {
-                // Rest as long as the step took (as the ticker does), and
+                // Rest twice as long as the step took (the ticker rests as
+                // long: a snapshot can wait, heartbeats should not), and
                 // keep the log's second meanwhile. A stop ends this
                 // snapshot: the last one, made at once, replaces it.
-                if self.rest(step) {
+                if self.rest(step * 2) {
                     return Err(io::Error::new(io::ErrorKind::Interrupted, "stopping"));
                 }
                 if self.last_flush.elapsed() >= FLUSH_EVERY {

@@ -402,8 +402,14 @@ fn a_torn_tail_of_the_log_is_ignored_with_a_line() {
     let mut f = fs::OpenOptions::new().append(true).open(&log).expect("log");
     f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5]).expect("append");
     drop(f);
+    // And a log a crash left with its header cut short.
+    fs::write(dir.0.join("log.0000000000000099"), [30, 0, 0]).expect("a cut log");
     let p = Proc::start(&["--data-dir", dir.arg()]);
     p.wait_line("ignored the last 9 bytes", Duration::from_secs(5));
+    p.wait_line(
+        "first write a crash cut short (3 bytes)",
+        Duration::from_secs(5),
+    );
     let got = ok(Conn::open(p.addr).get("/apps/web"), 200).json();
     assert_eq!(got["instances"].as_array().map(Vec::len), Some(2), "{got}");
 }
