@@ -7,8 +7,9 @@
 //!   whole state, a removal, an app's state) appended to a bounded buffer.
 //!   Heartbeats that change no status are not written.
 //! - The **saver** thread appends the buffer to the current log
-//!   (`log.GENERATION`) every [`FLUSH_EVERY`] and syncs it, so a crash loses
-//!   at most the changes of the last second. A failed save is logged,
+//!   (`log.GENERATION`) as soon as it holds something, and syncs it (what
+//!   comes during a sync goes with the next write), so a crash loses at most
+//!   the changes of the last sync, well under a second. A failed save is logged,
 //!   counted and retried (into a new log); the server keeps serving.
 //! - Every `--snapshot-every` (5 minutes; if anything was logged since), when the log passes
 //!   [`LOG_LIMIT`], and at a clean stop, it writes a **snapshot** in steps
@@ -43,7 +44,9 @@ use crate::log::Log;
 use crate::metrics::Save;
 use crate::registry::{self, Event, Item, Registry, SnapshotCursor};
 
-/// How often the buffer is appended to the log and synced.
+/// The saver appends what the recorder buffered as soon as there is some
+/// (group commit: what comes during a sync goes with the next write); it
+/// wakes this often anyway, to write a mark and to check for a snapshot due.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// With nothing to append, a mark of the time is still written this often,
 /// so that after a crash the time the server ran is counted.
@@ -300,11 +303,17 @@ fn record(shared: &Shared, registry: &Registry, events: &[Event]) {
         }
     }
     let mut buffer = shared.lock();
+    let first = buffer.bytes.is_empty();
     if buffer.bytes.len() + out.len() > BUFFER_LIMIT {
         buffer.bytes = Vec::new();
         buffer.overflowed = true;
     } else {
         buffer.bytes.extend_from_slice(&out);
+    }
+    if first {
+        // The saver writes at once (what comes while it syncs waits for
+        // the next write): one wake per write, not per change.
+        shared.wake.notify_one();
     }
 }
 
@@ -541,7 +550,7 @@ impl Saver {
         loop {
             let stop = {
                 let mut buffer = self.shared.lock();
-                if !buffer.stop {
+                if !buffer.stop && buffer.bytes.is_empty() && !buffer.overflowed {
                     buffer = self
                         .shared
                         .wake
@@ -551,10 +560,15 @@ impl Saver {
                 }
                 buffer.stop
             };
-            self.flush();
+            let saved = self.flush();
             if stop {
                 self.snapshot(true);
                 return;
+            }
+            if !saved {
+                // A full disk: try again in a while, not in a loop.
+                let _ = self.rest(FLUSH_EVERY);
+                continue;
             }
             let log_long = self.log_bytes > LOG_LIMIT;
             let periodic =
@@ -613,7 +627,8 @@ impl Saver {
     /// Appends what the recorder buffered to the log, with a mark of the
     /// time, and syncs it. On failure the records are kept for the next try,
     /// which starts a new log (the failed one may end in a torn record).
-    fn flush(&mut self) {
+    /// Says whether nothing is left to write.
+    fn flush(&mut self) -> bool {
         let shared = Arc::clone(&self.shared);
         {
             let mut buffer = shared.lock();
@@ -638,14 +653,14 @@ impl Saver {
             self.snapshot_due = true;
         }
         if self.pending.is_empty() && self.last_mark.elapsed() < MARK_EVERY {
-            return;
+            return true;
         }
         let started = Instant::now();
         if self.log.is_none() {
             self.generation += 1;
             if let Err(e) = self.new_log() {
                 self.complain(format_args!("cannot start a new log: {e}"));
-                return;
+                return false;
             }
         }
         let mut mark = Vec::with_capacity(codec::FRAME + 9);
@@ -656,7 +671,7 @@ impl Saver {
             &mut mark,
         );
         let Some(file) = self.log.as_mut() else {
-            return;
+            return false;
         };
         let written = file
             .write_all(&mark)
@@ -675,11 +690,13 @@ impl Saver {
                     .metrics()
                     .saves
                     .saved(Save::Log, started.elapsed(), n);
+                true
             }
             Err(e) => {
                 self.log = None;
                 let path = self.dir.join(log_name(self.generation));
                 self.complain(format_args!("cannot append to {}: {e}", path.display()));
+                false
             }
         }
     }
@@ -804,7 +821,7 @@ impl Saver {
                 if self.rest(step * 2) {
                     return Err(io::Error::new(io::ErrorKind::Interrupted, "stopping"));
                 }
-                if self.last_flush.elapsed() >= FLUSH_EVERY {
+                if !self.shared.lock().bytes.is_empty() {
                     self.flush();
                 }
             }
@@ -820,17 +837,20 @@ impl Saver {
 
     /// Waits `d` unless a stop is asked for; says whether one is.
     fn rest(&self, d: Duration) -> bool {
-        let buffer = self.shared.lock();
-        if buffer.stop {
-            return true;
+        let until = Instant::now() + d;
+        let mut buffer = self.shared.lock();
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if buffer.stop || left.is_zero() {
+                return buffer.stop;
+            }
+            buffer = self
+                .shared
+                .wake
+                .wait_timeout(buffer, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
-        let buffer = self
-            .shared
-            .wake
-            .wait_timeout(buffer, d)
-            .unwrap_or_else(PoisonError::into_inner)
-            .0;
-        buffer.stop
     }
 
     fn remove_logs(&mut self, covered: impl Fn(u64) -> bool) {
