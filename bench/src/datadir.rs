@@ -301,7 +301,7 @@ fn render(sizes: &[Size]) -> String {
         let (w, wo) = (median_rate(&z.with), median_rate(&z.without));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.2}x | {} | {} | {} | {:.0} B | {} ms | {} ms ({:.2} s CPU) |",
+            "| {} | {} | {} | {:.2}x | {} | {} | {} | {:.0} B | {} ms | {} ms ({} CPU) |",
             report::thousands(z.n as f64),
             report::thousands(w),
             report::thousands(wo),
@@ -309,14 +309,18 @@ fn render(sizes: &[Size]) -> String {
             report::ms(worst(&z.saving)),
             report::ms(worst(&z.control)),
             if z.lock_us == 0 {
-                "n/a (not in the log's last lines)".to_string()
+                "unseen (no snapshot line among the log's last)".to_string()
             } else {
                 report::ms(z.lock_us)
             },
             z.disk as f64 / z.n as f64,
             z.stop.as_millis(),
             z.restart.as_millis(),
-            z.restart_cpu
+            if z.restart_cpu.is_finite() {
+                format!("{:.2} s", z.restart_cpu)
+            } else {
+                "unknown".to_string()
+            }
         );
     }
     out

@@ -83,6 +83,7 @@ fn quick_mode_runs_every_scenario_against_the_real_server() {
         "| Heartbeats with the watchers waiting and answered >= 0.9x the same windows without |",
         "Machine: ",
         "Command: `make bench`",
+        "## --data-dir (issue 18)",
     ] {
         assert!(
             stdout.contains(row),
