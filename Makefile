@@ -70,7 +70,7 @@ docker: static ## Build the image registro:latest (IMAGE=...) from Dockerfile.sc
 	@command -v docker >/dev/null 2>&1 || { echo "make docker: docker not found" >&2; exit 1; }
 	@docker info >/dev/null 2>&1 || { echo "make docker: no Docker engine answers (is dockerd running?)" >&2; exit 1; }
 	rm -rf '$(DOCKER_CONTEXT)'
-	mkdir -p '$(DOCKER_CONTEXT)'
+	mkdir -p '$(DOCKER_CONTEXT)/data'
 	cp '$(STATIC_BIN)' '$(DOCKER_CONTEXT)/registro'
 	cp Dockerfile.scratch '$(DOCKER_CONTEXT)/Dockerfile'
 	docker build -t '$(IMAGE)' '$(DOCKER_CONTEXT)'

@@ -4,7 +4,9 @@
     smoke.py chroot BINARY   copy BINARY alone into an empty directory and run
                              it there with chroot(8), exactly as in a FROM
                              scratch image (needs root)
-    smoke.py docker IMAGE    run IMAGE with `docker run --network host`
+    smoke.py docker IMAGE    run IMAGE with `docker run --network host`, then
+                             twice on one named volume with `--data-dir /data`
+                             (what the first registered, the second serves)
     smoke.py readme BINARY FILE.md...
                              run every `$ ` command of each file's console
                              blocks that is a curl to localhost:8080, in
@@ -203,36 +205,80 @@ def docker(*args, check_rc=True):
     return out
 
 
+def start_container(image, name, docker_args=(), args=()):
+    """Runs IMAGE as NAME and answers the address of its "listening on" line."""
+    docker("run", "-d", "--network", "host", "--name", name, *docker_args, image,
+           "--addr", "127.0.0.1:0", *args)
+    deadline = time.monotonic() + STARTUP_DEADLINE
+    while True:
+        logs = docker("logs", name).stderr
+        m = next((LISTENING.search(l) for l in logs.splitlines() if LISTENING.search(l)), None)
+        if m:
+            return m.group(1)
+        state = docker("inspect", "-f", "{{.State.Running}}", name).stdout.strip()
+        check(state == "true", f"container stopped before listening: {logs!r}")
+        check(time.monotonic() < deadline, f"no 'listening on' line: {logs!r}")
+        time.sleep(0.05)
+
+
+def stop_container(name):
+    """`docker stop`; answers how long it took and checks the exit code is 0."""
+    started = time.monotonic()
+    docker("stop", "-t", "10", name)
+    elapsed = time.monotonic() - started
+    code = docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()
+    check(code == "0", f"exit code {code} after docker stop, want 0 (137 = killed): "
+          f"{docker('logs', name).stderr!r}")
+    return elapsed
+
+
 def run_docker(image):
     size = int(docker("image", "inspect", "-f", "{{.Size}}", image).stdout.strip())
     say(f"image {image}: {size} bytes ({size / 1e6:.2f} MB)")
     name = f"registro-smoke-{os.getpid()}"
-    docker("run", "-d", "--network", "host", "--name", name, image, "--addr", "127.0.0.1:0")
     try:
-        deadline = time.monotonic() + STARTUP_DEADLINE
-        while True:
-            logs = docker("logs", name).stderr
-            m = next((LISTENING.search(l) for l in logs.splitlines() if LISTENING.search(l)), None)
-            if m:
-                break
-            state = docker("inspect", "-f", "{{.State.Running}}", name).stdout.strip()
-            check(state == "true", f"container stopped before listening: {logs!r}")
-            check(time.monotonic() < deadline, f"no 'listening on' line: {logs!r}")
-            time.sleep(0.05)
-        addr = m.group(1)
+        addr = start_container(image, name)
         say(f"container {name} (PID 1 = registro) listening on {addr}")
         conn = exercise(addr)
-        started = time.monotonic()
-        docker("stop", "-t", "10", name)
-        elapsed = time.monotonic() - started
+        elapsed = stop_container(name)
         conn.close()
-        code = docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()
-        say(f"docker stop took {elapsed * 1000:.0f} ms; exit code {code} "
+        say(f"docker stop took {elapsed * 1000:.0f} ms; exit code 0 "
             "(an idle keep-alive connection was open)")
-        check(code == "0", f"exit code {code} after docker stop, want 0 (137 = killed)")
         check(elapsed < STOP_LIMIT, f"docker stop took {elapsed:.2f} s, limit {STOP_LIMIT} s")
     finally:
         docker("rm", "-f", name, check_rc=False)
+    run_docker_data_dir(image)
+
+
+def run_docker_data_dir(image):
+    """The image's /data works as shipped: on a new named volume, a server
+    run as the image's user keeps what it was told across a restart."""
+    volume = f"registro-smoke-data-{os.getpid()}"
+    names = []
+    try:
+        for turn in (1, 2):
+            name = f"{volume}-{turn}"
+            names.append(name)
+            addr = start_container(image, name, ("-v", f"{volume}:/data"), ("--data-dir", "/data"))
+            host, port = split_addr(addr)
+            conn = http.client.HTTPConnection(host, port, timeout=5)
+            root = "/registro/1.0"
+            if turn == 1:
+                status, _, raw = request(conn, "POST", f"{root}/apps", {"name": "kept"})
+                check(status == 201, f"POST /apps with --data-dir answered {status}: {raw!r}")
+                instance = {"id": "k-1", "ip": "127.0.0.1", "port": 8080}
+                status, _, raw = request(conn, "POST", f"{root}/apps/kept", instance)
+                check(status == 201, f"POST /apps/kept answered {status}: {raw!r}")
+            else:
+                status, _, raw = request(conn, "GET", f"{root}/apps/kept/k-1")
+                check(status == 200, f"after a restart on the volume: {status} {raw!r}")
+            conn.close()
+            stop_container(name)
+        say(f"--data-dir /data on volume {volume}: the registry was kept across a restart")
+    finally:
+        for name in names:
+            docker("rm", "-f", name, check_rc=False)
+        docker("volume", "rm", "-f", volume, check_rc=False)
 
 
 SMOKE_FILE = re.compile(r"^<!-- smoke-file: (\S+) (.*) -->$")

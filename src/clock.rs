@@ -1,25 +1,56 @@
 //! The server's clocks. The registry measures ages and deadlines on a
-//! monotonic clock (`mono`, milliseconds since the process started), so a
-//! step of the system clock (NTP, a resumed VM) changes no status; the wall
+//! monotonic clock (`mono`, milliseconds), so a
+//! step of the system clock (NTP, a resumed VM) changes no status (its origin
+//! is put 30 days back, so that a registry loaded from disk can hold renewals
+//! made before the start); the wall
 //! clock (`wall`, Unix milliseconds) is only for showing `lastRenewal`.
 
 use std::sync::OnceLock;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::registry::Millis;
 
 /// One reading of both clocks, taken together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Now {
-    /// Milliseconds on the monotonic clock since the process started.
+    /// Milliseconds on the monotonic clock since its origin, [`backdate`]
+    /// before the process's first reading.
     pub mono: Millis,
     /// Unix time in milliseconds, as the system clock says now.
     pub wall: Millis,
 }
 
+/// How far before the process's first clock reading the monotonic origin is
+/// put, where the platform allows it: a registry loaded from `--data-dir`
+/// can then hold renewals up to this long before the start (an instance
+/// renewed 20 s before the stop reads renewed 20 s before the start).
+const BACKDATE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The origin of `mono`, and how long before the first reading it is.
+fn origin() -> &'static (Instant, Millis) {
+    static ORIGIN: OnceLock<(Instant, Millis)> = OnceLock::new();
+    ORIGIN.get_or_init(|| {
+        let first = Instant::now();
+        match first.checked_sub(BACKDATE) {
+            Some(start) => (start, millis(BACKDATE)),
+            None => (first, 0),
+        }
+    })
+}
+
 fn start() -> Instant {
-    static START: OnceLock<Instant> = OnceLock::new();
-    *START.get_or_init(Instant::now)
+    origin().0
+}
+
+/// How long before the process's first clock reading `mono` counts from
+/// (30 days where the platform's clock allows it, else 0): `now.mono` less
+/// this is the time since the start.
+pub fn backdate() -> Millis {
+    origin().1
+}
+
+fn millis(d: Duration) -> Millis {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Reads both clocks.
@@ -45,5 +76,17 @@ pub fn mono_of(t: Instant) -> Millis {
 
 /// The `Instant` of a monotonic reading.
 pub fn instant_of(mono: Millis) -> Instant {
-    start() + std::time::Duration::from_millis(mono)
+    start() + Duration::from_millis(mono)
+}
+
+/// The lowest index a server started now may hand out: the wall clock in
+/// microseconds. An earlier server started at `t` handed out `t` plus one
+/// per change, so, unless it made more than a change a microsecond or the
+/// clock went back, every index it answered is below this. Microseconds stay
+/// below 2^53 (exact in JSON and JavaScript) until the year 2255.
+pub fn index_floor() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .clamp(1, (1 << 53) - 1)
 }

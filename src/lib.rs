@@ -26,6 +26,7 @@ mod http;
 mod log;
 mod metrics;
 mod ops;
+mod persist;
 pub mod registry;
 mod server;
 mod store;

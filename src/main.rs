@@ -66,6 +66,17 @@ struct Flags {
     #[argh(option)]
     read_token_file: Option<PathBuf>,
 
+    /// directory where the registry is kept across restarts (created if
+    /// absent; one server at a time): a restart, or a crash but its last
+    /// second, forgets nothing (default: none, the registry is in memory only)
+    #[argh(option)]
+    data_dir: Option<PathBuf>,
+
+    /// with --data-dir, time between two snapshots (the log of changes
+    /// compacted into one file), if anything changed (default 5m)
+    #[argh(option, default = "Duration::from_secs(300)", from_str_fn(period))]
+    snapshot_every: Duration,
+
     /// log a summary of every sweep, not only of those that changed
     /// something or took over 100 ms (default off)
     #[argh(switch)]
@@ -100,6 +111,8 @@ const OPTIONS: &[&str] = &[
     "--read-token-file",
     "--store",
     "--etcd-prefix",
+    "--data-dir",
+    "--snapshot-every",
 ];
 
 /// The most connection threads `--threads` may keep ready.
@@ -243,9 +256,13 @@ fn config(flags: Flags) -> Result<registro::Config, String> {
                 .to_string(),
         );
     }
-    // `--store etcd` keeps no data directory: with `--data-dir` (when that
-    // flag exists) it is an error, checked here.
     let store = store(&flags.store, &flags.etcd_prefix)?;
+    if store != registro::StoreConfig::Memory && flags.data_dir.is_some() {
+        return Err(
+            "--data-dir is for --store memory: with --store etcd the registry is kept in etcd"
+                .to_string(),
+        );
+    }
     Ok(registro::Config {
         store,
         addr: listen_addr(&flags.addr)?,
@@ -265,6 +282,8 @@ fn config(flags: Flags) -> Result<registro::Config, String> {
             write: flags.token_file,
             read: flags.read_token_file,
         },
+        data_dir: flags.data_dir,
+        snapshot_every: flags.snapshot_every,
     })
 }
 

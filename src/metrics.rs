@@ -183,6 +183,91 @@ impl Histogram {
     }
 }
 
+/// What the data directory's saver last did, and how often it failed: set by
+/// one thread, so plain stores.
+#[derive(Debug, Default)]
+pub struct Saves {
+    enabled: std::sync::atomic::AtomicBool,
+    /// `[log, snapshot]`: microseconds and bytes of the last save.
+    last_us: [AtomicU64; 2],
+    last_bytes: [AtomicU64; 2],
+    failures: AtomicU64,
+}
+
+/// The kind of a save: an append to the log, or a whole snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Save {
+    /// Changes appended to the log and synced.
+    Log,
+    /// The whole registry written, synced and renamed into place.
+    Snapshot,
+}
+
+impl Saves {
+    /// Shows the families (a server with `--data-dir`).
+    pub fn enable(&self) {
+        self.enabled.store(true, Relaxed);
+    }
+
+    /// A save that succeeded.
+    pub fn saved(&self, kind: Save, took: Duration, bytes: u64) {
+        let i = kind as usize;
+        self.last_us[i].store(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        self.last_bytes[i].store(bytes, Relaxed);
+    }
+
+    /// A save that failed (it is retried).
+    pub fn failed(&self) {
+        self.failures.fetch_add(1, Relaxed);
+    }
+
+    /// Saves that failed so far.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Relaxed)
+    }
+
+    fn render(&self, o: &mut String) {
+        if !self.enabled.load(Relaxed) {
+            return;
+        }
+        let kinds = ["log", "snapshot"];
+        let name = "registro_data_dir_last_save_seconds";
+        family(
+            o,
+            name,
+            "gauge",
+            "Time the last save to --data-dir took, by kind (log: changes appended and synced; snapshot: the whole registry).",
+        );
+        for (i, kind) in kinds.iter().enumerate() {
+            let us = self.last_us[i].load(Relaxed);
+            let _ = writeln!(o, "{name}{{kind=\"{kind}\"}} {}", seconds(us));
+        }
+        let name = "registro_data_dir_last_save_bytes";
+        family(
+            o,
+            name,
+            "gauge",
+            "Bytes written by the last save to --data-dir, by kind.",
+        );
+        for (i, kind) in kinds.iter().enumerate() {
+            sample(
+                o,
+                name,
+                &format!("kind=\"{kind}\""),
+                self.last_bytes[i].load(Relaxed),
+            );
+        }
+        let name = "registro_data_dir_save_failures_total";
+        family(
+            o,
+            name,
+            "counter",
+            "Saves to --data-dir that failed (each is retried; the server keeps serving).",
+        );
+        sample(o, name, "", self.failures());
+    }
+}
+
 /// Shards of the counters: each thread counts into its own (threads are
 /// dealt shards in turn), so two cores rarely write the same cache line.
 const SHARDS: usize = 8;
@@ -218,6 +303,8 @@ thread_local! {
 /// costs a request nothing it would notice; a scrape sums the shards.
 pub struct Metrics {
     shards: Box<[Shard]>,
+    /// The data directory's saves (shown only with `--data-dir`).
+    pub saves: Saves,
     /// Unix seconds when the server started.
     started: f64,
 }
@@ -240,9 +327,14 @@ impl Metrics {
         let now = crate::clock::now();
         Metrics {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            saves: Saves::default(),
             // The wall time of the clock's origin, which is the process's
             // first clock reading: the start of the process, give or take.
-            started: now.wall.saturating_sub(now.mono) as f64 / 1000.0,
+            started: now
+                .wall
+                .saturating_sub(now.mono.saturating_sub(crate::clock::backdate()))
+                as f64
+                / 1000.0,
         }
     }
 
@@ -399,6 +491,7 @@ impl Metrics {
             sample(o, name, "", value);
         }
         self.render_requests(o);
+        self.saves.render(o);
         family(
             o,
             "registro_build_info",

@@ -331,6 +331,74 @@ pub struct SweepStats {
     pub apps_removed: usize,
 }
 
+/// An app's own state, as the data directory saves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppState {
+    /// Its change index.
+    pub index: u64,
+    /// When it became empty (its last instance's expiry, or its creation),
+    /// if it has no instances.
+    pub empty_since: Option<Millis>,
+    /// The latest expiry of its instances removed so far.
+    pub gone_at: Millis,
+}
+
+/// An instance as stored (its status not made effective at any `now`), as
+/// the data directory saves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stored<'a> {
+    /// The instance id.
+    pub id: &'a str,
+    /// Its address.
+    pub ip: &'a str,
+    /// Its port.
+    pub port: u16,
+    /// Its stored status (`Up` may read `Down` by now).
+    pub status: Status,
+    /// Its last renewal.
+    pub last_renewal: Millis,
+    /// Its metadata, if any.
+    pub metadata: Option<&'a Metadata>,
+}
+
+/// An instance as a data directory saved it, to put back with
+/// [`Registry::load_instances`].
+#[derive(Clone, Debug)]
+pub struct Saved {
+    /// The instance id (its allocation is kept).
+    pub id: Arc<str>,
+    /// Its address.
+    pub ip: Ip,
+    /// Its port.
+    pub port: u16,
+    /// Its stored status.
+    pub status: Status,
+    /// Its last renewal.
+    pub last_renewal: Millis,
+    /// Its metadata, if any.
+    pub metadata: Option<Arc<Metadata>>,
+}
+
+/// What [`Registry::snapshot_step`] hands its visitor.
+#[derive(Debug)]
+pub enum Item<'a> {
+    /// An app, before its instances.
+    App(&'a str, AppState),
+    /// An instance of the app named.
+    Instance(&'a str, Stored<'a>),
+}
+
+/// Where a snapshot in steps is (see [`Registry::snapshot_step`]).
+/// `SnapshotCursor::default()` starts a new one.
+#[derive(Debug, Default)]
+pub struct SnapshotCursor {
+    /// The last app started.
+    after: Option<Arc<str>>,
+    /// The app being visited: its epoch and how many of its slots are left
+    /// (visited from the last down, see `snapshot_step`).
+    scan: Option<(Arc<str>, u64, usize)>,
+}
+
 /// An instance's address as registered. Up to 22 bytes (every IPv4 address
 /// and most IPv6 ones, as text) are stored inline, so a million instances
 /// each at its own address cost no allocation for it; longer names go on the
@@ -559,6 +627,29 @@ impl App {
             scanning: false,
             settled_at: now,
             due_key: Millis::MAX,
+        }
+    }
+
+    fn state(&self) -> AppState {
+        AppState {
+            index: self.index,
+            empty_since: self.empty_since,
+            gone_at: self.gone_at,
+        }
+    }
+
+    fn stored<'a>(&'a self, slot: &'a Slot) -> Stored<'a> {
+        Stored {
+            id: &slot.id,
+            ip: slot.ip.as_str(),
+            port: slot.port,
+            status: slot.status,
+            last_renewal: slot.last_renewal,
+            metadata: if self.metadata.is_empty() {
+                None
+            } else {
+                self.metadata.get(&slot.id).map(|m| &**m)
+            },
         }
     }
 
@@ -847,6 +938,14 @@ impl Registry {
     /// The global change index.
     pub fn index(&self) -> u64 {
         self.book.index
+    }
+
+    /// Raises the global change index to `floor` if it is lower (never
+    /// lowers it): a new server starts above every index an earlier one
+    /// could have handed out, so that no index names two views (API.md
+    /// Part 4). The caller chooses `floor` (the start time, a saved index).
+    pub fn raise_index(&mut self, floor: u64) {
+        self.book.index = self.book.index.max(floor);
     }
 
     /// One instance as it reads at `now`.
@@ -1402,6 +1501,157 @@ impl Registry {
                 app.slots[pos].last_renewal = last_renewal;
             }
         }
+    }
+
+    /// The state of app `name` as stored, if it is.
+    pub fn app_state(&self, name: &str) -> Option<AppState> {
+        self.apps.get(name).map(App::state)
+    }
+
+    /// Instance `id` of `app` as stored (expired or not), if it is.
+    pub fn stored(&self, app: &str, id: &str) -> Option<Stored<'_>> {
+        let app = self.apps.get(app)?;
+        let slot = app.slots.get(*app.ids.get(id)?)?;
+        Some(app.stored(slot))
+    }
+
+    /// Visits a bounded part of what is stored, for a snapshot written in
+    /// steps, and says whether the snapshot is complete: about `budget`
+    /// units (one per instance, eight per app), the position kept in
+    /// `cursor`. Apps go in name order, each app before its instances.
+    ///
+    /// The caller records every change made between steps (the data
+    /// directory's log): what a snapshot misses or sees twice because of a
+    /// change must be in that log. The one miss a change could cause without
+    /// being named is a slot moved by a removal (`swap_remove` moves the last
+    /// slot into the hole); so an app's slots are visited from the last
+    /// down: a slot moved is one already visited, into a place yet to be.
+    pub fn snapshot_step(
+        &self,
+        cursor: &mut SnapshotCursor,
+        budget: usize,
+        visit: &mut dyn FnMut(Item<'_>),
+    ) -> bool {
+        let budget = budget.max(1);
+        let mut spent = 0;
+        while spent < budget {
+            let Some((name, epoch, left)) = &mut cursor.scan else {
+                spent += APP_COST;
+                let from = match &cursor.after {
+                    Some(name) => Bound::Excluded(&**name),
+                    None => Bound::Unbounded,
+                };
+                let Some(app) = self
+                    .names
+                    .range::<str, _>((from, Bound::Unbounded))
+                    .next()
+                    .and_then(|name| self.apps.get(name))
+                else {
+                    *cursor = SnapshotCursor::default();
+                    return true;
+                };
+                cursor.after = Some(app.name.clone());
+                visit(Item::App(&app.name, app.state()));
+                cursor.scan = Some((app.name.clone(), app.epoch, app.slots.len()));
+                continue;
+            };
+            let Some(app) = self.apps.get(&**name).filter(|app| app.epoch == *epoch) else {
+                // Removed (or removed and created again) since: logged.
+                cursor.scan = None;
+                continue;
+            };
+            *left = (*left).min(app.slots.len());
+            while spent < budget && *left > 0 {
+                *left -= 1;
+                spent += 1;
+                visit(Item::Instance(&app.name, app.stored(&app.slots[*left])));
+            }
+            if *left == 0 {
+                cursor.scan = None;
+            }
+        }
+        false
+    }
+
+    /// Puts app `name` back as saved (created if absent, its instances
+    /// kept if present), due to be settled at `now`: loading a data
+    /// directory. The index is not raised: see [`Registry::raise_index`].
+    pub fn load_app(&mut self, name: &str, state: AppState, now: Millis) {
+        if !self.apps.contains_key(name) {
+            let name: Arc<str> = Arc::from(name);
+            let epoch = self.next_epoch;
+            self.next_epoch += 1;
+            self.apps
+                .insert(name.clone(), App::new(name.clone(), now, epoch));
+            self.names.insert(name);
+        }
+        let Some(app) = self.apps.get_mut(name) else {
+            return;
+        };
+        app.index = state.index;
+        app.gone_at = state.gone_at;
+        app.empty_since = if app.slots.is_empty() {
+            Some(state.empty_since.unwrap_or(now))
+        } else {
+            None
+        };
+        self.book.set_due(app, now);
+    }
+
+    /// Puts instances back as saved, with their stored status and renewal,
+    /// each replacing one of the same id: loading a data directory. The app
+    /// must have been loaded (else [`Error::NoSuchApp`]). Its tables are
+    /// sized once and each instance costs one hash (a million load in a
+    /// fraction of a second).
+    pub fn load_instances(
+        &mut self,
+        app: &str,
+        saved: impl ExactSizeIterator<Item = Saved>,
+        now: Millis,
+    ) -> Result<(), Error> {
+        let book = &mut self.book;
+        let app = self.apps.get_mut(app).ok_or(Error::NoSuchApp)?;
+        app.slots.reserve(saved.len());
+        app.ids.reserve(saved.len());
+        for saved in saved {
+            let status = saved.status;
+            let id = match app.ids.entry(saved.id) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    let slot = &mut app.slots[*e.get()];
+                    book.counts[slot.status.ix()] -= 1;
+                    slot.ip = saved.ip;
+                    slot.port = saved.port;
+                    slot.status = status;
+                    slot.last_renewal = saved.last_renewal;
+                    slot.id.clone()
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let id = e.key().clone();
+                    e.insert(app.slots.len());
+                    app.slots.push(Slot {
+                        id: id.clone(),
+                        ip: saved.ip,
+                        last_renewal: saved.last_renewal,
+                        port: saved.port,
+                        status,
+                    });
+                    id
+                }
+            };
+            book.counts[status.ix()] += 1;
+            match saved.metadata.filter(|m| !m.is_empty()) {
+                Some(m) => {
+                    app.metadata.insert(id, m);
+                }
+                None if !app.metadata.is_empty() => {
+                    app.metadata.remove(&id);
+                }
+                None => {}
+            }
+            app.empty_since = None;
+        }
+        book.set_due(app, now);
+        Ok(())
     }
 
     fn live_app(&self, name: &str, now: Millis) -> Result<&App, Error> {
@@ -2384,6 +2634,143 @@ mod tests {
         assert_eq!(reg.instance_count(), 100_000);
         let view = reg.instance("big", "instance-99999", T0 + 3).unwrap();
         assert_eq!((view.status, view.last_renewal), (Status::Up, T0 + 2));
+    }
+
+    /// Every instance a snapshot in steps of `budget` visits, as `app/id`.
+    fn snapshot_in_steps(
+        reg: &mut Registry,
+        budget: usize,
+        mut between: impl FnMut(&mut Registry, usize),
+    ) -> Vec<String> {
+        let mut cursor = SnapshotCursor::default();
+        let mut seen = Vec::new();
+        for step in 0.. {
+            let done = reg.snapshot_step(&mut cursor, budget, &mut |item| {
+                if let Item::Instance(app, s) = item {
+                    seen.push(format!("{app}/{}", s.id));
+                }
+            });
+            if done {
+                break;
+            }
+            between(reg, step);
+        }
+        seen
+    }
+
+    #[test]
+    fn a_snapshot_in_steps_visits_every_instance_once() {
+        let mut reg = Registry::new(P);
+        reg.create_app("web", T0).unwrap();
+        reg.create_app("db", T0).unwrap();
+        fill(&mut reg, "web", "w", 100, T0);
+        fill(&mut reg, "db", "d", 10, T0);
+        let mut seen = snapshot_in_steps(&mut reg, 7, |_, _| {});
+        seen.sort();
+        let mut want: Vec<String> = (0..100)
+            .map(|i| format!("web/w-{i}"))
+            .chain((0..10).map(|i| format!("db/d-{i}")))
+            .collect();
+        want.sort();
+        assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn a_removal_between_steps_makes_a_snapshot_miss_no_instance_that_stays() {
+        // Removals move the last slot into the hole: visited from the last
+        // down, the moved one was seen already (or is seen twice), never
+        // missed. Expire the first slots (renewed earliest) mid-snapshot.
+        let mut reg = Registry::new(P);
+        reg.create_app("web", T0).unwrap();
+        for i in 0..50u64 {
+            let id = format!("i{i}");
+            reg.register("web", &id, "10.0.0.1", 80, None, T0 + i)
+                .unwrap();
+        }
+        let later = T0 + P.evict_after + 10;
+        let seen = snapshot_in_steps(&mut reg, 5, |reg, step| {
+            if step == 2 {
+                let view = reg
+                    .app("web", later, StatusSet::ALL, None)
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(view.instances.len(), 40);
+            }
+        });
+        for i in 10..50 {
+            assert!(seen.contains(&format!("web/i{i}")), "i{i} missed: {seen:?}");
+        }
+    }
+
+    #[test]
+    fn a_loaded_instance_reads_as_saved() {
+        let mut reg = Registry::new(P);
+        let state = AppState {
+            index: 42,
+            empty_since: None,
+            gone_at: 0,
+        };
+        reg.load_app("web", state, T0);
+        let saved = |id: &str, status, last_renewal, metadata| Saved {
+            id: Arc::from(id),
+            ip: Ip::new("10.0.0.1"),
+            port: 80,
+            status,
+            last_renewal,
+            metadata,
+        };
+        let batch = vec![
+            saved("a", Status::Up, T0 - 100_000, metadata("k=v")),
+            saved("b", Status::OutOfService, T0 - 1, None),
+        ];
+        reg.load_instances("web", batch.into_iter(), T0).unwrap();
+        let again = vec![saved("b", Status::Starting, T0 - 2, None)];
+        reg.load_instances("web", again.into_iter(), T0).unwrap();
+        let other = vec![saved("c", Status::Up, T0, None)];
+        assert_eq!(
+            reg.load_instances("db", other.into_iter(), T0),
+            Err(Error::NoSuchApp)
+        );
+        let view = reg.app("web", T0, StatusSet::ALL, None).unwrap().unwrap();
+        // `a` renewed 100 s ago reads down; the settle that found it is a change.
+        assert_eq!(list(&view), "web[a:down b:starting]");
+        assert!(view.index > 1 && reg.index() == view.index);
+        assert_eq!(view.instances[0].metadata, metadata("k=v"));
+        assert_eq!(
+            reg.counts(),
+            Counts {
+                apps: 1,
+                starting: 1,
+                up: 0,
+                down: 1,
+                out_of_service: 0
+            }
+        );
+        let mut reg = Registry::new(P);
+        reg.load_app("web", state, T0);
+        assert_eq!(
+            reg.app("web", T0, StatusSet::ALL, None)
+                .unwrap()
+                .unwrap()
+                .index,
+            42
+        );
+        assert!(reg
+            .app("web", T0 + P.evict_after + 1, StatusSet::ALL, None)
+            .is_err());
+    }
+
+    #[test]
+    fn the_index_is_raised_never_lowered() {
+        let mut reg = Registry::new(P);
+        reg.raise_index(1_000);
+        assert_eq!(reg.index(), 1_000);
+        reg.raise_index(10);
+        assert_eq!(reg.index(), 1_000);
+        reg.create_app("web", T0).unwrap();
+        assert_eq!(reg.index(), 1_001);
+        let view = reg.app("web", T0, StatusSet::ALL, None).unwrap().unwrap();
+        assert_eq!(view.index, 1_001);
     }
 
     #[test]

@@ -12,14 +12,15 @@
 //! Usage: `registro-bench [--quick] [--server PATH] [--registro PATH] [--runs N]
 //! [--secs S] [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N]
 //! [--fleet-secs S] [--fleet-interval S] [--watchers N]
-//! [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining,etcd,dashboard]`;
+//! [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining,etcd,dashboard,datadir]`;
 //! `REGISTRO_BENCH_QUICK=1` is the same as `--quick`.
 
 #![forbid(unsafe_code)]
 
 mod baseline;
-mod etcd;
 mod dashboard;
+mod datadir;
+mod etcd;
 mod fleet;
 mod hist;
 mod http;
@@ -277,7 +278,7 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
                      [--registro PATH (the server under test)] [--runs N] [--secs S] \
                      [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N] [--fleet-secs S] \
                      [--fleet-interval S] [--watchers N] \
-                     [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining,etcd,dashboard]"
+                     [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining,etcd,dashboard,datadir]"
                         .to_string(),
                 )
             }
@@ -383,8 +384,13 @@ fn run(s: &Settings) -> Result<(), String> {
     } else {
         String::new()
     };
+    let datadir = s
+        .wants("datadir")
+        .then(|| datadir::scenario(s, began))
+        .transpose()?;
     let elapsed = began.elapsed();
     print!("{}{piped}{dashboard}", report::render(s, &r, elapsed));
+    print!("{}", datadir.unwrap_or_default());
     if r.bad_exits.is_empty() {
         Ok(())
     } else {

@@ -67,7 +67,17 @@ pub struct ServerProc {
 
 impl ServerProc {
     /// Spawns `cmd` and waits for its `listening on HOST:PORT` line.
-    pub fn start(name: &str, mut cmd: Command, stop: Stop) -> Result<ServerProc, String> {
+    pub fn start(name: &str, cmd: Command, stop: Stop) -> Result<ServerProc, String> {
+        ServerProc::start_within(name, cmd, stop, START_TIMEOUT)
+    }
+
+    /// The same, waiting up to `timeout` (a server loading a data directory).
+    pub fn start_within(
+        name: &str,
+        mut cmd: Command,
+        stop: Stop,
+        timeout: Duration,
+    ) -> Result<ServerProc, String> {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -124,7 +134,7 @@ impl ServerProc {
             reader: Some(reader),
             exit: None,
         };
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match proc.events.recv_timeout(left) {
@@ -135,7 +145,7 @@ impl ServerProc {
                 Ok(Event::Sweep(_)) => {}
                 Err(RecvTimeoutError::Timeout) => {
                     return Err(format!(
-                        "{name}: no listening line within {START_TIMEOUT:?}; stderr: {}",
+                        "{name}: no listening line within {timeout:?}; stderr: {}",
                         proc.tail()
                     ))
                 }

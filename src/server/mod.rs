@@ -65,6 +65,11 @@ pub struct Config {
     pub tokens: TokenFiles,
     /// Where the registry is kept (`--store`, `--etcd-prefix`).
     pub store: crate::store::StoreConfig,
+    /// Where the registry is kept across restarts (none: in memory only;
+    /// only with the memory store).
+    pub data_dir: Option<std::path::PathBuf>,
+    /// How often the data directory's log is compacted into a snapshot.
+    pub snapshot_every: Duration,
 }
 
 impl Default for Config {
@@ -82,6 +87,8 @@ impl Default for Config {
             log_sweeps: false,
             tokens: TokenFiles::default(),
             store: crate::store::StoreConfig::default(),
+            data_dir: None,
+            snapshot_every: Duration::from_secs(300),
         }
     }
 }
@@ -107,6 +114,7 @@ pub struct Server {
     workers: Vec<JoinHandle<()>>,
     store: Option<crate::store::Threads>,
     logger: Option<Logger>,
+    data_dir: Option<crate::persist::DataDir>,
 }
 
 /// How long a stop waits for requests in flight (and requests still
@@ -166,6 +174,28 @@ impl Server {
         let log = logger.log();
         let access = Access::load(&config.tokens)?;
         let api = Arc::new(crate::store::api(&config, periods, logger.log(), access)?);
+        let data_dir = match &config.store {
+            crate::store::StoreConfig::Memory => {
+                // An index never reused (API.md Part 4): above any a previous
+                // server gave. (On etcd the index is etcd's revision.)
+                api.lock().raise_index(clock::index_floor());
+                match &config.data_dir {
+                    Some(dir) => Some(crate::persist::DataDir::open(
+                        dir,
+                        config.snapshot_every,
+                        &api,
+                    )?),
+                    None => None,
+                }
+            }
+            crate::store::StoreConfig::Etcd { .. } if config.data_dir.is_some() => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "--data-dir is for the memory store: etcd keeps the registry itself",
+                ));
+            }
+            crate::store::StoreConfig::Etcd { .. } => None,
+        };
         let threads = config.threads.max(1);
         let shared = Arc::new(Shared {
             api: Arc::clone(&api),
@@ -203,6 +233,7 @@ impl Server {
             workers: Vec::with_capacity(threads),
             store: None,
             logger: None,
+            data_dir,
         };
         for _ in 0..threads {
             let shared = Arc::clone(&shared);
@@ -304,6 +335,9 @@ impl Server {
         }
         if let Some(store) = self.store.take() {
             store.stop();
+        }
+        if let Some(data_dir) = self.data_dir.take() {
+            data_dir.stop();
         }
         if let Some(logger) = self.logger.take() {
             shared.api.log().line(format_args!("stopped"));

@@ -185,6 +185,17 @@ fn bad_flags_print_one_line_and_fail() {
     }
     assert_refused(&["--addr"]);
     assert_refused(&["--addr", "127.0.0.1:0", "--addr", "127.0.0.1:0"]);
+    // etcd keeps the registry itself: a data directory beside it is refused
+    // before any member is asked (none listens on this port).
+    let line = assert_refused(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--store",
+        "etcd://127.0.0.1:1",
+        "--data-dir",
+        "/nonexistent",
+    ]);
+    assert!(line.contains("--data-dir"), "{line:?}");
 }
 
 #[test]

@@ -15,5 +15,6 @@ mod fuzz;
 mod hardening;
 mod lifecycle;
 mod ops;
+mod restart;
 mod support;
 mod watch;
