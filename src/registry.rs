@@ -1619,6 +1619,7 @@ impl Registry {
                 std::collections::hash_map::Entry::Occupied(e) => {
                     let slot = &mut app.slots[*e.get()];
                     book.counts[slot.status.ix()] -= 1;
+                    app.counts[slot.status.ix()] -= 1;
                     slot.ip = saved.ip;
                     slot.port = saved.port;
                     slot.status = status;
@@ -1639,6 +1640,7 @@ impl Registry {
                 }
             };
             book.counts[status.ix()] += 1;
+            app.counts[status.ix()] += 1;
             match saved.metadata.filter(|m| !m.is_empty()) {
                 Some(m) => {
                     app.metadata.insert(id, m);
@@ -2726,6 +2728,7 @@ mod tests {
         reg.load_instances("web", batch.into_iter(), T0).unwrap();
         let again = vec![saved("b", Status::Starting, T0 - 2, None)];
         reg.load_instances("web", again.into_iter(), T0).unwrap();
+        counts_agree(&reg, "loaded");
         let other = vec![saved("c", Status::Up, T0, None)];
         assert_eq!(
             reg.load_instances("db", other.into_iter(), T0),
@@ -2734,6 +2737,7 @@ mod tests {
         let view = reg.app("web", T0, StatusSet::ALL, None).unwrap().unwrap();
         // `a` renewed 100 s ago reads down; the settle that found it is a change.
         assert_eq!(list(&view), "web[a:down b:starting]");
+        counts_agree(&reg, "settled after loading");
         assert!(view.index > 1 && reg.index() == view.index);
         assert_eq!(view.instances[0].metadata, metadata("k=v"));
         assert_eq!(
