@@ -368,17 +368,31 @@ impl Shared {
     /// it catches up to that revision and the change is decided again.
     fn write(
         &self,
-        mut decide: impl FnMut(&Mirror) -> Result<Plan, registry::Error>,
+        decide: impl FnMut(&Mirror) -> Result<Plan, registry::Error>,
     ) -> Result<(), Error> {
+        let _permit = self.permit()?;
+        self.write_held(decide, Instant::now() + WRITE_TIMEOUT)
+    }
+
+    /// A place among the bounded writers, if etcd is reachable and one is
+    /// free; else the 503 to answer at once.
+    fn permit(&self) -> Result<Permit<'_>, Error> {
         if !self.healthy.load(Ordering::SeqCst) {
             return Err(self.unavailable());
         }
-        let _permit = Permit::take(&self.writers, self.max_writers).ok_or_else(|| {
+        Permit::take(&self.writers, self.max_writers).ok_or_else(|| {
             Error::Unavailable(
                 "too many changes are waiting on the registry's store (etcd); try again".into(),
             )
-        })?;
-        let deadline = Instant::now() + WRITE_TIMEOUT;
+        })
+    }
+
+    /// [`Shared::write`] for a caller that holds a permit, by `deadline`.
+    fn write_held(
+        &self,
+        mut decide: impl FnMut(&Mirror) -> Result<Plan, registry::Error>,
+        deadline: Instant,
+    ) -> Result<(), Error> {
         let mut caught_up = false;
         for _ in 0..ATTEMPTS {
             let decided = decide(&lock(&self.mirror));
@@ -701,40 +715,43 @@ impl Store for Etcd {
             api.log().metrics().heartbeat();
             return Ok(());
         }
-        if !s.healthy.load(Ordering::SeqCst) {
-            return Err(s.unavailable());
-        }
+        // The lease and the change share one permit and one deadline.
+        let _permit = s.permit()?;
+        let deadline = Instant::now() + WRITE_TIMEOUT;
         let ttl = s.ttl;
         let lease = s
-            .call(MOp::Grant, |c| c.grant(ttl, WRITE_TIMEOUT))
+            .call(MOp::Grant, |c| c.grant(ttl, WRITE_TIMEOUT / 2))
             .map_err(|_| s.unavailable())?;
         let inst_key = s.key(Key::Inst(app.into(), id.into()));
         let alive_key = s.key(Key::Alive(app.into(), id.into()));
         let mut kept = None;
-        let written = s.write(|mirror| {
-            let (_, inst) = mirror.instance(app, id)?;
-            match inst.status() {
-                Status::OutOfService => Err(registry::Error::OutOfService),
-                Status::Up => {
-                    // Another server's heartbeat made it up meanwhile.
-                    kept = inst.alive;
-                    Ok(Plan::Done)
+        let written = s.write_held(
+            |mirror| {
+                let (_, inst) = mirror.instance(app, id)?;
+                match inst.status() {
+                    Status::OutOfService => Err(registry::Error::OutOfService),
+                    Status::Up => {
+                        // Another server's heartbeat made it up meanwhile.
+                        kept = inst.alive;
+                        Ok(Plan::Done)
+                    }
+                    Status::Starting | Status::Down => {
+                        let mut value = inst.value.clone();
+                        value.status = Stored::Up;
+                        value.renewed = now.wall;
+                        value.vrev = 0;
+                        Ok(Plan::Txn(
+                            vec![Compare::ModRevision(inst_key.clone(), inst.mod_rev)],
+                            vec![
+                                Op::Put(inst_key.clone(), json(&value), 0),
+                                Op::Put(alive_key.clone(), Vec::new(), lease),
+                            ],
+                        ))
+                    }
                 }
-                Status::Starting | Status::Down => {
-                    let mut value = inst.value.clone();
-                    value.status = Stored::Up;
-                    value.renewed = now.wall;
-                    value.vrev = 0;
-                    Ok(Plan::Txn(
-                        vec![Compare::ModRevision(inst_key.clone(), inst.mod_rev)],
-                        vec![
-                            Op::Put(inst_key.clone(), json(&value), 0),
-                            Op::Put(alive_key.clone(), Vec::new(), lease),
-                        ],
-                    ))
-                }
-            }
-        });
+            },
+            deadline,
+        );
         if written.is_err() || kept.is_some() {
             // Revoked by the keeper (else it would expire after its TTL).
             let mut unused = lock(&s.unused);
