@@ -221,8 +221,11 @@ fn config(flags: Flags) -> Result<registro::Config, String> {
                 .to_string(),
         );
     }
-    // `--store etcd` keeps no data directory: with `--data-dir` (when that
-    // flag exists) it is an error, checked here.
+    // `--store etcd` keeps no data directory: with `--data-dir` (branch
+    // i18) it is an error, checked here once that flag exists:
+    //     if flags.data_dir.is_some() && flags.store != "memory" {
+    //         return Err("--data-dir cannot be used with --store etcd: etcd keeps the registry".into());
+    //     }
     let store = store(&flags.store, &flags.etcd_prefix)?;
     Ok(registro::Config {
         store,
