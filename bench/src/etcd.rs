@@ -804,6 +804,9 @@ pub fn render(s: &Settings, r: &EtcdRun) -> String {
     for f in &r.fleets {
         let _ = writeln!(out, "| Fleet: {} |", fleet_line(f));
     }
+    if let Some(e) = &r.growth_error {
+        let _ = writeln!(out, "| The fleet stopped growing: {e} |");
+    }
     if let Some(f) = &r.leader_killed {
         let _ = writeln!(
             out,
