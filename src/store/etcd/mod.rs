@@ -208,8 +208,9 @@ impl Etcd {
             handles: Vec::new(),
         };
         type Body = fn(&Shared, &Weak<Api>);
-        let bodies: [(&str, Body); 4] = [
+        let bodies: [(&str, Body); 5] = [
             ("registro-watch", watch),
+            ("registro-commit", commit),
             ("registro-commit", commit),
             ("registro-keep", keep),
             ("registro-evict", evict),
@@ -950,11 +951,13 @@ fn watch(s: &Shared, weak: &Weak<Api>) {
     }
 }
 
-/// The committer thread: sends the changes waiting, several in one
-/// transaction (etcd then does one Raft round for all: the gateway's and
-/// Raft's cost per call, not per change). If such a transaction's compares
+/// A committer thread (there are two, so that a change that comes while
+/// one transaction is on its way need not wait for it): sends the changes
+/// waiting, several in one transaction (etcd's cost, the gateway's and
+/// Raft's, is per call, not per change). If such a transaction's compares
 /// fail, its changes are sent again one by one, so that each gets its own
-/// outcome.
+/// outcome. Two transactions in flight may touch the same key: their
+/// compares keep that safe, as between servers.
 fn commit(s: &Shared, _api: &Weak<Api>) {
     loop {
         let mut jobs = lock(&s.jobs);
