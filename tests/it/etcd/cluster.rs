@@ -328,6 +328,22 @@ impl Cluster {
         self.members[i].kill();
     }
 
+    /// SIGSTOP (`freeze`) or SIGCONT of member `i`: a member that hangs
+    /// instead of refusing connections.
+    pub fn freeze(&mut self, i: usize, freeze: bool) {
+        let pid = self.members[i]
+            .child
+            .as_ref()
+            .map(|c| c.id())
+            .expect("a running member");
+        let sig = if freeze { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
     /// SIGKILL of every member.
     pub fn kill_all(&mut self) {
         for m in &mut self.members {
