@@ -14,7 +14,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -43,6 +43,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 pub const KEEP_EVERY: Duration = Duration::from_millis(100);
 /// Leases per keep-alive request.
 const KEEP_BATCH: usize = 1000;
+/// How long no call to etcd must succeed before the store counts as
+/// unreachable (503s, `/healthz` 503).
+const UNHEALTHY_AFTER: u64 = 3_000;
 /// How often, when no keep-alive has gone, a probe checks etcd's quorum.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// How often the evictor looks at what time has made due.
@@ -87,6 +90,8 @@ struct Shared {
     applied: Mutex<i64>,
     applied_changed: Condvar,
     healthy: AtomicBool,
+    /// When (monotonic ms) a call to etcd last succeeded.
+    last_ok: AtomicU64,
     /// Why etcd is unreachable, while it is.
     why: Mutex<String>,
     /// Leases whose keep-alive is due.
@@ -175,6 +180,17 @@ impl Etcd {
         let ttl = i64::try_from(settings.periods.down_after.div_ceil(1000))
             .unwrap_or(i64::MAX)
             .max(1);
+        // etcd raises a TTL below its minimum (about 2 s with the default
+        // election timeout): say so once, as instances then read `down` later.
+        if let Ok((lease, granted)) = client.grant_ttl(ttl, START_TIMEOUT) {
+            let _ = client.revoke(lease, START_TIMEOUT);
+            if granted > ttl {
+                log.line(format_args!(
+                    "store: etcd grants leases of at least {granted} s, so a silent instance reads down                      about {granted} s after its last heartbeat, not after --down-after {}",
+                    show(settings.periods.down_after)
+                ));
+            }
+        }
         let shared = Arc::new(Shared {
             client,
             prefix,
@@ -184,6 +200,7 @@ impl Etcd {
             applied: Mutex::new(revision),
             applied_changed: Condvar::new(),
             healthy: AtomicBool::new(true),
+            last_ok: AtomicU64::new(clock::now().mono),
             why: Mutex::new(String::new()),
             leases: Mutex::new(HashSet::new()),
             unused: Mutex::new(Vec::new()),
@@ -288,9 +305,16 @@ impl Shared {
     }
 
     /// Notes that etcd answered (`Ok`) or not, logging each change.
+    ///
+    /// etcd counts as unreachable only once no call has succeeded for
+    /// [`UNHEALTHY_AFTER`]: one slow call on a loaded machine, or a leader
+    /// election, does not turn every heartbeat into a 503 (leases have a
+    /// TTL of `--down-after`: a keep-alive late by seconds costs nothing).
     fn health(&self, result: Result<(), &str>) {
+        let now = clock::now().mono;
         match result {
             Ok(()) => {
+                self.last_ok.store(now, Ordering::SeqCst);
                 if !self.healthy.swap(true, Ordering::SeqCst) {
                     lock(&self.why).clear();
                     self.log.line(format_args!(
@@ -302,7 +326,8 @@ impl Shared {
             }
             Err(why) => {
                 *lock(&self.why) = why.to_string();
-                if self.healthy.swap(false, Ordering::SeqCst) {
+                let silent = now.saturating_sub(self.last_ok.load(Ordering::SeqCst));
+                if silent >= UNHEALTHY_AFTER && self.healthy.swap(false, Ordering::SeqCst) {
                     self.log.line(format_args!(
                         "store: etcd is unreachable ({why}); changes and heartbeats answer 503, reads the last view"
                     ));
