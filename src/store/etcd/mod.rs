@@ -225,9 +225,8 @@ impl Etcd {
             handles: Vec::new(),
         };
         type Body = fn(&Shared, &Weak<Api>);
-        let bodies: [(&str, Body); 5] = [
+        let bodies: [(&str, Body); 4] = [
             ("registro-watch", watch),
-            ("registro-commit", commit),
             ("registro-commit", commit),
             ("registro-keep", keep),
             ("registro-evict", evict),
@@ -976,13 +975,13 @@ fn watch(s: &Shared, weak: &Weak<Api>) {
     }
 }
 
-/// A committer thread (there are two, so that a change that comes while
-/// one transaction is on its way need not wait for it): sends the changes
-/// waiting, several in one transaction (etcd's cost, the gateway's and
-/// Raft's, is per call, not per change). If such a transaction's compares
-/// fail, its changes are sent again one by one, so that each gets its own
-/// outcome. Two transactions in flight may touch the same key: their
-/// compares keep that safe, as between servers.
+/// The committer thread: sends the changes waiting, several in one
+/// transaction (etcd's cost, the gateway's and Raft's, is per call, not per
+/// change; on two loaded cores etcd's CPU is the limit, so one transaction
+/// at a time with all that waits beat two half-sized ones in flight:
+/// 538 against 319 registrations a second, noisy). If such a
+/// transaction's compares fail, its changes are sent again one by one, so
+/// that each gets its own outcome.
 fn commit(s: &Shared, _api: &Weak<Api>) {
     loop {
         let mut jobs = lock(&s.jobs);
