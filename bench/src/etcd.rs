@@ -12,6 +12,7 @@
 //! from when it was due, so a server that falls behind shows it), until
 //! one misses (an error, or p99 >= 50 ms); and the largest fleet carried
 //! once more with the etcd leader killed a third into the period.
+//! `--fleet N` measures that one fleet size instead of the growing ones.
 //!
 //! The servers run with `--down-after 300s --evict-after 3600s`: growing
 //! the fleet takes minutes, during which the instances already registered
@@ -334,6 +335,13 @@ fn measure_on(
 ) -> Result<(), String> {
     let (registrations, sizes, period) = if s.quick {
         (300, vec![300, 600], Duration::from_secs(1))
+    } else if s.fleet_n > 0 {
+        // `--fleet N`: that one size only (growing takes minutes a step).
+        (
+            s.fleet_n.min(50_000),
+            vec![s.fleet_n],
+            Duration::from_secs(30),
+        )
     } else {
         (
             50_000,
