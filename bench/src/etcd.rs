@@ -12,6 +12,7 @@
 //! from when it was due, so a server that falls behind shows it), until
 //! one misses (an error, or p99 >= 50 ms); and the largest fleet carried
 //! once more with the etcd leader killed a third into the period.
+//! `--fleet N` measures that one fleet size instead of the growing ones.
 //!
 //! The servers run with `--down-after 300s --evict-after 3600s`: growing
 //! the fleet takes minutes, during which the instances already registered
@@ -241,6 +242,8 @@ pub struct EtcdRun {
     pub heartbeats: Vec<Outcome>,
     /// Fleets at the 30 s period, growing.
     pub fleets: Vec<FleetRun>,
+    /// Why the fleet stopped growing, when a registration failed.
+    pub growth_error: Option<String>,
     /// The largest carried fleet again, with the leader killed.
     pub leader_killed: Option<FleetRun>,
     /// Server processes that did not stop cleanly.
@@ -281,7 +284,7 @@ fn start_server(
     let mut cmd = Command::new(&s.server);
     cmd.args(["--addr", "127.0.0.1:0", "--store", &cluster.store()])
         .args(["--etcd-prefix", prefix])
-        .args(["--down-after", "300s", "--evict-after", "3600s"])
+        .args(["--down-after", "1h", "--evict-after", "2h"])
         .args(["--threads", &SERVER_THREADS.to_string()]);
     ServerProc::start(name, cmd, Stop::Term)
 }
@@ -332,10 +335,17 @@ fn measure_on(
 ) -> Result<(), String> {
     let (registrations, sizes, period) = if s.quick {
         (300, vec![300, 600], Duration::from_secs(1))
+    } else if s.fleet_n > 0 {
+        // `--fleet N`: that one size only (growing takes minutes a step).
+        (
+            s.fleet_n.min(50_000),
+            vec![s.fleet_n],
+            Duration::from_secs(30),
+        )
     } else {
         (
             50_000,
-            vec![50_000, 100_000, 150_000, 200_000, 300_000],
+            vec![50_000, 100_000, 150_000, 200_000],
             Duration::from_secs(30),
         )
     };
@@ -381,17 +391,28 @@ fn measure_on(
     let mut have = registrations;
     for &n in &sizes {
         if n > have {
-            let (took, _) = pipelined(addrs, have..n, false)?;
-            pipelined(addrs, have..n, true)?;
-            progress(
-                began,
-                format_args!(
-                    "etcd: fleet grown to {} ({} registered in {:.1} s)",
-                    thousands(n as f64),
-                    thousands((n - have) as f64),
-                    took.as_secs_f64()
+            let grown = pipelined(addrs, have..n, false)
+                .and_then(|(took, _)| pipelined(addrs, have..n, true).map(|_| took));
+            match grown {
+                Ok(took) => progress(
+                    began,
+                    format_args!(
+                        "etcd: fleet grown to {} ({} registered in {:.1} s)",
+                        thousands(n as f64),
+                        thousands((n - have) as f64),
+                        took.as_secs_f64()
+                    ),
                 ),
-            );
+                Err(e) => {
+                    // The largest fleet is the last one carried.
+                    run.growth_error = Some(format!("growing to {}: {e}", thousands(n as f64)));
+                    progress(
+                        began,
+                        format_args!("etcd: growing the fleet to {n} failed: {e}"),
+                    );
+                    break;
+                }
+            }
             have = n;
         }
         let f = paced(addrs, n, period, None);
@@ -790,6 +811,9 @@ pub fn render(s: &Settings, r: &EtcdRun) -> String {
     }
     for f in &r.fleets {
         let _ = writeln!(out, "| Fleet: {} |", fleet_line(f));
+    }
+    if let Some(e) = &r.growth_error {
+        let _ = writeln!(out, "| The fleet stopped growing: {e} |");
     }
     if let Some(f) = &r.leader_killed {
         let _ = writeln!(

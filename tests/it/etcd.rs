@@ -226,6 +226,8 @@ enum Victim {
     Registro,
     Leader,
     Follower,
+    /// SIGSTOP of the leader: it hangs instead of refusing connections.
+    FrozenLeader,
 }
 
 /// What the clients saw while something was killed.
@@ -373,6 +375,11 @@ fn survives(victim: Victim) {
             cluster.kill(i);
             Some(i)
         }
+        Victim::FrozenLeader => {
+            let i = cluster.leader();
+            cluster.freeze(i, true);
+            Some(i)
+        }
     };
     // Watch for longer than --down-after after the kill.
     eventually(
@@ -428,6 +435,10 @@ fn survives(victim: Victim) {
 
     // Bring the victim back; every acknowledged change is on every server.
     let a = match (a, member) {
+        (Some(a), Some(i)) if victim == Victim::FrozenLeader => {
+            cluster.freeze(i, false);
+            a
+        }
         (Some(a), Some(i)) => {
             cluster.restart(i);
             a
@@ -487,6 +498,13 @@ fn kill_9_of_the_etcd_leader_loses_nothing() {
 fn kill_9_of_an_etcd_follower_loses_nothing() {
     if installed("kill_9_of_an_etcd_follower_loses_nothing") {
         survives(Victim::Follower);
+    }
+}
+
+#[test]
+fn a_hanging_etcd_leader_loses_nothing() {
+    if installed("a_hanging_etcd_leader_loses_nothing") {
+        survives(Victim::FrozenLeader);
     }
 }
 

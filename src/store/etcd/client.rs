@@ -257,13 +257,19 @@ impl Client {
 
     /// A new lease of `ttl` seconds (etcd may raise it to its minimum).
     pub fn grant(&self, ttl: i64, timeout: Duration) -> Result<i64, CallError> {
+        self.grant_ttl(ttl, timeout).map(|(id, _)| id)
+    }
+
+    /// A new lease, and the TTL etcd actually granted (at least its
+    /// minimum, which follows its election timeout).
+    pub fn grant_ttl(&self, ttl: i64, timeout: Duration) -> Result<(i64, i64), CallError> {
         let answer = self.call("/v3/lease/grant", &json!({"TTL": ttl}), timeout)?;
         match int(&answer["ID"]) {
             0 => Err(CallError::Unreachable(format!(
                 "etcd granted no lease: {}",
                 answer["error"].as_str().unwrap_or("no ID in the answer")
             ))),
-            id => Ok(id),
+            id => Ok((id, int(&answer["TTL"]))),
         }
     }
 

@@ -46,6 +46,20 @@ fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// `setpriv`, if it is installed and knows `--pdeathsig`.
+fn pdeathsig() -> Option<PathBuf> {
+    static SETPRIV: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    SETPRIV
+        .get_or_init(|| {
+            let setpriv = which("setpriv")?;
+            let help = Command::new(&setpriv).arg("--help").output().ok()?;
+            String::from_utf8_lossy(&help.stdout)
+                .contains("--pdeathsig")
+                .then_some(setpriv)
+        })
+        .clone()
+}
+
 /// A loopback port free a moment ago.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -170,7 +184,7 @@ impl Cluster {
         let client = format!("http://127.0.0.1:{}", m.client);
         let peer = format!("http://127.0.0.1:{}", m.peer);
         let data = m.dir.join("data");
-        let mut command = match which("setpriv") {
+        let mut command = match pdeathsig() {
             Some(setpriv) => {
                 let mut c = Command::new(setpriv);
                 c.args(["--pdeathsig", "KILL", "etcd"]);
@@ -312,6 +326,22 @@ impl Cluster {
     /// SIGKILL of member `i` (it is waited for).
     pub fn kill(&mut self, i: usize) {
         self.members[i].kill();
+    }
+
+    /// SIGSTOP (`freeze`) or SIGCONT of member `i`: a member that hangs
+    /// instead of refusing connections.
+    pub fn freeze(&mut self, i: usize, freeze: bool) {
+        let pid = self.members[i]
+            .child
+            .as_ref()
+            .map(|c| c.id())
+            .expect("a running member");
+        let sig = if freeze { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid} failed");
     }
 
     /// SIGKILL of every member.
