@@ -239,53 +239,7 @@ fn route_table(addrs: &[SocketAddr]) {
 }
 
 fn reregistration(addrs: &[SocketAddr]) {
-    let mut c = Conn::open(addrs[0]);
-    check(&mut c, "POST", "/apps", &app_body("web"), 201);
-    let here = instance_body("w", "10.0.0.1", 80);
-    // Same address while starting: idempotent.
-    check(&mut c, "POST", "/apps/web", &here, 201);
-    check(&mut c, "POST", "/apps/web", &here, 201);
-    let v = check(&mut c, "GET", "/apps/web/w", "", 200).json();
-    assert_instance(&v, "w", "10.0.0.1", 80, "starting");
-    // Same address while up: back to starting.
-    check(&mut c, "PUT", "/apps/web/w", "", 204);
-    check(&mut c, "POST", "/apps/web", &here, 201);
-    let v = check(&mut c, "GET", "/apps/web/w", "", 200).json();
-    assert_instance(&v, "w", "10.0.0.1", 80, "starting");
-    // Live at another address: 409, and nothing changes.
-    for (ip, port) in [("10.0.0.1", 81), ("10.0.0.2", 80)] {
-        check(
-            &mut c,
-            "POST",
-            "/apps/web",
-            &instance_body("w", ip, port),
-            409,
-        );
-    }
-    check(&mut c, "PUT", "/apps/web/w", "", 204);
-    check(
-        &mut c,
-        "POST",
-        "/apps/web",
-        &instance_body("w", "10.0.0.2", 80),
-        409,
-    );
-    let v = check(&mut c, "GET", "/apps/web/w", "", 200).json();
-    assert_instance(&v, "w", "10.0.0.1", 80, "up");
-    // Out of service: replaced at the new address; heartbeats work again.
-    check(&mut c, "DELETE", "/apps/web/w", "", 204);
-    register(&mut c, "web", "w", "10.0.0.9", 9090);
-    let v = check(&mut c, "GET", "/apps/web/w", "", 200).json();
-    assert_instance(&v, "w", "10.0.0.9", 9090, "starting");
-    check(&mut c, "PUT", "/apps/web/w", "", 204);
-    check(&mut c, "DELETE", "/apps/web/w", "", 204);
-    register(&mut c, "web", "w", "10.0.0.9", 9090);
-    check(&mut c, "PUT", "/apps/web/w", "", 204);
-    assert_eq!(
-        ids(&mut c, "web"),
-        ["w"],
-        "re-registration duplicated the id"
-    );
+    crate::api::reregistration(&mut Conn::open(addrs[0]));
 }
 
 fn with_metadata(id: &str, metadata: Value) -> String {
