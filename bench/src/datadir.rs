@@ -290,7 +290,7 @@ fn render(sizes: &[Size]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n## --data-dir (issue 18)\n\nThe same binary with `--data-dir` and without, measured back to back, a registration every 10 ms on each; then the one with the directory stopped, started again on it with `--snapshot-every 1s` (a snapshot after another), and measured again.\n"
+        "\n## --data-dir\n\nThe same binary with `--data-dir` and without, measured back to back, a registration every 10 ms on each; then the one with the directory stopped, started again on it with `--snapshot-every 1s` (a snapshot after another), and measured again.\n"
     );
     let _ = writeln!(
         out,

@@ -248,7 +248,7 @@ pub fn scenario(
         ));
     }
     let mut out = format!(
-        "\n## Pipelining (issue 19)\n\n\
+        "\n## Pipelining\n\n\
          {PIPELINERS} connections each keeping {IN_FLIGHT} pipelined GET /healthz in flight, beside \
          fresh-connection heartbeats and {keep_alive} keep-alive clients; {} rounds of {:?} per \
          measurement, each round measuring the heartbeats without and then with the pipelining \

@@ -82,7 +82,7 @@ fn quick_mode_runs_every_scenario_against_the_real_server() {
         "## Dashboard",
         "Machine: ",
         "Command: `make bench`",
-        "## --data-dir (issue 18)",
+        "## --data-dir",
     ] {
         assert!(
             stdout.contains(row),
