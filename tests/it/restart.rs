@@ -360,9 +360,13 @@ fn prepared(kill: bool) -> Dir {
     ok(register(&mut c, "web", "b", ""), 201);
     drop(c);
     if kill {
-        // The log is synced within 200 ms; wait for it to hold both.
-        crate::support::eventually(Duration::from_secs(10), "the log", || {
-            (fs::metadata(dir.last_log()).map_or(0, |m| m.len()) > 150).then_some(())
+        // A crash may lose what was answered in its last second: wait until
+        // the log holds both instances (each record carries its address as
+        // bytes), whatever its size before that.
+        crate::support::eventually(Duration::from_secs(10), "the log to hold both", || {
+            let log = fs::read(dir.last_log()).unwrap_or_default();
+            let held = log.windows(8).filter(|w| w == b"10.0.0.7").count();
+            (held >= 2).then_some(())
         });
         p.child.kill().expect("SIGKILL");
         let _ = p.child.wait();
