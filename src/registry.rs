@@ -361,24 +361,6 @@ pub struct Stored<'a> {
     pub metadata: Option<&'a Metadata>,
 }
 
-/// An instance as a data directory saved it, to put back with
-/// [`Registry::load_instances`].
-#[derive(Clone, Debug)]
-pub struct Saved {
-    /// The instance id (its allocation is kept).
-    pub id: Arc<str>,
-    /// Its address.
-    pub ip: Ip,
-    /// Its port.
-    pub port: u16,
-    /// Its stored status.
-    pub status: Status,
-    /// Its last renewal.
-    pub last_renewal: Millis,
-    /// Its metadata, if any.
-    pub metadata: Option<Arc<Metadata>>,
-}
-
 /// What [`Registry::snapshot_step`] hands its visitor.
 #[derive(Debug)]
 pub enum Item<'a> {
@@ -1598,15 +1580,16 @@ impl Registry {
         self.book.set_due(app, now);
     }
 
-    /// Puts instances back as saved, with their stored status and renewal,
-    /// each replacing one of the same id: loading a data directory. The app
+    /// Puts instances back as saved (each an [`InstanceView`] of its stored
+    /// status and renewal, its id's allocation kept), each replacing one of
+    /// the same id: loading a data directory. The app
     /// must have been loaded (else [`Error::NoSuchApp`]). Its tables are
     /// sized once and each instance costs one hash (a million load in a
     /// fraction of a second).
     pub fn load_instances(
         &mut self,
         app: &str,
-        saved: impl ExactSizeIterator<Item = Saved>,
+        saved: impl ExactSizeIterator<Item = InstanceView>,
         now: Millis,
     ) -> Result<(), Error> {
         let book = &mut self.book;
@@ -2713,7 +2696,7 @@ mod tests {
             gone_at: 0,
         };
         reg.load_app("web", state, T0);
-        let saved = |id: &str, status, last_renewal, metadata| Saved {
+        let saved = |id: &str, status, last_renewal, metadata| InstanceView {
             id: Arc::from(id),
             ip: Ip::new("10.0.0.1"),
             port: 80,

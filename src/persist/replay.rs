@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::codec::{Kind, Record};
-use crate::registry::{AppState, Ip, Metadata, Millis, Registry, Saved, Status};
+use crate::registry::{AppState, InstanceView, Ip, Metadata, Millis, Registry, Status};
 
 /// An instance as replayed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -240,7 +240,7 @@ impl Replay {
             let mut instances: Vec<_> = app.instances.into_iter().collect();
             instances.sort_unstable_by_key(|(_, i)| i.order);
             let clean = self.clean;
-            let saved = instances.into_iter().map(|(id, i)| Saved {
+            let saved = instances.into_iter().map(|(id, i)| InstanceView {
                 id,
                 ip: i.ip,
                 port: i.port,
