@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::registry::{Metadata, Status};
+use crate::registry::{Metadata, Status, Stored};
 
 /// The version of the format this server writes and reads.
 pub const VERSION: u16 = 1;
@@ -169,16 +169,15 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             renewal,
             metadata,
         } => {
-            instance(
-                out,
-                app,
+            let stored = Stored {
                 id,
                 ip,
-                *port,
-                *status,
-                *renewal,
-                metadata.as_deref(),
-            );
+                port: *port,
+                status: *status,
+                last_renewal: *renewal,
+                metadata: metadata.as_deref(),
+            };
+            instance(out, app, &stored);
             return seal(out, start);
         }
         Record::InstanceRemoved { app, id } => {
@@ -196,63 +195,34 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
     seal(out, start);
 }
 
-/// Appends an instance record from borrowed parts (the snapshot and the
-/// recorder write them without building a [`Record`]).
-#[allow(clippy::too_many_arguments)]
-pub fn encode_instance(
-    out: &mut Vec<u8>,
-    app: &str,
-    id: &str,
-    ip: &str,
-    port: u16,
-    status: Status,
-    renewal: u64,
-    metadata: Option<&Metadata>,
-) {
+/// Appends an instance record of `app` from the registry's own borrowed
+/// state (the snapshot and the recorder write them without building a
+/// [`Record`]).
+pub fn encode_instance(out: &mut Vec<u8>, app: &str, s: &Stored<'_>) {
     let start = out.len();
-    encode_instance_unsealed(out, app, id, ip, port, status, renewal, metadata);
+    encode_instance_unsealed(out, app, s);
     seal(out, start);
 }
 
 /// The same, its checksum left for [`seal_all`].
-#[allow(clippy::too_many_arguments)]
-pub fn encode_instance_unsealed(
-    out: &mut Vec<u8>,
-    app: &str,
-    id: &str,
-    ip: &str,
-    port: u16,
-    status: Status,
-    renewal: u64,
-    metadata: Option<&Metadata>,
-) {
+pub fn encode_instance_unsealed(out: &mut Vec<u8>, app: &str, s: &Stored<'_>) {
     let start = out.len();
     out.extend_from_slice(&[0; FRAME]);
-    instance(out, app, id, ip, port, status, renewal, metadata);
+    instance(out, app, s);
     seal_len(out, start);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn instance(
-    out: &mut Vec<u8>,
-    app: &str,
-    id: &str,
-    ip: &str,
-    port: u16,
-    status: Status,
-    renewal: u64,
-    metadata: Option<&Metadata>,
-) {
+fn instance(out: &mut Vec<u8>, app: &str, s: &Stored<'_>) {
     out.push(INSTANCE);
     str_(out, app);
-    str_(out, id);
-    str_(out, ip);
-    out.extend_from_slice(&port.to_le_bytes());
-    out.push(status_byte(status));
-    u64_(out, renewal);
-    let entries = metadata.map_or(0, Metadata::len);
+    str_(out, s.id);
+    str_(out, s.ip);
+    out.extend_from_slice(&s.port.to_le_bytes());
+    out.push(status_byte(s.status));
+    u64_(out, s.last_renewal);
+    let entries = s.metadata.map_or(0, Metadata::len);
     out.extend_from_slice(&u16::try_from(entries).unwrap_or(u16::MAX).to_le_bytes());
-    for (k, v) in metadata.into_iter().flatten().take(usize::from(u16::MAX)) {
+    for (k, v) in s.metadata.into_iter().flatten().take(usize::from(u16::MAX)) {
         str_(out, k);
         str_(out, v);
     }
@@ -635,8 +605,16 @@ mod tests {
             encode(&r, &mut sealed);
             encode_unsealed(&r, &mut later);
         }
-        encode_instance(&mut sealed, "web", "z", "::1", 1, Status::Down, 5, None);
-        encode_instance_unsealed(&mut later, "web", "z", "::1", 1, Status::Down, 5, None);
+        let z = Stored {
+            id: "z",
+            ip: "::1",
+            port: 1,
+            status: Status::Down,
+            last_renewal: 5,
+            metadata: None,
+        };
+        encode_instance(&mut sealed, "web", &z);
+        encode_instance_unsealed(&mut later, "web", &z);
         assert_ne!(sealed, later);
         seal_all(&mut later);
         assert_eq!(sealed, later);

@@ -258,16 +258,7 @@ fn record(shared: &Shared, registry: &Registry, events: &[Event]) {
                 apps.push(app);
                 // Absent: removed later in the same batch, which says so.
                 if let Some(s) = registry.stored(app, id) {
-                    codec::encode_instance(
-                        &mut out,
-                        app,
-                        s.id,
-                        s.ip,
-                        s.port,
-                        s.status,
-                        s.last_renewal,
-                        s.metadata,
-                    );
+                    codec::encode_instance(&mut out, app, &s);
                 }
             }
             Event::InstanceRemoved { app, id } => {
@@ -438,16 +429,7 @@ mod tests {
         let mut cursor = SnapshotCursor::default();
         while !reg.snapshot_step(&mut cursor, 3, &mut |item| match item {
             Item::App(name, state) => codec::encode(&app_record(name, state), &mut snapshot),
-            Item::Instance(app, s) => codec::encode_instance(
-                &mut snapshot,
-                app,
-                s.id,
-                s.ip,
-                s.port,
-                s.status,
-                s.last_renewal,
-                s.metadata,
-            ),
+            Item::Instance(app, s) => codec::encode_instance(&mut snapshot, app, &s),
         }) {}
         codec::encode(
             &Record::End {

@@ -305,16 +305,7 @@ impl Saver {
                 }
                 Item::Instance(app, s) => {
                     done.instances += 1;
-                    codec::encode_instance_unsealed(
-                        &mut chunk,
-                        app,
-                        s.id,
-                        s.ip,
-                        s.port,
-                        s.status,
-                        s.last_renewal,
-                        s.metadata,
-                    );
+                    codec::encode_instance_unsealed(&mut chunk, app, &s);
                 }
             });
             if finished {
