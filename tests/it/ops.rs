@@ -19,34 +19,9 @@ use crate::support::{self, eventually, read_reply, Conn, Proc};
 // ---------------------------------------------------------------------------
 // Helpers
 
-/// Whether every program is installed. Missing ones fail the test in CI and
-/// make it print one SKIP line elsewhere.
+/// Whether every program is installed (see [`support::installed`]).
 fn installed(test: &str, programs: &[&str], packages: &str) -> bool {
-    let missing: Vec<&str> = programs
-        .iter()
-        .copied()
-        .filter(|p| which(p).is_none())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let message = format!(
-        "SKIP ops::{test}: {} not installed (apt-get install {packages})",
-        missing.join(", ")
-    );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{message}; CI must run this test"
-    );
-    println!("{message}");
-    false
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
+    support::installed(&format!("ops::{test}"), programs, packages)
 }
 
 /// A loopback port free a moment ago (for programs that cannot report the
@@ -702,7 +677,7 @@ impl Browser {
             args.push("--no-sandbox".into());
         }
         let mut options = serde_json::json!({ "args": args });
-        if let Some(binary) = which("chromium") {
+        if let Some(binary) = support::which("chromium") {
             options["binary"] = binary.display().to_string().into();
         }
         let new = serde_json::json!({

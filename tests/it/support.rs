@@ -414,3 +414,35 @@ pub fn send_signal(pid: u32, sig: &str) {
     let pid = i32::try_from(pid).unwrap_or_else(|e| panic!("pid {pid}: {e}"));
     kill(Pid::from_raw(pid), signal).unwrap_or_else(|e| panic!("kill -{sig} {pid}: {e}"));
 }
+
+/// Whether every program of a test is installed. Missing ones fail the test
+/// under `CI=true` (CI must run it) and make it print one SKIP line
+/// elsewhere, naming the Debian `packages` that bring them.
+pub fn installed(test: &str, programs: &[&str], packages: &str) -> bool {
+    let missing: Vec<&str> = programs
+        .iter()
+        .copied()
+        .filter(|p| which(p).is_none())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let message = format!(
+        "SKIP {test}: {} not installed (apt-get install {packages})",
+        missing.join(", ")
+    );
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{message}; CI must run this test"
+    );
+    println!("{message}");
+    false
+}
+
+/// The path of `program` on `PATH`, if there is one.
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::Proc;
+use crate::support::{self, Proc};
 
 /// How long a cluster, or a restarted member, may take to serve.
 const READY: Duration = Duration::from_secs(30);
@@ -26,24 +26,11 @@ const READY: Duration = Duration::from_secs(30);
 /// and makes it print one SKIP line elsewhere (as `ops.rs` does for
 /// Prometheus and Chromium).
 pub fn installed(test: &str) -> bool {
-    if which("etcd").is_some() {
-        return true;
-    }
-    let message =
-        format!("SKIP etcd::{test}: etcd not installed (apt-get install etcd-server etcd-client)");
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{message}; CI must run this test"
-    );
-    println!("{message}");
-    false
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
+    support::installed(
+        &format!("etcd::{test}"),
+        &["etcd"],
+        "etcd-server etcd-client",
+    )
 }
 
 /// `setpriv`, if it is installed and knows `--pdeathsig`.
@@ -51,7 +38,7 @@ fn pdeathsig() -> Option<PathBuf> {
     static SETPRIV: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     SETPRIV
         .get_or_init(|| {
-            let setpriv = which("setpriv")?;
+            let setpriv = support::which("setpriv")?;
             let help = Command::new(&setpriv).arg("--help").output().ok()?;
             String::from_utf8_lossy(&help.stdout)
                 .contains("--pdeathsig")
