@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use registro_client::{Error, Status};
 
-use crate::support::{client, eventually, server, server_on};
+use crate::support::{client, eventually, server, server_on, watches_waiting};
 
 const LIMIT: Duration = Duration::from_secs(5);
 
@@ -213,20 +213,6 @@ fn the_cache_sees_a_registration_and_a_take_out_within_a_second() -> Result<(), 
         started.elapsed()
     );
     Ok(())
-}
-
-/// `registro_watches_waiting` from the server's `/metrics`.
-fn watches_waiting(server: &registro::Server) -> Option<u64> {
-    let url = format!("http://{}/metrics", server.local_addr());
-    let text = ureq::get(&url)
-        .call()
-        .ok()?
-        .body_mut()
-        .read_to_string()
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("registro_watches_waiting "))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 #[test]

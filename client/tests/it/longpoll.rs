@@ -7,26 +7,12 @@ use std::time::{Duration, Instant};
 use registro_client::{Client, Error, Status};
 
 use crate::responder::{Answer, Responder};
-use crate::support::{eventually, requests, root, server};
+use crate::support::{eventually, requests, root, server, watches_waiting};
 
 const LIMIT: Duration = Duration::from_secs(5);
 
 /// The route template `/metrics` counts an app's reads under.
 const APP_ROUTE: &str = "/registro/1.0/apps/{app}";
-
-/// `registro_watches_waiting` from the server's `/metrics`.
-fn watches_waiting(server: &registro::Server) -> Option<u64> {
-    let url = format!("http://{}/metrics", server.local_addr());
-    let text = ureq::get(&url)
-        .call()
-        .ok()?
-        .body_mut()
-        .read_to_string()
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("registro_watches_waiting "))
-        .and_then(|v| v.trim().parse().ok())
-}
 
 #[test]
 fn an_idle_cache_asks_once_per_app_per_wait() -> Result<(), Error> {

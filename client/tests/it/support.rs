@@ -87,3 +87,17 @@ pub fn requests(server: &registro::Server, route: &str, method: &str) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
+
+/// `registro_watches_waiting` from the server's `/metrics`.
+pub fn watches_waiting(server: &registro::Server) -> Option<u64> {
+    let url = format!("http://{}/metrics", server.local_addr());
+    let text = ureq::get(&url)
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("registro_watches_waiting "))
+        .and_then(|v| v.trim().parse().ok())
+}
