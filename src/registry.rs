@@ -859,13 +859,19 @@ impl Registry {
             return None;
         }
         let views = self
-            .names
-            .iter()
-            .filter_map(|name| self.apps.get(name))
-            .filter(|app| !app.expired(now, self.periods))
+            .present(now)
             .map(|app| app.view(now, self.periods, filter))
             .collect();
         Some((views, self.book.index))
+    }
+
+    /// The apps present at `now`, in name order.
+    fn present(&self, now: Millis) -> impl Iterator<Item = &App> + '_ {
+        let periods = self.periods;
+        self.names
+            .iter()
+            .filter_map(|name| self.apps.get(name))
+            .filter(move |app| !app.expired(now, periods))
     }
 
     /// Every app present at `now`, sorted by name, with its index and its
@@ -882,10 +888,7 @@ impl Registry {
             return None;
         }
         let summaries = self
-            .names
-            .iter()
-            .filter_map(|name| self.apps.get(name))
-            .filter(|app| !app.expired(now, self.periods))
+            .present(now)
             .map(|app| AppSummary {
                 name: app.name.clone(),
                 index: app.index,
