@@ -212,7 +212,7 @@ mod tests {
             generation: 3,
             writer: 9,
         };
-        codec::encode(&header, &mut bytes);
+        codec::encode(&header, &mut bytes, codec::Seal::Now);
         bytes
     }
 

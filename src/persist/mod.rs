@@ -40,7 +40,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use codec::Record;
+use codec::{Record, Seal};
 use files::{read_log, read_snapshot, Files, LOCK};
 use replay::Replay;
 use saver::Saver;
@@ -248,7 +248,7 @@ fn record(shared: &Shared, registry: &Registry, events: &[Event]) {
                     name: app.clone(),
                     index: registry.index(),
                 };
-                codec::encode(&record, &mut out);
+                codec::encode(&record, &mut out, Seal::Now);
             }
             Event::InstanceAdded { app, id, .. }
             | Event::InstanceReplaced { app, id, .. }
@@ -258,7 +258,7 @@ fn record(shared: &Shared, registry: &Registry, events: &[Event]) {
                 apps.push(app);
                 // Absent: removed later in the same batch, which says so.
                 if let Some(s) = registry.stored(app, id) {
-                    codec::encode_instance(&mut out, app, &s);
+                    codec::encode_instance(&mut out, app, &s, Seal::Now);
                 }
             }
             Event::InstanceRemoved { app, id } => {
@@ -267,7 +267,7 @@ fn record(shared: &Shared, registry: &Registry, events: &[Event]) {
                     app: app.clone(),
                     id: id.clone(),
                 };
-                codec::encode(&record, &mut out);
+                codec::encode(&record, &mut out, Seal::Now);
             }
         }
     }
@@ -275,7 +275,7 @@ fn record(shared: &Shared, registry: &Registry, events: &[Event]) {
     apps.dedup();
     for name in apps {
         if let Some(state) = registry.app_state(name) {
-            codec::encode(&app_record(name, state), &mut out);
+            codec::encode(&app_record(name, state), &mut out, Seal::Now);
         }
     }
     let mut buffer = shared.lock();
@@ -296,9 +296,7 @@ fn record(shared: &Shared, registry: &Registry, events: &[Event]) {
 pub(super) fn app_record(name: &str, state: registry::AppState) -> Record {
     Record::App {
         name: Arc::from(name),
-        index: state.index,
-        empty_since: state.empty_since,
-        gone_at: state.gone_at,
+        state,
     }
 }
 
@@ -428,8 +426,10 @@ mod tests {
         let mut snapshot = Vec::new();
         let mut cursor = SnapshotCursor::default();
         while !reg.snapshot_step(&mut cursor, 3, &mut |item| match item {
-            Item::App(name, state) => codec::encode(&app_record(name, state), &mut snapshot),
-            Item::Instance(app, s) => codec::encode_instance(&mut snapshot, app, &s),
+            Item::App(name, state) => {
+                codec::encode(&app_record(name, state), &mut snapshot, Seal::Now)
+            }
+            Item::Instance(app, s) => codec::encode_instance(&mut snapshot, app, &s, Seal::Now),
         }) {}
         codec::encode(
             &Record::End {
@@ -438,6 +438,7 @@ mod tests {
                 clean: true,
             },
             &mut snapshot,
+            Seal::Now,
         );
         let mut back = replayed(&snapshot, Kind::Snapshot, now, 5_000_000);
         assert_eq!(show(&mut back, 5_000_000), want);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::codec::{self, Kind, Record};
+use super::codec::{self, Kind, Record, Seal};
 use super::files::{log_name, sync_dir, Files, SNAPSHOT, SNAPSHOT_TMP};
 use super::{app_record, Shared, BUFFER_LIMIT};
 use crate::api::Api;
@@ -131,6 +131,7 @@ impl Saver {
                 writer: self.writer,
             },
             &mut bytes,
+            Seal::Now,
         );
         let written = file
             .write_all(&bytes)
@@ -191,6 +192,7 @@ impl Saver {
                 mono: clock::now().mono,
             },
             &mut mark,
+            Seal::Now,
         );
         let Some(file) = self.log.as_mut() else {
             return false;
@@ -288,6 +290,7 @@ impl Saver {
                 writer: self.writer,
             },
             &mut chunk,
+            Seal::Now,
         );
         let mut cursor = SnapshotCursor::default();
         let mut done = Written::default();
@@ -297,15 +300,15 @@ impl Saver {
             let mono = clock::now().mono;
             // Copied under the lock, checksummed after it.
             let from = chunk.len();
-            codec::encode_unsealed(&Record::Mark { mono }, &mut chunk);
+            codec::encode(&Record::Mark { mono }, &mut chunk, Seal::Later);
             let finished = registry.snapshot_step(&mut cursor, STEP, &mut |item| match item {
                 Item::App(name, state) => {
                     done.apps += 1;
-                    codec::encode_unsealed(&app_record(name, state), &mut chunk);
+                    codec::encode(&app_record(name, state), &mut chunk, Seal::Later);
                 }
                 Item::Instance(app, s) => {
                     done.instances += 1;
-                    codec::encode_instance_unsealed(&mut chunk, app, &s);
+                    codec::encode_instance(&mut chunk, app, &s, Seal::Later);
                 }
             });
             if finished {
@@ -314,7 +317,7 @@ impl Saver {
                     index: registry.index(),
                     clean,
                 };
-                codec::encode_unsealed(&end, &mut chunk);
+                codec::encode(&end, &mut chunk, Seal::Later);
             }
             drop(registry);
             let step = held.elapsed();
