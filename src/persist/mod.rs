@@ -40,8 +40,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use codec::{Record, Seal};
-use files::{read_log, read_snapshot, Files, LOCK};
+use codec::{Kind, Record, Seal};
+use files::{read_log, read_snapshot, sync_dir, Files, LogEnd, LOCK};
 use replay::Replay;
 use saver::Saver;
 
@@ -128,20 +128,66 @@ impl DataDir {
         let mut bytes_read = 0;
         let snapshot_gen = match &files.snapshot {
             Some(path) => {
-                let (generation, n) = read_snapshot(path, &mut replay)?;
+                let (generation, n) =
+                    read_snapshot(path, &mut |r| replay.apply(r, Kind::Snapshot))?;
                 bytes_read += n;
                 generation
             }
             None => 0,
         };
+        // What the start found and does, said once the whole directory is
+        // known to be readable (a start that fails says one line only).
+        let mut lines: Vec<String> = Vec::new();
+        let mut repair: Option<(&Path, LogEnd)> = None;
         let mut logs_read = 0;
-        let log = api.log();
+        let newest = files.logs.last().map(|(g, _)| *g);
         for (generation, path) in &files.logs {
             if *generation < snapshot_gen {
-                continue; // covered by the snapshot; deleted by the next one
+                // A crash came between a snapshot and the removal of the
+                // logs it covers: read whole (or the start stops), not
+                // replayed, removed by the next snapshot.
+                read_log(path, false, &mut |_| {})?;
+                lines.push(format!(
+                    "{}: covered by the snapshot (a crash came before it was removed); \
+                     checked, not replayed; the next snapshot removes it",
+                    path.display()
+                ));
+                continue;
             }
-            bytes_read += read_log(path, &mut replay, log)?;
+            let newest = Some(*generation) == newest;
+            let end = read_log(path, newest, &mut |r| replay.apply(r, Kind::Log))?;
+            match end {
+                LogEnd::Whole(n) => bytes_read += n,
+                LogEnd::Torn { at, .. } => bytes_read += at,
+                LogEnd::CutHeader(_) => {}
+            }
+            if !matches!(end, LogEnd::Whole(_)) {
+                repair = Some((path, end));
+            }
             logs_read += 1;
+        }
+        if let Some(tmp) = &files.snapshot_tmp {
+            lines.push(format!(
+                "{}: ignored, a snapshot a crash or a failed write left unfinished \
+                 (what it holds is in the snapshot and logs); the next snapshot replaces it",
+                tmp.display()
+            ));
+        }
+        for other in &files.others {
+            lines.push(format!(
+                "{}: ignored, not a file Registro writes; left as it is",
+                other.display()
+            ));
+        }
+        // Everything is read: only now is anything changed. A torn tail is
+        // cut off (so that the log stays whole once a newer one exists),
+        // a cut header removed.
+        if let Some((path, end)) = repair {
+            lines.push(repair_log(path, &end)?);
+        }
+        let log = api.log();
+        for line in &lines {
+            log.line(format_args!("data directory: {line}"));
         }
         let (apps, instances) = replay.counts();
         let saved_index = replay.index();
@@ -293,6 +339,36 @@ fn record(shared: &Shared, registry: &Registry, events: &[Event]) {
     }
 }
 
+/// Makes the newest log whole again after a crash cut its last write
+/// short: the torn tail cut off, or a log with only part of a header
+/// removed. Answers the line that says so.
+fn repair_log(path: &Path, end: &LogEnd) -> io::Result<String> {
+    let shown = path.display();
+    let cannot = |e: io::Error| fail(format!("cannot repair {shown} after a crash: {e}"));
+    match end {
+        LogEnd::Torn { at, len, why } => {
+            let file = OpenOptions::new().write(true).open(path).map_err(cannot)?;
+            file.set_len(*at).map_err(cannot)?;
+            file.sync_all().map_err(cannot)?;
+            Ok(format!(
+                "{shown}: its last {len} bytes, from byte {at}, are a write a crash cut short \
+                 ({why}); cut off"
+            ))
+        }
+        LogEnd::CutHeader(len) => {
+            fs::remove_file(path).map_err(cannot)?;
+            if let Some(dir) = path.parent() {
+                sync_dir(dir).map_err(cannot)?;
+            }
+            Ok(format!(
+                "{shown}: removed, a new log whose first write a crash cut short \
+                 ({len} bytes, no record)"
+            ))
+        }
+        LogEnd::Whole(_) => Ok(format!("{shown}: whole")),
+    }
+}
+
 pub(super) fn app_record(name: &str, state: registry::AppState) -> Record {
     Record::App {
         name: Arc::from(name),
@@ -302,7 +378,6 @@ pub(super) fn app_record(name: &str, state: registry::AppState) -> Record {
 
 #[cfg(test)]
 mod tests {
-    use super::codec::Kind;
     use super::*;
     use crate::registry::{Item, Metadata, Periods, SnapshotCursor, StatusSet};
 
