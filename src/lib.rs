@@ -33,5 +33,6 @@ mod store;
 mod sweeper;
 
 pub use auth::TokenFiles;
+pub use persist::DiskFaults;
 pub use server::{Config, Server};
 pub use store::StoreConfig;

@@ -284,6 +284,7 @@ fn config(flags: Flags) -> Result<registro::Config, String> {
         },
         data_dir: flags.data_dir,
         snapshot_every: flags.snapshot_every,
+        disk_faults: None,
     })
 }
 

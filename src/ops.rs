@@ -33,6 +33,9 @@ pub fn handle(api: &Api, request: &Request, now: Now) -> Option<Response> {
         return Some(response);
     }
     Some(match route {
+        "/healthz" if !api.log().metrics().saves.saving(now.mono) => {
+            Response::json(503, b"{\"status\":\"data dir not saving\"}\n".to_vec())
+        }
         "/healthz" => match api.store().health() {
             Ok(()) => Response::json(200, b"{\"status\":\"ok\"}\n".to_vec()),
             Err(_) => Response::json(503, b"{\"status\":\"store unreachable\"}\n".to_vec()),

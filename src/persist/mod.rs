@@ -29,6 +29,7 @@
 //! the files' names and reading them. `saver.rs`: the thread.
 
 mod codec;
+mod disk;
 mod files;
 mod replay;
 mod saver;
@@ -41,12 +42,15 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use codec::{Kind, Record, Seal};
+use disk::Disk;
+pub use disk::DiskFaults;
 use files::{read_log, read_snapshot, sync_dir, Files, LogEnd, LOCK};
 use replay::Replay;
 use saver::Saver;
 
 use crate::api::Api;
 use crate::clock;
+use crate::metrics::Saves;
 use crate::registry::{self, Event, Registry};
 
 /// The most bytes of records waiting for the saver. Past it (a disk that
@@ -96,8 +100,14 @@ impl DataDir {
     /// Opens `dir` (created if absent), locks it, loads what it holds into
     /// `api`'s registry, raises the index above any saved or handed out
     /// before, installs the recorder and starts the saver. The error is one
-    /// line naming the file and why.
-    pub fn open(dir: &Path, snapshot_every: Duration, api: &Arc<Api>) -> io::Result<DataDir> {
+    /// line naming the file and why. `faults`: a test's switch that fails
+    /// the saver's writes.
+    pub fn open(
+        dir: &Path,
+        snapshot_every: Duration,
+        faults: Option<DiskFaults>,
+        api: &Arc<Api>,
+    ) -> io::Result<DataDir> {
         let started = Instant::now();
         let shown = dir.display();
         fs::create_dir_all(dir)
@@ -209,7 +219,11 @@ impl DataDir {
             generation,
             log: None,
             log_bytes: 0,
+            torn: false,
             pending: Vec::new(),
+            taken: 0,
+            dropped_since: None,
+            drops: 0,
             last_flush: Instant::now(),
             last_mark: Instant::now(),
             last_snapshot: Instant::now(),
@@ -218,6 +232,9 @@ impl DataDir {
             logged_since_snapshot: false,
             next_try: Instant::now(),
             last_complaint: None,
+            last_error: String::new(),
+            not_saving: None,
+            disk: Disk { faults },
             api: Arc::clone(api),
             shared: Arc::new(Shared {
                 buffer: Mutex::new(Buffer::default()),
@@ -244,8 +261,9 @@ impl DataDir {
         ));
         let shared = Arc::clone(&saver.shared);
         let recorder_shared = Arc::clone(&shared);
+        let metrics = Arc::clone(api.log().metrics());
         api.set_recorder(Box::new(move |registry: &Registry, events: &[Event]| {
-            record(&recorder_shared, registry, events);
+            record(&recorder_shared, &metrics.saves, registry, events);
         }));
         let thread = thread::Builder::new()
             .name("registro-save".into())
@@ -279,8 +297,9 @@ impl Drop for DataDir {
 }
 
 /// The recorder: the changes `events` name, as records of their state in
-/// `registry` now, appended to the buffer.
-fn record(shared: &Shared, registry: &Registry, events: &[Event]) {
+/// `registry` now, appended to the buffer; `saves` learns since when a
+/// change waits for the disk.
+fn record(shared: &Shared, saves: &Saves, registry: &Registry, events: &[Event]) {
     if events.is_empty() {
         return;
     }
@@ -325,6 +344,8 @@ fn record(shared: &Shared, registry: &Registry, events: &[Event]) {
         }
     }
     let mut buffer = shared.lock();
+    // Under the buffer's lock, as the saver settles it.
+    saves.unsaved(clock::now().mono);
     let first = buffer.bytes.is_empty();
     if buffer.bytes.len() + out.len() > BUFFER_LIMIT {
         buffer.bytes = Vec::new();
@@ -448,7 +469,7 @@ mod tests {
                 reg.push_event(e);
             }
             reg.drain_changes(&mut apps, &mut events);
-            record(&shared, reg, &events);
+            record(&shared, &Saves::default(), reg, &events);
             events.clear();
         };
         let mut meta = Metadata::new();

@@ -70,6 +70,9 @@ pub struct Config {
     pub data_dir: Option<std::path::PathBuf>,
     /// How often the data directory's log is compacted into a snapshot.
     pub snapshot_every: Duration,
+    /// Makes the data directory's writes fail on demand, as a full or
+    /// failing disk would: for tests (none in production).
+    pub disk_faults: Option<crate::persist::DiskFaults>,
 }
 
 impl Default for Config {
@@ -89,6 +92,7 @@ impl Default for Config {
             store: crate::store::StoreConfig::default(),
             data_dir: None,
             snapshot_every: Duration::from_secs(300),
+            disk_faults: None,
         }
     }
 }
@@ -183,6 +187,7 @@ impl Server {
                     Some(dir) => Some(crate::persist::DataDir::open(
                         dir,
                         config.snapshot_every,
+                        config.disk_faults.clone(),
                         &api,
                     )?),
                     None => None,

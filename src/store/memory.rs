@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::{Error, Registration, Store, Threads};
 use crate::api::Api;
 use crate::clock::Now;
-use crate::registry::Millis;
+use crate::registry::{Millis, Status};
 use crate::sweeper::Sweeper;
 use crate::Config;
 
@@ -16,8 +16,23 @@ use crate::Config;
 #[derive(Debug, Default)]
 pub struct Memory;
 
+/// Refuses a change while `--data-dir` cannot save (a full disk, an I/O
+/// error): one answered 2xx has waited more than a second for the disk
+/// (API.md Part 4). Reads and heartbeats that change no status go on.
+fn saving(api: &Api, now: Now) -> Result<(), Error> {
+    if api.log().metrics().saves.saving(now.mono) {
+        return Ok(());
+    }
+    Err(Error::Unavailable(
+        "the data directory is not saving (a full disk or an I/O error): changes are refused \
+         until it saves again; reads and heartbeats go on"
+            .to_string(),
+    ))
+}
+
 impl Store for Memory {
     fn create_app(&self, api: &Api, name: &str, now: Now) -> Result<(), Error> {
+        saving(api, now)?;
         let mut registry = api.lock();
         let event = registry.create_app(name, now.mono)?;
         registry.push_event(event);
@@ -26,6 +41,7 @@ impl Store for Memory {
     }
 
     fn register(&self, api: &Api, new: &Registration<'_>, now: Now) -> Result<(), Error> {
+        saving(api, now)?;
         let mut registry = api.lock();
         let event = registry.register(
             new.app,
@@ -46,7 +62,15 @@ impl Store for Memory {
         // Its time is when the lock is had: the wait on it is added, so a
         // heartbeat that waited never moves `lastRenewal` backwards.
         let waited = Millis::try_from(asked.elapsed().as_millis()).unwrap_or(0);
-        let event = registry.renew(app, id, now.mono.saturating_add(waited))?;
+        let now_locked = now.mono.saturating_add(waited);
+        if let Err(refused) = saving(api, now) {
+            // Only a heartbeat that would change a status is a change.
+            let status = registry.instance(app, id, now_locked).map(|i| i.status);
+            if matches!(status, Ok(Status::Starting | Status::Down)) {
+                return Err(refused);
+            }
+        }
+        let event = registry.renew(app, id, now_locked)?;
         api.log().metrics().heartbeat();
         match event {
             // A plain heartbeat: nothing to log, nobody to wake.
@@ -60,6 +84,7 @@ impl Store for Memory {
     }
 
     fn take_out_of_service(&self, api: &Api, app: &str, id: &str, now: Now) -> Result<(), Error> {
+        saving(api, now)?;
         let mut registry = api.lock();
         if let Some(event) = registry.take_out_of_service(app, id, now.mono)? {
             registry.push_event(event);

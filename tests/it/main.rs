@@ -17,5 +17,6 @@ mod hardening;
 mod lifecycle;
 mod ops;
 mod restart;
+mod saving;
 mod support;
 mod watch;
