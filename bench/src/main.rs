@@ -11,6 +11,18 @@
 //! child process with `--baseline-server`: a bare tiny_http server answering
 //! 204.
 //!
+//! A new scenario: a file with `pub fn run(bench: &mut Bench) -> Result<String,
+//! String>`, its name in `SCENARIOS` and its entry in `run`'s list. Servers:
+//! `bench.start(b, name, flags)` for each of `bench.binaries()` (b 0 is the
+//! server under test, 1 the `--server` one), `bench.fill` to register a fleet,
+//! `bench.stop`. Closed-loop heartbeats: `measure(&bench.heartbeats(addr, n,
+//! round), pid)`, an `Outcome` (rate, `hist`, errors, CPU); any other latency
+//! goes into a `hist::Histogram` (µs). The section: `Section::new(title)`,
+//! `text`, `table` and `row`, and `target(what, measured, verdict)` where the
+//! verdict is `Verdict::of(ok)` or `Verdict::check(figure, test)`, followed by
+//! `.at_size(false)` when the run is smaller than the size the target is
+//! stated for (it then reads "not measured at this size").
+//!
 //! Usage: `registro-bench [--quick] [--server PATH] [--registro PATH] [--runs N]
 //! [--secs S] [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N]
 //! [--fleet-secs S] [--fleet-interval S] [--watchers N]
