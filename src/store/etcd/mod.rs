@@ -2,7 +2,7 @@
 //! an etcd v3 cluster under a key prefix, so that any number of servers
 //! serve one registry.
 //!
-//! Each server keeps a local view (the `Registry` of `Api::lock`, in mirror
+//! Each server keeps a local view (the `Registry` of the `View`, in mirror
 //! mode) fed by one watch of the prefix; reads and watches cost etcd
 //! nothing. A change is a transaction with compares (safe to retry),
 //! answered once committed and applied to this server's view. Liveness is a
@@ -27,10 +27,10 @@ use self::client::{CallError, Client, Compare, Op, Watch, WatchLine};
 use self::metrics::{Op as MOp, Outcome, StoreMetrics};
 use self::mirror::{AppValue, InstValue, Key, Mirror, Stored, StoredPeriods};
 use super::{Error, Registration, Store};
-use crate::api::Api;
 use crate::clock::{self, Now};
 use crate::log::Log;
 use crate::registry::{self, Periods, Registry, Status};
+use crate::view::View;
 
 /// How long a change may wait on etcd, in all (a worker is held that long
 /// at most).
@@ -219,12 +219,12 @@ impl Etcd {
     }
 
     /// Starts the watch, keeper and evictor threads.
-    pub fn spawn(&self, api: &Arc<Api>) -> io::Result<Threads> {
+    pub fn spawn(&self, view: &Arc<View>) -> io::Result<Threads> {
         let mut threads = Threads {
             shared: Arc::clone(&self.shared),
             handles: Vec::new(),
         };
-        type Body = fn(&Shared, &Weak<Api>);
+        type Body = fn(&Shared, &Weak<View>);
         let bodies: [(&str, Body); 4] = [
             ("registro-watch", watch),
             ("registro-commit", commit),
@@ -233,11 +233,11 @@ impl Etcd {
         ];
         for (name, body) in bodies {
             let shared = Arc::clone(&self.shared);
-            let api = Arc::downgrade(api);
+            let view = Arc::downgrade(view);
             threads.handles.push(
                 thread::Builder::new()
                     .name(name.into())
-                    .spawn(move || body(&shared, &api))?,
+                    .spawn(move || body(&shared, &view))?,
             );
         }
         Ok(threads)
@@ -635,7 +635,7 @@ fn json(value: &impl serde::Serialize) -> Vec<u8> {
 }
 
 impl Store for Etcd {
-    fn create_app(&self, _api: &Api, name: &str, now: Now) -> Result<(), Error> {
+    fn create_app(&self, _view: &View, name: &str, now: Now) -> Result<(), Error> {
         let s = &self.shared;
         let key = s.key(Key::App(name.into()));
         s.write(|mirror| {
@@ -649,7 +649,7 @@ impl Store for Etcd {
         })
     }
 
-    fn register(&self, _api: &Api, new: &Registration<'_>, now: Now) -> Result<(), Error> {
+    fn register(&self, _view: &View, new: &Registration<'_>, now: Now) -> Result<(), Error> {
         let s = &self.shared;
         let app_key = s.key(Key::App(new.app.into()));
         let inst_key = s.key(Key::Inst(new.app.into(), new.id.into()));
@@ -707,7 +707,7 @@ impl Store for Etcd {
         })
     }
 
-    fn renew(&self, api: &Api, app: &str, id: &str, now: Now) -> Result<(), Error> {
+    fn renew(&self, view: &View, app: &str, id: &str, now: Now) -> Result<(), Error> {
         let s = &self.shared;
         let look = || {
             let mirror = lock(&s.mirror);
@@ -736,8 +736,8 @@ impl Store for Etcd {
                 return Err(s.unavailable());
             }
             lock(&s.leases).insert(lease);
-            api.lock().touch(app, id, now.mono);
-            api.log().metrics().heartbeat();
+            view.lock().touch(app, id, now.mono);
+            view.log().metrics().heartbeat();
             return Ok(());
         }
         // The lease and the change share one permit and one deadline.
@@ -788,11 +788,17 @@ impl Store for Etcd {
         if let Some(other) = kept {
             lock(&s.leases).insert(other);
         }
-        api.log().metrics().heartbeat();
+        view.log().metrics().heartbeat();
         Ok(())
     }
 
-    fn take_out_of_service(&self, _api: &Api, app: &str, id: &str, now: Now) -> Result<(), Error> {
+    fn take_out_of_service(
+        &self,
+        _view: &View,
+        app: &str,
+        id: &str,
+        now: Now,
+    ) -> Result<(), Error> {
         let s = &self.shared;
         let inst_key = s.key(Key::Inst(app.into(), id.into()));
         let alive_key = s.key(Key::Alive(app.into(), id.into()));
@@ -837,15 +843,15 @@ impl Store for Etcd {
         )
     }
 
-    fn spawn(&self, api: &Arc<Api>, _config: &crate::Config) -> io::Result<super::Threads> {
-        Etcd::spawn(self, api).map(super::Threads::Etcd)
+    fn spawn(&self, view: &Arc<View>) -> io::Result<super::Threads> {
+        Etcd::spawn(self, view).map(super::Threads::Etcd)
     }
 }
 
 /// The watch thread: applies every change under the prefix to the view.
 /// A lost stream is opened again on the next member from the last revision
 /// applied; a compacted one (or a canceled one) reads the prefix again.
-fn watch(s: &Shared, weak: &Weak<Api>) {
+fn watch(s: &Shared, weak: &Weak<View>) {
     let members = s.client.members().len().max(1);
     let mut member = s.client.current();
     let mut range_again = false;
@@ -853,19 +859,19 @@ fn watch(s: &Shared, weak: &Weak<Api>) {
     let mut lost = false;
     let end = client::prefix_end(s.prefix.as_bytes());
     while !s.stopped() {
-        let Some(api) = weak.upgrade() else { return };
+        let Some(shown) = weak.upgrade() else { return };
         if range_again {
             let result = s.call(MOp::Range, |c| {
                 c.range(s.prefix.as_bytes(), &end, CALL_TIMEOUT)
             });
             match result {
                 Ok((kvs, revision)) => {
-                    let mut view = api.lock();
+                    let mut view = shown.lock();
                     let mut mirror = lock(&s.mirror);
                     *mirror =
                         Mirror::from_range(&s.prefix, &kvs, revision, &mut view, clock::now());
                     drop(mirror);
-                    api.publish(view, true);
+                    shown.publish(view, true);
                     s.set_applied(revision);
                     range_again = false;
                 }
@@ -898,7 +904,7 @@ fn watch(s: &Shared, weak: &Weak<Api>) {
                 }
                 lost = true;
                 member += 1;
-                drop(api);
+                drop(shown);
                 if !s.rest(backoff) {
                     return;
                 }
@@ -913,7 +919,7 @@ fn watch(s: &Shared, weak: &Weak<Api>) {
         }
         s.restart_watch.store(false, Ordering::SeqCst);
         backoff = Duration::from_millis(50);
-        drop(api);
+        drop(shown);
         let quit = || s.stopped() || s.restart_watch.load(Ordering::SeqCst);
         loop {
             let line = match stream.next(&quit) {
@@ -947,15 +953,15 @@ fn watch(s: &Shared, weak: &Weak<Api>) {
                     s.set_applied(revision);
                 }
                 Some(WatchLine::Events(events, _)) => {
-                    let Some(api) = weak.upgrade() else { return };
+                    let Some(shown) = weak.upgrade() else { return };
                     let now = clock::now();
-                    let mut view = api.lock();
+                    let mut view = shown.lock();
                     let mut mirror = lock(&s.mirror);
                     mirror.apply(&events, &mut view, now);
                     mirror.sync(&mut view);
                     let revision = mirror.revision;
                     drop(mirror);
-                    api.publish(view, true);
+                    shown.publish(view, true);
                     s.set_applied(revision);
                 }
                 Some(WatchLine::Canceled(compacted, reason)) => {
@@ -982,7 +988,7 @@ fn watch(s: &Shared, weak: &Weak<Api>) {
 /// against 538), so one it is: fewer, fuller transactions when etcd's CPU
 /// is the limit. If a transaction's compares fail, its changes are sent
 /// again one by one, so that each gets its own outcome.
-fn commit(s: &Shared, _api: &Weak<Api>) {
+fn commit(s: &Shared, _view: &Weak<View>) {
     loop {
         let mut jobs = lock(&s.jobs);
         while jobs.is_empty() {
@@ -1020,7 +1026,7 @@ fn commit(s: &Shared, _api: &Weak<Api>) {
 
 /// The keeper thread: sends the queued keep-alives, batched, and probes
 /// etcd's quorum when there are none, so that health recovers by itself.
-fn keep(s: &Shared, _api: &Weak<Api>) {
+fn keep(s: &Shared, _view: &Weak<View>) {
     let mut last_contact = Instant::now();
     while s.rest(KEEP_EVERY) {
         let unused = std::mem::take(&mut *lock(&s.unused));
@@ -1059,7 +1065,7 @@ fn keep(s: &Shared, _api: &Weak<Api>) {
 /// removes what has been silent for `--evict-after`, in transactions of at
 /// most [`MAX_TXN_OPS`] operations with a compare each; a batch that fails
 /// is done again one action at a time (another server may have done some).
-fn evict(s: &Shared, _api: &Weak<Api>) {
+fn evict(s: &Shared, _view: &Weak<View>) {
     while s.rest(EVICT_EVERY) {
         if !s.healthy.load(Ordering::SeqCst) {
             continue;
