@@ -12,7 +12,7 @@ use super::codec::{self, Kind, Record, Seal};
 use super::disk::Disk;
 use super::files::{log_name, Files, SNAPSHOT, SNAPSHOT_TMP};
 use super::{app_record, Shared, BUFFER_LIMIT};
-use crate::api::Api;
+use crate::view::View;
 use crate::clock;
 use crate::metrics::{Save, NOT_SAVING_AFTER};
 use crate::registry::{Item, SnapshotCursor};
@@ -87,7 +87,7 @@ pub(super) struct Saver {
     /// Since when a change has waited too long (a line said so).
     pub(super) not_saving: Option<Instant>,
     pub(super) disk: Disk,
-    pub(super) api: Arc<Api>,
+    pub(super) view: Arc<View>,
     pub(super) shared: Arc<Shared>,
     /// Held open: the `flock` lasts as long as the saver.
     pub(super) _lock: File,
@@ -150,7 +150,7 @@ impl Saver {
     }
 
     fn saves(&self) -> &crate::metrics::Saves {
-        &self.api.log().metrics().saves
+        &self.view.log().metrics().saves
     }
 
     fn complain(&mut self, what: fmt::Arguments<'_>) {
@@ -158,7 +158,7 @@ impl Saver {
         self.last_error = what.to_string();
         if self.last_complaint.is_none_or(|t| t.elapsed() >= QUIET) {
             self.last_complaint = Some(Instant::now());
-            self.api.log().line(format_args!(
+            self.view.log().line(format_args!(
                 "data directory {}: {what} (failed saves so far: {}; retrying)",
                 self.dir.display(),
                 self.saves().failures()
@@ -176,7 +176,7 @@ impl Saver {
             (false, None) => {
                 self.not_saving = Some(Instant::now());
                 let waited = self.saves().unsaved_for(now).unwrap_or(0);
-                self.api.log().line(format_args!(
+                self.view.log().line(format_args!(
                     "data directory {}: not saving: a change answered {waited} ms ago is not on \
                      disk ({}); changes and /healthz answer 503 until a save succeeds",
                     self.dir.display(),
@@ -185,7 +185,7 @@ impl Saver {
             }
             (true, Some(since)) => {
                 self.not_saving = None;
-                self.api.log().line(format_args!(
+                self.view.log().line(format_args!(
                     "data directory {}: saving again after {} ms; changes are taken again",
                     self.dir.display(),
                     since.elapsed().as_millis()
@@ -345,7 +345,7 @@ impl Saver {
             // before it is whole again (and the disk takes nothing anyway).
             self.next_try = Instant::now() + RETRY;
             if clean {
-                self.api.log().line(format_args!(
+                self.view.log().line(format_args!(
                     "data directory {}: stopping with {} bytes of changes not on disk ({})",
                     self.dir.display(),
                     self.pending.len(),
@@ -373,7 +373,7 @@ impl Saver {
                 }
                 let removed = self.remove_logs(|g| g < generation || (clean && g == generation));
                 let bytes = done.bytes;
-                self.api.log().line(format_args!(
+                self.view.log().line(format_args!(
                     "data directory: snapshot of {} apps, {} instances, {bytes} bytes in {} ms \
                      (longest lock hold {} us){removed}",
                     done.apps,
@@ -421,7 +421,7 @@ impl Saver {
         let mut done = Written::default();
         let mut unsynced = 0;
         loop {
-            let registry = self.api.lock();
+            let registry = self.view.lock();
             let held = Instant::now();
             let mono = clock::now().mono;
             // Copied under the lock, checksummed after it.
