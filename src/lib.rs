@@ -19,6 +19,7 @@
 
 mod api;
 mod auth;
+mod budget;
 mod clock;
 #[cfg(test)]
 mod fuzz;

@@ -43,6 +43,7 @@ pub fn handle(view: &View, store: &dyn Store, request: &Request) -> Option<Respo
         "/favicon.ico" => Response::empty(204),
         "/metrics" => {
             let mut text = view.log().metrics().render(&counts(view));
+            view.answers().budget().render(&mut text);
             store.render_metrics(&mut text);
             text_response(
                 text.into_bytes(),

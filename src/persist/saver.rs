@@ -12,10 +12,10 @@ use super::codec::{self, Kind, Record, Seal};
 use super::disk::Disk;
 use super::files::{log_name, Files, SNAPSHOT, SNAPSHOT_TMP};
 use super::{app_record, Shared, BUFFER_LIMIT};
-use crate::view::View;
 use crate::clock;
 use crate::metrics::{Save, NOT_SAVING_AFTER};
 use crate::registry::{Item, SnapshotCursor};
+use crate::view::View;
 
 /// The saver appends what the recorder buffered as soon as there is some
 /// (group commit: what comes during a sync goes with the next write); it

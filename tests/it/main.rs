@@ -16,6 +16,7 @@ mod fuzz;
 mod hardening;
 mod lifecycle;
 mod ops;
+mod output;
 mod restart;
 mod saving;
 mod support;
