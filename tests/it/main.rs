@@ -16,5 +16,6 @@ mod hardening;
 mod lifecycle;
 mod ops;
 mod restart;
+mod sd;
 mod support;
 mod watch;
