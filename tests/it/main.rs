@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod concurrency;
 mod conn;
+mod contract;
 mod dashboard;
 mod discovery;
 mod etcd;
