@@ -12,14 +12,88 @@ use std::time::{Duration, Instant};
 use registro::{Config, Server};
 
 /// A connection with a read timeout, so that no read in a test blocks for
-/// ever, and no Nagle delay on what it sends.
-pub fn connect(addr: SocketAddr, read_timeout: Duration) -> TcpStream {
+/// ever, and no Nagle delay on what it sends. What is written and read
+/// through it (and its `try_clone`s) is checked against docs/openapi.json
+/// (see [`Tap`]); it derefs to its `TcpStream` for everything else.
+pub fn connect(addr: SocketAddr, read_timeout: Duration) -> Stream {
     let stream = TcpStream::connect(addr).expect("connect to the server");
     stream
         .set_read_timeout(Some(read_timeout))
         .expect("set a read timeout");
     stream.set_nodelay(true).expect("nodelay");
-    stream
+    Stream {
+        stream,
+        tap: Arc::new(Mutex::new(Tap::default())),
+    }
+}
+
+/// A socket whose reads and writes go through a [`Tap`].
+#[derive(Debug)]
+pub struct Stream {
+    stream: TcpStream,
+    tap: Arc<Mutex<Tap>>,
+}
+
+impl Stream {
+    /// Another handle on the same socket and the same tap.
+    pub fn try_clone(&self) -> std::io::Result<Stream> {
+        Ok(Stream {
+            stream: self.stream.try_clone()?,
+            tap: Arc::clone(&self.tap),
+        })
+    }
+
+    /// The socket, no longer tapped.
+    pub fn into_inner(self) -> TcpStream {
+        self.stream
+    }
+}
+
+impl std::ops::Deref for Stream {
+    type Target = TcpStream;
+    fn deref(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+impl std::ops::DerefMut for Stream {
+    fn deref_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+}
+
+impl Read for &Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (&self.stream).read(buf)?;
+        tap_of(&self.tap).received(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl Write for &Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = (&self.stream).write(buf)?;
+        tap_of(&self.tap).sent(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        (&self.stream).flush()
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        (&*self).read(buf)
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        (&*self).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        (&*self).flush()
+    }
 }
 
 /// Registers 300 applications with long names, making `GET /apps` about 70 KB.
@@ -50,7 +124,26 @@ pub fn start_with(tweak: impl FnOnce(&mut Config)) -> Server {
         ..Config::default()
     };
     tweak(&mut config);
-    Server::start(config).expect("server starts on loopback")
+    let server = Server::start(config).expect("server starts on loopback");
+    serving(server.local_addr());
+    server
+}
+
+/// The addresses of the Registro servers the tests started, whose answers
+/// to [`agent`]'s requests are checked against docs/openapi.json (the agent
+/// also talks to Prometheus).
+fn servers() -> &'static Mutex<std::collections::HashSet<SocketAddr>> {
+    static SERVERS: std::sync::OnceLock<Mutex<std::collections::HashSet<SocketAddr>>> =
+        std::sync::OnceLock::new();
+    SERVERS.get_or_init(Default::default)
+}
+
+/// Notes that a Registro server listens on `addr`.
+pub fn serving(addr: SocketAddr) {
+    servers()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(addr);
 }
 
 /// `http://127.0.0.1:PORT/registro/1.0`
@@ -59,12 +152,76 @@ pub fn base(addr: SocketAddr) -> String {
 }
 
 /// A ureq agent that hands every status back instead of failing on 4xx/5xx.
+/// Its exchanges with a Registro server the tests started are checked
+/// against docs/openapi.json (the answers; the request's method and target,
+/// not its body, which ureq streams).
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
+        .middleware(checked)
         .build()
         .into()
+}
+
+/// [`agent`]'s middleware: reads the answer, checks it, and hands it on
+/// with the same bytes.
+fn checked(
+    request: ureq::http::Request<ureq::SendBody>,
+    next: ureq::middleware::MiddlewareNext,
+) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    let registro = request
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+        .is_some_and(|addr| {
+            servers()
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&addr)
+        });
+    let method = request.method().to_string();
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.to_string());
+    let response = next.handle(request)?;
+    if !registro {
+        return Ok(response);
+    }
+    let (parts, mut body) = response.into_parts();
+    let (mime, charset) = (
+        body.mime_type().map(str::to_string),
+        body.charset().map(str::to_string),
+    );
+    let bytes = body.with_config().limit(u64::MAX).read_to_vec()?;
+    let exchange = crate::contract::Exchange {
+        request: Some((method, target)),
+        request_body: None,
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: bytes.clone(),
+    };
+    if let Err(e) = crate::contract::check(&exchange) {
+        panic!("an exchange breaks docs/openapi.json: {e}");
+    }
+    let mut rebuilt = ureq::Body::builder();
+    if let Some(mime) = mime {
+        rebuilt = rebuilt.mime_type(mime);
+    }
+    if let Some(charset) = charset {
+        rebuilt = rebuilt.charset(charset);
+    }
+    Ok(ureq::http::Response::from_parts(parts, rebuilt.data(bytes)))
 }
 
 /// A response as the tests look at it.
@@ -190,6 +347,7 @@ impl Proc {
             .expect("registro printed its address")
             .parse()
             .expect("a socket address");
+        serving(addr);
         Proc {
             child,
             addr,
@@ -468,15 +626,13 @@ pub fn which(program: &str) -> Option<std::path::PathBuf> {
 /// paired with its request in order, is checked against docs/openapi.json
 /// ([`crate::contract::check`]); a mismatch panics in the read that
 /// completed the answer, so it fails the test whichever file it sits in.
-/// An answer to bytes that are no request (garbage, a head cut short) is
-/// checked as an answer to any request; one read on a connection where the
-/// tap saw nothing sent is not checked (the log says so).
-#[derive(Default)]
+/// An answer to bytes that are no request (garbage, a head cut short, or
+/// nothing at all: a 503 to a connection over the limit) is checked as an
+/// answer any request may get.
+#[derive(Debug, Default)]
 pub struct Tap {
     /// Bytes sent, not yet a whole request.
     sent: Vec<u8>,
-    /// Whether anything was sent through the tap.
-    seen: bool,
     /// The bytes sent stopped being requests (the server answers them
     /// with an error and closes).
     broken: bool,
@@ -517,7 +673,6 @@ enum Framed {
 impl Tap {
     /// Bytes about to be sent.
     pub fn sent(&mut self, bytes: &[u8]) {
-        self.seen = true;
         if self.broken {
             return;
         }
@@ -548,10 +703,6 @@ impl Tap {
             };
             self.received.drain(..used);
             if (100..200).contains(&status) {
-                continue;
-            }
-            if !self.seen {
-                crate::contract::unchecked("an answer on a connection the tap saw nothing sent on");
                 continue;
             }
             let (request, request_body) = match self.requests.pop_front() {
