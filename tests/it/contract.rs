@@ -55,6 +55,9 @@ pub struct Contract {
     validators: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
 }
 
+/// Path parameters by name, percent-decoded (`None`: not decodable).
+type Params = Vec<(String, Option<String>)>;
+
 enum Segment {
     Literal(String),
     Param(String),
@@ -242,7 +245,7 @@ impl Contract {
 
     /// The template a path matches, and its parameters percent-decoded
     /// (`None` for one that cannot be decoded).
-    fn find(&self, path: &str) -> Option<(&str, Vec<(String, Option<String>)>)> {
+    fn find(&self, path: &str) -> Option<(&str, Params)> {
         let path = match path.strip_prefix("/registro/1.0/") {
             Some(_) if path.len() > "/registro/1.0/".len() => {
                 path.strip_suffix('/').unwrap_or(path)
@@ -394,7 +397,7 @@ impl Contract {
         &self,
         op_pointer: &str,
         op: &Value,
-        path_params: &[(String, Option<String>)],
+        path_params: &Params,
         query: &str,
         ex: &Exchange,
     ) -> Result<Option<String>, String> {
@@ -556,10 +559,11 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 // The document itself, and proof that the checks can fail
 
 /// Runs `openapi-spec-validator` (Python, the reference OpenAPI 3.x
-/// validator) once on `paths` (it starts slowly): whether it accepted each,
+/// validator, as `python3 -m openapi_spec_validator`) once on `paths` (it starts slowly): whether it accepted each,
 /// and all it said.
 fn spec_validator(paths: &[std::path::PathBuf]) -> (Vec<bool>, String) {
-    let out = std::process::Command::new("openapi-spec-validator")
+    let out = std::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
         .args(paths)
         .output()
         .expect("run openapi-spec-validator");
@@ -577,11 +581,18 @@ fn spec_validator(paths: &[std::path::PathBuf]) -> (Vec<bool>, String) {
 
 #[test]
 fn the_document_passes_the_openapi_validator() {
-    if !crate::support::installed(
-        "contract::the_document_passes_the_openapi_validator",
-        &["openapi-spec-validator"],
-        "python3-pip && pip install openapi-spec-validator",
-    ) {
+    let importable = std::process::Command::new("python3")
+        .args(["-c", "import openapi_spec_validator"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !importable {
+        let message = "SKIP contract::the_document_passes_the_openapi_validator: \
+                       openapi-spec-validator not installed (python3 -m pip install openapi-spec-validator)";
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{message}; CI must run this test"
+        );
+        println!("{message}");
         return;
     }
     let doc: Value = serde_json::from_str(DOCUMENT).expect("JSON");
@@ -680,7 +691,8 @@ fn a_document_that_differs_from_the_server_fails_the_check() {
     for ex in [&read, &created, &exists, &patch] {
         contract().check(ex).expect("the real document holds");
     }
-    let cases: Vec<(&str, &Exchange, Box<dyn Fn(&mut Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, &Exchange, Edit)> = vec![
         (
             "a body field the schema does not have",
             &read,

@@ -834,9 +834,12 @@ fn dechunk(buf: &[u8]) -> Option<Option<(Vec<u8>, usize)>> {
     }
 }
 
+/// Status, headers, body, and the bytes an answer took.
+type Answer = (u16, Vec<(String, String)>, Vec<u8>, usize);
+
 /// Status, headers, body and bytes taken of one whole answer at the start
 /// of `buf` (no body for a HEAD, a 1xx or a 204), or `None` until it is.
-fn frame_answer(buf: &[u8], head: bool) -> Option<(u16, Vec<(String, String)>, Vec<u8>, usize)> {
+fn frame_answer(buf: &[u8], head: bool) -> Option<Answer> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut response = httparse::Response::new(&mut headers);
     let end = match response.parse(buf) {
