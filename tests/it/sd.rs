@@ -166,6 +166,50 @@ fn target_groups_carry_the_labels_of_up_instances() {
         (post.status, post.header("allow")),
         (405, Some("GET, HEAD"))
     );
+
+    // Counted under its template, whatever the query.
+    let metrics = c.send_raw(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n", false);
+    let counted = "registro_http_requests_total{route=\"/registro/1.0/sd/prometheus\",method=\"GET\",code=\"200\"}";
+    let line = metrics
+        .body
+        .lines()
+        .find(|l| l.starts_with(counted))
+        .unwrap_or_else(|| panic!("no SD requests in\n{}", metrics.body));
+    assert!(line.ends_with(" 6"), "{line}");
+}
+
+/// Where reads need a token, so does discovery: 401 with the challenge
+/// without one, the targets with a read token.
+#[test]
+fn discovery_needs_a_read_token_where_reads_do() {
+    let dir = TempDir::new("sd-tokens");
+    let (write, read) = (dir.0.join("tokens"), dir.0.join("read-tokens"));
+    std::fs::write(&write, "w-token\n").unwrap();
+    std::fs::write(&read, "r-token\n").unwrap();
+    let server = support::start_with(|c| {
+        c.tokens = registro::TokenFiles {
+            write: Some(write),
+            read: Some(read),
+        }
+    });
+    let mut c = Conn::open(server.local_addr());
+    register(
+        &mut c,
+        Some("w-token"),
+        "web",
+        "w-1",
+        ("10.0.0.1", 80),
+        json!({}),
+    );
+    renew(&mut c, Some("w-token"), "web", "w-1");
+    let refused = c.get("/sd/prometheus");
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert_eq!(
+        refused.header("www-authenticate"),
+        Some("Bearer realm=\"registro\"")
+    );
+    let read = send(&mut c, "GET", "/sd/prometheus", "", Some("r-token"));
+    assert_eq!(targets(&read), ["10.0.0.1:80"]);
 }
 
 /// A real Prometheus discovers the instances through `http_sd_configs`

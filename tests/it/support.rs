@@ -677,11 +677,13 @@ impl Tap {
             return;
         }
         self.sent.extend_from_slice(bytes);
+        // Drained once, not per request: a pipeline of thousands is linear.
+        let mut at = 0;
         loop {
-            match frame_request(&self.sent) {
+            match frame_request(&self.sent[at..]) {
                 Framed::Whole(method, target, body, used) => {
                     self.requests.push_back((method, target, body));
-                    self.sent.drain(..used);
+                    at += used;
                 }
                 Framed::Partial => break,
                 Framed::Bad => {
@@ -690,6 +692,7 @@ impl Tap {
                 }
             }
         }
+        self.sent.drain(..at);
     }
 
     /// Bytes just read: every answer they complete is checked.
