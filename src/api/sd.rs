@@ -33,7 +33,7 @@ impl Api {
     /// The target groups of the instances asked for, as JSON.
     pub(super) fn sd_prometheus(&self, target: &str, now: Now) -> Result<Response, Response> {
         let query = parse(target)?;
-        let mut registry = self.lock();
+        let mut registry = self.view.lock();
         let views: Vec<AppView> = match &query.apps {
             None => registry
                 .apps(now.mono, query.filter, None)
@@ -45,7 +45,7 @@ impl Api {
                 .flatten()
                 .collect(),
         };
-        self.publish(registry, false);
+        self.view.publish(registry, false);
         Ok(Response::json(200, encode(&views)))
     }
 }
