@@ -164,9 +164,9 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
-/// [`agent`]'s middleware: reads the answer, checks it, and hands it on
-/// with the same bytes.
-fn checked(
+/// [`agent`]'s middleware (any agent's, with `.middleware(checked)`): reads
+/// the answer, checks it, and hands it on with the same bytes.
+pub fn checked(
     request: ureq::http::Request<ureq::SendBody>,
     next: ureq::middleware::MiddlewareNext,
 ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
