@@ -71,9 +71,19 @@ impl Read for &Stream {
 }
 
 impl Write for &Stream {
+    /// Tells the tap before writing, so that a reader on a clone never
+    /// reads an answer to a request the tap has not seen. A short write
+    /// leaves the rest told: `write_all` offers it again, and it is not
+    /// told twice.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        {
+            let mut tap = tap_of(&self.tap);
+            let told = tap.ahead.min(buf.len());
+            tap.sent(&buf[told..]);
+            tap.ahead = buf.len();
+        }
         let n = (&self.stream).write(buf)?;
-        tap_of(&self.tap).sent(&buf[..n]);
+        tap_of(&self.tap).ahead = buf.len() - n;
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -633,6 +643,9 @@ pub fn which(program: &str) -> Option<std::path::PathBuf> {
 pub struct Tap {
     /// Bytes sent, not yet a whole request.
     sent: Vec<u8>,
+    /// Bytes at the start of a [`Stream`]'s next write already told
+    /// (the part a short write left).
+    ahead: usize,
     /// The bytes sent stopped being requests (the server answers them
     /// with an error and closes).
     broken: bool,
