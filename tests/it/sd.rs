@@ -272,11 +272,11 @@ fn prometheus_discovers_up_instances_and_drops_one_that_goes_down() {
     assert_eq!(refused.status, 401, "{}", refused.body);
 
     let (beating, stop_w2) = (
-        Arc::new(AtomicBool::new(true)),
+        Stop(Arc::new(AtomicBool::new(true))),
         Arc::new(AtomicBool::new(false)),
     );
     let heartbeats = {
-        let (beating, stop_w2) = (Arc::clone(&beating), Arc::clone(&stop_w2));
+        let (beating, stop_w2) = (Arc::clone(&beating.0), Arc::clone(&stop_w2));
         let mut c = Conn::open(addr);
         thread::spawn(move || {
             while beating.load(Ordering::Relaxed) {
@@ -405,8 +405,18 @@ fn prometheus_discovers_up_instances_and_drops_one_that_goes_down() {
         Some(reader),
     );
     assert_eq!(targets(&down), [format!("127.0.0.1:{}", port(1))]);
-    beating.store(false, Ordering::Relaxed);
+    drop(beating);
     heartbeats.join().expect("the heartbeat thread");
+}
+
+/// A flag that reads `false` once dropped: the heartbeat thread stops
+/// within a round even when the test fails before its end.
+struct Stop(Arc<AtomicBool>);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 /// A directory of its own under the system's temporary directory, removed
