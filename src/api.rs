@@ -8,11 +8,13 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+mod sd;
 mod views;
 
 use crate::auth::Access;
+use crate::budget::Charge;
 use crate::clock::Now;
-use crate::http::{Body, Request, Response};
+use crate::http::{Body, Held, Request, Response};
 use crate::log::Log;
 use crate::registry::{self, Metadata, Millis, Status, StatusSet};
 use crate::store::{self, Registration, Store};
@@ -25,6 +27,13 @@ pub const MAX_NAME: usize = 255;
 
 const ALLOW_COLLECTION: &str = "GET, HEAD, POST";
 const ALLOW_INSTANCE: &str = "DELETE, GET, HEAD, PUT";
+const ALLOW_READ: &str = "GET, HEAD";
+
+/// The OpenAPI 3.1 document of every route, served from the binary (no file
+/// needed, so it is there in a `FROM scratch` image too).
+pub const OPENAPI: &str = include_str!("../docs/openapi.json");
+/// Where the document is served.
+pub const OPENAPI_PATH: &str = "/registro/1.0/openapi.json";
 
 /// The HTTP API: reads the view, sends every write to the store.
 pub struct Api {
@@ -64,6 +73,9 @@ pub enum Outcome {
 
 /// The header that carries the change index.
 pub const INDEX_HEADER: &str = "Registro-Index";
+/// The header that says how many milliseconds ago the view last heard from
+/// the store that keeps the registry (etcd), on every read.
+pub const LAST_CONTACT_HEADER: &str = "Registro-Last-Contact";
 /// The wait of a watch without `?wait=`.
 const DEFAULT_WAIT: Millis = 60_000;
 /// The longest `?wait=`.
@@ -119,9 +131,32 @@ impl Api {
         if let Some(response) = crate::ops::handle(&self.view, &*self.store, request) {
             return Outcome::Respond(response);
         }
-        match self.route(request, now, answer_now) {
+        let mut outcome = match self.route(request, now, answer_now) {
             Ok(outcome) => outcome,
             Err(response) => Outcome::Respond(response),
+        };
+        if let Outcome::Respond(response) = &mut outcome {
+            let read = request.method == "GET" || request.method == "HEAD";
+            if let Some(ms) = self.store.last_contact().filter(|_| read) {
+                response.headers.push((LAST_CONTACT_HEADER, ms.to_string()));
+            }
+        }
+        outcome
+    }
+
+    /// `read` of the view; a 404 from a view that may be behind the store
+    /// (etcd) is answered only once the view has caught up, and read again.
+    fn read_fresh<T>(
+        &self,
+        read: impl Fn() -> Result<T, registry::Error>,
+    ) -> Result<T, registry::Error> {
+        match read() {
+            Err(registry::Error::NoSuchApp | registry::Error::NoSuchInstance)
+                if self.store.catch_up() =>
+            {
+                read()
+            }
+            other => other,
         }
     }
 
@@ -151,6 +186,13 @@ impl Api {
             (["apps", app, id], "PUT") => respond(self.renew(app, id, now)),
             (["apps", app, id], "DELETE") => respond(self.take_out_of_service(app, id, now)),
             (["apps", _, _], _) => Err(not_allowed(method, ALLOW_INSTANCE)),
+            (["sd", "prometheus"], _) if get => respond(self.sd_prometheus(target, now)),
+            (["sd", "prometheus"], _) => Err(not_allowed(method, ALLOW_READ)),
+            (["openapi.json"], _) if get => Ok(Outcome::Respond(Response::json(
+                200,
+                OPENAPI.as_bytes().to_vec(),
+            ))),
+            (["openapi.json"], _) => Err(not_allowed(method, ALLOW_READ)),
             _ => Err(error(
                 404,
                 "no such route; the API is under /registro/1.0/apps",
@@ -224,25 +266,10 @@ impl Api {
         encode: impl FnOnce() -> Vec<u8>,
     ) -> Result<Outcome, Response> {
         let shared = self.view.answers();
-        let large = size >= answers::SHARED_FROM;
-        if !large && unless.is_none() {
+        if size < answers::SHARED_FROM && unless.is_none() {
             return Ok(Outcome::Respond(indexed(Body::Owned(encode()), index)));
         }
-        let charge = if large {
-            let budget = shared.budget();
-            Some(budget.reserve(size).ok_or_else(|| {
-                Response::error(
-                    503,
-                    format!(
-                        "answers not yet read by slow clients hold the server's output budget \
-                         ({} MiB, --output-budget); try again shortly",
-                        budget.limit() >> 20
-                    ),
-                )
-            })?)
-        } else {
-            None
-        };
+        let charge = self.reserve(size)?;
         let started = Instant::now();
         let body = encode();
         // Shared from when it is ready: a reader that comes then would wait
@@ -254,6 +281,37 @@ impl Api {
         };
         let body = shared.keep(ready, index, body, charge);
         Ok(Outcome::Respond(indexed(body, index)))
+    }
+
+    /// Reserves `size` bytes in the output budget for an answer about to be
+    /// encoded, if it is large (`None` for a small one); past the budget, a
+    /// 503 with JSON.
+    fn reserve(&self, size: usize) -> Result<Option<Charge>, Response> {
+        if size < answers::SHARED_FROM {
+            return Ok(None);
+        }
+        let budget = self.view.answers().budget();
+        match budget.reserve(size) {
+            Some(charge) => Ok(Some(charge)),
+            None => Err(Response::error(
+                503,
+                format!(
+                    "answers not yet read by slow clients hold the server's output budget \
+                     ({} MiB, --output-budget); try again shortly",
+                    budget.limit() >> 20
+                ),
+            )),
+        }
+    }
+
+    /// An answer of about `size` bytes once encoded, not shared: a large
+    /// one only if the output budget has room for it, counted while it is
+    /// held.
+    fn budgeted(&self, size: usize, encode: impl FnOnce() -> Vec<u8>) -> Result<Body, Response> {
+        Ok(match self.reserve(size)? {
+            Some(charge) => Body::Shared(Arc::new(Held::new(encode(), Some(charge)))),
+            None => Body::Owned(encode()),
+        })
     }
 
     fn app(
@@ -269,9 +327,12 @@ impl Api {
         if let Some(shared) = self.shared_answer(&asked, unless) {
             return Ok(shared);
         }
-        let mut registry = self.view.lock();
-        let view = registry.app(app, now.mono, query.filter, unless);
-        self.view.publish(registry, false);
+        let view = self.read_fresh(|| {
+            let mut registry = self.view.lock();
+            let view = registry.app(app, now.mono, query.filter, unless);
+            self.view.publish(registry, false);
+            view
+        });
         match view.map_err(|e| refusal(e, app, ""))? {
             None => Ok(wait(topic, query, now)),
             Some(view) => {
@@ -283,9 +344,7 @@ impl Api {
 
     fn instance(&self, app: &str, id: &str, now: Now) -> Result<Response, Response> {
         let view = self
-            .view
-            .lock()
-            .instance(app, id, now.mono)
+            .read_fresh(|| self.view.lock().instance(app, id, now.mono))
             .map_err(|e| refusal(e, app, id))?;
         Ok(Response::json(200, views::instance(&view, now)))
     }
@@ -1305,8 +1364,8 @@ mod tests {
         ) -> Result<(), store::Error> {
             Err(store::Error::Unavailable("etcd is unreachable".into()))
         }
-        fn health(&self) -> Result<(), String> {
-            Err("etcd is unreachable".into())
+        fn health(&self) -> Result<(), &'static str> {
+            Err("store unreachable")
         }
         fn describe(&self) -> String {
             "unreachable".into()
