@@ -397,15 +397,19 @@ pub(super) fn app_record(name: &str, state: registry::AppState) -> Record {
     }
 }
 
+/// The periods the tests of the data directory run with: the defaults.
+#[cfg(test)]
+const TEST_PERIODS: registry::Periods = registry::Periods {
+    down_after: 90_000,
+    evict_after: 600_000,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{Item, Metadata, Periods, SnapshotCursor, StatusSet};
+    use crate::registry::{Item, Metadata, SnapshotCursor, StatusSet};
 
-    const P: Periods = Periods {
-        down_after: 90_000,
-        evict_after: 600_000,
-    };
+    const P: registry::Periods = TEST_PERIODS;
     const T0: u64 = 40_000_000_000;
 
     /// The registry as a reader sees it at `now`: `app[id:status@age-in-s]`.

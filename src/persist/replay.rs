@@ -266,10 +266,7 @@ mod tests {
     use crate::persist::codec::InstanceRecord;
     use crate::registry::{Periods, StatusSet};
 
-    const P: Periods = Periods {
-        down_after: 90_000,
-        evict_after: 600_000,
-    };
+    const P: Periods = super::super::TEST_PERIODS;
     /// The loading server's `now`.
     const NOW: Millis = 5_000_000_000;
 
