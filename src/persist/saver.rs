@@ -33,9 +33,10 @@ pub(super) const RETRY: Duration = Duration::from_secs(10);
 /// A failed save is logged at most this often.
 pub(super) const QUIET: Duration = Duration::from_secs(10);
 
-/// A snapshot's file is synced every this many bytes as it is written, so
-/// that its last sync is short and the log's next append waits for no
-/// long one.
+/// A snapshot's file is synced every this many bytes as it is written
+/// while the server runs, so that its last sync is short and the log's
+/// next append waits for no long one (the last snapshot, at a stop, has no
+/// appends beside it: one sync).
 pub(super) const SNAPSHOT_SYNC: u64 = 8 << 20;
 
 /// What a snapshot wrote.
@@ -456,7 +457,7 @@ impl Saver {
             if finished {
                 break;
             }
-            if unsynced >= SNAPSHOT_SYNC {
+            if unsynced >= SNAPSHOT_SYNC && !clean {
                 self.disk.sync(&file).map_err(with_path)?;
                 unsynced = 0;
             }
