@@ -3,8 +3,10 @@
 //! (error bodies, 405 with `Allow`, re-registration, validation limits, path
 //! decoding, HEAD, keep-alive, `Expect: 100-continue`, chunked bodies).
 //!
-//! Most requests go over one kept-alive [`Conn`] per test, so every test also
-//! shows that the server keeps serving a connection after a 4xx.
+//! What reaches the store is a scenario, run on every store
+//! (`scenarios.rs`); how requests are read and framed is tested on memory.
+//! Requests go over kept-alive connections, so every test also shows that
+//! the server keeps serving a connection after a 4xx.
 
 use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,7 +14,26 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use registro::Server;
 use serde_json::{json, Value};
 
-use crate::support::{agent, base, raw, start, Conn, Reply};
+use crate::scenarios::{table, Registry};
+use crate::support::{agent, base, raw, start, Conn, Exchange, Reply};
+
+table![
+    Still: get_apps_lists_every_app,
+    Still: post_apps_creates_an_app,
+    Still: get_app_shows_its_instances,
+    Still: post_app_registers_an_instance,
+    Still: body_errors_state_each_fields_rule_in_words,
+    Still: get_instance_shows_one_instance,
+    Still: put_renews_an_instance,
+    Still: delete_takes_an_instance_out_of_service,
+    Still: reregistration_rules,
+    Still: unsupported_methods_answer_405_with_allow,
+    Still: trailing_slash_is_ignored,
+    Still: path_segments_are_percent_decoded,
+    Still: query_strings_are_ignored,
+    Still: head_answers_like_get_without_a_body,
+    Still: original_client_flow,
+];
 
 /// A fresh server and one keep-alive connection to it.
 fn fresh() -> (Server, Conn) {
@@ -24,7 +45,13 @@ fn fresh() -> (Server, Conn) {
 /// Sends `METHOD /registro/1.0PATH` with `body` and checks the status, and
 /// that the answer is well formed for it (see [`well_formed`]).
 #[track_caller]
-pub(crate) fn check(c: &mut Conn, method: &str, path: &str, body: &str, status: u16) -> Reply {
+pub(crate) fn check(
+    c: &mut impl Exchange,
+    method: &str,
+    path: &str,
+    body: &str,
+    status: u16,
+) -> Reply {
     let r = c.send(method, path, body);
     assert_eq!(
         r.status, status,
@@ -126,7 +153,7 @@ pub(crate) fn assert_app(v: &Value, name: &str) -> Vec<Value> {
 
 /// The instance ids of app `name`, sorted.
 #[track_caller]
-pub(crate) fn ids(c: &mut Conn, name: &str) -> Vec<String> {
+pub(crate) fn ids(c: &mut impl Exchange, name: &str) -> Vec<String> {
     let r = check(c, "GET", &format!("/apps/{name}"), "", 200);
     let mut ids: Vec<String> = assert_app(&r.json(), name)
         .iter()
@@ -146,7 +173,7 @@ pub(crate) fn instance_body(id: &str, ip: &str, port: u16) -> String {
 
 /// Registers instance `id` of `app` at `ip:port`, expecting 201.
 #[track_caller]
-pub(crate) fn register(c: &mut Conn, app: &str, id: &str, ip: &str, port: u16) -> Reply {
+pub(crate) fn register(c: &mut impl Exchange, app: &str, id: &str, ip: &str, port: u16) -> Reply {
     check(
         c,
         "POST",
@@ -167,9 +194,8 @@ fn request(method: &str, target: &str, body: &str) -> Vec<u8> {
 
 // --- One test per row of the route table ---------------------------------
 
-#[test]
-fn get_apps_lists_every_app() {
-    let (_s, mut c) = fresh();
+fn get_apps_lists_every_app(s: &Registry) {
+    let mut c = s.client();
     let r = check(&mut c, "GET", "/apps", "", 200);
     assert_eq!(r.json(), json!({ "applications": [] }));
 
@@ -197,9 +223,8 @@ fn get_apps_lists_every_app() {
     assert_instance(&web[0], "web-1", "10.0.0.7", 8080, "starting");
 }
 
-#[test]
-fn post_apps_creates_an_app() {
-    let (_s, mut c) = fresh();
+fn post_apps_creates_an_app(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     assert!(assert_app(&check(&mut c, "GET", "/apps/web", "", 200).json(), "web").is_empty());
     check(&mut c, "POST", "/apps", &app_body("web"), 409);
@@ -236,7 +261,7 @@ fn post_apps_creates_an_app() {
         check(&mut c, "POST", "/apps", &body, status);
     }
     // Invalid UTF-8 inside the JSON string.
-    let r = c.send_raw(
+    let r = s.conn(0).send_raw(
         b"POST /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nContent-Length: 12\r\n\r\n{\"name\":\"\xff\"}",
         false,
     );
@@ -258,9 +283,8 @@ fn post_apps_creates_an_app() {
     assert_eq!(listed, expected);
 }
 
-#[test]
-fn get_app_shows_its_instances() {
-    let (_s, mut c) = fresh();
+fn get_app_shows_its_instances(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "GET", "/apps/web", "", 404);
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     let v = check(&mut c, "GET", "/apps/web", "", 200).json();
@@ -281,9 +305,8 @@ fn get_app_shows_its_instances() {
     check(&mut c, "GET", "/apps/we", "", 404);
 }
 
-#[test]
-fn post_app_registers_an_instance() {
-    let (_s, mut c) = fresh();
+fn post_app_registers_an_instance(s: &Registry) {
+    let mut c = s.client();
     let ok = instance_body("web-1", "10.0.0.7", 8080);
     check(&mut c, "POST", "/apps/web", &ok, 404);
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
@@ -359,9 +382,8 @@ fn post_app_registers_an_instance() {
 /// A body that breaks a rule is answered with the rule in words, never in
 /// the terms of the Rust types behind it (`invalid type: string "8080",
 /// expected u64`).
-#[test]
-fn body_errors_state_each_fields_rule_in_words() {
-    let (_s, mut c) = fresh();
+fn body_errors_state_each_fields_rule_in_words(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     let port = "port must be a number from 1 to 65535";
     let id = "id must be a string of 1 to 255 bytes without '/'";
@@ -443,9 +465,8 @@ fn body_errors_state_each_fields_rule_in_words() {
     );
 }
 
-#[test]
-fn get_instance_shows_one_instance() {
-    let (_s, mut c) = fresh();
+fn get_instance_shows_one_instance(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "GET", "/apps/web/web-1", "", 404);
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     check(&mut c, "GET", "/apps/web/web-1", "", 404);
@@ -456,9 +477,8 @@ fn get_instance_shows_one_instance() {
     check(&mut c, "GET", "/apps/db/web-1", "", 404);
 }
 
-#[test]
-fn put_renews_an_instance() {
-    let (_s, mut c) = fresh();
+fn put_renews_an_instance(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "PUT", "/apps/web/web-1", "", 404);
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     check(&mut c, "PUT", "/apps/web/web-1", "", 404);
@@ -487,9 +507,8 @@ fn put_renews_an_instance() {
     check(&mut c, "PUT", "/apps/web/web-2", "", 404);
 }
 
-#[test]
-fn delete_takes_an_instance_out_of_service() {
-    let (_s, mut c) = fresh();
+fn delete_takes_an_instance_out_of_service(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "DELETE", "/apps/web/web-1", "", 404);
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     check(&mut c, "DELETE", "/apps/web/web-1", "", 404);
@@ -508,15 +527,9 @@ fn delete_takes_an_instance_out_of_service() {
 
 // --- Part 2 ---------------------------------------------------------------
 
-#[test]
-fn reregistration_rules() {
-    let (_s, mut c) = fresh();
-    reregistration(&mut c);
-}
-
-/// API.md Part 2's re-registration rules, through `c`, on a registry
-/// without an app `web` (also run against etcd-backed servers).
-pub fn reregistration(c: &mut Conn) {
+/// API.md Part 2's re-registration rules.
+fn reregistration_rules(s: &Registry) {
+    let c = &mut s.client();
     check(c, "POST", "/apps", &app_body("web"), 201);
     let here = instance_body("w", "10.0.0.1", 80);
 
@@ -560,9 +573,8 @@ pub fn reregistration(c: &mut Conn) {
     assert_eq!(ids(c, "web"), ["w"], "re-registration duplicated the id");
 }
 
-#[test]
-fn unsupported_methods_answer_405_with_allow() {
-    let (_s, mut c) = fresh();
+fn unsupported_methods_answer_405_with_allow(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     register(&mut c, "web", "w", "10.0.0.1", 80);
 
@@ -642,9 +654,8 @@ fn unknown_routes_answer_404_with_json() {
     }
 }
 
-#[test]
-fn trailing_slash_is_ignored() {
-    let (_s, mut c) = fresh();
+fn trailing_slash_is_ignored(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "GET", "/apps/", "", 200);
     check(&mut c, "POST", "/apps/", &app_body("web"), 201);
     check(&mut c, "POST", "/apps/", &app_body("web"), 409);
@@ -666,9 +677,8 @@ fn trailing_slash_is_ignored() {
     check(&mut c, "GET", "/apps/web/nope/", "", 404);
 }
 
-#[test]
-fn path_segments_are_percent_decoded() {
-    let (_s, mut c) = fresh();
+fn path_segments_are_percent_decoded(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "POST", "/apps", &app_body("web app"), 201);
     let v = check(&mut c, "GET", "/apps/web%20app", "", 200).json();
     assert_app(&v, "web app");
@@ -718,9 +728,8 @@ fn path_segments_are_percent_decoded() {
     }
 }
 
-#[test]
-fn query_strings_are_ignored() {
-    let (_s, mut c) = fresh();
+fn query_strings_are_ignored(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "GET", "/apps?x=1", "", 200);
     check(&mut c, "POST", "/apps?name=other", &app_body("web"), 201);
     check(&mut c, "GET", "/apps/web?x=1&y=2", "", 200);
@@ -744,9 +753,8 @@ fn query_strings_are_ignored() {
     );
 }
 
-#[test]
-fn head_answers_like_get_without_a_body() {
-    let (_s, mut c) = fresh();
+fn head_answers_like_get_without_a_body(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     register(&mut c, "web", "w", "10.0.0.1", 80);
     for (path, status) in [
@@ -935,10 +943,9 @@ fn error_statuses_keep_the_connection_usable() {
 
 // --- The original client's flow, with an HTTP client library -------------
 
-#[test]
-fn original_client_flow() {
-    let server = start();
-    let root = base(server.local_addr());
+fn original_client_flow(s: &Registry) {
+    // Each service with a server of its own, as behind a balancer.
+    let roots = [base(s.addr(0)), base(s.addr(1))];
     let agent = agent();
     let status = |r: Result<ureq::http::Response<ureq::Body>, ureq::Error>| -> (u16, String) {
         let mut r = r.expect("the request completes");
@@ -947,7 +954,7 @@ fn original_client_flow() {
     };
     // Two services of the same app start one after the other: only the
     // first creates the app.
-    for (id, port) in [("web-1", 8080u16), ("web-2", 8081)] {
+    for (root, (id, port)) in roots.iter().zip([("web-1", 8080u16), ("web-2", 8081)]) {
         let (code, body) = status(agent.get(format!("{root}/apps")).call());
         assert_eq!(code, 200);
         let v: Value = serde_json::from_str(&body).expect("JSON listing");
@@ -972,17 +979,18 @@ fn original_client_flow() {
         let (code, body) = status(agent.put(format!("{root}/apps/web/{id}")).send_empty());
         assert_eq!((code, body.as_str()), (204, ""));
     }
-    let (code, body) = status(agent.get(format!("{root}/apps/web/web-1")).call());
+    let [one, two] = &roots;
+    let (code, body) = status(agent.get(format!("{two}/apps/web/web-1")).call());
     assert_eq!(code, 200);
     let v: Value = serde_json::from_str(&body).expect("JSON instance");
     assert_instance(&v, "web-1", "10.0.0.7", 8080, "up");
 
     // Shutdown of web-1, then a late heartbeat.
-    let (code, body) = status(agent.delete(format!("{root}/apps/web/web-1")).call());
+    let (code, body) = status(agent.delete(format!("{one}/apps/web/web-1")).call());
     assert_eq!((code, body.as_str()), (204, ""));
-    let (code, body) = status(agent.put(format!("{root}/apps/web/web-1")).send_empty());
+    let (code, body) = status(agent.put(format!("{two}/apps/web/web-1")).send_empty());
     assert_eq!(code, 403, "{body}");
-    let (code, body) = status(agent.get(format!("{root}/apps/web")).call());
+    let (code, body) = status(agent.get(format!("{two}/apps/web")).call());
     assert_eq!(code, 200);
     let v: Value = serde_json::from_str(&body).expect("JSON app");
     let mut list = assert_app(&v, "web");

@@ -16,5 +16,6 @@ mod hardening;
 mod lifecycle;
 mod ops;
 mod restart;
+mod scenarios;
 mod support;
 mod watch;

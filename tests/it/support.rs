@@ -446,3 +446,53 @@ pub fn which(program: &str) -> Option<std::path::PathBuf> {
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
 }
+
+/// What requests go through: one connection ([`Conn`]), or a scenario's
+/// connections to every server of one registry (`scenarios::Client`).
+pub trait Exchange {
+    /// `METHOD /registro/1.0PATH` with `body`; the response.
+    fn send(&mut self, method: &str, path: &str, body: &str) -> Reply;
+
+    fn get(&mut self, path: &str) -> Reply {
+        self.send("GET", path, "")
+    }
+}
+
+impl Exchange for Conn {
+    fn send(&mut self, method: &str, path: &str, body: &str) -> Reply {
+        Conn::send(self, method, path, body)
+    }
+}
+
+/// A directory of its own under the system's temporary directory (for
+/// token files, data directories, a browser's profile), removed on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// `registro-WHAT-PID-N`, created empty.
+    pub fn new(what: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("registro-{what}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("a temporary directory");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// Writes `text` to the file `name` in it; its path.
+    pub fn file(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("write a file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
