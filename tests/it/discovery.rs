@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::api::{app_body, check, instance_body, register};
+use crate::api::{app_body, check, ids_in, instance_body, register};
 use crate::scenarios::{app_in, index_of, table, Registry};
 use crate::support::{eventually, start, Conn, Exchange};
 
@@ -135,29 +135,15 @@ fn metadata_limits(s: &Registry) {
 /// The ids (sorted) of app `web` read through `query`.
 #[track_caller]
 fn filtered(c: &mut impl Exchange, query: &str) -> Vec<String> {
-    let v = check(c, "GET", &format!("/apps/web{query}"), "", 200).json();
-    let mut ids: Vec<String> = v["instances"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no instances list in {v}"))
-        .iter()
-        .map(|i| i["id"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    ids.sort();
+    let app = check(c, "GET", &format!("/apps/web{query}"), "", 200).json();
     // The list answers the same instances.
     let all = check(c, "GET", &format!("/apps{query}"), "", 200).json();
-    let web = all["applications"]
-        .as_array()
-        .and_then(|apps| apps.iter().find(|a| a["name"] == "web"))
-        .unwrap_or_else(|| panic!("web not listed in {all}"));
-    let mut listed: Vec<String> = web["instances"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no instances list in {web}"))
-        .iter()
-        .map(|i| i["id"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    listed.sort();
-    assert_eq!(listed, ids, "{query}");
-    ids
+    let listed = app_in(&all, "web");
+    for v in [&app, &listed] {
+        assert!(v["instances"].is_array(), "no instances list in {v}");
+    }
+    assert_eq!(ids_in(&listed), ids_in(&app), "{query}");
+    ids_in(&app)
 }
 
 fn status_filters_on_both_lists(s: &Registry) {
@@ -212,20 +198,24 @@ fn status_filters_on_both_lists(s: &Registry) {
     );
     let db = check(&mut c, "GET", "/apps/db?status=down", "", 200).json();
     assert_eq!(db, json!({"name": "db", "instances": []}));
-    for query in [
+    let bad = [
         "?status=UP",
         "?status=",
         "?status=up,",
         "?status=ready",
         "?status=%zz",
-    ] {
+    ];
+    refused_on_both_lists(&mut c, &bad, &["status", "escape"]);
+}
+
+/// Each query answers 400 on the list and on an app, with an error that
+/// says one of `says`.
+#[track_caller]
+fn refused_on_both_lists(c: &mut impl Exchange, queries: &[&str], says: &[&str]) {
+    for query in queries {
         for path in ["/apps", "/apps/web"] {
-            let r = check(&mut c, "GET", &format!("{path}{query}"), "", 400);
-            assert!(
-                r.error().contains("status") || r.error().contains("escape"),
-                "{}",
-                r.error()
-            );
+            let e = check(c, "GET", &format!("{path}{query}"), "", 400).error();
+            assert!(says.iter().any(|s| e.contains(s)), "{path}{query}: {e}");
         }
     }
 }
@@ -319,27 +309,20 @@ fn a_watch_with_another_index_answers_at_once(s: &Registry) {
 
 #[test]
 fn bad_watch_parameters_answer_400() {
-    let mut c = Conn::open(start().local_addr());
+    let server = start();
+    let mut c = Conn::open(server.local_addr());
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
-    for query in [
-        "index=x",
-        "index=-1",
-        "index=",
-        "index=1&wait=1h",
-        "index=1&wait=601s",
-        "index=1&wait=11m",
-        "index=1&wait=fast",
-        "index=1&wait=1.5s",
-    ] {
-        for path in ["/apps", "/apps/web"] {
-            let r = check(&mut c, "GET", &format!("{path}?{query}"), "", 400);
-            let e = r.error();
-            assert!(
-                e.contains("index must") || e.contains("wait must"),
-                "{query}: {e}"
-            );
-        }
-    }
+    let bad = [
+        "?index=x",
+        "?index=-1",
+        "?index=",
+        "?index=1&wait=1h",
+        "?index=1&wait=601s",
+        "?index=1&wait=11m",
+        "?index=1&wait=fast",
+        "?index=1&wait=1.5s",
+    ];
+    refused_on_both_lists(&mut c, &bad, &["index must", "wait must"]);
 }
 
 fn location_escapes_dot_segments(s: &Registry) {

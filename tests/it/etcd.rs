@@ -72,6 +72,14 @@ fn send_within(
     Some((status, text))
 }
 
+/// Waits until `/healthz` on `addr` answers `status`; its body.
+fn healthz_turns(addr: SocketAddr, status: u16, deadline: Duration) -> String {
+    eventually(deadline, &format!("/healthz {status}"), || {
+        let (s, body) = send(addr, "GET", "/healthz", "")?;
+        (s == status).then_some(body)
+    })
+}
+
 /// The harness itself: a leader is found, a killed member comes back.
 #[test]
 fn the_cluster_elects_again_after_its_leader_is_killed() {
@@ -343,32 +351,23 @@ fn survives(victim: Victim) {
     );
 }
 
-#[test]
-fn kill_9_of_a_registro_server_loses_nothing() {
-    if installed("kill_9_of_a_registro_server_loses_nothing") {
-        survives(Victim::Registro);
-    }
+/// A test a victim, each `survives` where etcd is installed.
+macro_rules! survival {
+    ($($test:ident: $victim:ident),* $(,)?) => {$(
+        #[test]
+        fn $test() {
+            if installed(stringify!($test)) {
+                survives(Victim::$victim);
+            }
+        }
+    )*};
 }
 
-#[test]
-fn kill_9_of_the_etcd_leader_loses_nothing() {
-    if installed("kill_9_of_the_etcd_leader_loses_nothing") {
-        survives(Victim::Leader);
-    }
-}
-
-#[test]
-fn kill_9_of_an_etcd_follower_loses_nothing() {
-    if installed("kill_9_of_an_etcd_follower_loses_nothing") {
-        survives(Victim::Follower);
-    }
-}
-
-#[test]
-fn a_hanging_etcd_leader_loses_nothing() {
-    if installed("a_hanging_etcd_leader_loses_nothing") {
-        survives(Victim::FrozenLeader);
-    }
+survival! {
+    kill_9_of_a_registro_server_loses_nothing: Registro,
+    kill_9_of_the_etcd_leader_loses_nothing: Leader,
+    kill_9_of_an_etcd_follower_loses_nothing: Follower,
+    a_hanging_etcd_leader_loses_nothing: FrozenLeader,
 }
 
 #[test]
@@ -388,12 +387,7 @@ fn without_etcd_changes_answer_503_reads_answer_and_it_recovers() {
     for p in [&a, &b] {
         let addr = p.addr;
         // /healthz says so within a few seconds, for a load balancer.
-        eventually(Duration::from_secs(10), "/healthz 503", || {
-            let (s, body) = send(addr, "GET", "/healthz", "")?;
-            (s == 503).then_some(body)
-        });
-        let (s, body) = send(addr, "GET", "/healthz", "").expect("/healthz answers");
-        assert_eq!(s, 503);
+        let body = healthz_turns(addr, 503, Duration::from_secs(10));
         let v: Value = serde_json::from_str(&body).expect("JSON");
         assert_eq!(v, json!({"status": "store unreachable"}));
         // Changes and heartbeats: 503 with a JSON error.
@@ -430,10 +424,7 @@ fn without_etcd_changes_answer_503_reads_answer_and_it_recovers() {
     cluster.restart_all();
     for p in [&a, &b] {
         let addr = p.addr;
-        eventually(Duration::from_secs(20), "/healthz 200", || {
-            let (s, body) = send(addr, "GET", "/healthz", "")?;
-            (s == 200).then_some(body)
-        });
+        healthz_turns(addr, 200, Duration::from_secs(20));
         eventually(Duration::from_secs(10), "a heartbeat to work again", || {
             let (s, _) = send(addr, "PUT", "/registro/1.0/apps/web/w", "")?;
             (s == 204).then_some(())

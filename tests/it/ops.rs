@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use serde_json::json;
 
 use crate::api::{app_body, instance_body};
 use crate::scenarios::{table, Registry};
-use crate::support::{self, eventually, read_reply, Conn, Exchange, Proc};
+use crate::support::{self, eventually, read_reply, Conn, Exchange, Proc, TempDir};
 
 table![Still: metrics_count_the_registry];
 
@@ -38,30 +37,21 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A directory of its own under the system's temporary directory, removed
-/// on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "registro-{what}-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).expect("temporary directory");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A child process killed and reaped on drop.
 struct Killed(Child);
+
+impl Killed {
+    /// Starts `command` with no input and its output discarded.
+    fn spawn(command: &mut Command) -> Killed {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{:?} does not start: {e}", command.get_program()));
+        Killed(child)
+    }
+}
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -435,7 +425,7 @@ fn prometheus_scrapes_the_server() {
     // configuration of docs/operations.md, `authorization:` and all.
     let dir = TempDir::new("prometheus");
     let (writer, reader) = ("w-prometheus-test", "r-prometheus-test");
-    let (write, read) = (dir.0.join("tokens"), dir.0.join("read-tokens"));
+    let (write, read) = (dir.path().join("tokens"), dir.path().join("read-tokens"));
     std::fs::write(&write, format!("{writer}\n")).unwrap();
     std::fs::write(&read, format!("{reader}\n")).unwrap();
     let server = support::start_with(|c| {
@@ -468,7 +458,7 @@ fn prometheus_scrapes_the_server() {
         "/metrics without a token"
     );
 
-    let config = dir.0.join("prometheus.yml");
+    let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,
         format!(
@@ -480,19 +470,12 @@ fn prometheus_scrapes_the_server() {
     )
     .unwrap();
     let port = free_port();
-    let _prometheus = Killed(
+    let data = dir.path().join("data");
+    let _prometheus = Killed::spawn(
         Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.0.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus starts"),
+            .arg(format!("--storage.tsdb.path={}", data.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}")),
     );
     let agent = support::agent();
     let url = format!("http://127.0.0.1:{port}/api/v1/query?query=registro_instances");
@@ -667,15 +650,7 @@ struct Browser {
 impl Browser {
     fn start() -> Browser {
         let port = free_port();
-        let driver = Killed(
-            Command::new("chromedriver")
-                .arg(format!("--port={port}"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("chromedriver starts"),
-        );
+        let driver = Killed::spawn(Command::new("chromedriver").arg(format!("--port={port}")));
         // A browser starting on a busy machine takes its time: WebDriver
         // commands get longer than the API's 10 s (no speed is asserted).
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -701,7 +676,7 @@ impl Browser {
             "--disable-component-update".into(),
             "--disable-sync".into(),
             "--window-size=1100,720".into(),
-            format!("--user-data-dir={}", profile.0.display()),
+            format!("--user-data-dir={}", profile.path().display()),
         ];
         // Chromium refuses to run as root with its sandbox.
         if std::env::var("USER").as_deref() == Ok("root") || is_root() {
@@ -1158,7 +1133,7 @@ fn dashboard_asks_for_a_read_token_in_chromium() {
     ) {
         return;
     }
-    let dir = crate::auth::Dir::new();
+    let dir = TempDir::new("auth");
     let read = dir.file("read", "reader-token\n");
     let server = support::start_with(|c| {
         c.tokens = registro::TokenFiles {

@@ -229,14 +229,7 @@ impl Proc {
 
     /// Resident memory in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS")
+        proc_status(self.child.id(), "VmRSS:")
     }
 }
 
@@ -495,4 +488,53 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// `n` connections to `addr`, each with one `GET /apps` answered 200 and
+/// kept alive (idle); opened a hundred at a time, so that the kernel's
+/// accept queue never overflows.
+pub fn idle_connections(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut idle = Vec::with_capacity(n);
+    while idle.len() < n {
+        let mut batch: Vec<TcpStream> = (0..100.min(n - idle.len()))
+            .map(|_| connect(addr, Duration::from_secs(10)))
+            .collect();
+        for stream in &mut batch {
+            stream
+                .write_all(b"GET /registro/1.0/apps HTTP/1.1\r\nHost: t\r\n\r\n")
+                .expect("send");
+        }
+        for stream in batch {
+            let mut reader = BufReader::new(stream);
+            let reply = read_reply(&mut reader).expect("an answer on an idle connection");
+            assert_eq!(reply.status, 200);
+            assert_eq!(reply.header("connection"), Some("keep-alive"));
+            idle.push(reader.into_inner());
+        }
+    }
+    idle
+}
+
+/// Waits up to `deadline` for `child` to exit: its status, or `None` once
+/// it has been killed for not exiting.
+pub fn exited_within(child: &mut Child, deadline: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Asserts that less than `limit` has passed `since`.
+#[track_caller]
+pub fn assert_within(since: Instant, limit: Duration, what: &str) {
+    let took = since.elapsed();
+    assert!(took < limit, "{what} after {took:?}, not within {limit:?}");
 }

@@ -14,7 +14,9 @@ use serde_json::json;
 
 use crate::api::{app_body, check, instance_body, register};
 use crate::scenarios::{app_in, index, index_of, parked, status_in, table, timed, Registry, Watch};
-use crate::support::{proc_status, raise_nofile, read_reply, start_with, Conn, Proc};
+use crate::support::{
+    assert_within, proc_status, raise_nofile, read_reply, start_with, Conn, Proc,
+};
 
 table![Still: a_watch_is_woken_by_each_kind_of_change_and_only_by_one];
 
@@ -109,15 +111,21 @@ fn a_watch_is_woken_by_each_kind_of_change_and_only_by_one(s: &Registry) {
     }
 }
 
+/// A memory server with the app `web`, and a connection to it.
+fn with_web() -> (registro::Server, Conn) {
+    let server = start_with(|_| {});
+    let mut c = Conn::open(server.local_addr());
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    (server, c)
+}
+
 /// What a parked watch's client does meanwhile is seen at once: a request
 /// sent behind the watch is answered after it, in order, and a client that
 /// hangs up stops counting as waiting long before its wait ends.
 #[test]
 fn a_parked_watch_keeps_what_comes_behind_it_and_sees_its_client_leave() {
-    let server = start_with(|_| {});
+    let (server, mut c) = with_web();
     let addr = server.local_addr();
-    let mut c = Conn::open(addr);
-    check(&mut c, "POST", "/apps", &app_body("web"), 201);
     register(&mut c, "web", "a", "10.0.0.1", 80);
     let before = index_of(&mut c, "/apps/web");
     let watch =
@@ -174,11 +182,7 @@ fn sigterm_answers_waiting_watches_at_once() {
         );
         assert_eq!(reply.json()["name"], "web");
     }
-    assert!(
-        stopped.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        stopped.elapsed()
-    );
+    assert_within(stopped, Duration::from_secs(1), "all answered");
     let (code, _) = server.wait_exit(Duration::from_secs(2));
     assert_eq!(code, Some(0));
 }
@@ -229,10 +233,8 @@ fn ten_thousand_watches_hold_no_threads() {
 /// unanswered, with the request behind it.
 #[test]
 fn a_half_closed_watch_is_answered_then_what_follows_it() {
-    let server = start_with(|_| {});
+    let (server, mut c) = with_web();
     let addr = server.local_addr();
-    let mut c = Conn::open(addr);
-    check(&mut c, "POST", "/apps", &app_body("web"), 201);
     let now = index_of(&mut c, "/apps/web");
     let mut stream = crate::support::connect(addr, Duration::from_secs(30));
     let bytes = format!(
