@@ -49,7 +49,7 @@ fn metadata_round_trips_and_is_replaced_by_a_reregistration(s: &Registry) {
     let b = &app["instances"][1];
     assert!(
         b.as_object().is_some_and(|o| !o.contains_key("metadata")),
-        "{b}"
+        "{app}"
     );
     let all = check(&mut c, "GET", "/apps", "", 200).json();
     assert_eq!(
