@@ -10,6 +10,7 @@
 use serde_json::Value;
 
 use crate::api::{app_body, assert_app, assert_instance, check, ids, instance_body, register};
+use crate::ops::gauges_read;
 use crate::scenarios::{
     app_in, comes_true, index, index_of, instance_in, parked, read, status_in, table, timed,
     Registry, Span, Watch,
@@ -43,13 +44,21 @@ fn up_reads_down_when_due_and_only_up(s: &Registry) {
         }
     });
     let up = read(&mut c, "web", "w").expect("w is present");
-    let down_in = |c: &mut _, id| {
-        let what = format!("{id} to read down");
-        comes_true(&what, renewed, p.down_after, p.late, || {
-            status_of(c, "web", id) == "down"
-        });
-    };
-    down_in(&mut c, "w");
+    for id in ["w", "r", "o"] {
+        comes_true(
+            &format!("{id} to read down"),
+            renewed,
+            p.down_after,
+            p.late,
+            || status_of(&mut c, "web", id) == "down",
+        );
+    }
+    // Every server's metrics count them, within a second.
+    let down = [
+        ("registro_instances{status=\"down\"}", 3.0),
+        ("registro_instances{status=\"starting\"}", 1.0),
+    ];
+    gauges_read(s, &down);
     let down = read(&mut c, "web", "w").expect("w is present");
     assert_instance(&down, "w", "10.0.0.2", 80, "down");
     assert_eq!(
@@ -73,7 +82,6 @@ fn up_reads_down_when_due_and_only_up(s: &Registry) {
     let v = instance_in(&app_in(&list, "web"), "w").expect("w is listed");
     assert!(v["lastRenewal"].as_i64() >= down["lastRenewal"].as_i64());
     // A restarted service at a new address takes a `down` id over.
-    down_in(&mut c, "r");
     let elsewhere = instance_body("r", "10.0.0.3", 8080);
     check(&mut c, "POST", "/apps/web", &elsewhere, 201);
     let v = read(&mut c, "web", "r").expect("r is present");
@@ -81,7 +89,6 @@ fn up_reads_down_when_due_and_only_up(s: &Registry) {
     renew_and_list(s, &mut c, "web", "r");
     // A `down` instance can be taken out of service, and then refuses
     // heartbeats like any other.
-    down_in(&mut c, "o");
     check(&mut c, "DELETE", "/apps/web/o", "", 204);
     assert_eq!(status_of(&mut c, "web", "o"), "out-of-service");
     check(&mut c, "PUT", "/apps/web/o", "", 403);
@@ -192,6 +199,8 @@ fn every_status_goes_when_due_and_then_its_app(s: &Registry) {
     comes_true("web to go", emptied, p.evict_after, p.late, || {
         app_in(&beat_and_list(s, &mut c), "web").is_null()
     });
+    let w = instance_body("w", "10.0.0.1", 80);
+    check(&mut c, "POST", "/apps/web", &w, 404);
     let (reply, _) = app_watch.answer();
     assert_eq!(
         reply.status, 404,
