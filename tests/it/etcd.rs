@@ -39,6 +39,13 @@ fn pair(cluster: &Cluster, prefix: &str, args: &[&str]) -> (Proc, Proc) {
     )
 }
 
+/// A connection to `addr`, through which the app `web` was created.
+fn with_web(addr: SocketAddr) -> Conn {
+    let mut c = Conn::open(addr);
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    c
+}
+
 /// One request through a fresh connection: the status and the body, or
 /// `None` when the server could not be reached or did not answer within 3 s.
 fn send(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
@@ -379,8 +386,7 @@ fn without_etcd_changes_answer_503_reads_answer_and_it_recovers() {
     }
     let mut cluster = Cluster::start("outage");
     let (a, b) = pair(&cluster, "/outage/", &[]);
-    let mut ca = Conn::open(a.addr);
-    check(&mut ca, "POST", "/apps", &app_body("web"), 201);
+    let mut ca = with_web(a.addr);
     register(&mut ca, "web", "w", "10.0.0.1", 80);
     check(&mut ca, "PUT", "/apps/web/w", "", 204);
     let (before, _) = converged(&[a.addr, b.addr], Duration::from_secs(3), "before");
@@ -461,8 +467,7 @@ fn the_registry_outlives_every_server() {
     }
     let cluster = Cluster::start("outlives");
     let (a, b) = pair(&cluster, "/outlives/", &[]);
-    let mut ca = Conn::open(a.addr);
-    check(&mut ca, "POST", "/apps", &app_body("web"), 201);
+    let mut ca = with_web(a.addr);
     check(&mut ca, "POST", "/apps", &app_body("db"), 201);
     let meta = json!({"id": "m", "ip": "10.0.0.3", "port": 81, "metadata": {"zone": "eu-1"}});
     check(&mut ca, "POST", "/apps/web", &meta.to_string(), 201);
@@ -505,8 +510,7 @@ fn a_server_that_lost_its_watch_past_a_compaction_catches_up() {
     let a = cluster.registro("/compaction/", &[]);
     let store = cluster.store_of(&[2]);
     let b = Proc::start(&["--store", &store, "--etcd-prefix", "/compaction/"]);
-    let mut ca = Conn::open(a.addr);
-    check(&mut ca, "POST", "/apps", &app_body("web"), 201);
+    let mut ca = with_web(a.addr);
     register(&mut ca, "web", "gone", "10.0.0.1", 80);
     converged(&[a.addr, b.addr], Duration::from_secs(3), "before");
     cluster.kill(2);
