@@ -8,8 +8,11 @@
 //! servers (one server: the same address for all) and its periods. Its
 //! [`Client`] makes each change through the next server and each read
 //! through a server that did not make the last change, so that on etcd
-//! every read shows what another server committed; its watches wait on one
-//! server for changes made through another. A scenario that depends on
+//! every read shows what another server committed: once that server's
+//! view has it, which API.md Part 4 allows up to a second (the client
+//! waits for the reading server's index to reach the changing server's,
+//! and fails if it takes longer); its watches wait on one server for
+//! changes made through another. A scenario that depends on
 //! time says how ([`Timing`]) and takes its periods from the store under
 //! test: etcd's leases are whole seconds, the memory store counts
 //! milliseconds.
@@ -124,6 +127,8 @@ impl Registry {
             conns: self.addrs.iter().map(|a| Conn::open(*a)).collect(),
             changes: 0,
             last: 0,
+            unseen: None,
+            seen_within: self.periods.seen_within,
         }
     }
 }
@@ -136,16 +141,46 @@ pub struct Client {
     conns: Vec<Conn>,
     changes: usize,
     last: usize,
+    /// The server that made changes no other server has been seen to
+    /// have yet.
+    unseen: Option<usize>,
+    seen_within: Duration,
+}
+
+impl Client {
+    /// Waits until server `k` has every change server `from` has (its
+    /// list's index has reached `from`'s), within `seen_within`.
+    fn sync(&mut self, from: usize, k: usize) {
+        let target = index(&self.conns[from].get("/apps"));
+        let started = Instant::now();
+        loop {
+            let at = index(&self.conns[k].get("/apps"));
+            if at >= target {
+                return;
+            }
+            assert!(
+                started.elapsed() < self.seen_within,
+                "server {k} did not have server {from}'s changes within {:?} (index {at}, not {target})",
+                self.seen_within
+            );
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
 }
 
 impl Exchange for Client {
     fn send(&mut self, method: &str, path: &str, body: &str) -> Reply {
         let n = self.conns.len();
         let k = if matches!(method, "GET" | "HEAD") {
-            (self.last + 1) % n
+            let k = (self.last + 1) % n;
+            if let Some(from) = self.unseen.take().filter(|&from| from != k) {
+                self.sync(from, k);
+            }
+            k
         } else {
             self.last = self.changes % n;
             self.changes += 1;
+            self.unseen = Some(self.last);
             self.last
         };
         self.conns[k].send(method, path, body)
