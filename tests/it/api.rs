@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use registro::Server;
 use serde_json::{json, Value};
 
-use crate::scenarios::{app_in, table, Registry};
+use crate::scenarios::{app_in, seen, table, Registry};
 use crate::support::{agent, base, raw, start, Conn, Exchange, Reply};
 
 table![
@@ -947,7 +947,16 @@ fn original_client_flow(s: &Registry) {
     };
     // Two services of the same app start one after the other: only the
     // first creates the app.
-    for (root, (id, port)) in roots.iter().zip([("web-1", 8080u16), ("web-2", 8081)]) {
+    for (k, (root, (id, port))) in roots
+        .iter()
+        .zip([("web-1", 8080u16), ("web-2", 8081)])
+        .enumerate()
+    {
+        // The second starts once the registry has the first everywhere
+        // (within the second Part 4 allows a server to see another's).
+        if k == 1 {
+            seen(s.addr(0), s.addr(1), s.periods.seen_within);
+        }
         let (code, body) = status(agent.get(format!("{root}/apps")).call());
         assert_eq!(code, 200);
         let v: Value = serde_json::from_str(&body).expect("JSON listing");
