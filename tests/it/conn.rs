@@ -5,13 +5,13 @@
 //! start-up behaviour of the connection layer (issue 13, items 5, 9 and 17).
 
 use std::io::{BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::{
     assert_within, connect, eventually, fill_registry, held_open, idle_connections, proc_status,
-    raise_nofile, raw, read_head, read_reply, start_with, Proc, Reply,
+    raise_nofile, raw, read_head, read_reply, start_with, Proc, Reply, Stream,
 };
 
 const GET_APPS: &[u8] = b"GET /registro/1.0/apps HTTP/1.1\r\nHost: t\r\n\r\n";
@@ -34,7 +34,7 @@ fn register(addr: SocketAddr) {
 }
 
 /// A keep-alive connection that has had one request answered.
-fn idle_connection(addr: SocketAddr) -> TcpStream {
+fn idle_connection(addr: SocketAddr) -> Stream {
     let mut stream = connect(addr, Duration::from_secs(10));
     stream.write_all(GET_APPS).expect("send");
     let mut reader = BufReader::new(stream);
@@ -273,7 +273,7 @@ fn slow_readers_of_large_answers_hold_no_worker() {
     let addr = server.local_addr();
     register(addr);
     fill_registry(addr);
-    let slow: Vec<TcpStream> = (0..3 * WORKERS)
+    let slow: Vec<Stream> = (0..3 * WORKERS)
         .map(|_| {
             let mut stream = connect(addr, Duration::from_secs(5));
             // 100 listings of 70 KB each: 7 MB no socket buffer holds.
@@ -285,7 +285,7 @@ fn slow_readers_of_large_answers_hold_no_worker() {
     for stream in &slow {
         let mut before = 0;
         eventually(Duration::from_secs(5), "the buffers to fill", || {
-            let now = rustix::io::ioctl_fionread(stream).unwrap_or(0);
+            let now = rustix::io::ioctl_fionread(&**stream).unwrap_or(0);
             let full = now > 0 && now == before;
             before = now;
             full.then_some(())
@@ -393,7 +393,7 @@ fn threads_stay_constant_and_idle_connections_are_cheap() {
     let pid = server.child.id();
     register(addr);
     // Warm every worker (and its allocator arena) before the baseline.
-    let warm: Vec<TcpStream> = (0..64).map(|_| idle_connection(addr)).collect();
+    let warm: Vec<Stream> = (0..64).map(|_| idle_connection(addr)).collect();
     drop(warm);
     eventually(
         Duration::from_secs(5),
@@ -410,7 +410,7 @@ fn threads_stay_constant_and_idle_connections_are_cheap() {
     let idle = idle_connections(addr, IDLE);
     let rss_idle = proc_status(pid, "VmRSS:");
     let threads_idle = proc_status(pid, "Threads:");
-    let slow: Vec<TcpStream> = (0..SLOW)
+    let slow: Vec<Stream> = (0..SLOW)
         .map(|_| {
             let mut stream = connect(addr, Duration::from_secs(10));
             stream
@@ -521,7 +521,7 @@ fn startup_line_shows_the_settings_and_refusals_are_counted() {
     ] {
         assert!(line.contains(part), "{part:?} not in {line:?}");
     }
-    let held: Vec<TcpStream> = (0..4).map(|_| idle_connection(addr)).collect();
+    let held: Vec<Stream> = (0..4).map(|_| idle_connection(addr)).collect();
     let started = Instant::now();
     const REFUSED: u64 = 25;
     for _ in 0..REFUSED {
