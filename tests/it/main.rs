@@ -20,6 +20,7 @@ mod ops;
 mod output;
 mod restart;
 mod saving;
+mod scenarios;
 mod sd;
 mod support;
 mod watch;
