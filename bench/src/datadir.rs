@@ -104,9 +104,13 @@ fn slow_readers(bench: &mut Bench, b: usize, tag: &str, n: usize) -> Result<Slow
     let measured = (|| {
         load::register(server.addr, Fleet::new(n))?;
         load::renew_all(server.addr, Fleet::new(n))?;
-        // Once before, so that the baseline holds what one listing leaves.
+        // Once before, so that the baseline holds what one listing leaves;
+        // then long enough for a server that shares answers to have let go
+        // of it (250 ms, and the ticker's second), so that the slow readers
+        // find nothing encoded.
         let (_, listing) = load::request_once(server.addr, load::LISTING)
             .map_err(|e| format!("slow readers: the listing: {e}"))?;
+        thread::sleep(Duration::from_millis(1500));
         let before = server.rss()?;
         let readers = (0..SLOW_READERS)
             .map(|_| never_reads(server.addr))
