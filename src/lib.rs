@@ -20,6 +20,7 @@
 mod api;
 mod auth;
 mod clock;
+mod dns;
 #[cfg(test)]
 mod fuzz;
 mod http;
@@ -33,5 +34,6 @@ mod store;
 mod sweeper;
 
 pub use auth::TokenFiles;
+pub use dns::DnsConfig;
 pub use server::{Config, Server};
 pub use store::StoreConfig;

@@ -70,6 +70,8 @@ pub struct Config {
     pub data_dir: Option<std::path::PathBuf>,
     /// How often the data directory's log is compacted into a snapshot.
     pub snapshot_every: Duration,
+    /// DNS (`--dns-addr`): none, off.
+    pub dns: Option<crate::dns::DnsConfig>,
 }
 
 impl Default for Config {
@@ -89,6 +91,7 @@ impl Default for Config {
             store: crate::store::StoreConfig::default(),
             data_dir: None,
             snapshot_every: Duration::from_secs(300),
+            dns: None,
         }
     }
 }
@@ -115,6 +118,7 @@ pub struct Server {
     store: Option<crate::store::Threads>,
     logger: Option<Logger>,
     data_dir: Option<crate::persist::DataDir>,
+    dns: Option<crate::dns::Dns>,
 }
 
 /// How long a stop waits for requests in flight (and requests still
@@ -234,6 +238,7 @@ impl Server {
             store: None,
             logger: None,
             data_dir,
+            dns: None,
         };
         for _ in 0..threads {
             let shared = Arc::clone(&shared);
@@ -264,6 +269,15 @@ impl Server {
         }
         let store = api.store().describe();
         server.store = Some(api.store().spawn(&api, &config)?);
+        if let Some(dns) = &config.dns {
+            match crate::dns::Dns::start(dns, &api) {
+                Ok(dns) => server.dns = Some(dns),
+                Err(e) => {
+                    server.logger = Some(logger);
+                    return Err(e);
+                }
+            }
+        }
         log.line(format_args!(
             "registro {}: {threads} worker threads, at most {} connections, idle timeout {}, \
              request timeout {}, down after {}, evict after {}, sweep every {}, store {}; {}; listening on {local_addr}",
@@ -284,6 +298,11 @@ impl Server {
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address DNS answers on (UDP and TCP), if it is on.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().map(crate::dns::Dns::local_addr)
     }
 
     /// Reads the token files again (SIGHUP). On failure the old tokens stay
@@ -324,6 +343,9 @@ impl Server {
         }
         shared.cut.store(true, Ordering::SeqCst);
         let _ = shared.waker.wake();
+        if let Some(dns) = self.dns.take() {
+            dns.stop();
+        }
         if let Some(poller) = self.poller.take() {
             let _ = poller.join();
         }
