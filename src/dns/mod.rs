@@ -10,6 +10,8 @@
 //! flood of queries takes what the HTTP side leaves of the CPU.
 
 mod answer;
+#[cfg(test)]
+mod fuzz;
 mod metrics;
 mod tcp;
 mod udp;

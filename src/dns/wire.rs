@@ -190,7 +190,7 @@ pub fn read(bytes: &[u8]) -> Read {
 
 /// Where the name that starts at `at` ends (past its final zero or its
 /// pointer), if it ends within the message; the parser checks the rest.
-fn name_end(bytes: &[u8], mut at: usize) -> Option<usize> {
+pub fn name_end(bytes: &[u8], mut at: usize) -> Option<usize> {
     loop {
         let len = *bytes.get(at)?;
         match len & 0xC0 {

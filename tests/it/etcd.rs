@@ -13,7 +13,7 @@
 //! Without etcd installed these tests print one SKIP line, and fail when
 //! `CI=true`. Time is waited for by polling with a deadline.
 
-mod cluster;
+pub mod cluster;
 mod conformance;
 
 use std::collections::{BTreeMap, BTreeSet};

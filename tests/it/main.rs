@@ -10,6 +10,7 @@ mod concurrency;
 mod conn;
 mod dashboard;
 mod discovery;
+mod dns;
 mod etcd;
 mod fuzz;
 mod hardening;
