@@ -99,13 +99,13 @@ struct Flags {
     dns_addr: Option<String>,
 
     /// the DNS zone: APP.DOMAIN answers A, AAAA and SRV (default "registro.")
-    #[argh(option, default = "String::from(\"registro.\")")]
-    dns_domain: String,
+    #[argh(option)]
+    dns_domain: Option<String>,
 
     /// the TTL of DNS answers, and of NXDOMAIN and empty answers: a period,
     /// whole seconds (default 0, resolvers ask every time)
-    #[argh(option, default = "Duration::ZERO", from_str_fn(ttl))]
-    dns_ttl: Duration,
+    #[argh(option, from_str_fn(ttl))]
+    dns_ttl: Option<Duration>,
 
     /// print the version and exit (also -V)
     #[argh(switch)]
@@ -282,12 +282,22 @@ fn config(flags: Flags) -> Result<registro::Config, String> {
         );
     }
     let dns = match &flags.dns_addr {
+        None if flags.dns_domain.is_some() || flags.dns_ttl.is_some() => {
+            return Err(
+                "--dns-domain and --dns-ttl need --dns-addr (without it DNS is off)".to_string(),
+            )
+        }
         None => None,
-        Some(addr) => Some(registro::DnsConfig {
-            addr: listen_addr(addr).map_err(|e| e.replace("--addr", "--dns-addr"))?,
-            domain: flags.dns_domain.clone(),
-            ttl: u32::try_from(flags.dns_ttl.as_secs()).unwrap_or(u32::MAX),
-        }),
+        Some(addr) => {
+            let defaults = registro::DnsConfig::default();
+            Some(registro::DnsConfig {
+                addr: listen_addr(addr).map_err(|e| e.replace("--addr", "--dns-addr"))?,
+                domain: flags.dns_domain.clone().unwrap_or(defaults.domain),
+                ttl: flags.dns_ttl.map_or(defaults.ttl, |t| {
+                    u32::try_from(t.as_secs()).unwrap_or(u32::MAX)
+                }),
+            })
+        }
     };
     Ok(registro::Config {
         dns,

@@ -83,18 +83,36 @@ impl std::fmt::Debug for Shared {
 /// also wakes it at once with a datagram).
 const POLL: Duration = Duration::from_millis(250);
 
-impl Dns {
-    /// Binds UDP and TCP on `config.addr` and starts answering.
-    pub fn start(config: &DnsConfig, api: &Arc<Api>) -> io::Result<Dns> {
+/// The zone checked and the sockets bound: what can fail for a reason the
+/// user must hear of, before anything starts.
+#[derive(Debug)]
+pub struct Bound {
+    zone: Zone,
+    udp: UdpSocket,
+    tcp: std::net::TcpListener,
+}
+
+impl DnsConfig {
+    /// Checks the zone and binds UDP and TCP on `addr`; errors are one line
+    /// for the user (`InvalidInput`).
+    pub fn bind(&self) -> io::Result<Bound> {
         let serial = u32::try_from(clock::now().wall / 1000).unwrap_or(u32::MAX);
-        let zone = Zone::new(&config.domain, config.ttl, serial)
+        let zone = Zone::new(&self.domain, self.ttl, serial)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let (udp, tcp) = bind(config.addr).map_err(|e| {
+        let (udp, tcp) = bind(self.addr).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("cannot serve DNS on {}: {e}", config.addr),
+                format!("cannot serve DNS on {}: {e}", self.addr),
             )
         })?;
+        Ok(Bound { zone, udp, tcp })
+    }
+}
+
+impl Dns {
+    /// Starts answering on the sockets of `bound`, from `api`'s registry.
+    pub fn start(bound: Bound, api: &Arc<Api>) -> io::Result<Dns> {
+        let Bound { zone, udp, tcp } = bound;
         let addr = udp.local_addr()?;
         udp.set_read_timeout(Some(POLL))?;
         let poller = tcp::Poller::new(tcp)?;
@@ -126,7 +144,7 @@ impl Dns {
         api.log().line(format_args!(
             "DNS on {addr} (UDP and TCP): zone {}, TTL {}s",
             dns.shared.zone.domain(),
-            config.ttl
+            dns.shared.zone.ttl
         ));
         Ok(dns)
     }

@@ -166,6 +166,12 @@ impl Server {
         std_listener.set_nonblocking(true)?;
         let local_addr = std_listener.local_addr()?;
         let mut listener = TcpListener::from_std(std_listener);
+        // Bound before anything starts, so a bad zone or a port in use is
+        // one line and no log of a start.
+        let dns = match &config.dns {
+            Some(dns) => Some(dns.bind()?),
+            None => None,
+        };
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -269,7 +275,7 @@ impl Server {
         }
         let store = api.store().describe();
         server.store = Some(api.store().spawn(&api, &config)?);
-        if let Some(dns) = &config.dns {
+        if let Some(dns) = dns {
             match crate::dns::Dns::start(dns, &api) {
                 Ok(dns) => server.dns = Some(dns),
                 Err(e) => {

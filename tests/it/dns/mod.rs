@@ -415,6 +415,55 @@ fn tcp_connections_are_bounded() {
     assert_eq!(&answered[2..4], &[0, 7], "the answer to query 7");
 }
 
+#[test]
+fn dns_flags_that_cannot_work_are_refused_with_one_line() {
+    let lo = ["--addr", "127.0.0.1:0"];
+    let taken = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let taken = taken.local_addr().expect("addr").to_string();
+    for (args, needles) in [
+        (vec!["--dns-addr", "8600"], vec!["--dns-addr", ":8600"]),
+        (vec!["--dns-addr", "nowhere"], vec!["--dns-addr"]),
+        (
+            vec!["--dns-addr", "127.0.0.1:0", "--dns-domain", "a..b"],
+            vec!["--dns-domain"],
+        ),
+        (
+            vec!["--dns-addr", "127.0.0.1:0", "--dns-domain", "."],
+            vec!["--dns-domain"],
+        ),
+        (
+            vec!["--dns-addr", "127.0.0.1:0", "--dns-ttl", "1.5"],
+            vec!["--dns-ttl", "whole seconds"],
+        ),
+        (
+            vec!["--dns-addr", "127.0.0.1:0", "--dns-ttl", "-1"],
+            vec!["--dns-ttl"],
+        ),
+        (vec!["--dns-ttl", "5"], vec!["--dns-addr"]),
+        (vec!["--dns-domain", "svc."], vec!["--dns-addr"]),
+        (vec!["--dns-addr", &taken], vec!["DNS", &taken]),
+    ] {
+        let line = crate::cli::assert_refused(&[&lo[..], &args].concat());
+        for needle in needles {
+            assert!(
+                line.contains(needle),
+                "{args:?}: {line:?} does not say {needle:?}"
+            );
+        }
+    }
+    // Accepted: a TTL with a unit, a zone of two labels.
+    let p = Proc::start(&[
+        "--dns-addr",
+        "127.0.0.1:0",
+        "--dns-ttl",
+        "1m",
+        "--dns-domain",
+        "Svc.Example",
+    ]);
+    let line = p.wait_line("DNS on ", Duration::from_secs(10));
+    assert!(line.contains("zone svc.example., TTL 60s"), "{line}");
+}
+
 /// A UDP and TCP port on loopback free a moment ago.
 fn free_port() -> u16 {
     loop {
