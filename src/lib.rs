@@ -32,6 +32,7 @@ pub mod registry;
 mod server;
 mod store;
 mod sweeper;
+mod view;
 
 pub use auth::TokenFiles;
 pub use dns::DnsConfig;

@@ -29,9 +29,9 @@ use std::time::Duration;
 pub use answer::Zone;
 pub use metrics::Queries;
 
-use crate::api::Api;
 use crate::clock;
 use crate::registry::{AppView, Millis, Registry, Status, StatusSet};
+use crate::view::View;
 use answer::{Target, Transport};
 
 /// `--dns-addr`, `--dns-domain`, `--dns-ttl`.
@@ -67,7 +67,7 @@ pub struct Dns {
 /// What both threads share.
 struct Shared {
     zone: Zone,
-    api: Arc<Api>,
+    view: Arc<View>,
     stop: AtomicBool,
     /// Panics caught (each one's query goes unanswered).
     panics: AtomicU64,
@@ -110,17 +110,17 @@ impl DnsConfig {
 }
 
 impl Dns {
-    /// Starts answering on the sockets of `bound`, from `api`'s registry.
-    pub fn start(bound: Bound, api: &Arc<Api>) -> io::Result<Dns> {
+    /// Starts answering on the sockets of `bound`, from `view`.
+    pub fn start(bound: Bound, view: &Arc<View>) -> io::Result<Dns> {
         let Bound { zone, udp, tcp } = bound;
         let addr = udp.local_addr()?;
         udp.set_read_timeout(Some(POLL))?;
         let poller = tcp::Poller::new(tcp)?;
         let waker = poller.waker();
-        api.log().metrics().dns.enable();
+        view.log().metrics().dns.enable();
         let shared = Arc::new(Shared {
             zone,
-            api: Arc::clone(api),
+            view: Arc::clone(view),
             stop: AtomicBool::new(false),
             panics: AtomicU64::new(0),
         });
@@ -141,7 +141,7 @@ impl Dns {
                 .name("registro-dns-tcp".into())
                 .spawn(move || poller.run(&shared))?,
         );
-        api.log().line(format_args!(
+        view.log().line(format_args!(
             "DNS on {addr} (UDP and TCP): zone {}, TTL {}s",
             dns.shared.zone.domain(),
             dns.shared.zone.ttl
@@ -235,13 +235,13 @@ impl Shared {
                 &self.zone,
                 bytes,
                 transport,
-                |app| read_up(&self.api, app, clock::now().mono).map(|view| targets(&view)),
+                |app| read_up(&self.view, app, clock::now().mono).map(|view| targets(&view)),
                 rng,
             )
         }));
         match answered {
             Ok(answer) => {
-                self.api
+                self.view
                     .log()
                     .metrics()
                     .dns
@@ -250,7 +250,7 @@ impl Shared {
             }
             Err(_) => {
                 if self.panics.fetch_add(1, Ordering::Relaxed) == 0 {
-                    self.api
+                    self.view
                         .log()
                         .line(format_args!("DNS: a query panicked; it goes unanswered"));
                 }
@@ -280,11 +280,11 @@ fn demote() {
 /// `GET /apps/{app}?status=up` reads at `now` (the app settled first, so a
 /// status is exact at the read, and what the read settled published).
 /// `None`: no such app.
-fn read_up(api: &Api, app: &str, now: Millis) -> Option<AppView> {
-    let mut registry = api.lock();
-    let view = up_in(&mut registry, app, now);
-    api.publish(registry, false);
-    view
+fn read_up(view: &View, app: &str, now: Millis) -> Option<AppView> {
+    let mut registry = view.lock();
+    let up = up_in(&mut registry, app, now);
+    view.publish(registry, false);
+    up
 }
 
 /// `read_up` on a registry in hand (the responder's tests use it too).

@@ -103,7 +103,7 @@ impl Poller {
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != ErrorKind::Interrupted {
                     shared
-                        .api
+                        .view
                         .log()
                         .line(format_args!("DNS: TCP poll failed: {e}"));
                     return;

@@ -34,7 +34,7 @@ pub(super) fn serve(socket: &UdpSocket, shared: &Shared) {
                 if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
                     logged = Some(Instant::now());
                     shared
-                        .api
+                        .view
                         .log()
                         .line(format_args!("DNS: UDP read failed: {e}"));
                 }
