@@ -12,7 +12,7 @@
 //! Usage: `registro-bench [--quick] [--server PATH] [--registro PATH] [--runs N]
 //! [--secs S] [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N]
 //! [--fleet-secs S] [--fleet-interval S] [--watchers N]
-//! [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining,etcd,dashboard,datadir]`;
+//! [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining,etcd,dashboard,datadir,dns]`;
 //! `REGISTRO_BENCH_QUICK=1` is the same as `--quick`.
 
 #![forbid(unsafe_code)]
@@ -20,6 +20,7 @@
 mod baseline;
 mod dashboard;
 mod datadir;
+mod dns;
 mod etcd;
 mod fleet;
 mod hist;
@@ -278,7 +279,7 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
                      [--registro PATH (the server under test)] [--runs N] [--secs S] \
                      [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N] [--fleet-secs S] \
                      [--fleet-interval S] [--watchers N] \
-                     [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining,etcd,dashboard,datadir]"
+                     [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining,etcd,dashboard,datadir,dns]"
                         .to_string(),
                 )
             }
@@ -388,9 +389,14 @@ fn run(s: &Settings) -> Result<(), String> {
         .wants("datadir")
         .then(|| datadir::scenario(s, began))
         .transpose()?;
+    let dns = s
+        .wants("dns")
+        .then(|| dns::scenario(s, began))
+        .transpose()?;
     let elapsed = began.elapsed();
     print!("{}{piped}{dashboard}", report::render(s, &r, elapsed));
     print!("{}", datadir.unwrap_or_default());
+    print!("{}", dns.unwrap_or_default());
     if r.bad_exits.is_empty() {
         Ok(())
     } else {

@@ -426,13 +426,54 @@ fn pick<T: Copy>(items: &mut [T], i: usize, rng: &mut Rng) -> T {
     items[i]
 }
 
-/// An address in hex, as in a target name: 8 digits for IPv4, 32 for IPv6.
-pub fn hex(ip: IpAddr) -> String {
-    let bytes = match ip {
-        IpAddr::V4(ip) => ip.octets().to_vec(),
-        IpAddr::V6(ip) => ip.octets().to_vec(),
+/// An address in hex, as in a target name: 8 digits for IPv4, 32 for IPv6
+/// (written on the stack: an SRV answer writes one per record).
+pub fn hex(ip: IpAddr) -> Hex {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Hex([0; 32], 0);
+    let mut push = |bytes: &[u8]| {
+        for b in bytes {
+            out.0[out.1] = DIGITS[usize::from(b >> 4)];
+            out.0[out.1 + 1] = DIGITS[usize::from(b & 0xF)];
+            out.1 += 2;
+        }
     };
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    match ip {
+        IpAddr::V4(ip) => push(&ip.octets()),
+        IpAddr::V6(ip) => push(&ip.octets()),
+    }
+    out
+}
+
+/// The hex digits of an address.
+pub struct Hex([u8; 32], usize);
+
+impl Hex {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0[..self.1]
+    }
+
+    pub fn len(&self) -> usize {
+        self.1
+    }
+}
+
+impl PartialEq<&str> for Hex {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Hex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl std::fmt::Display for Hex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
 }
 
 /// The address a target name's first label spells, either case.
