@@ -64,6 +64,9 @@ pub enum Outcome {
 
 /// The header that carries the change index.
 pub const INDEX_HEADER: &str = "Registro-Index";
+/// The header that says how many milliseconds ago the view last heard from
+/// the store that keeps the registry (etcd), on every read.
+pub const LAST_CONTACT_HEADER: &str = "Registro-Last-Contact";
 /// The wait of a watch without `?wait=`.
 const DEFAULT_WAIT: Millis = 60_000;
 /// The longest `?wait=`.
@@ -119,9 +122,32 @@ impl Api {
         if let Some(response) = crate::ops::handle(&self.view, &*self.store, request) {
             return Outcome::Respond(response);
         }
-        match self.route(request, now, answer_now) {
+        let mut outcome = match self.route(request, now, answer_now) {
             Ok(outcome) => outcome,
             Err(response) => Outcome::Respond(response),
+        };
+        if let Outcome::Respond(response) = &mut outcome {
+            let read = request.method == "GET" || request.method == "HEAD";
+            if let Some(ms) = self.store.last_contact().filter(|_| read) {
+                response.headers.push((LAST_CONTACT_HEADER, ms.to_string()));
+            }
+        }
+        outcome
+    }
+
+    /// `read` of the view; a 404 from a view that may be behind the store
+    /// (etcd) is answered only once the view has caught up, and read again.
+    fn read_fresh<T>(
+        &self,
+        read: impl Fn() -> Result<T, registry::Error>,
+    ) -> Result<T, registry::Error> {
+        match read() {
+            Err(registry::Error::NoSuchApp | registry::Error::NoSuchInstance)
+                if self.store.catch_up() =>
+            {
+                read()
+            }
+            other => other,
         }
     }
 
@@ -229,9 +255,12 @@ impl Api {
             return Ok(shared);
         }
         let generation = self.view.answers().generation();
-        let mut registry = self.view.lock();
-        let view = registry.app(app, now.mono, query.filter, unless);
-        self.view.publish(registry, false);
+        let view = self.read_fresh(|| {
+            let mut registry = self.view.lock();
+            let view = registry.app(app, now.mono, query.filter, unless);
+            self.view.publish(registry, false);
+            view
+        });
         match view.map_err(|e| refusal(e, app, ""))? {
             None => Ok(wait(topic, query, now)),
             Some(view) => {
@@ -254,9 +283,7 @@ impl Api {
 
     fn instance(&self, app: &str, id: &str, now: Now) -> Result<Response, Response> {
         let view = self
-            .view
-            .lock()
-            .instance(app, id, now.mono)
+            .read_fresh(|| self.view.lock().instance(app, id, now.mono))
             .map_err(|e| refusal(e, app, id))?;
         Ok(Response::json(200, views::instance(&view, now)))
     }
@@ -1276,8 +1303,8 @@ mod tests {
         ) -> Result<(), store::Error> {
             Err(store::Error::Unavailable("etcd is unreachable".into()))
         }
-        fn health(&self) -> Result<(), String> {
-            Err("etcd is unreachable".into())
+        fn health(&self) -> Result<(), &'static str> {
+            Err("store unreachable")
         }
         fn describe(&self) -> String {
             "unreachable".into()

@@ -36,6 +36,7 @@ use self::client::{CallError, Client, Compare, Op};
 use self::commit::Job;
 use self::metrics::{Op as MOp, Outcome, StoreMetrics};
 use self::mirror::{Key, Mirror, StoredPeriods};
+use self::write::Permit;
 use super::{Error, Registration, Store};
 use crate::clock::{self, Now};
 use crate::log::Log;
@@ -79,9 +80,19 @@ pub(super) struct Shared {
     /// The lease TTL in seconds: `--down-after`, rounded up.
     ttl: i64,
     mirror: Mutex<Mirror>,
-    /// The revision the view has applied, and its waiters.
-    applied: Mutex<i64>,
+    /// How far the view has applied etcd's revisions, and its waiters.
+    applied: Mutex<Applied>,
     applied_changed: Condvar,
+    /// When (monotonic ms) the view last heard from etcd, and which member
+    /// its watch is on (an index into the members).
+    contact: AtomicU64,
+    watching: AtomicUsize,
+    /// The reads of etcd's current revision before a 404 (one at a time).
+    probes: Mutex<Probes>,
+    probed: Condvar,
+    /// Workers waiting for the view to catch up before a 404, and the most.
+    catchers: AtomicUsize,
+    max_catchers: usize,
     healthy: AtomicBool,
     /// When (monotonic ms) a call to etcd last succeeded.
     last_ok: AtomicU64,
@@ -106,6 +117,27 @@ pub(super) struct Shared {
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How far the view has applied etcd's revisions.
+#[derive(Debug, Default, Clone, Copy)]
+struct Applied {
+    /// The revision of the last events applied (or of the last range).
+    events: i64,
+    /// The highest revision a progress answer of the watch vouched for
+    /// (everything up to it has been sent).
+    progress: i64,
+}
+
+/// The reads of etcd's current revision that 404s wait on: one at a time,
+/// and each serves every caller that arrived before it started.
+#[derive(Debug, Default)]
+struct Probes {
+    /// How many have started.
+    started: u64,
+    running: bool,
+    /// The last one's number and result.
+    last: Option<(u64, Option<i64>)>,
 }
 
 impl Etcd {
@@ -182,8 +214,17 @@ impl Etcd {
             periods: settings.periods,
             ttl,
             mirror: Mutex::new(mirror),
-            applied: Mutex::new(revision),
+            applied: Mutex::new(Applied {
+                events: revision,
+                progress: revision,
+            }),
             applied_changed: Condvar::new(),
+            contact: AtomicU64::new(clock::now().mono),
+            watching: AtomicUsize::new(0),
+            probes: Mutex::new(Probes::default()),
+            probed: Condvar::new(),
+            catchers: AtomicUsize::new(0),
+            max_catchers: (settings.threads / 2).max(1),
             healthy: AtomicBool::new(true),
             last_ok: AtomicU64::new(clock::now().mono),
             why: Mutex::new(String::new()),
@@ -348,10 +389,22 @@ impl Shared {
         result
     }
 
-    /// Waits until the view has applied `revision`, until `deadline`.
+    /// Waits until the view has applied `revision` (its events, or a
+    /// progress answer vouching for it), until `deadline`.
     fn wait_applied(&self, revision: i64, deadline: Instant) -> bool {
+        self.wait_for(deadline, |a| a.events.max(a.progress) >= revision)
+    }
+
+    /// Waits until the view has applied the events of `revision` (a change
+    /// of this server's own: progress answers do not count, as etcd 3.4 may
+    /// send one ahead of events: etcd-io/etcd#15220), until `deadline`.
+    fn wait_events(&self, revision: i64, deadline: Instant) -> bool {
+        self.wait_for(deadline, |a| a.events >= revision)
+    }
+
+    fn wait_for(&self, deadline: Instant, done: impl Fn(&Applied) -> bool) -> bool {
         let mut applied = lock(&self.applied);
-        while *applied < revision {
+        while !done(&applied) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || self.stopped() {
                 return false;
@@ -365,12 +418,78 @@ impl Shared {
         true
     }
 
+    /// The view has applied the events (or the range) up to `revision`.
     fn set_applied(&self, revision: i64) {
         let mut applied = lock(&self.applied);
-        if revision > *applied {
-            *applied = revision;
+        if revision > applied.events {
+            applied.events = revision;
             self.applied_changed.notify_all();
         }
+    }
+
+    /// The watch's member has sent everything up to `revision`.
+    fn set_progress(&self, revision: i64) {
+        let mut applied = lock(&self.applied);
+        if revision > applied.progress {
+            applied.progress = revision;
+            self.applied_changed.notify_all();
+        }
+    }
+
+    /// etcd's current revision (a linearizable read, which needs a quorum),
+    /// by `deadline`. Callers share the reads: one runs at a time, and it
+    /// serves every caller that arrived before it started.
+    fn current_revision(&self, deadline: Instant) -> Option<i64> {
+        let mut probes = lock(&self.probes);
+        let arrived = probes.started;
+        loop {
+            if let Some((number, result)) = probes.last {
+                if number > arrived {
+                    return result;
+                }
+            }
+            if !probes.running {
+                probes.running = true;
+                probes.started += 1;
+                let number = probes.started;
+                drop(probes);
+                let key = self.key(Key::Periods);
+                let left = deadline.saturating_duration_since(Instant::now());
+                let result = self
+                    .call(MOp::Range, |c| c.range(&key, &[], left))
+                    .ok()
+                    .map(|(_, revision)| revision);
+                let mut probes = lock(&self.probes);
+                probes.running = false;
+                probes.last = Some((number, result));
+                self.probed.notify_all();
+                return result;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.stopped() {
+                return None;
+            }
+            probes = self
+                .probed
+                .wait_timeout(probes, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Waits, by `deadline`, until the view has applied every change etcd
+    /// had committed when this was called, so that a change just made
+    /// through another server is seen. False when that could not be known
+    /// (etcd unreachable, no answer in time).
+    fn caught_up(&self, deadline: Instant) -> bool {
+        self.current_revision(deadline)
+            .is_some_and(|revision| self.wait_applied(revision, deadline))
+    }
+
+    /// Whether the view counts as behind at `now`: it has not heard from
+    /// etcd for [`watch::STALL_AFTER`].
+    fn behind(&self, now: u64) -> bool {
+        now.saturating_sub(self.contact.load(Ordering::SeqCst)) >= watch::STALL_AFTER
     }
 
     fn key(&self, key: Key) -> Vec<u8> {
@@ -401,16 +520,46 @@ impl Store for Etcd {
         self.shared.take_out_of_service(app, id, now)
     }
 
-    fn health(&self) -> Result<(), String> {
-        if self.shared.healthy.load(Ordering::SeqCst) {
-            Ok(())
+    fn health(&self) -> Result<(), &'static str> {
+        let s = &self.shared;
+        if !s.healthy.load(Ordering::SeqCst) {
+            Err("store unreachable")
+        } else if s.behind(clock::now().mono) {
+            Err("view behind")
         } else {
-            Err(lock(&self.shared.why).clone())
+            Ok(())
         }
     }
 
+    fn last_contact(&self) -> Option<u64> {
+        let contact = self.shared.contact.load(Ordering::SeqCst);
+        Some(clock::now().mono.saturating_sub(contact))
+    }
+
+    fn catch_up(&self) -> bool {
+        let s = &self.shared;
+        if !s.healthy.load(Ordering::SeqCst) {
+            // Reads answer the last view while etcd is unreachable.
+            return false;
+        }
+        let Some(_permit) = Permit::take(&s.catchers, s.max_catchers) else {
+            return false;
+        };
+        s.caught_up(Instant::now() + write::WRITE_TIMEOUT)
+    }
+
     fn render_metrics(&self, out: &mut String) {
-        self.shared.metrics.render(out);
+        let s = &self.shared;
+        s.metrics.render(out);
+        let silent = clock::now()
+            .mono
+            .saturating_sub(s.contact.load(Ordering::SeqCst));
+        metrics::render_view(
+            out,
+            silent,
+            s.client.members(),
+            s.watching.load(Ordering::SeqCst),
+        );
     }
 
     fn describe(&self) -> String {

@@ -83,7 +83,12 @@ impl Shared {
             match result {
                 Ok(done) => {
                     self.health(Ok(()));
-                    if !self.wait_applied(done.revision, deadline) {
+                    let seen = if done.succeeded {
+                        self.wait_events(done.revision, deadline)
+                    } else {
+                        self.wait_applied(done.revision, deadline)
+                    };
+                    if !seen {
                         self.restart_watch.store(true, Ordering::SeqCst);
                         return Err(Error::Unavailable(format!(
                             "the change is {} in etcd, but this server's view has not caught up within {} s; read again shortly",
@@ -116,14 +121,12 @@ impl Shared {
     /// (whose client goes on through this one) is then seen. Costs one
     /// linearizable read; used only before answering 404 to a change.
     fn catch_up(&self, deadline: Instant) -> Result<(), Error> {
-        let key = self.key(Key::Periods);
-        let left = deadline.saturating_duration_since(Instant::now());
-        match self.call(MOp::Range, |c| c.range(&key, &[], left)) {
-            Ok((_, revision)) => {
+        match self.current_revision(deadline) {
+            Some(revision) => {
                 self.wait_applied(revision, deadline);
                 Ok(())
             }
-            Err(_) => Err(self.unavailable()),
+            None => Err(self.unavailable()),
         }
     }
 
@@ -319,10 +322,10 @@ fn missing(e: registry::Error) -> bool {
 }
 
 /// One of the bounded places of a change waiting on etcd.
-struct Permit<'a>(&'a AtomicUsize);
+pub(super) struct Permit<'a>(&'a AtomicUsize);
 
 impl<'a> Permit<'a> {
-    fn take(count: &'a AtomicUsize, max: usize) -> Option<Permit<'a>> {
+    pub(super) fn take(count: &'a AtomicUsize, max: usize) -> Option<Permit<'a>> {
         if count.fetch_add(1, Ordering::SeqCst) >= max {
             count.fetch_sub(1, Ordering::SeqCst);
             return None;
