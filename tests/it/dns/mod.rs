@@ -452,7 +452,7 @@ fn dns_flags_that_cannot_work_are_refused_with_one_line() {
         }
     }
     // Accepted: a TTL with a unit, a zone of two labels.
-    let p = Proc::start(&[
+    let mut p = Proc::start(&[
         "--dns-addr",
         "127.0.0.1:0",
         "--dns-ttl",
@@ -462,6 +462,18 @@ fn dns_flags_that_cannot_work_are_refused_with_one_line() {
     ]);
     let line = p.wait_line("DNS on ", Duration::from_secs(10));
     assert!(line.contains("zone svc.example., TTL 60s"), "{line}");
+    // Its DNS threads stop with it (a TCP connection open meanwhile):
+    // SIGTERM ends it with status 0.
+    let addr: SocketAddr = line
+        .split("DNS on ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|a| a.parse().ok())
+        .expect("the DNS address");
+    let _tcp = TcpStream::connect(addr).expect("a TCP connection held open");
+    p.signal("TERM");
+    let (code, _) = p.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
 }
 
 /// A UDP and TCP port on loopback free a moment ago.
