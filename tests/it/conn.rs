@@ -5,13 +5,13 @@
 //! start-up behaviour of the connection layer (issue 13, items 5, 9 and 17).
 
 use std::io::{BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::{
     connect, eventually, fill_registry, held_open, proc_status, raise_nofile, raw, read_head,
-    read_reply, start_with, Proc, Reply,
+    read_reply, start_with, Proc, Reply, Stream,
 };
 
 const GET_APPS: &[u8] = b"GET /registro/1.0/apps HTTP/1.1\r\nHost: t\r\n\r\n";
@@ -34,7 +34,7 @@ fn register(addr: SocketAddr) {
 }
 
 /// A keep-alive connection that has had one request answered.
-fn idle_connection(addr: SocketAddr) -> TcpStream {
+fn idle_connection(addr: SocketAddr) -> Stream {
     let mut stream = connect(addr, Duration::from_secs(10));
     stream.write_all(GET_APPS).expect("send");
     let mut reader = BufReader::new(stream);
@@ -280,7 +280,7 @@ fn slow_readers_of_large_answers_hold_no_worker() {
     let addr = server.local_addr();
     register(addr);
     fill_registry(addr);
-    let slow: Vec<TcpStream> = (0..3 * WORKERS)
+    let slow: Vec<Stream> = (0..3 * WORKERS)
         .map(|_| {
             let mut stream = connect(addr, Duration::from_secs(5));
             // 100 listings of 70 KB each: 7 MB no socket buffer holds.
@@ -292,7 +292,7 @@ fn slow_readers_of_large_answers_hold_no_worker() {
     for stream in &slow {
         let mut before = 0;
         eventually(Duration::from_secs(5), "the buffers to fill", || {
-            let now = rustix::io::ioctl_fionread(stream).unwrap_or(0);
+            let now = rustix::io::ioctl_fionread(&**stream).unwrap_or(0);
             let full = now > 0 && now == before;
             before = now;
             full.then_some(())
@@ -400,7 +400,7 @@ fn threads_stay_constant_and_idle_connections_are_cheap() {
     let pid = server.child.id();
     register(addr);
     // Warm every worker (and its allocator arena) before the baseline.
-    let warm: Vec<TcpStream> = (0..64).map(|_| idle_connection(addr)).collect();
+    let warm: Vec<Stream> = (0..64).map(|_| idle_connection(addr)).collect();
     drop(warm);
     eventually(
         Duration::from_secs(5),
@@ -416,7 +416,7 @@ fn threads_stay_constant_and_idle_connections_are_cheap() {
 
     let mut idle = Vec::with_capacity(IDLE);
     while idle.len() < IDLE {
-        let mut batch: Vec<TcpStream> = (0..100)
+        let mut batch: Vec<Stream> = (0..100)
             .map(|_| connect(addr, Duration::from_secs(10)))
             .collect();
         for stream in &mut batch {
@@ -431,7 +431,7 @@ fn threads_stay_constant_and_idle_connections_are_cheap() {
     }
     let rss_idle = proc_status(pid, "VmRSS:");
     let threads_idle = proc_status(pid, "Threads:");
-    let slow: Vec<TcpStream> = (0..SLOW)
+    let slow: Vec<Stream> = (0..SLOW)
         .map(|_| {
             let mut stream = connect(addr, Duration::from_secs(10));
             stream
@@ -546,7 +546,7 @@ fn startup_line_shows_the_settings_and_refusals_are_counted() {
     ] {
         assert!(line.contains(part), "{part:?} not in {line:?}");
     }
-    let held: Vec<TcpStream> = (0..4).map(|_| idle_connection(addr)).collect();
+    let held: Vec<Stream> = (0..4).map(|_| idle_connection(addr)).collect();
     let started = Instant::now();
     const REFUSED: u64 = 25;
     for _ in 0..REFUSED {

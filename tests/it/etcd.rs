@@ -58,6 +58,7 @@ fn send_within(
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
+        .middleware(crate::support::checked)
         .build()
         .into();
     let url = format!("http://{addr}{path}");

@@ -7,7 +7,7 @@
 //! to see them.
 
 use std::io::{self, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr};
 use std::process::Command;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{PoisonError, RwLock};
@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    connect, eventually, fill_registry, held_open, raise_nofile, raw, read_reply, Proc,
+    connect, eventually, fill_registry, held_open, raise_nofile, raw, read_reply, Proc, Stream,
 };
 
 /// The load test takes this exclusively and the other tests here share it, so
@@ -74,7 +74,7 @@ enum Outcome {
 /// nor answers within the stream's read timeout, or if what it sent is not
 /// one well-formed response (an error response must carry a JSON error).
 #[track_caller]
-fn outcome(stream: &mut TcpStream) -> Outcome {
+fn outcome(stream: &mut Stream) -> Outcome {
     let mut received = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -503,7 +503,7 @@ fn heartbeats_stay_fast_under_2000_idle_and_300_slowloris_connections() {
     // batches, so the kernel's accept queue never overflows.
     let mut idle = Vec::with_capacity(IDLE);
     while idle.len() < IDLE {
-        let mut batch: Vec<TcpStream> = (0..BATCH)
+        let mut batch: Vec<Stream> = (0..BATCH)
             .map(|_| connect(addr, Duration::from_secs(10)))
             .collect();
         for stream in &mut batch {
@@ -538,7 +538,7 @@ fn heartbeats_stay_fast_under_2000_idle_and_300_slowloris_connections() {
     // heartbeat meets a burst of slowloris traffic.
     let (stop, stopped) = mpsc::channel::<()>();
     let (tick, ticks) = mpsc::channel::<()>();
-    let writers: Vec<TcpStream> = slow.iter().map(|s| s.try_clone().expect("clone")).collect();
+    let writers: Vec<Stream> = slow.iter().map(|s| s.try_clone().expect("clone")).collect();
     let trickler = thread::spawn(move || {
         let mut writers = writers;
         let mut sent = 0usize;
@@ -860,7 +860,7 @@ fn connections_over_the_limit_get_503_until_some_close() {
     let _guard = shared();
     let server = Proc::start(&["--max-connections", "50", "--threads", "2"]);
     let addr = server.addr;
-    let keep_alive = |stream: TcpStream| -> io::Result<TcpStream> {
+    let keep_alive = |stream: Stream| -> io::Result<Stream> {
         let mut stream = stream;
         stream.write_all(GET_APPS)?;
         let mut reader = BufReader::new(stream);
@@ -869,7 +869,7 @@ fn connections_over_the_limit_get_503_until_some_close() {
             other => Err(io::Error::other(format!("{other:?}"))),
         }
     };
-    let mut open: Vec<TcpStream> = (0..50)
+    let mut open: Vec<Stream> = (0..50)
         .map(|i| {
             keep_alive(connect(addr, Duration::from_secs(3)))
                 .unwrap_or_else(|e| panic!("connection {i}: {e}"))
@@ -918,7 +918,7 @@ fn a_client_that_reads_nothing_cannot_hold_the_stop() {
         // Full buffers: what waits unread stops growing between two polls.
         let mut before = 0;
         let buffered = eventually(Duration::from_secs(5), "the buffers to fill", || {
-            let now = rustix::io::ioctl_fionread(&greedy).unwrap_or(0);
+            let now = rustix::io::ioctl_fionread(&*greedy).unwrap_or(0);
             let full = now > 0 && now == before;
             before = now;
             full.then_some(now)
@@ -1029,7 +1029,7 @@ fn a_burst_of_connections_cannot_pass_the_limit() {
         });
         // 120 connections at once, none sending anything: the server holds
         // 49 open beside the probe and refuses the rest with a 503.
-        let burst: Vec<TcpStream> = (0..120)
+        let burst: Vec<Stream> = (0..120)
             .map(|_| connect(addr, Duration::from_secs(1)))
             .collect();
         let mut refused = vec![false; burst.len()];

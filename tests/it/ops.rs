@@ -530,10 +530,7 @@ fn sigterm_exits_promptly_when_stderr_is_stalled() {
 
     // 12,000 pipelined app creations, each an event to log.
     const N: usize = 12_000;
-    let stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    let stream = support::connect(addr, Duration::from_secs(20));
     let mut writer = stream.try_clone().unwrap();
     let sender = thread::spawn(move || {
         let mut all = Vec::new();
