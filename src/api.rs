@@ -346,6 +346,7 @@ impl Api {
         self.store
             .register(&self.view, &registration, now)
             .map_err(|e| store_refusal(e, app, &new.id))?;
+        self.view.log().metrics().registered();
         let view = self.view.lock().instance(app, &new.id, now.mono);
         let mut response = match view {
             Ok(view) => Response::json(201, views::instance(&view, now)),

@@ -18,6 +18,7 @@ mod hardening;
 mod lifecycle;
 mod ops;
 mod restart;
+mod scenarios;
 mod sd;
 mod support;
 mod watch;

@@ -401,14 +401,7 @@ impl Proc {
 
     /// Resident memory in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS")
+        proc_status(self.child.id(), "VmRSS:")
     }
 }
 
@@ -626,6 +619,105 @@ pub fn which(program: &str) -> Option<std::path::PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
+}
+
+/// What requests go through: one connection ([`Conn`]), or a scenario's
+/// connections to every server of one registry (`scenarios::Client`).
+pub trait Exchange {
+    /// `METHOD /registro/1.0PATH` with `body`; the response.
+    fn send(&mut self, method: &str, path: &str, body: &str) -> Reply;
+
+    fn get(&mut self, path: &str) -> Reply {
+        self.send("GET", path, "")
+    }
+}
+
+impl Exchange for Conn {
+    fn send(&mut self, method: &str, path: &str, body: &str) -> Reply {
+        Conn::send(self, method, path, body)
+    }
+}
+
+/// A directory of its own under the system's temporary directory (for
+/// token files, data directories, a browser's profile), removed on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// `registro-WHAT-PID-N`, created empty.
+    pub fn new(what: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("registro-{what}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("a temporary directory");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// Writes `text` to the file `name` in it; its path.
+    pub fn file(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("write a file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `n` connections to `addr`, each with one `GET /apps` answered 200 and
+/// kept alive (idle); opened a hundred at a time, so that the kernel's
+/// accept queue never overflows.
+pub fn idle_connections(addr: SocketAddr, n: usize) -> Vec<Stream> {
+    let mut idle = Vec::with_capacity(n);
+    while idle.len() < n {
+        let mut batch: Vec<Stream> = (0..100.min(n - idle.len()))
+            .map(|_| connect(addr, Duration::from_secs(10)))
+            .collect();
+        for stream in &mut batch {
+            stream
+                .write_all(b"GET /registro/1.0/apps HTTP/1.1\r\nHost: t\r\n\r\n")
+                .expect("send");
+        }
+        for stream in batch {
+            let mut reader = BufReader::new(stream);
+            let reply = read_reply(&mut reader).expect("an answer on an idle connection");
+            assert_eq!(reply.status, 200);
+            assert_eq!(reply.header("connection"), Some("keep-alive"));
+            idle.push(reader.into_inner());
+        }
+    }
+    idle
+}
+
+/// Waits up to `deadline` for `child` to exit: its status, or `None` once
+/// it has been killed for not exiting.
+pub fn exited_within(child: &mut Child, deadline: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Asserts that less than `limit` has passed `since`.
+#[track_caller]
+pub fn assert_within(since: Instant, limit: Duration, what: &str) {
+    let took = since.elapsed();
+    assert!(took < limit, "{what} after {took:?}, not within {limit:?}");
 }
 
 // ---------------------------------------------------------------------------
