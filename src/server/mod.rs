@@ -119,7 +119,8 @@ pub struct Server {
     store: Option<crate::store::Threads>,
     logger: Option<Logger>,
     data_dir: Option<crate::persist::DataDir>,
-    dns: Option<crate::dns::Dns>,
+    /// Boxed: a `Server` stays small to move around.
+    dns: Option<Box<crate::dns::Dns>>,
 }
 
 /// How long a stop waits for requests in flight (and requests still
@@ -288,7 +289,7 @@ impl Server {
         server.store = Some(store_threads);
         if let Some(dns) = dns {
             match crate::dns::Dns::start(dns, &view) {
-                Ok(dns) => server.dns = Some(dns),
+                Ok(dns) => server.dns = Some(Box::new(dns)),
                 Err(e) => {
                     server.logger = Some(logger);
                     return Err(e);
@@ -319,7 +320,7 @@ impl Server {
 
     /// The address DNS answers on (UDP and TCP), if it is on.
     pub fn dns_addr(&self) -> Option<SocketAddr> {
-        self.dns.as_ref().map(crate::dns::Dns::local_addr)
+        self.dns.as_deref().map(crate::dns::Dns::local_addr)
     }
 
     /// Reads the token files again (SIGHUP). On failure the old tokens stay
