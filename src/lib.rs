@@ -21,6 +21,7 @@ mod api;
 mod auth;
 mod budget;
 mod clock;
+mod dns;
 #[cfg(test)]
 mod fuzz;
 mod http;
@@ -35,6 +36,7 @@ mod sweeper;
 mod view;
 
 pub use auth::TokenFiles;
+pub use dns::DnsConfig;
 pub use persist::DiskFaults;
 pub use server::{Config, Server};
 pub use store::StoreConfig;

@@ -78,6 +78,8 @@ pub struct Config {
     /// Bytes of answers owed to clients (written, not yet read) over all
     /// connections; past it a new large answer is refused with 503.
     pub output_budget: usize,
+    /// DNS (`--dns-addr`): none, off.
+    pub dns: Option<crate::dns::DnsConfig>,
 }
 
 impl Default for Config {
@@ -99,6 +101,7 @@ impl Default for Config {
             snapshot_every: Duration::from_secs(300),
             disk_faults: None,
             output_budget: crate::budget::DEFAULT,
+            dns: None,
         }
     }
 }
@@ -125,6 +128,8 @@ pub struct Server {
     store: Option<crate::store::Threads>,
     logger: Option<Logger>,
     data_dir: Option<crate::persist::DataDir>,
+    /// Boxed: a `Server` stays small to move around.
+    dns: Option<Box<crate::dns::Dns>>,
 }
 
 /// How long a stop waits for requests in flight (and requests still
@@ -175,6 +180,12 @@ impl Server {
         std_listener.set_nonblocking(true)?;
         let local_addr = std_listener.local_addr()?;
         let mut listener = TcpListener::from_std(std_listener);
+        // Bound before anything starts, so a bad zone or a port in use is
+        // one line and no log of a start.
+        let dns = match &config.dns {
+            Some(dns) => Some(dns.bind()?),
+            None => None,
+        };
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -261,6 +272,7 @@ impl Server {
             store: None,
             logger: None,
             data_dir,
+            dns: None,
         };
         for _ in 0..threads {
             let shared = Arc::clone(&shared);
@@ -290,6 +302,15 @@ impl Server {
             }
         }
         server.store = Some(store_threads);
+        if let Some(dns) = dns {
+            match crate::dns::Dns::start(dns, &view) {
+                Ok(dns) => server.dns = Some(Box::new(dns)),
+                Err(e) => {
+                    server.logger = Some(logger);
+                    return Err(e);
+                }
+            }
+        }
         log.line(format_args!(
             "registro {}: {threads} worker threads, at most {} connections, idle timeout {}, \
              request timeout {}, down after {}, evict after {}, sweep every {}, store {}; {}; listening on {local_addr}",
@@ -310,6 +331,11 @@ impl Server {
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address DNS answers on (UDP and TCP), if it is on.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_deref().map(crate::dns::Dns::local_addr)
     }
 
     /// Reads the token files again (SIGHUP). On failure the old tokens stay
@@ -350,6 +376,9 @@ impl Server {
         }
         shared.cut.store(true, Ordering::SeqCst);
         let _ = shared.waker.wake();
+        if let Some(dns) = self.dns.take() {
+            dns.stop();
+        }
         if let Some(poller) = self.poller.take() {
             let _ = poller.join();
         }

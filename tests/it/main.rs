@@ -12,6 +12,7 @@ mod contract;
 mod damage;
 mod dashboard;
 mod discovery;
+mod dns;
 mod etcd;
 mod fuzz;
 mod hardening;
