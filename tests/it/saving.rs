@@ -195,7 +195,8 @@ impl Drop for Tmpfs {
 fn a_real_full_disk_refuses_changes_says_so_and_recovers_when_it_has_room() {
     let Some(tmpfs) = Tmpfs::mount("1m") else {
         println!(
-            "SKIP a_real_full_disk...: cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)"
+            "SKIP a_real_full_disk_refuses_changes_says_so_and_recovers_when_it_has_room: \
+             cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)"
         );
         return;
     };
