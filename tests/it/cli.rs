@@ -184,7 +184,6 @@ fn bad_flags_print_one_line_and_fail() {
         assert!(line.contains("addr"), "--addr {addr:?}: {line:?}");
     }
     assert_refused(&["--addr"]);
-    assert_refused(&["--addr", "127.0.0.1:0", "--addr", "127.0.0.1:0"]);
     // etcd keeps the registry itself: a data directory beside it is refused
     // before any member is asked (none listens on this port).
     let line = assert_refused(&[
@@ -297,6 +296,90 @@ fn the_go_originals_command_line_is_accepted() {
     // An unknown flag is still one line, whichever the dashes.
     let line = assert_refused(&["-addr", "127.0.0.1:0", "-bogus"]);
     assert!(line.contains("bogus"), "{line:?}");
+}
+
+/// Go's `flag` lets the last of a repeated flag win, and scripts that
+/// append an override (`$REGISTRO_FLAGS -addr ...`) rely on it.
+#[test]
+fn a_repeated_flag_keeps_its_last_value() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = taken.local_addr().expect("addr").to_string();
+    let p = Proc::start_exact(&[
+        "-addr",
+        &busy,
+        "-down-after",
+        "7",
+        "--evict-after=30",
+        "-addr",
+        "127.0.0.1:0",
+        "-down-after=8",
+        "-evict-after",
+        "40",
+        "-log-sweeps",
+        "--log-sweeps",
+    ]);
+    let line = p.wait_line("listening on", Duration::from_secs(5));
+    assert!(
+        line.contains("down after 8s") && line.contains("evict after 40s"),
+        "{line:?}"
+    );
+    assert_ne!(p.addr.to_string(), busy, "the first --addr was used");
+    let mut c = Conn::open(p.addr);
+    check(&mut c, "GET", "/apps", "", 200);
+    drop(taken);
+}
+
+/// What a new user types and gets wrong is answered in their own words: the
+/// flag as they spelled it, with the one they meant; a port out of range
+/// said so; a data directory that is a file called not a directory.
+#[test]
+fn mistakes_are_answered_in_the_users_spelling() {
+    let line = assert_refused(&["-port", "41001"]);
+    assert!(
+        line.contains("unknown flag -port") && !line.contains("--port"),
+        "{line:?}"
+    );
+    assert!(line.contains("-addr :41001"), "{line:?}");
+    let line = assert_refused(&["--addr", "127.0.0.1:0", "-down-afer", "5"]);
+    assert!(
+        line.contains("unknown flag -down-afer") && line.contains("did you mean -down-after?"),
+        "{line:?}"
+    );
+    let line = assert_refused(&["--addr", "127.0.0.1:0", "--evict_after=5"]);
+    assert!(
+        line.contains("unknown flag --evict_after=5")
+            && line.contains("did you mean --evict-after?"),
+        "{line:?}"
+    );
+    for addr in [":99999", "127.0.0.1:65536", "-addr=:123456"] {
+        let args: Vec<&str> = match addr.strip_prefix("-addr=") {
+            Some(_) => vec![addr],
+            None => vec!["-addr", addr],
+        };
+        let line = assert_refused(&args);
+        assert!(
+            line.contains("out of range") && line.contains("65535"),
+            "{addr}: {line:?}"
+        );
+    }
+
+    let dir = crate::auth::Dir::new();
+    let file = dir.file("registry", "not a directory\n");
+    let file = file.to_str().expect("a UTF-8 path");
+    let line = assert_refused(&["--addr", "127.0.0.1:0", "--data-dir", file]);
+    assert!(line.contains("not a directory"), "{line:?}");
+    assert!(!line.contains("os error"), "{line:?}");
+    let under = format!("{file}/data");
+    let line = assert_refused(&["--addr", "127.0.0.1:0", "--data-dir", &under]);
+    assert!(
+        line.contains("not a directory") && line.contains(&format!("{file} is a file")),
+        "{line:?}"
+    );
+    // Nothing was made of it.
+    assert_eq!(
+        std::fs::read_to_string(file).expect("the file"),
+        "not a directory\n"
+    );
 }
 
 /// A port alone, as `--addr 8080`, is refused with the spelling that works.
