@@ -784,3 +784,122 @@ fn sigterm_from_the_first_moment_of_main_exits_0() {
     }
     println!("SIGTERM right after spawn: {zero} exited 0, {killed} ended before main ran");
 }
+
+/// A file of the repository (the docs the tests keep true).
+fn repo_file(path: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The flags `--help` lists, as `--name`.
+fn flags_of_help() -> Vec<String> {
+    let help = run(&["--help"]).stdout;
+    help.lines()
+        .filter(|l| l.starts_with("  --"))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|f| f.trim_end_matches(',').to_string())
+        .collect()
+}
+
+/// docs/operations.md lists every flag the server takes, in its usage
+/// block and in its table, and no flag it does not take.
+#[test]
+fn the_operations_guide_lists_every_flag() {
+    let doc = repo_file("docs/operations.md");
+    let flags = flags_of_help();
+    assert!(flags.len() >= 15, "{flags:?}");
+    let section = doc
+        .split("\n## Flags\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a Flags section");
+    // Each flag of the table's first column (`-V`, `--version` is two).
+    let table: Vec<&str> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split(" |").next())
+        .flat_map(|cell| cell.split('`').filter(|w| w.starts_with('-')))
+        .collect();
+    let usage = section
+        .split("```text")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("a usage block");
+    for flag in &flags {
+        assert!(
+            table.contains(&flag.as_str()),
+            "{flag} is missing from the table of docs/operations.md"
+        );
+        assert!(
+            usage.contains(&format!("[{flag}")) || usage.contains(&format!("|{flag}]")),
+            "{flag} is missing from the usage of docs/operations.md"
+        );
+    }
+    for listed in table.iter().filter(|f| f.starts_with("--")) {
+        assert!(
+            flags.iter().any(|f| f == listed),
+            "docs/operations.md lists {listed}, which --help does not"
+        );
+    }
+}
+
+/// docs/registro.service starts this server: its command line, with a
+/// loopback address and a data directory of the test's appended (the last
+/// of a flag given twice wins), serves; `systemd-analyze verify` accepts
+/// the unit where it is installed.
+#[test]
+fn the_systemd_unit_starts_the_server() {
+    let unit = repo_file("docs/registro.service");
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line");
+    let mut words = exec.split_whitespace();
+    assert_eq!(
+        words.next(),
+        Some("/usr/local/bin/registro"),
+        "where `make install` puts it"
+    );
+    let state = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("StateDirectory="))
+        .expect("a StateDirectory");
+    assert!(
+        exec.contains(&format!("--data-dir /var/lib/{state}")),
+        "{exec}"
+    );
+    let dir = crate::auth::Dir::new();
+    let data = dir.file("unused", "").with_file_name("data");
+    let data = data.to_str().expect("a UTF-8 path");
+    let mut args: Vec<&str> = words.collect();
+    args.extend(["--addr", "127.0.0.1:0", "--data-dir", data]);
+    let p = Proc::start_exact(&args);
+    let mut c = Conn::open(p.addr);
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    drop(c);
+    drop(p);
+    assert!(
+        std::path::Path::new(data).is_dir(),
+        "the unit's --data-dir was not replaced by the last one"
+    );
+
+    let Some(analyze) = crate::support::which("systemd-analyze") else {
+        println!("SKIP systemd-analyze verify (not installed)");
+        return;
+    };
+    let copy = dir.file(
+        "registro.service",
+        &unit.replace("/usr/local/bin/registro", env!("CARGO_BIN_EXE_registro")),
+    );
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze runs");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {:?}\n{said}",
+        out.status
+    );
+}
