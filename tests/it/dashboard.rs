@@ -131,6 +131,27 @@ fn a_summary_watch_waits_for_a_change_of_any_app() {
     assert_eq!(index(&again), now);
 }
 
+/// docs/operations.md says how large the page is: the real size, to the
+/// nearest KB.
+#[test]
+fn the_docs_give_the_pages_real_size() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let page = std::fs::metadata(root.join("src/dashboard.html"))
+        .expect("the page")
+        .len();
+    let doc = std::fs::read_to_string(root.join("docs/operations.md")).expect("the doc");
+    let (before, _) = doc
+        .split_once(" KB (`src/dashboard.html`)")
+        .expect("the page's size in docs/operations.md");
+    let said: u64 = before
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number of KB");
+    let real = (page + 512) / 1024;
+    assert_eq!(said, real, "the page is {page} bytes");
+}
+
 // ---------------------------------------------------------------------------
 // The dashboard in a real headless Chromium, driven through WebDriver
 
