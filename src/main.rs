@@ -454,7 +454,7 @@ fn data_dir(dir: PathBuf) -> Result<PathBuf, String> {
             )
         } else {
             format!(
-                "--data-dir {}: not a directory ({} is a file)",
+                "cannot create the data directory {}: {} is a file, not a directory",
                 dir.display(),
                 at.display()
             )
