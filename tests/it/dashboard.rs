@@ -717,7 +717,7 @@ impl Fleet {
             assert_eq!(c.put(&format!("/apps/{app}/{id}")).status, 204);
         }
         assert_eq!(c.delete(&format!("/apps/{}/{}", out.0, out.1)).status, 204);
-        // Heartbeats for the `up` ones, every half second (an eighth of
+        // Heartbeats for the `up` ones, every second (a quarter of
         // --down-after), all sent at once then answered, until dropped.
         let (stop, stopped) = mpsc::channel::<()>();
         let addr = proc.addr;
@@ -735,7 +735,7 @@ impl Fleet {
                 for _ in 0..beats {
                     c.read(false);
                 }
-                match stopped.recv_timeout(Duration::from_millis(500)) {
+                match stopped.recv_timeout(Duration::from_secs(1)) {
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                     _ => return,
                 }
