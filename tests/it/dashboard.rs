@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::api::{app_body, check, register};
-use crate::ops::{self, free_port, metrics, Killed, TempDir};
-use crate::support::{self, eventually, start, Conn, Proc, Reply};
+use crate::ops::{self, free_port, metrics, Killed};
+use crate::support::{self, eventually, start, Conn, Proc, Reply, TempDir};
 
 fn index(r: &Reply) -> u64 {
     r.header("registro-index")
@@ -176,15 +176,7 @@ struct Browser {
 impl Browser {
     fn start() -> Browser {
         let port = free_port();
-        let driver = Killed(
-            Command::new("chromedriver")
-                .arg(format!("--port={port}"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("chromedriver starts"),
-        );
+        let driver = Killed::spawn(Command::new("chromedriver").arg(format!("--port={port}")));
         // A browser starting on a busy machine takes its time: WebDriver
         // commands get longer than the API's 10 s (no speed is asserted).
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -210,7 +202,7 @@ impl Browser {
             "--disable-component-update".into(),
             "--disable-sync".into(),
             "--window-size=1100,720".into(),
-            format!("--user-data-dir={}", profile.0.display()),
+            format!("--user-data-dir={}", profile.path().display()),
         ];
         // Chromium refuses to run as root with its sandbox.
         if std::env::var("USER").as_deref() == Ok("root") || is_root() {
@@ -593,7 +585,7 @@ fn dashboard_asks_for_a_read_token_in_chromium() {
     if !chromium("dashboard_asks_for_a_read_token_in_chromium") {
         return;
     }
-    let dir = crate::auth::Dir::new();
+    let dir = TempDir::new("auth");
     let read = dir.file("read", "reader-token\n");
     let server = support::start_with(|c| {
         c.tokens = registro::TokenFiles {
@@ -950,7 +942,7 @@ fn a_headless_screenshot_with_live_0_finishes() {
     }
     let fleet = Fleet::start();
     let dir = TempDir::new("headless");
-    let png = dir.0.join("dashboard.png");
+    let png = dir.path().join("dashboard.png");
     let headless = |what: &str| -> String {
         let mut cmd = Command::new("chromium");
         cmd.args([
@@ -962,7 +954,7 @@ fn a_headless_screenshot_with_live_0_finishes() {
         ])
         .arg(format!(
             "--user-data-dir={}",
-            dir.0.join("profile").display()
+            dir.path().join("profile").display()
         ))
         .arg(what)
         .arg(fleet.url("?live=0"))
