@@ -20,6 +20,7 @@
 mod api;
 mod auth;
 mod clock;
+mod dns;
 #[cfg(test)]
 mod fuzz;
 mod http;
@@ -34,5 +35,6 @@ mod sweeper;
 mod view;
 
 pub use auth::TokenFiles;
+pub use dns::DnsConfig;
 pub use server::{Config, Server};
 pub use store::StoreConfig;

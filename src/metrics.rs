@@ -317,6 +317,8 @@ pub struct Metrics {
     shards: Box<[Shard]>,
     /// The data directory's saves (shown only with `--data-dir`).
     pub saves: Saves,
+    /// DNS queries (shown only with `--dns-addr`).
+    pub dns: crate::dns::Queries,
     /// Unix seconds when the server started.
     started: f64,
 }
@@ -340,6 +342,7 @@ impl Metrics {
         Metrics {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             saves: Saves::default(),
+            dns: crate::dns::Queries::default(),
             // The wall time of the clock's origin, which is the process's
             // first clock reading: the start of the process, give or take.
             started: now
@@ -504,6 +507,7 @@ impl Metrics {
         }
         self.render_requests(o);
         self.saves.render(o);
+        self.dns.render(o);
         family(
             o,
             "registro_build_info",

@@ -71,6 +71,8 @@ pub struct Config {
     pub data_dir: Option<std::path::PathBuf>,
     /// How often the data directory's log is compacted into a snapshot.
     pub snapshot_every: Duration,
+    /// DNS (`--dns-addr`): none, off.
+    pub dns: Option<crate::dns::DnsConfig>,
 }
 
 impl Default for Config {
@@ -90,6 +92,7 @@ impl Default for Config {
             store: crate::store::StoreConfig::default(),
             data_dir: None,
             snapshot_every: Duration::from_secs(300),
+            dns: None,
         }
     }
 }
@@ -116,6 +119,8 @@ pub struct Server {
     store: Option<crate::store::Threads>,
     logger: Option<Logger>,
     data_dir: Option<crate::persist::DataDir>,
+    /// Boxed: a `Server` stays small to move around.
+    dns: Option<Box<crate::dns::Dns>>,
 }
 
 /// How long a stop waits for requests in flight (and requests still
@@ -163,6 +168,12 @@ impl Server {
         std_listener.set_nonblocking(true)?;
         let local_addr = std_listener.local_addr()?;
         let mut listener = TcpListener::from_std(std_listener);
+        // Bound before anything starts, so a bad zone or a port in use is
+        // one line and no log of a start.
+        let dns = match &config.dns {
+            Some(dns) => Some(dns.bind()?),
+            None => None,
+        };
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -246,6 +257,7 @@ impl Server {
             store: None,
             logger: None,
             data_dir,
+            dns: None,
         };
         for _ in 0..threads {
             let shared = Arc::clone(&shared);
@@ -275,6 +287,15 @@ impl Server {
             }
         }
         server.store = Some(store_threads);
+        if let Some(dns) = dns {
+            match crate::dns::Dns::start(dns, &view) {
+                Ok(dns) => server.dns = Some(Box::new(dns)),
+                Err(e) => {
+                    server.logger = Some(logger);
+                    return Err(e);
+                }
+            }
+        }
         log.line(format_args!(
             "registro {}: {threads} worker threads, at most {} connections, idle timeout {}, \
              request timeout {}, down after {}, evict after {}, sweep every {}, store {}; {}; listening on {local_addr}",
@@ -295,6 +316,11 @@ impl Server {
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address DNS answers on (UDP and TCP), if it is on.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_deref().map(crate::dns::Dns::local_addr)
     }
 
     /// Reads the token files again (SIGHUP). On failure the old tokens stay
@@ -335,6 +361,9 @@ impl Server {
         }
         shared.cut.store(true, Ordering::SeqCst);
         let _ = shared.waker.wake();
+        if let Some(dns) = self.dns.take() {
+            dns.stop();
+        }
         if let Some(poller) = self.poller.take() {
             let _ = poller.join();
         }

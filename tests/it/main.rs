@@ -11,6 +11,7 @@ mod conn;
 mod contract;
 mod dashboard;
 mod discovery;
+mod dns;
 mod etcd;
 mod fuzz;
 mod hardening;
