@@ -19,6 +19,7 @@
 
 mod api;
 mod auth;
+mod budget;
 mod clock;
 mod dns;
 #[cfg(test)]
@@ -36,5 +37,6 @@ mod view;
 
 pub use auth::TokenFiles;
 pub use dns::DnsConfig;
+pub use persist::DiskFaults;
 pub use server::{Config, Server};
 pub use store::StoreConfig;

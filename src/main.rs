@@ -77,6 +77,12 @@ struct Flags {
     #[argh(option, default = "Duration::from_secs(300)", from_str_fn(period))]
     snapshot_every: Duration,
 
+    /// most MiB of answers written but not yet read by clients, over all
+    /// connections: past it a new large answer is refused with 503; a
+    /// listing many ask for at once counts once (default 256)
+    #[argh(option, default = "256", from_str_fn(count))]
+    output_budget: usize,
+
     /// log a summary of every sweep, not only of those that changed
     /// something or took over 100 ms (default off)
     #[argh(switch)]
@@ -131,6 +137,7 @@ const OPTIONS: &[&str] = &[
     "--dns-addr",
     "--dns-domain",
     "--dns-ttl",
+    "--output-budget",
 ];
 
 /// The most connection threads `--threads` may keep ready.
@@ -467,6 +474,8 @@ fn config(flags: Flags) -> Result<registro::Config, String> {
         },
         data_dir: flags.data_dir.map(data_dir).transpose()?,
         snapshot_every: flags.snapshot_every,
+        disk_faults: None,
+        output_budget: positive("--output-budget", flags.output_budget)?.saturating_mul(1 << 20),
     })
 }
 

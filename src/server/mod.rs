@@ -31,6 +31,7 @@ use mio::{Interest, Poll, Waker};
 
 use crate::api::Api;
 use crate::auth::{Access, TokenFiles};
+use crate::budget::OutputBudget;
 use crate::clock;
 use crate::log::{self, Logger};
 use crate::registry::{Millis, Periods};
@@ -71,6 +72,12 @@ pub struct Config {
     pub data_dir: Option<std::path::PathBuf>,
     /// How often the data directory's log is compacted into a snapshot.
     pub snapshot_every: Duration,
+    /// Makes the data directory's writes fail on demand, as a full or
+    /// failing disk would: for tests (none in production).
+    pub disk_faults: Option<crate::persist::DiskFaults>,
+    /// Bytes of answers owed to clients (written, not yet read) over all
+    /// connections; past it a new large answer is refused with 503.
+    pub output_budget: usize,
     /// DNS (`--dns-addr`): none, off.
     pub dns: Option<crate::dns::DnsConfig>,
 }
@@ -92,6 +99,8 @@ impl Default for Config {
             store: crate::store::StoreConfig::default(),
             data_dir: None,
             snapshot_every: Duration::from_secs(300),
+            disk_faults: None,
+            output_budget: crate::budget::DEFAULT,
             dns: None,
         }
     }
@@ -159,6 +168,9 @@ struct Shared {
     epoch: AtomicU64,
     /// Table slots whose connection has closed, for the poller to free.
     freed: Mutex<Vec<usize>>,
+    /// Bytes owed to clients over all connections (`--output-budget`),
+    /// shared with the API, which reserves large answers in it.
+    budget: Arc<OutputBudget>,
 }
 
 impl Server {
@@ -202,6 +214,7 @@ impl Server {
                     Some(dir) => Some(crate::persist::DataDir::open(
                         dir,
                         config.snapshot_every,
+                        config.disk_faults.clone(),
                         &view,
                     )?),
                     None => None,
@@ -238,7 +251,9 @@ impl Server {
             notified: Mutex::new(Vec::new()),
             epoch: AtomicU64::new(0),
             freed: Mutex::new(Vec::new()),
+            budget: Arc::clone(view.answers().budget()),
         });
+        shared.budget.set_limit(config.output_budget);
         {
             let weak = Arc::downgrade(&shared);
             view.set_notify(Box::new(move |topics: &[Topic]| {
@@ -395,6 +410,11 @@ impl Drop for Server {
 impl Shared {
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The bytes owed to clients, and their bound.
+    fn budget(&self) -> &Arc<OutputBudget> {
+        &self.budget
     }
 }
 
