@@ -22,12 +22,15 @@ FUZZ_SEED ?=
 # Flags for `make bench`, e.g. BENCH_ARGS=--quick.
 BENCH_ARGS ?=
 IMAGE ?= registro:latest
+# Where `make install` puts the server: $(DESTDIR)$(PREFIX)/bin/registro.
+PREFIX ?= /usr/local
+DESTDIR ?=
 MUSL_TARGET := x86_64-unknown-linux-musl
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 STATIC_BIN := $(TARGET_DIR)/$(MUSL_TARGET)/release/registro
 DOCKER_CONTEXT := $(TARGET_DIR)/docker-context
 
-.PHONY: help build run test fuzz static docker bench clean
+.PHONY: help build run install test fuzz static docker bench clean
 
 help: ## Show the targets and what each does (the default)
 	@echo "usage: make TARGET [ADDR=:8080] [ARGS='--down-after 5']"
@@ -38,6 +41,12 @@ build: ## Build every crate of the workspace in release mode
 
 run: ## Build (release) and start the server on ADDR (default :8080)
 	$(CARGO) run $(CARGOFLAGS) --release -p registro --bin registro -- --addr '$(ADDR)' $(ARGS)
+
+install: ## Build the server (release) and copy it to PREFIX/bin (PREFIX=/usr/local by default)
+	$(CARGO) build $(CARGOFLAGS) --release -p registro --bin registro
+	install -d '$(DESTDIR)$(PREFIX)/bin'
+	install -m 0755 '$(TARGET_DIR)/release/registro' '$(DESTDIR)$(PREFIX)/bin/registro'
+	@echo "installed $(DESTDIR)$(PREFIX)/bin/registro"
 
 test: ## Check formatting, run clippy with -D warnings, run every test of the workspace (Prometheus, Chromium, etcd and DNS ones where installed), check the docs' examples
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "make test: cargo not found; install the Rust toolchain (rustup)" >&2; exit 1; }

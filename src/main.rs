@@ -182,7 +182,10 @@ fn main() -> ExitCode {
 
 fn run(mut signals: Signals) -> Result<(), String> {
     let args = normalize(std::env::args().skip(1));
-    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let Some(message) = unknown_flag(&args) {
+        return Err(message);
+    }
+    let strs: Vec<&str> = args.iter().map(|a| a.text.as_str()).collect();
     let flags = match Flags::from_args(&["registro"], &strs) {
         Ok(flags) => flags,
         Err(exit) if exit.status.is_ok() => {
@@ -218,45 +221,188 @@ fn run(mut signals: Signals) -> Result<(), String> {
     Ok(())
 }
 
+/// One argument of the command line: as argh is to read it, and as the
+/// user typed it (for messages: `-port` is not rewritten to `--port`).
+#[derive(Debug, Clone, PartialEq)]
+struct Arg {
+    text: String,
+    typed: String,
+    /// The value of the option before it, never a flag whatever it reads.
+    value: bool,
+}
+
 /// The command line as argh takes it. Go's `flag` package, which the
 /// original server used, takes `-addr :8080`, `-addr=:8080` and `--addr`
 /// alike, so a single dash before a flag's name is read as two; so is
 /// `--option=value` as two arguments (for the options that take a value),
 /// `-h` as `--help` and `-V` as `--version`. The argument after an option
-/// is its value and is passed on as it is, whatever it looks like.
-fn normalize(args: impl Iterator<Item = String>) -> Vec<String> {
-    let mut out = Vec::new();
+/// is its value and is passed on as it is, whatever it looks like. A flag
+/// given twice keeps its last value, as in Go (a script that appends an
+/// override gets the override).
+fn normalize(args: impl Iterator<Item = String>) -> Vec<Arg> {
+    let mut out: Vec<Arg> = Vec::new();
     let mut value_next = false;
-    for arg in args {
+    for typed in args {
         if std::mem::take(&mut value_next) {
-            out.push(arg);
+            out.push(Arg {
+                text: typed.clone(),
+                typed,
+                value: true,
+            });
             continue;
         }
-        let arg = match arg.as_str() {
+        let arg = match typed.as_str() {
             "-h" => "--help".to_string(),
             "-V" => "--version".to_string(),
             // `-name`: a flag's name (letters, digits and dashes, a letter
             // first); `-1` or `-` stay as they are.
-            _ if arg.len() > 2
-                && arg.starts_with('-')
-                && arg.as_bytes()[1].is_ascii_alphabetic() =>
+            _ if typed.len() > 2
+                && typed.starts_with('-')
+                && typed.as_bytes()[1].is_ascii_alphabetic() =>
             {
-                format!("-{arg}")
+                format!("-{typed}")
             }
-            _ => arg,
+            _ => typed.clone(),
+        };
+        let flag = |text: &str| Arg {
+            text: text.to_string(),
+            typed: typed.clone(),
+            value: false,
         };
         match arg.split_once('=') {
             Some((name, value)) if OPTIONS.contains(&name) => {
-                out.push(name.to_string());
-                out.push(value.to_string());
+                out.push(flag(name));
+                out.push(Arg {
+                    text: value.to_string(),
+                    typed: value.to_string(),
+                    value: true,
+                });
             }
             _ => {
                 value_next = OPTIONS.contains(&arg.as_str());
-                out.push(arg);
+                out.push(flag(&arg));
             }
         }
     }
-    out
+    last_wins(out)
+}
+
+/// Drops every flag (with its value) that is given again later.
+fn last_wins(args: Vec<Arg>) -> Vec<Arg> {
+    let mut keep = vec![true; args.len()];
+    let mut seen = std::collections::HashSet::new();
+    for (n, arg) in args.iter().enumerate().rev() {
+        if arg.value || !arg.text.starts_with("--") {
+            continue;
+        }
+        if !seen.insert(arg.text.as_str()) {
+            keep[n] = false;
+            if args.get(n + 1).is_some_and(|next| next.value) {
+                keep[n + 1] = false;
+            }
+        }
+    }
+    args.into_iter()
+        .zip(keep)
+        .filter_map(|(arg, keep)| keep.then_some(arg))
+        .collect()
+}
+
+/// The flags `registro` knows, as `--name`, from argh's own usage line
+/// (`[--addr <addr>] ... [--log-sweeps]`), so no list is kept by hand.
+fn known_flags() -> Vec<String> {
+    let usage = match Flags::from_args(&["registro"], &["--help"]) {
+        Err(exit) => exit.output,
+        Ok(_) => String::new(),
+    };
+    let mut known: Vec<String> = usage
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split('[')
+        .filter_map(|part| part.split([' ', ']']).next())
+        .filter(|name| name.starts_with("--"))
+        .map(str::to_string)
+        .collect();
+    known.push("--help".to_string());
+    known
+}
+
+/// The first flag argh would not know, in the user's spelling and with the
+/// flag they most likely meant: `unknown flag -port: the port is part of
+/// -addr, as -addr :41001`.
+fn unknown_flag(args: &[Arg]) -> Option<String> {
+    let known = known_flags();
+    let (n, arg) = args.iter().enumerate().find(|(_, a)| {
+        !a.value && a.text.starts_with("--") && a.text != "--" && !known.contains(&a.text)
+    })?;
+    let typed = &arg.typed;
+    let name = arg.text.trim_start_matches('-');
+    // Their dashes: one for a Go habit, two otherwise.
+    let dashes = if typed.starts_with("--") { "--" } else { "-" };
+    if let Some((name, _)) = name.split_once('=') {
+        if known.contains(&format!("--{name}")) {
+            return Some(format!(
+                "{typed}: {dashes}{name} takes no value (see registro --help)"
+            ));
+        }
+    }
+    let name = name.split_once('=').map_or(name, |(name, _)| name);
+    let hint = if ["port", "listen", "host", "bind", "address"].contains(&name) {
+        let port = typed
+            .split_once('=')
+            .map(|(_, value)| value)
+            .or_else(|| args.get(n + 1).map(|a| a.typed.as_str()))
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .unwrap_or("PORT");
+        format!(": the address to listen on is {dashes}addr, as {dashes}addr :{port} or {dashes}addr 127.0.0.1:{port}")
+    } else {
+        match nearest(name, &known) {
+            Some(flag) => format!(": did you mean {dashes}{flag}?"),
+            None => String::new(),
+        }
+    };
+    Some(format!("unknown flag {typed}{hint} (see registro --help)"))
+}
+
+/// The known flag closest to `name` (`down-afer`, `down_after`, `down`:
+/// `down-after`), if one is close enough to be what was meant.
+fn nearest<'k>(name: &str, known: &'k [String]) -> Option<&'k str> {
+    let name = name.to_ascii_lowercase().replace('_', "-");
+    known
+        .iter()
+        .map(|k| k.trim_start_matches('-'))
+        .filter(|k| *k != "help")
+        .map(|k| {
+            let near = if k == name || (name.len() >= 3 && k.starts_with(&name)) {
+                0
+            } else {
+                edits(&name, k)
+            };
+            (near, k)
+        })
+        .filter(|&(near, k)| near <= 2.min(k.len() / 3))
+        .min_by_key(|&(near, _)| near)
+        .map(|(_, k)| k)
+}
+
+/// The Levenshtein distance: the fewest single-character insertions,
+/// deletions and substitutions from `a` to `b`.
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// The server's settings from the flags, each checked.
@@ -326,11 +472,41 @@ fn config(flags: Flags) -> Result<registro::Config, String> {
             write: flags.token_file,
             read: flags.read_token_file,
         },
-        data_dir: flags.data_dir,
+        data_dir: flags.data_dir.map(data_dir).transpose()?,
         snapshot_every: flags.snapshot_every,
         disk_faults: None,
         output_budget: positive("--output-budget", flags.output_budget)?.saturating_mul(1 << 20),
     })
+}
+
+/// Checks `--data-dir` before anything is created: a path that names a
+/// file, or lies under one, is said to be not a directory.
+fn data_dir(dir: PathBuf) -> Result<PathBuf, String> {
+    if dir.as_os_str().is_empty() {
+        return Err("--data-dir is empty: give the directory to keep the registry in".to_string());
+    }
+    // The path itself, or the first of its parents that exists.
+    for (n, at) in dir.ancestors().enumerate() {
+        let Ok(meta) = std::fs::metadata(at) else {
+            continue;
+        };
+        if meta.is_dir() {
+            break;
+        }
+        return Err(if n == 0 {
+            format!(
+                "--data-dir {}: not a directory (it is a file)",
+                dir.display()
+            )
+        } else {
+            format!(
+                "cannot create the data directory {}: {} is a file, not a directory",
+                dir.display(),
+                at.display()
+            )
+        });
+    }
+    Ok(dir)
 }
 
 /// Parses `--store` (and `--etcd-prefix`, for etcd).
@@ -411,6 +587,17 @@ fn listen_addr(s: &str) -> Result<SocketAddr, String> {
         ));
     }
     let bad = || format!("invalid --addr {s:?}: expected :PORT, HOST:PORT or [IPv6]:PORT");
+    // A port too large for TCP: said so, not as a malformed address.
+    if let Some((_, port)) = s.rsplit_once(':') {
+        if !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_err()
+        {
+            return Err(format!(
+                "invalid --addr {s:?}: port {port} is out of range (a port is at most 65535; 0 picks a free one)"
+            ));
+        }
+    }
     if let Some(port) = s.strip_prefix(':') {
         let port: u16 = port.parse().map_err(|_| bad())?;
         return Ok(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)));
@@ -539,6 +726,19 @@ mod tests {
         check_addr("localhost:8000", Ok("127.0.0.1:8000"));
         check_addr("localhost:x", Err(()));
         check_addr(":65536", Err(()));
+        check_addr(":65535", Ok("[::]:65535"));
+        for s in [
+            ":99999",
+            "127.0.0.1:65536",
+            "[::1]:70000",
+            "localhost:99999999999999999999",
+        ] {
+            let e = listen_addr(s).err().unwrap_or_default();
+            assert!(
+                e.contains("out of range") && e.contains("65535"),
+                "{s}: {e}"
+            );
+        }
         check_addr(":http", Err(()));
         check_addr("8080", Err(()));
         check_addr("nonsense", Err(()));
@@ -582,8 +782,105 @@ mod tests {
 
     #[track_caller]
     fn check_normalize(args: &[&str], expected: &[&str]) {
-        let got = normalize(args.iter().map(|s| s.to_string()));
+        let got: Vec<String> = normalize(args.iter().map(|s| s.to_string()))
+            .into_iter()
+            .map(|a| a.text)
+            .collect();
         assert_eq!(got, expected, "{args:?}");
+    }
+
+    #[test]
+    fn a_flag_given_again_keeps_its_last_value() {
+        check_normalize(
+            &["-addr", ":41001", "-addr", ":41002"],
+            &["--addr", ":41002"],
+        );
+        check_normalize(
+            &["--addr=:1", "--threads", "2", "-addr", ":2", "--threads=3"],
+            &["--addr", ":2", "--threads", "3"],
+        );
+        check_normalize(&["--log-sweeps", "-log-sweeps"], &["--log-sweeps"]);
+        // A value that reads like the flag is a value, not a repetition.
+        check_normalize(
+            &["--token-file", "--addr", "--addr", ":1"],
+            &["--token-file", "--addr", "--addr", ":1"],
+        );
+        // The last one given without its value still fails (in argh).
+        check_normalize(&["--addr", ":1", "--addr"], &["--addr"]);
+    }
+
+    #[track_caller]
+    fn check_unknown(args: &[&str], expected: Option<&str>) {
+        let got = unknown_flag(&normalize(args.iter().map(|s| s.to_string())));
+        assert_eq!(got.as_deref(), expected, "{args:?}");
+    }
+
+    #[test]
+    fn an_unknown_flag_is_named_as_typed_with_the_one_meant() {
+        check_unknown(&["-addr", ":1", "-threads", "2", "-log-sweeps"], None);
+        check_unknown(&["-h"], None);
+        check_unknown(&["-V"], None);
+        check_unknown(&["--version"], None);
+        check_unknown(&["--token-file", "--bogus"], None);
+        check_unknown(
+            &["-port", "41001"],
+            Some("unknown flag -port: the address to listen on is -addr, as -addr :41001 or -addr 127.0.0.1:41001 (see registro --help)"),
+        );
+        check_unknown(
+            &["--port=8000"],
+            Some("unknown flag --port=8000: the address to listen on is --addr, as --addr :8000 or --addr 127.0.0.1:8000 (see registro --help)"),
+        );
+        check_unknown(
+            &["--listen"],
+            Some("unknown flag --listen: the address to listen on is --addr, as --addr :PORT or --addr 127.0.0.1:PORT (see registro --help)"),
+        );
+        check_unknown(
+            &["-down-afer", "5"],
+            Some("unknown flag -down-afer: did you mean -down-after? (see registro --help)"),
+        );
+        check_unknown(
+            &["--data_dir", "/d"],
+            Some("unknown flag --data_dir: did you mean --data-dir? (see registro --help)"),
+        );
+        check_unknown(
+            &["--evict", "5"],
+            Some("unknown flag --evict: did you mean --evict-after? (see registro --help)"),
+        );
+        check_unknown(
+            &["-bogus"],
+            Some("unknown flag -bogus (see registro --help)"),
+        );
+        check_unknown(
+            &["--log-sweeps=1"],
+            Some("--log-sweeps=1: --log-sweeps takes no value (see registro --help)"),
+        );
+    }
+
+    #[test]
+    fn every_option_of_argh_takes_the_equals_form() {
+        // OPTIONS lists the flags that take a value, for `--name=value`:
+        // the same as argh's usage line, `[--name <name>]`.
+        let usage = match Flags::from_args(&["registro"], &["--help"]) {
+            Err(exit) => exit.output,
+            Ok(_) => String::new(),
+        };
+        let mut from_argh: Vec<&str> = usage
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split('[')
+            .filter(|part| part.contains(" <"))
+            .filter_map(|part| part.split(' ').next())
+            .collect();
+        let mut options = OPTIONS.to_vec();
+        from_argh.sort_unstable();
+        options.sort_unstable();
+        assert_eq!(from_argh, options);
+        assert!(
+            known_flags().len() > OPTIONS.len() + 2,
+            "{:?}",
+            known_flags()
+        );
     }
 
     #[test]

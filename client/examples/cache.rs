@@ -14,14 +14,10 @@ use std::time::{Duration, Instant};
 
 use registro_client::{Client, Error, Status};
 
-fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
-}
-
-fn run() -> Result<(), Error> {
+// An error ends the program with `Error: ` and its message, which names
+// the server tried: `Error: registry unreachable:
+// http://127.0.0.1:8080/registro: connection refused`.
+fn main() -> Result<(), Error> {
     let root = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "http://127.0.0.1:8080/registro".to_owned());
@@ -47,11 +43,12 @@ fn run() -> Result<(), Error> {
     // A caller of `web`: the cache reads it now and follows its changes.
     let cache = client.cache(&["web"]);
     for _ in 0..4 {
-        if let Some(inst) = cache.pick("web") {
+        // `Ok(None)`: none up; an error: "web" is not one the cache watches.
+        if let Some(inst) = cache.pick("web")? {
             println!("pick: {} at {}:{}", inst.id, inst.ip, inst.port);
         }
     }
-    if let Some(inst) = cache.pick_where("web", |i| i.meta("zone") == Some("us-1")) {
+    if let Some(inst) = cache.pick_where("web", |i| i.meta("zone") == Some("us-1"))? {
         println!("pick in us-1: {}", inst.id);
     }
 
@@ -61,7 +58,7 @@ fn run() -> Result<(), Error> {
     eu.stop()?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        let gone = cache.snapshot("web").is_some_and(|s| {
+        let gone = cache.snapshot("web").is_ok_and(|s| {
             s.app.instance("web-eu").map(|i| i.status) == Some(Status::OutOfService)
         });
         if gone {
@@ -70,20 +67,19 @@ fn run() -> Result<(), Error> {
         thread::sleep(Duration::from_millis(50));
     }
     for _ in 0..2 {
-        if let Some(inst) = cache.pick("web") {
+        if let Some(inst) = cache.pick("web")? {
             println!("after web-eu left, pick: {}", inst.id);
         }
     }
-    if let Some(snap) = cache.snapshot("web") {
-        println!(
-            "view: {} instances, confirmed {:?} ago{}",
-            snap.app.instances.len(),
-            snap.age,
-            snap.error
-                .map(|e| format!(", last error: {e}"))
-                .unwrap_or_default()
-        );
-    }
+    let snap = cache.snapshot("web")?;
+    println!(
+        "view: {}, confirmed {:?} ago{}",
+        snap.app,
+        snap.age,
+        snap.error
+            .map(|e| format!(", last error: {e}"))
+            .unwrap_or_default()
+    );
     cache.stop();
     for hb in heartbeats {
         hb.stop()?;

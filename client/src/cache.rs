@@ -25,17 +25,28 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// let client = Client::new("http://localhost:8080/registro");
 /// let cache = client.cache(&["web", "db"]);
 /// // Round-robin over the `up` instances of `web`:
-/// if let Some(inst) = cache.pick("web") {
+/// if let Some(inst) = cache.pick("web")? {
 ///     println!("calling {}:{}", inst.ip, inst.port);
 /// }
 /// // Only those in one zone:
-/// let near = cache.pick_where("db", |i| i.meta("zone") == Some("eu-1"));
+/// let near = cache.pick_where("db", |i| i.meta("zone") == Some("eu-1"))?;
 /// // The whole view, and how old it is:
-/// if let Some(snap) = cache.snapshot("web") {
-///     println!("{} instances, confirmed {:?} ago", snap.app.instances.len(), snap.age);
-/// }
+/// let snap = cache.snapshot("web")?;
+/// println!("{} instances, confirmed {:?} ago", snap.app.instances.len(), snap.age);
 /// cache.stop();
 /// # drop(near);
+/// # Ok::<(), registro_client::Error>(())
+/// ```
+///
+/// An application the cache was not given is an error
+/// ([`Error::NotCached`], most likely a typo), never taken for one with no
+/// instance `up` (`Ok(None)`):
+///
+/// ```no_run
+/// # let client = registro_client::Client::new("http://localhost:8080/registro");
+/// let cache = client.cache(["web"]);
+/// assert!(cache.pick("wbe").is_err());   // not watched: a typo
+/// assert!(cache.watches("web") && !cache.watches("wbe"));
 /// ```
 ///
 /// Each application has a thread that watches it (see [`Watch`]). What
@@ -164,61 +175,72 @@ impl Cache {
         }
     }
 
-    /// The next `up` instance of the application, round-robin; `None` if it
-    /// has none (or is not one the cache watches).
-    pub fn pick(&self, app: impl AsRef<str>) -> Option<Instance> {
+    /// The next `up` instance of the application, round-robin: `Ok(None)`
+    /// if it has none up (or the registry has not answered yet: see
+    /// [`Cache::snapshot`] for why). An application the cache does not
+    /// watch is an [`Error::NotCached`], so a misspelt name is not taken
+    /// for "none up".
+    pub fn pick(&self, app: impl AsRef<str>) -> Result<Option<Instance>, Error> {
         self.pick_where(app, |_| true)
     }
 
     /// The next `up` instance of the application for which `keep` is true,
-    /// round-robin: e.g. `|i| i.meta("zone") == Some("eu-1")`.
+    /// round-robin: e.g. `|i| i.meta("zone") == Some("eu-1")`. `Ok(None)`
+    /// and errors as [`Cache::pick`].
     pub fn pick_where(
         &self,
         app: impl AsRef<str>,
         keep: impl Fn(&Instance) -> bool,
-    ) -> Option<Instance> {
+    ) -> Result<Option<Instance>, Error> {
         let mut views = lock(&self.views);
-        let view = views.get_mut(app.as_ref())?;
-        let candidates: Vec<&Instance> = view
-            .app
-            .as_ref()?
+        let app = app.as_ref();
+        let Some(view) = views.get_mut(app) else {
+            return Err(not_cached(app, &views));
+        };
+        let Some(known) = view.app.as_ref() else {
+            return Ok(None);
+        };
+        let candidates: Vec<&Instance> = known
             .instances
             .iter()
             .filter(|i| i.status == Status::Up && keep(i))
             .collect();
         if candidates.is_empty() {
-            return None;
+            return Ok(None);
         }
         let chosen = candidates[view.next % candidates.len()].clone();
         view.next = view.next.wrapping_add(1);
-        Some(chosen)
+        Ok(Some(chosen))
     }
 
     /// A copy of the application's view, with its age and the latest
-    /// error; `None` if the cache does not watch it.
+    /// error; an [`Error::NotCached`] if the cache does not watch it.
     ///
     /// Before the registry has answered once (it is unreachable, or the
     /// root URL is wrong), the snapshot has an application without
     /// instances, an age of `Duration::MAX` and the error that says why.
-    pub fn snapshot(&self, app: impl AsRef<str>) -> Option<Snapshot> {
+    pub fn snapshot(&self, app: impl AsRef<str>) -> Result<Snapshot, Error> {
         let views = lock(&self.views);
-        let view = views.get(app.as_ref())?;
-        if view.app.is_none() && view.error.is_none() {
-            return None;
-        }
+        let app = app.as_ref();
+        let Some(view) = views.get(app) else {
+            return Err(not_cached(app, &views));
+        };
         let age = match view.confirmed {
             Some(_) if view.held => Duration::ZERO,
             Some(at) => at.elapsed(),
             None => Duration::MAX,
         };
-        Some(Snapshot {
-            app: view
-                .app
-                .clone()
-                .unwrap_or_else(|| Application::new(app.as_ref())),
+        Ok(Snapshot {
+            app: view.app.clone().unwrap_or_else(|| Application::new(app)),
             age,
             error: view.error.clone(),
         })
+    }
+
+    /// Whether the cache watches the application of this name (it was
+    /// given to [`Client::cache`]).
+    pub fn watches(&self, app: impl AsRef<str>) -> bool {
+        lock(&self.views).contains_key(app.as_ref())
     }
 
     /// The names of the applications the cache watches.
@@ -285,6 +307,13 @@ fn follow(mut watch: Watch, mut failed: bool, views: &Mutex<BTreeMap<String, Vie
         }
         failed = outcome.is_err();
         record(views, &name, outcome);
+    }
+}
+
+fn not_cached(app: &str, views: &BTreeMap<String, View>) -> Error {
+    Error::NotCached {
+        app: app.to_owned(),
+        cached: views.keys().cloned().collect(),
     }
 }
 

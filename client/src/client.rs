@@ -42,7 +42,9 @@ const ERROR_BODY_LIMIT: u64 = 64 * 1024;
 /// A client may know several servers of one registry
 /// ([`ClientBuilder::url`]): each request goes to the one in use, and moves
 /// on to the next after a connection error, a timeout or a 503, which then
-/// stays in use (for every clone) while it answers.
+/// stays in use (for every clone) while it answers. [`Client::url`] says
+/// which is in use, and [`ClientBuilder::on_failover`] tells the program
+/// each move.
 #[derive(Debug, Clone)]
 pub struct Client {
     /// Each root URL with `/1.0` appended and no trailing slash; never empty.
@@ -55,6 +57,39 @@ pub struct Client {
     wait: Duration,
     /// The `Authorization` header's value, `Bearer <token>`.
     authorization: Option<Arc<str>>,
+    on_failover: Option<OnFailover>,
+}
+
+/// The callback of [`ClientBuilder::on_failover`].
+#[derive(Clone)]
+struct OnFailover(Arc<dyn Fn(&Failover) + Send + Sync>);
+
+impl std::fmt::Debug for OnFailover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnFailover(..)")
+    }
+}
+
+/// A client's move from one server of the registry to another, as
+/// [`ClientBuilder::on_failover`]'s callback is told it.
+///
+/// Displays as `moved from http://10.0.0.1:8080/registro to
+/// http://10.0.0.2:8080/registro: registry unreachable: ...`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Failover {
+    /// The root URL of the server that was in use.
+    pub from: String,
+    /// The root URL of the server now in use: it answered.
+    pub to: String,
+    /// Why the client left `from`: no answer, or a 503.
+    pub error: Error,
+}
+
+impl std::fmt::Display for Failover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "moved from {} to {}: {}", self.from, self.to, self.error)
+    }
 }
 
 /// One server's root URL, as given and as requests use it.
@@ -118,6 +153,7 @@ pub struct ClientBuilder {
     timeout: Duration,
     wait: Duration,
     token: Option<String>,
+    on_failover: Option<OnFailover>,
 }
 
 impl ClientBuilder {
@@ -203,6 +239,33 @@ impl ClientBuilder {
         self
     }
 
+    /// A function called each time the client moves to another server
+    /// (see [`ClientBuilder::url`]), to log it or count it: the library
+    /// prints nothing itself.
+    ///
+    /// ```
+    /// use registro_client::Client;
+    ///
+    /// let client = Client::builder("http://10.0.0.1:8080/registro")
+    ///     .url("http://10.0.0.2:8080/registro")
+    ///     .on_failover(|event| eprintln!("registry: {event}"))
+    ///     .build();
+    /// # drop(client);
+    /// ```
+    ///
+    /// prints `registry: moved from http://10.0.0.1:8080/registro to
+    /// http://10.0.0.2:8080/registro: registry unreachable:
+    /// http://10.0.0.1:8080/registro: connection refused` once, when the
+    /// first server stops answering and the second answers; the client
+    /// then stays with the second. It runs on the thread whose request
+    /// moved: yours, or a heartbeat's or a cache's own thread, so keep it
+    /// short. A panic in it is caught and ignored. [`Client::url`] says
+    /// which server is in use at any time.
+    pub fn on_failover(mut self, f: impl Fn(&Failover) + Send + Sync + 'static) -> ClientBuilder {
+        self.on_failover = Some(OnFailover(Arc::new(f)));
+        self
+    }
+
     /// The client.
     pub fn build(self) -> Client {
         let agent = ureq::Agent::config_builder()
@@ -219,6 +282,7 @@ impl ClientBuilder {
             timeout: self.timeout,
             wait: self.wait,
             authorization: self.token.map(|t| Arc::from(format!("Bearer {t}"))),
+            on_failover: self.on_failover,
         }
     }
 }
@@ -254,6 +318,7 @@ impl Client {
             timeout: DEFAULT_TIMEOUT,
             wait: DEFAULT_WAIT,
             token: None,
+            on_failover: None,
         }
     }
 
@@ -263,7 +328,8 @@ impl Client {
     }
 
     /// The root URL of the server in use: the first one given until a
-    /// request moves on to another (see [`ClientBuilder::url`]).
+    /// request moves on to another (see [`ClientBuilder::url`], and
+    /// [`ClientBuilder::on_failover`] to be told of each move).
     pub fn url(&self) -> &str {
         &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()].root
     }
@@ -555,9 +621,9 @@ impl Client {
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, route: &str) -> Result<T, Error> {
-        let body = self.send(Method::Get, route, 200)?;
+        let reply = self.exchange(&Method::Get, route, 200, None)?;
         // Parsed whatever the Content-Type: the original server says text/plain.
-        serde_json::from_slice(&body).map_err(Error::invalid_response)
+        serde_json::from_slice(&reply.body).map_err(|e| Error::invalid_response(&reply.server, e))
     }
 
     /// Sends a request; returns the body of an answer with status `expect`,
@@ -572,7 +638,8 @@ impl Client {
     /// connection error, a timeout or a 503, to the next, and so on once
     /// round. The server that answers otherwise stays in use. Returns the
     /// answer with status `expect`, and an error for anything else (the last
-    /// server's, when none answered).
+    /// server's, when none answered; a transport error names every server
+    /// tried).
     pub(crate) fn exchange(
         &self,
         method: &Method,
@@ -582,6 +649,8 @@ impl Client {
     ) -> Result<Reply, Error> {
         let count = self.bases.len();
         let first = self.current.load(Ordering::Relaxed) % count;
+        let mut unreachable = Vec::new();
+        let mut left: Option<Error> = None;
         let mut step = 0;
         loop {
             let at = (first + step) % count;
@@ -589,14 +658,40 @@ impl Client {
             let failed = matches!(&outcome, Err(e) if e.moves_on());
             step += 1;
             if failed && step < count {
+                if let Err(e) = outcome {
+                    if left.is_none() {
+                        left = Some(e.clone());
+                    }
+                    if let Error::Transport(t) = e {
+                        unreachable.push(t);
+                    }
+                }
                 continue;
             }
             // A server that answered stays in use; a URL that cannot be
             // used does not become the one in use.
             if !failed && at != first && !matches!(outcome, Err(Error::Url(_))) {
-                self.current.store(at, Ordering::Relaxed);
+                self.moved(first, at, left);
             }
-            return outcome;
+            return outcome.map_err(|e| e.after(unreachable));
+        }
+    }
+
+    /// Makes the server at `to` the one in use, and tells the callback,
+    /// unless another request moved first.
+    fn moved(&self, from: usize, to: usize, error: Option<Error>) {
+        let swapped = self
+            .current
+            .compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+        if let (true, Some(callback), Some(error)) = (swapped, &self.on_failover, error) {
+            let event = Failover {
+                from: self.bases[from].root.clone(),
+                to: self.bases[to].root.clone(),
+                error,
+            };
+            // The event is only read: nothing is left half-changed.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (callback.0)(&event)));
         }
     }
 
@@ -621,7 +716,8 @@ impl Client {
             Method::Delete => prepare(self.agent.delete(&url), auth, timeout).call(),
         };
         let timeout = timeout.unwrap_or(self.timeout);
-        let mut response = sent.map_err(|e| Error::from_ureq(e, timeout))?;
+        let server = base.root.as_str();
+        let mut response = sent.map_err(|e| Error::from_ureq(server, e, timeout))?;
         let code = response.status().as_u16();
         if code == expect {
             let index = response
@@ -635,8 +731,12 @@ impl Client {
                 .with_config()
                 .limit(BODY_LIMIT)
                 .read_to_vec()
-                .map_err(|e| Error::from_ureq(e, timeout))?;
-            return Ok(Reply { body, index });
+                .map_err(|e| Error::from_ureq(server, e, timeout))?;
+            return Ok(Reply {
+                body,
+                index,
+                server: server.to_owned(),
+            });
         }
         let read_only = code == 403
             && response
@@ -651,13 +751,18 @@ impl Client {
             .read_to_vec()
             .ok()
             .and_then(|body| error_message(&body));
+        let server = server.to_owned();
         if code == 401 {
-            return Err(Error::Unauthorized { message });
+            return Err(Error::Unauthorized { message, server });
         }
         if read_only {
-            return Err(Error::Forbidden { message });
+            return Err(Error::Forbidden { message, server });
         }
-        Err(Error::Status { code, message })
+        Err(Error::Status {
+            code,
+            message,
+            server,
+        })
     }
 }
 
@@ -781,6 +886,8 @@ pub(crate) struct Reply {
     pub(crate) body: Vec<u8>,
     /// The `Registro-Index` header, when the registry sent one.
     pub(crate) index: Option<u64>,
+    /// The root URL of the server that answered.
+    pub(crate) server: String,
 }
 
 /// A request with the token, and its own timeout if it has one.
@@ -890,17 +997,54 @@ mod tests {
         let e = Error::Status {
             code: 404,
             message: Some("no such app".into()),
+            server: "http://h:1/registro".into(),
         };
-        assert_eq!(e.to_string(), "http status: 404: no such app");
+        assert_eq!(
+            e.to_string(),
+            "http status 404 from http://h:1/registro: no such app"
+        );
+        assert_eq!(format!("{e:?}"), e.to_string());
         assert!(e.is_not_found() && !e.is_transport());
+        assert_eq!(e.server(), Some("http://h:1/registro"));
         let e = Error::Status {
             code: 409,
             message: None,
+            server: "http://h:1/registro".into(),
         };
-        assert_eq!(e.to_string(), "http status: 409");
+        assert_eq!(e.to_string(), "http status 409 from http://h:1/registro");
         assert_eq!(e.status(), Some(409));
-        let e = Error::Timeout(Duration::from_millis(250));
-        assert_eq!(e.to_string(), "registry did not answer within 250ms");
-        assert!(e.is_transport() && e.status().is_none());
+        let e = Error::from_ureq(
+            "http://h:1/registro",
+            ureq::Error::Timeout(ureq::Timeout::Global),
+            Duration::from_millis(250),
+        );
+        assert_eq!(
+            e.to_string(),
+            "registry unreachable: http://h:1/registro: no answer within 250ms"
+        );
+        assert!(e.is_transport() && e.is_timeout() && e.status().is_none());
+        let refused = Error::from_ureq(
+            "http://h:2/registro",
+            ureq::Error::Io(std::io::ErrorKind::ConnectionRefused.into()),
+            Duration::from_secs(5),
+        );
+        let Error::Transport(first) = refused else {
+            panic!("not a transport error");
+        };
+        let both = e.after(vec![first]);
+        assert_eq!(
+            format!("{both:?}"),
+            "registry unreachable: http://h:2/registro: connection refused; \
+             http://h:1/registro: no answer within 250ms"
+        );
+        assert_eq!(both.server(), Some("http://h:1/registro"));
+        let e = Error::NotCached {
+            app: "wbe".into(),
+            cached: vec!["db".into(), "web".into()],
+        };
+        assert_eq!(
+            e.to_string(),
+            "the cache does not watch the application \"wbe\" (it watches \"db\", \"web\"); name it in client.cache([...])"
+        );
     }
 }

@@ -74,9 +74,18 @@ const MAX_FIRST_BACKOFF: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 #[must_use = "dropping a Heartbeat stops it and deregisters the instance; keep it while the instance should stay up"]
 pub struct Heartbeat {
-    /// Dropping it wakes the thread, which then ends.
-    wake: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    inner: Arc<Inner>,
+}
+
+/// A heartbeat's handle, shared with [`stop_on_signals`]'s thread, which
+/// stops it on a signal while the program keeps the [`Heartbeat`] to read.
+///
+/// [`stop_on_signals`]: crate::stop_on_signals
+#[derive(Debug)]
+pub(crate) struct Inner {
+    /// Dropping it wakes the thread, which then ends; `None` once stopped.
+    wake: Mutex<Option<mpsc::Sender<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
     shared: Arc<Mutex<Progress>>,
     client: Client,
     app: Application,
@@ -136,13 +145,15 @@ impl Heartbeat {
             }
         });
         Heartbeat {
-            wake: Some(wake),
-            thread,
-            shared,
-            client,
-            app: Application::new(app),
-            instance: instance.clone(),
-            interval,
+            inner: Arc::new(Inner {
+                wake: Mutex::new(Some(wake)),
+                thread: Mutex::new(thread),
+                shared,
+                client,
+                app: Application::new(app),
+                instance: instance.clone(),
+                interval,
+            }),
         }
     }
 
@@ -159,8 +170,8 @@ impl Heartbeat {
     /// After a 403 (an operator took the instance out of service) nothing
     /// is sent: the instance is out of service already, and a DELETE would
     /// only extend its stay in the registry. `stop` then returns `Ok`.
-    pub fn stop(mut self) -> Result<(), Error> {
-        self.halt()
+    pub fn stop(self) -> Result<(), Error> {
+        self.inner.halt()
     }
 
     /// The error of the latest beat, or `None` if it succeeded.
@@ -169,7 +180,7 @@ impl Heartbeat {
     /// renewal. After a 403 this stays the 403 (the heartbeat has stopped
     /// renewing).
     pub fn last_error(&self) -> Option<Error> {
-        lock(&self.shared).last_error.clone()
+        lock(&self.inner.shared).last_error.clone()
     }
 
     /// Whether the thread is still renewing: false after a 403 (the
@@ -177,24 +188,44 @@ impl Heartbeat {
     /// thread, or should the thread ever end unexpectedly; `last_error`
     /// then says why.
     pub fn is_running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        lock(&self.inner.thread)
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
     }
 
     /// How many renewals the registry has accepted so far.
     pub fn renewals(&self) -> u64 {
-        lock(&self.shared).renewals
+        lock(&self.inner.shared).renewals
     }
 
     /// The interval between renewals (before jitter).
     pub fn interval(&self) -> Duration {
-        self.interval
+        self.inner.interval
     }
 
-    /// Wakes and joins the thread, then deregisters. Called once: by `stop`,
-    /// or else by `drop`.
-    fn halt(&mut self) -> Result<(), Error> {
-        drop(self.wake.take());
-        if let Some(handle) = self.thread.take() {
+    /// The application and instance it keeps up.
+    pub fn instance(&self) -> (&Application, &Instance) {
+        (&self.inner.app, &self.inner.instance)
+    }
+
+    /// The shared handle, for `stop_on_signals`' thread.
+    #[cfg_attr(not(all(unix, feature = "signal")), allow(dead_code))]
+    pub(crate) fn inner(&self) -> Arc<Inner> {
+        Arc::clone(&self.inner)
+    }
+}
+
+impl Inner {
+    /// Wakes and joins the thread, then deregisters. The first call does
+    /// it (`stop`, `drop`, or a signal's thread); later ones return `Ok` at
+    /// once.
+    pub(crate) fn halt(&self) -> Result<(), Error> {
+        let Some(wake) = lock(&self.wake).take() else {
+            return Ok(());
+        };
+        drop(wake);
+        let thread = lock(&self.thread).take();
+        if let Some(handle) = thread {
             // `guarded` catches panics, so the join cannot fail; were it to,
             // deregistering is still the right thing to do.
             drop(handle.join());
@@ -208,9 +239,7 @@ impl Heartbeat {
 
 impl Drop for Heartbeat {
     fn drop(&mut self) {
-        if self.wake.is_some() {
-            let _ = self.halt();
-        }
+        let _ = self.inner.halt();
     }
 }
 
@@ -395,10 +424,11 @@ fn first_backoff(interval: Duration) -> Duration {
     (interval / 8).clamp(MIN_INTERVAL, MAX_FIRST_BACKOFF)
 }
 
-/// The progress, even if a panic poisoned the lock (nothing here panics
-/// while holding it, and the data stays consistent anyway).
-fn lock(shared: &Mutex<Progress>) -> MutexGuard<'_, Progress> {
-    shared
+/// A mutex's value (the progress, the thread's handle), even if a panic
+/// poisoned the lock (nothing here panics while holding one, and the data
+/// stays consistent anyway).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -409,6 +439,15 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    /// A request that timed out.
+    fn timeout() -> Error {
+        Error::from_ureq(
+            "http://h:1/registro",
+            ureq::Error::Timeout(ureq::Timeout::Global),
+            ms(1),
+        )
     }
 
     #[test]
@@ -452,7 +491,7 @@ mod tests {
     fn check_backoff(interval: Duration, expected_floors: &[Duration]) {
         let mut s = Schedule::new(interval, RandomState::new());
         for floor in expected_floors {
-            let w = s.after_failure(&Error::Timeout(ms(1)));
+            let w = s.after_failure(&timeout());
             assert!(
                 w >= *floor && w <= *floor + *floor / 10,
                 "{w:?} not in {floor:?} + 10%"
@@ -479,7 +518,7 @@ mod tests {
             let mut s = Schedule::new(interval, RandomState::new());
             for _ in 0..3 {
                 assert!(s.after_success() >= interval);
-                assert!(s.after_failure(&Error::Timeout(ms(1))) <= interval);
+                assert!(s.after_failure(&timeout()) <= interval);
             }
         }
     }
@@ -487,12 +526,15 @@ mod tests {
     #[test]
     fn a_refused_token_waits_the_whole_interval() {
         let mut s = Schedule::new(ms(800), RandomState::new());
-        let refused = Error::Unauthorized { message: None };
+        let refused = Error::Unauthorized {
+            message: None,
+            server: "http://h:1/registro".into(),
+        };
         for _ in 0..3 {
             let w = s.after_failure(&refused);
             assert!(w >= ms(800) && w < ms(880), "{w:?}");
         }
-        assert!(s.after_failure(&Error::Timeout(ms(1))) < ms(111));
+        assert!(s.after_failure(&timeout()) < ms(111));
     }
 
     #[test]
@@ -515,9 +557,9 @@ mod tests {
     #[test]
     fn success_resets_the_backoff() {
         let mut s = Schedule::new(ms(800), RandomState::new());
-        assert!(s.after_failure(&Error::Timeout(ms(1))) < ms(111));
-        assert!(s.after_failure(&Error::Timeout(ms(1))) < ms(221));
+        assert!(s.after_failure(&timeout()) < ms(111));
+        assert!(s.after_failure(&timeout()) < ms(221));
         assert!(s.after_success() >= ms(800));
-        assert!(s.after_failure(&Error::Timeout(ms(1))) < ms(111));
+        assert!(s.after_failure(&timeout()) < ms(111));
     }
 }

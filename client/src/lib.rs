@@ -57,8 +57,11 @@
 //! ```no_run
 //! # let client = registro_client::Client::new("http://localhost:8080/registro");
 //! let cache = client.cache(["app-name"]);
-//! let target = cache.pick_where("app-name", |i| i.meta("zone") == Some("eu-1"));
-//! # drop(target);
+//! // `Ok(None)` when none is up; an error for an app not given to `cache`.
+//! if let Some(target) = cache.pick_where("app-name", |i| i.meta("zone") == Some("eu-1"))? {
+//!     println!("calling {target}");
+//! }
+//! # Ok::<(), registro_client::Error>(())
 //! ```
 //!
 //! A cache costs the registry one request per application per minute while
@@ -75,17 +78,23 @@
 //! # use registro_client::Client;
 //! let client = Client::builder("http://10.0.0.1:8080/registro")
 //!     .url("http://10.0.0.2:8080/registro")
+//!     .on_failover(|event| eprintln!("registry: {event}")) // moved from ... to ...: why
 //!     .build();
-//! # drop(client);
+//! println!("using {}", client.url());
 //! ```
 //!
 //! A program stopped by a signal runs no destructor, so dropping the
 //! heartbeat does not deregister it; with the `signal` feature,
 //! `stop_on_signals([heartbeat])` deregisters on SIGTERM and SIGINT, then
-//! ends the process as the signal would have.
+//! ends the process as the signal would have; its
+//! `heartbeats()` keep the heartbeats readable meanwhile.
 //!
 //! Every request gives up after the client's timeout (5 seconds by default),
-//! so an unreachable or hung registry is an [`Error`], never a hang. A
+//! so an unreachable or hung registry is an [`Error`], never a hang. An
+//! error names the server(s) it came from, in `Display` and `Debug` alike,
+//! so `fn main() -> Result<(), registro_client::Error>` with `?` prints
+//! `Error: registry unreachable: http://localhost:8080/registro: connection
+//! refused`. A
 //! registry that demands a token gets it from [`ClientBuilder::token`]. The
 //! heartbeat survives registry restarts by registering again (see
 //! [`Heartbeat`]). The library prints nothing. `client/examples/` in the
@@ -111,7 +120,7 @@ mod types;
 mod watch;
 
 pub use cache::{Cache, Snapshot};
-pub use client::{Client, ClientBuilder, Registration};
+pub use client::{Client, ClientBuilder, Failover, Registration};
 pub use error::{Error, InvalidResponse, TransportError};
 pub use heartbeat::Heartbeat;
 #[cfg(all(unix, feature = "signal"))]

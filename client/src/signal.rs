@@ -29,9 +29,11 @@ const STOPPING: [i32; 2] = [SIGTERM, SIGINT];
 /// // the process ends, so callers stop picking it at once.
 /// let signals = stop_on_signals([heartbeat])?;
 ///
-/// // ... serve until done ...
+/// // ... serve until done; the heartbeats stay readable:
+/// let renewed = signals.heartbeats()[0].renewals();
 ///
 /// signals.stop()?; // a normal end: deregisters too
+/// # drop(renewed);
 /// # Ok::<(), registro_client::Error>(())
 /// ```
 pub fn stop_on_signals(
@@ -55,6 +57,9 @@ pub fn stop_on_signals(
 /// requests first, say) should not use this helper: it calls
 /// [`Heartbeat::stop`] from its own handler (`signal-hook`, `ctrlc`).
 ///
+/// The heartbeats stay with the handle: [`SignalStop::heartbeats`] reads
+/// their renewals and errors while they run.
+///
 /// [`SignalStop::stop`] is the normal end: the thread ends, each heartbeat
 /// is stopped and deregisters, and the signals do their default action
 /// again. Dropping the handle does the same, ignoring the outcome.
@@ -62,7 +67,8 @@ pub fn stop_on_signals(
 #[must_use = "dropping a SignalStop deregisters its heartbeats at once"]
 pub struct SignalStop {
     handle: Handle,
-    thread: Option<JoinHandle<Vec<Heartbeat>>>,
+    thread: Option<JoinHandle<()>>,
+    heartbeats: Vec<Heartbeat>,
 }
 
 impl SignalStop {
@@ -71,16 +77,17 @@ impl SignalStop {
         default_when_idle().map_err(Error::signals)?;
         let mut signals = Signals::new(STOPPING).map_err(Error::signals)?;
         let handle = signals.handle();
+        let stops: Vec<_> = heartbeats.iter().map(Heartbeat::inner).collect();
         let thread = thread::Builder::new()
             .name("registro-signals".to_owned())
             .spawn(move || {
                 // `None` once the handle is closed: the normal end.
                 let Some(signal) = signals.forever().next() else {
-                    return heartbeats;
+                    return;
                 };
-                for heartbeat in heartbeats {
+                for heartbeat in stops {
                     // Nothing to tell anyone: the process is ending.
-                    let _ = heartbeat.stop();
+                    let _ = heartbeat.halt();
                 }
                 // Restores the default action and raises the signal again;
                 // should the process survive that, exit as a shell reports
@@ -96,7 +103,15 @@ impl SignalStop {
         Ok(SignalStop {
             handle,
             thread: Some(thread),
+            heartbeats,
         })
+    }
+
+    /// The heartbeats given to [`stop_on_signals`], in that order, to read
+    /// while they run: [`Heartbeat::renewals`], [`Heartbeat::last_error`],
+    /// [`Heartbeat::is_running`].
+    pub fn heartbeats(&self) -> &[Heartbeat] {
+        &self.heartbeats
     }
 
     /// The normal end: stops waiting for signals, stops every heartbeat
@@ -111,7 +126,9 @@ impl SignalStop {
             return Ok(());
         };
         self.handle.close();
-        let heartbeats = thread.join().unwrap_or_default();
+        // The thread catches nothing and panics nowhere; were it to, the
+        // heartbeats are still stopped below.
+        drop(thread.join());
         let mut active = lock(&ACTIVE);
         *active = active.saturating_sub(1);
         if *active == 0 {
@@ -121,7 +138,7 @@ impl SignalStop {
         }
         drop(active);
         let mut outcome = Ok(());
-        for heartbeat in heartbeats {
+        for heartbeat in self.heartbeats.drain(..) {
             let stopped = heartbeat.stop();
             if outcome.is_ok() {
                 outcome = stopped;

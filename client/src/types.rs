@@ -79,6 +79,49 @@ impl Application {
     }
 }
 
+/// `web: 3 instances (2 up, 1 down)`: the name, then how many instances
+/// in each status (`up`, `down`, `starting`, `out-of-service`, those with
+/// any); `web: no instances`. `{:#}` lists the instances too, one a line:
+///
+/// ```text
+/// web: 2 instances (1 up, 1 down)
+///   web-1 at 10.0.0.7:8080 (up)
+///   web-2 at 10.0.0.8:8080 (down)
+/// ```
+impl std::fmt::Display for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.instances.len();
+        match n {
+            0 => return write!(f, "{}: no instances", self.name),
+            1 => write!(f, "{}: 1 instance (", self.name)?,
+            _ => write!(f, "{}: {n} instances (", self.name)?,
+        }
+        let mut first = true;
+        for status in [
+            Status::Up,
+            Status::Down,
+            Status::Starting,
+            Status::OutOfService,
+        ] {
+            let count = self.instances.iter().filter(|i| i.status == status).count();
+            if count > 0 {
+                if !first {
+                    f.write_str(", ")?;
+                }
+                first = false;
+                write!(f, "{count} {status}")?;
+            }
+        }
+        f.write_str(")")?;
+        if f.alternate() {
+            for inst in &self.instances {
+                write!(f, "\n  {inst}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One running copy of an application, reachable at `ip:port`.
 ///
 /// Serializes to and from the registry's JSON shape
@@ -219,6 +262,27 @@ mod tests {
             last_renewal,
             ..Instance::new(id, "10.0.0.7", 8080)
         }
+    }
+
+    #[test]
+    fn displays_an_application_by_its_counts() {
+        let mut app = Application::new("web");
+        assert_eq!(app.to_string(), "web: no instances");
+        assert_eq!(format!("{app:#}"), "web: no instances");
+        app.instances.push(inst("web-1", Status::Up, 1));
+        assert_eq!(app.to_string(), "web: 1 instance (1 up)");
+        app.instances.push(inst("web-2", Status::Down, 1));
+        app.instances.push(inst("web-3", Status::OutOfService, 1));
+        app.instances.push(inst("web-4", Status::Up, 1));
+        assert_eq!(
+            app.to_string(),
+            "web: 4 instances (2 up, 1 down, 1 out-of-service)"
+        );
+        app.instances.truncate(2);
+        assert_eq!(
+            format!("{app:#}"),
+            "web: 2 instances (1 up, 1 down)\n  web-1 at 10.0.0.7:8080 (up)\n  web-2 at 10.0.0.7:8080 (down)"
+        );
     }
 
     #[test]

@@ -241,8 +241,8 @@ impl Watch {
         let long_poll = asked.is_some() && wait >= Duration::from_millis(100);
         let (app, index) = match self.client.exchange(&Method::Get, &url, 200, Some(timeout)) {
             Ok(reply) => {
-                let app: Application =
-                    serde_json::from_slice(&reply.body).map_err(Error::invalid_response)?;
+                let app: Application = serde_json::from_slice(&reply.body)
+                    .map_err(|e| Error::invalid_response(&reply.server, e))?;
                 (app, reply.index)
             }
             Err(e) if e.is_unknown_app() => (Application::new(&self.app), None),

@@ -49,7 +49,10 @@ impl Worker<'_> {
             }
             Outcome::Wait(wait) => {
                 // A watch woken for nothing keeps the deadline it first had.
-                let deadline = clock::mono_of(wait.deadline).min(first_deadline.unwrap_or(NEVER));
+                // Rounded up to a whole millisecond: never answered before
+                // its wait (a test saw `wait=300ms` answered at 299.x ms).
+                let deadline = clock::mono_of(wait.deadline + Duration::from_nanos(999_999))
+                    .min(first_deadline.unwrap_or(NEVER));
                 lock(&self.shared.watches).park(conn.slot, conn.id, wait.topic);
                 io.phase = Phase::Parked(Box::new((request, deadline)));
                 if self.shared.epoch.load(Ordering::SeqCst) != epoch {

@@ -184,7 +184,6 @@ fn bad_flags_print_one_line_and_fail() {
         assert!(line.contains("addr"), "--addr {addr:?}: {line:?}");
     }
     assert_refused(&["--addr"]);
-    assert_refused(&["--addr", "127.0.0.1:0", "--addr", "127.0.0.1:0"]);
     // etcd keeps the registry itself: a data directory beside it is refused
     // before any member is asked (none listens on this port).
     let line = assert_refused(&[
@@ -299,6 +298,90 @@ fn the_go_originals_command_line_is_accepted() {
     // An unknown flag is still one line, whichever the dashes.
     let line = assert_refused(&["-addr", "127.0.0.1:0", "-bogus"]);
     assert!(line.contains("bogus"), "{line:?}");
+}
+
+/// Go's `flag` lets the last of a repeated flag win, and scripts that
+/// append an override (`$REGISTRO_FLAGS -addr ...`) rely on it.
+#[test]
+fn a_repeated_flag_keeps_its_last_value() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = taken.local_addr().expect("addr").to_string();
+    let p = Proc::start_exact(&[
+        "-addr",
+        &busy,
+        "-down-after",
+        "7",
+        "--evict-after=30",
+        "-addr",
+        "127.0.0.1:0",
+        "-down-after=8",
+        "-evict-after",
+        "40",
+        "-log-sweeps",
+        "--log-sweeps",
+    ]);
+    let line = p.wait_line("listening on", Duration::from_secs(5));
+    assert!(
+        line.contains("down after 8s") && line.contains("evict after 40s"),
+        "{line:?}"
+    );
+    assert_ne!(p.addr.to_string(), busy, "the first --addr was used");
+    let mut c = Conn::open(p.addr);
+    check(&mut c, "GET", "/apps", "", 200);
+    drop(taken);
+}
+
+/// What a new user types and gets wrong is answered in their own words: the
+/// flag as they spelled it, with the one they meant; a port out of range
+/// said so; a data directory that is a file called not a directory.
+#[test]
+fn mistakes_are_answered_in_the_users_spelling() {
+    let line = assert_refused(&["-port", "41001"]);
+    assert!(
+        line.contains("unknown flag -port") && !line.contains("--port"),
+        "{line:?}"
+    );
+    assert!(line.contains("-addr :41001"), "{line:?}");
+    let line = assert_refused(&["--addr", "127.0.0.1:0", "-down-afer", "5"]);
+    assert!(
+        line.contains("unknown flag -down-afer") && line.contains("did you mean -down-after?"),
+        "{line:?}"
+    );
+    let line = assert_refused(&["--addr", "127.0.0.1:0", "--evict_after=5"]);
+    assert!(
+        line.contains("unknown flag --evict_after=5")
+            && line.contains("did you mean --evict-after?"),
+        "{line:?}"
+    );
+    for addr in [":99999", "127.0.0.1:65536", "-addr=:123456"] {
+        let args: Vec<&str> = match addr.strip_prefix("-addr=") {
+            Some(_) => vec![addr],
+            None => vec!["-addr", addr],
+        };
+        let line = assert_refused(&args);
+        assert!(
+            line.contains("out of range") && line.contains("65535"),
+            "{addr}: {line:?}"
+        );
+    }
+
+    let dir = crate::support::TempDir::new("cli");
+    let file = dir.file("registry", "not a directory\n");
+    let file = file.to_str().expect("a UTF-8 path");
+    let line = assert_refused(&["--addr", "127.0.0.1:0", "--data-dir", file]);
+    assert!(line.contains("not a directory"), "{line:?}");
+    assert!(!line.contains("os error"), "{line:?}");
+    let under = format!("{file}/data");
+    let line = assert_refused(&["--addr", "127.0.0.1:0", "--data-dir", &under]);
+    assert!(
+        line.contains("not a directory") && line.contains(&format!("{file} is a file")),
+        "{line:?}"
+    );
+    // Nothing was made of it.
+    assert_eq!(
+        std::fs::read_to_string(file).expect("the file"),
+        "not a directory\n"
+    );
 }
 
 /// A port alone, as `--addr 8080`, is refused with the spelling that works.
@@ -684,4 +767,123 @@ fn sigterm_from_the_first_moment_of_main_exits_0() {
         }
     }
     println!("SIGTERM right after spawn: {zero} exited 0, {killed} ended before main ran");
+}
+
+/// A file of the repository (the docs the tests keep true).
+fn repo_file(path: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The flags `--help` lists, as `--name`.
+fn flags_of_help() -> Vec<String> {
+    let help = run(&["--help"]).stdout;
+    help.lines()
+        .filter(|l| l.starts_with("  --"))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|f| f.trim_end_matches(',').to_string())
+        .collect()
+}
+
+/// docs/operations.md lists every flag the server takes, in its usage
+/// block and in its table, and no flag it does not take.
+#[test]
+fn the_operations_guide_lists_every_flag() {
+    let doc = repo_file("docs/operations.md");
+    let flags = flags_of_help();
+    assert!(flags.len() >= 15, "{flags:?}");
+    let section = doc
+        .split("\n## Flags\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a Flags section");
+    // Each flag of the table's first column (`-V`, `--version` is two).
+    let table: Vec<&str> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split(" |").next())
+        .flat_map(|cell| cell.split('`').filter(|w| w.starts_with('-')))
+        .collect();
+    let usage = section
+        .split("```text")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("a usage block");
+    for flag in &flags {
+        assert!(
+            table.contains(&flag.as_str()),
+            "{flag} is missing from the table of docs/operations.md"
+        );
+        assert!(
+            usage.contains(&format!("[{flag}")) || usage.contains(&format!("|{flag}]")),
+            "{flag} is missing from the usage of docs/operations.md"
+        );
+    }
+    for listed in table.iter().filter(|f| f.starts_with("--")) {
+        assert!(
+            flags.iter().any(|f| f == listed),
+            "docs/operations.md lists {listed}, which --help does not"
+        );
+    }
+}
+
+/// docs/registro.service starts this server: its command line, with a
+/// loopback address and a data directory of the test's appended (the last
+/// of a flag given twice wins), serves; `systemd-analyze verify` accepts
+/// the unit where it is installed.
+#[test]
+fn the_systemd_unit_starts_the_server() {
+    let unit = repo_file("docs/registro.service");
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line");
+    let mut words = exec.split_whitespace();
+    assert_eq!(
+        words.next(),
+        Some("/usr/local/bin/registro"),
+        "where `make install` puts it"
+    );
+    let state = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("StateDirectory="))
+        .expect("a StateDirectory");
+    assert!(
+        exec.contains(&format!("--data-dir /var/lib/{state}")),
+        "{exec}"
+    );
+    let dir = crate::support::TempDir::new("cli");
+    let data = dir.file("unused", "").with_file_name("data");
+    let data = data.to_str().expect("a UTF-8 path");
+    let mut args: Vec<&str> = words.collect();
+    args.extend(["--addr", "127.0.0.1:0", "--data-dir", data]);
+    let p = Proc::start_exact(&args);
+    let mut c = Conn::open(p.addr);
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    drop(c);
+    drop(p);
+    assert!(
+        std::path::Path::new(data).is_dir(),
+        "the unit's --data-dir was not replaced by the last one"
+    );
+
+    let Some(analyze) = crate::support::which("systemd-analyze") else {
+        println!("SKIP systemd-analyze verify (not installed)");
+        return;
+    };
+    let copy = dir.file(
+        "registro.service",
+        &unit.replace("/usr/local/bin/registro", env!("CARGO_BIN_EXE_registro")),
+    );
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze runs");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {:?}\n{said}",
+        out.status
+    );
 }

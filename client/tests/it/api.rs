@@ -7,7 +7,9 @@ use crate::support::{client, server};
 #[track_caller]
 fn assert_status<T: std::fmt::Debug>(result: Result<T, Error>, code: u16) {
     match result {
-        Err(Error::Status { code: got, message }) => {
+        Err(Error::Status {
+            code: got, message, ..
+        }) => {
             assert_eq!(got, code, "message: {message:?}");
             // This project's server explains every error.
             assert!(message.is_some_and(|m| !m.is_empty()), "no message");

@@ -342,7 +342,7 @@ fn the_cache_picks_round_robin_and_follows_changes() -> Result<(), Error> {
     assert_eq!(cache.apps(), ["db", "web"]);
     // Loaded before `cache` returned.
     let picks: Vec<String> = (0..4)
-        .filter_map(|_| cache.pick("web"))
+        .filter_map(|_| cache.pick("web").ok().flatten())
         .map(|i| i.id)
         .collect();
     assert_eq!(picks.len(), 4);
@@ -351,21 +351,28 @@ fn the_cache_picks_round_robin_and_follows_changes() -> Result<(), Error> {
     assert_eq!(picks[1], picks[3]);
     assert_eq!(
         cache
-            .pick_where("web", |i| i.ip == "10.0.0.2")
+            .pick_where("web", |i| i.ip == "10.0.0.2")?
             .map(|i| i.id)
             .as_deref(),
         Some("web-2")
     );
-    assert_eq!(cache.pick_where("web", |i| i.ip == "10.0.0.3"), None);
+    assert_eq!(cache.pick_where("web", |i| i.ip == "10.0.0.3")?, None);
     // An app the registry does not know: no instances, not an error.
-    let db = cache.snapshot("db");
-    assert!(
-        db.as_ref()
-            .is_some_and(|s| s.app.instances.is_empty() && s.error.is_none()),
-        "{db:?}"
-    );
-    assert_eq!(cache.pick("db"), None);
-    assert!(cache.snapshot("other").is_none());
+    let db = cache.snapshot("db")?;
+    assert!(db.app.instances.is_empty() && db.error.is_none(), "{db:?}");
+    assert_eq!(cache.pick("db")?, None);
+    // An app the cache does not watch (a typo): an error that says so, not
+    // "none up".
+    for typo in [cache.pick("wbe").map(drop), cache.snapshot("wbe").map(drop)] {
+        match typo {
+            Err(Error::NotCached { app, cached }) => {
+                assert_eq!(app, "wbe");
+                assert_eq!(cached, ["db", "web"]);
+            }
+            other => panic!("a typo read as {other:?}"),
+        }
+    }
+    assert!(cache.watches("web") && !cache.watches("wbe"));
 
     // A new instance, and one taken out, reach the cache.
     let (_, four) = c.register_service("web-4", "web", "10.0.0.4", 8080)?;
@@ -373,7 +380,7 @@ fn the_cache_picks_round_robin_and_follows_changes() -> Result<(), Error> {
     c.delete_instance(&app, &one)?;
     let started = Instant::now();
     eventually(LIMIT, "web-4 in and web-1 out", || {
-        let snap = cache.snapshot("web")?;
+        let snap = cache.snapshot("web").ok()?;
         let status = |id| snap.app.instance(id).map(|i| i.status);
         (status("web-4") == Some(Status::Up) && status("web-1") == Some(Status::OutOfService))
             .then_some(())
@@ -387,7 +394,7 @@ fn the_cache_picks_round_robin_and_follows_changes() -> Result<(), Error> {
         started.elapsed()
     );
     let picked: Vec<String> = (0..4)
-        .filter_map(|_| cache.pick("web"))
+        .filter_map(|_| cache.pick("web").ok().flatten())
         .map(|i| i.id)
         .collect();
     assert!(
@@ -415,35 +422,34 @@ fn the_cache_serves_its_last_view_while_the_registry_is_away() -> Result<(), Err
     let (app, one) = c.register_service("web-1", "web", "10.0.0.1", 8080)?;
     c.renew_instance(&app, &one)?;
     let cache = c.cache(&["web"]);
-    assert!(cache
-        .snapshot("web")
-        .is_some_and(|s| s.age < Duration::from_secs(1)));
+    assert!(cache.snapshot("web")?.age < Duration::from_secs(1));
     first.shutdown();
 
     let snap = eventually(LIMIT, "the failure noticed", || {
-        cache.snapshot("web").filter(|s| s.error.is_some())
+        cache.snapshot("web").ok().filter(|s| s.error.is_some())
     });
     assert!(
         snap.error.as_ref().is_some_and(Error::is_transport),
         "{snap:?}"
     );
     assert_eq!(ids(&snap.app), ["web-1"]);
-    assert_eq!(cache.pick("web").map(|i| i.id).as_deref(), Some("web-1"));
+    assert_eq!(cache.pick("web")?.map(|i| i.id).as_deref(), Some("web-1"));
     let age = snap.age;
     eventually(LIMIT, "the age grows", || {
         cache
             .snapshot("web")
+            .ok()
             .filter(|s| s.age > age + Duration::from_millis(200))
     });
 
     // Back (empty, as a restarted registry is): the view follows.
     let second = server_on(addr);
     let snap = eventually(LIMIT, "the restarted registry's view", || {
-        cache.snapshot("web").filter(|s| s.error.is_none())
+        cache.snapshot("web").ok().filter(|s| s.error.is_none())
     });
     assert!(snap.app.instances.is_empty(), "{snap:?}");
     assert!(snap.age < Duration::from_secs(2));
-    assert_eq!(cache.pick("web"), None);
+    assert_eq!(cache.pick("web")?, None);
     let started = Instant::now();
     drop(cache);
     assert!(
@@ -472,7 +478,7 @@ fn the_cache_stops_within_a_second_even_when_the_registry_hangs() {
     let cache = c.cache(["web"]);
     let never = cache.snapshot("web");
     assert!(
-        never.as_ref().is_some_and(|s| s.age == Duration::MAX
+        never.as_ref().is_ok_and(|s| s.age == Duration::MAX
             && s.app.instances.is_empty()
             && s.error.as_ref().is_some_and(Error::is_transport)),
         "never read: {never:?}"

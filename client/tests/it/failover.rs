@@ -2,9 +2,10 @@
 //! servers"): two real servers, each in memory; one is killed mid-heartbeat
 //! and mid-watch.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use registro_client::{Client, Error, Status};
+use registro_client::{Client, Error, Failover, Status};
 
 use crate::responder::{Answer, Responder};
 use crate::support::{eventually, root, server, status};
@@ -58,6 +59,57 @@ fn a_heartbeat_renews_through_the_other_server_within_its_period() -> Result<(),
     Ok(())
 }
 
+/// The program is told of a move, once, by the callback it gave: from
+/// which server, to which, and why; `url()` says which is in use.
+#[test]
+fn the_program_is_told_when_the_client_moves_to_another_server() -> Result<(), Error> {
+    let a = server();
+    let b = server();
+    let (a_root, b_root) = (root(a.local_addr()), root(b.local_addr()));
+    let moves: Arc<Mutex<Vec<Failover>>> = Arc::default();
+    let told = Arc::clone(&moves);
+    let c = Client::builder(&a_root)
+        .url(&b_root)
+        .timeout(Duration::from_secs(2))
+        .on_failover(move |event| told.lock().expect("not poisoned").push(event.clone()))
+        .build();
+    let seen = || moves.lock().expect("not poisoned").clone();
+    let (app, inst) = c.register_service("web-1", "web", "10.0.0.1", 8080)?;
+    let hb = c.start_heartbeat_every(&app, &inst, Duration::from_millis(200));
+    assert!(seen().is_empty(), "{:?}", seen());
+
+    a.shutdown();
+    // The heartbeat's thread, or this request, finds a gone: one move.
+    let clone = c.clone();
+    clone.apps()?;
+    let events = eventually(LIMIT, "the move told", || {
+        let events = seen();
+        (!events.is_empty()).then_some(events)
+    });
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    assert_eq!(
+        (event.from.as_str(), event.to.as_str()),
+        (a_root.as_str(), b_root.as_str())
+    );
+    assert!(event.error.is_transport(), "{event}");
+    assert_eq!(event.error.server(), Some(a_root.as_str()));
+    assert_eq!(
+        event.to_string(),
+        format!("moved from {a_root} to {b_root}: {}", event.error)
+    );
+    assert_eq!(c.url(), b_root);
+    // Staying with b is no news.
+    c.apps()?;
+    eventually(LIMIT, "more heartbeats through b", || {
+        (hb.renewals() > 3 && hb.last_error().is_none()).then_some(())
+    });
+    assert_eq!(seen().len(), 1, "{:?}", seen());
+    hb.stop()?;
+    b.shutdown();
+    Ok(())
+}
+
 #[test]
 fn the_cache_and_a_watch_move_on_and_catch_up() -> Result<(), Error> {
     let a = server();
@@ -84,8 +136,8 @@ fn the_cache_and_a_watch_move_on_and_catch_up() -> Result<(), Error> {
     };
     assert_eq!(first.as_ref().map(ids), Some(vec!["web-1".to_owned()]));
     assert_eq!(
-        cache.snapshot("web").map(|s| ids(&s.app)),
-        Some(vec!["web-1".to_owned()])
+        cache.snapshot("web").map(|s| ids(&s.app))?,
+        vec!["web-1".to_owned()]
     );
 
     a.shutdown();
@@ -102,9 +154,12 @@ fn the_cache_and_a_watch_move_on_and_catch_up() -> Result<(), Error> {
     // The cache serves throughout, never reports a failure, and catches up
     // with web-1 once its heartbeat has registered it on b.
     eventually(LIMIT, "the cache's view from b, with web-1 back", || {
-        let snap = cache.snapshot("web")?;
+        let snap = cache.snapshot("web").ok()?;
         assert!(snap.error.is_none(), "{snap:?}");
-        assert!(cache.pick("web").is_some(), "nothing to pick: {snap:?}");
+        assert!(
+            cache.pick("web").ok()?.is_some(),
+            "nothing to pick: {snap:?}"
+        );
         let up = |id| snap.app.instance(id).map(|i| i.status) == Some(Status::Up);
         (up("web-b") && up("web-1")).then_some(())
     });

@@ -121,7 +121,7 @@ fn a_token_is_sent_with_every_request() -> Result<(), Error> {
     let mut watch = client.watch("web");
     assert!(watch.next_timeout(LIMIT)?.is_some());
     let cache = client.cache(&["web"]);
-    assert!(cache.snapshot("web").is_some_and(|s| s.error.is_none()));
+    assert!(cache.snapshot("web")?.error.is_none());
     cache.stop();
     let seen = registry.seen();
     assert!(seen.len() >= 8, "{seen:?}");
@@ -145,15 +145,18 @@ fn a_missing_or_wrong_token_is_unauthorized() {
     ] {
         let e = client.app("web").err();
         match &e {
-            Some(Error::Unauthorized { message }) => {
+            Some(Error::Unauthorized { message, .. }) => {
                 assert_eq!(message.as_deref(), Some("missing or invalid token"));
             }
             other => panic!("expected Unauthorized, got {other:?}"),
         }
         assert_eq!(e.as_ref().and_then(Error::status), Some(401));
         assert_eq!(
-            e.map(|e| e.to_string()).as_deref(),
-            Some("unauthorized: missing or invalid token")
+            e.map(|e| e.to_string()),
+            Some(format!(
+                "unauthorized by {}: missing or invalid token",
+                registry.root()
+            ))
         );
         let inst = Instance::new("web-1", "10.0.0.7", 8080);
         let hb =

@@ -153,3 +153,34 @@ fn after_a_normal_stop_sigterm_ends_the_process_as_by_default() {
         "SIGTERM was caught and ignored after the stop: {ended:?}"
     );
 }
+
+/// The heartbeats given to `stop_on_signals` stay readable: their renewals,
+/// errors and state, until the normal end stops and deregisters them.
+#[test]
+fn the_heartbeats_stay_readable_after_stop_on_signals() -> Result<(), Error> {
+    let server = server();
+    let c = client(&server);
+    let (app, inst) = c.register_service("web-1", "web", "10.0.0.1", 8080)?;
+    let (_, other) = c.register_service("web-2", "web", "10.0.0.2", 8080)?;
+    let signals = stop_on_signals([
+        c.start_heartbeat_every(&app, &inst, Duration::from_millis(50)),
+        c.start_heartbeat_every(&app, &other, Duration::from_millis(50)),
+    ])?;
+    let beats = signals.heartbeats();
+    assert_eq!(beats.len(), 2);
+    assert_eq!(beats[0].instance().1.id, "web-1");
+    assert_eq!(beats[1].instance().1.id, "web-2");
+    let deadline = Instant::now() + LIMIT;
+    while beats.iter().any(|hb| hb.renewals() < 3) {
+        assert!(Instant::now() < deadline, "no renewals counted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(beats
+        .iter()
+        .all(|hb| hb.is_running() && hb.last_error().is_none()));
+    assert_eq!(status(&c, "web", "web-1"), Some(Status::Up));
+    signals.stop()?;
+    assert_eq!(status(&c, "web", "web-1"), Some(Status::OutOfService));
+    assert_eq!(status(&c, "web", "web-2"), Some(Status::OutOfService));
+    Ok(())
+}

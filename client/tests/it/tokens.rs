@@ -23,7 +23,7 @@ fn token_file(name: &str, token: &str) -> PathBuf {
 #[track_caller]
 fn assert_unauthorized<T: std::fmt::Debug>(outcome: Result<T, Error>) {
     match outcome {
-        Err(Error::Unauthorized { message }) => {
+        Err(Error::Unauthorized { message, .. }) => {
             assert!(message.is_some_and(|m| !m.is_empty()), "no message");
         }
         other => panic!("expected Unauthorized, got {other:?}"),
@@ -66,13 +66,15 @@ fn a_token_protected_server_works_with_the_token_only() -> Result<(), Error> {
     // Changes need the write token.
     // A read-only token is valid but may not change anything: 403.
     match reader.register_service("web-2", "web", "10.0.0.8", 8080) {
-        Err(Error::Forbidden { message: Some(m) }) if m.contains("may only read") => {}
+        Err(Error::Forbidden {
+            message: Some(m), ..
+        }) if m.contains("may only read") => {}
         other => panic!("expected a 403 saying the token may only read, got {other:?}"),
     }
     assert_unauthorized(nobody.delete_instance(&app, &inst));
     // The cache and the heartbeat send it too.
     let cache = reader.cache(&["web"]);
-    assert_eq!(cache.pick("web").map(|i| i.id).as_deref(), Some("web-1"));
+    assert_eq!(cache.pick("web")?.map(|i| i.id).as_deref(), Some("web-1"));
     cache.stop();
     let refused = wrong.start_heartbeat_every(
         &app,

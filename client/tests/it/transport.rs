@@ -109,15 +109,68 @@ fn a_registry_that_never_answers_times_out() {
     let started = Instant::now();
     let outcome = client.apps();
     let took = started.elapsed();
-    match outcome {
-        Err(Error::Timeout(d)) => assert_eq!(d, timeout),
+    match &outcome {
+        Err(e @ Error::Transport(t)) => {
+            assert!(e.is_timeout(), "{e}");
+            assert_eq!(t.timeout(), Some(timeout));
+        }
         other => panic!("expected a timeout, got {other:?}"),
     }
     assert!(took >= timeout, "gave up early: {took:?}");
     assert!(took < timeout + Duration::from_secs(1), "took {took:?}");
-    let e = Error::Timeout(timeout);
-    assert_eq!(e.to_string(), "registry did not answer within 200ms");
+    assert_eq!(
+        outcome.err().map(|e| e.to_string()),
+        Some(format!(
+            "registry unreachable: {}: no answer within 200ms",
+            root(addr)
+        ))
+    );
     drop(listener);
+}
+
+/// What `fn main() -> Result<(), Error>` prints for an error (`Error: `
+/// and its `Debug`) is its message, and names every server tried.
+#[test]
+fn an_error_names_the_servers_tried_in_display_and_debug() {
+    let (one, _reserved_one) = closed_port();
+    let (two, _reserved_two) = closed_port();
+    let alone = Client::new(root(one));
+    let e = alone.apps().expect_err("a closed port");
+    let said = format!("registry unreachable: {}: connection refused", root(one));
+    assert_eq!(e.to_string(), said);
+    assert_eq!(format!("{e:?}"), said);
+    assert_eq!(e.server(), Some(root(one).as_str()));
+
+    let both = Client::builder(root(one)).url(root(two)).build();
+    for e in [
+        both.apps().err(),
+        both.register_service("web-1", "web", "10.0.0.7", 8080)
+            .err(),
+        both.renew_instance(
+            &Application::new("web"),
+            &Instance::new("web-1", "10.0.0.7", 8080),
+        )
+        .err(),
+    ] {
+        let e = e.expect("two closed ports");
+        let said = format!(
+            "registry unreachable: {}: connection refused; {}: connection refused",
+            root(one),
+            root(two)
+        );
+        assert_eq!(e.to_string(), said);
+        assert_eq!(format!("{e:?}"), said, "Debug is the message");
+        match &e {
+            Error::Transport(t) => {
+                assert_eq!(t.servers().collect::<Vec<_>>(), [root(one), root(two)]);
+                assert!(!t.is_timeout());
+            }
+            other => panic!("not a transport error: {other}"),
+        }
+        // The chain ends at the HTTP library's error.
+        let source = std::error::Error::source(&e).and_then(std::error::Error::source);
+        assert!(source.is_some(), "{e}");
+    }
 }
 
 #[track_caller]
