@@ -51,6 +51,10 @@ impl Worker<'_> {
                 // A watch woken for nothing keeps the deadline it first had.
                 let deadline = clock::mono_of(wait.deadline).min(first_deadline.unwrap_or(NEVER));
                 lock(&self.shared.watches).park(conn.slot, conn.id, wait.topic);
+                let mut request = request;
+                if wait.change.is_some() {
+                    request.change = wait.change;
+                }
                 io.phase = Phase::Parked(Box::new((request, deadline)));
                 if self.shared.epoch.load(Ordering::SeqCst) != epoch {
                     // Something changed between the look and the parking.

@@ -15,6 +15,7 @@
 
 mod cluster;
 mod conformance;
+mod liveness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

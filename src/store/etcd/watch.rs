@@ -11,6 +11,17 @@ use super::{lock, Shared, CALL_TIMEOUT};
 use crate::clock;
 use crate::view::View;
 
+impl Shared {
+    /// This server's key gone from the mirror (its lease expired or was
+    /// revoked): the keeper writes it again at once.
+    fn check_announced(&self, mirror: &Mirror) {
+        if !mirror.servers.contains(&self.me) {
+            self.announce.store(true, Ordering::SeqCst);
+            self.stop_signal.notify_all();
+        }
+    }
+}
+
 /// The watch thread: applies every change under the prefix to the view.
 /// A lost stream is opened again on the next member from the last revision
 /// applied; a compacted one (or a canceled one) reads the prefix again.
@@ -31,11 +42,19 @@ pub(super) fn run(s: &Shared, weak: &Weak<View>) {
                 Ok((kvs, revision)) => {
                     let mut view = shown.lock();
                     let mut mirror = lock(&s.mirror);
-                    *mirror =
-                        Mirror::from_range(&s.prefix, &kvs, revision, &mut view, clock::now());
+                    let previous = std::mem::take(&mut *mirror);
+                    *mirror = Mirror::from_range(
+                        &s.prefix,
+                        &kvs,
+                        revision,
+                        &mut view,
+                        clock::now(),
+                        Some(previous),
+                    );
+                    s.check_announced(&mirror);
                     drop(mirror);
                     shown.publish(view, true);
-                    s.set_applied(revision);
+                    s.set_applied(revision, weak);
                     range_again = false;
                 }
                 Err(_) => {
@@ -113,7 +132,7 @@ pub(super) fn run(s: &Shared, weak: &Weak<View>) {
                     let mut mirror = lock(&s.mirror);
                     mirror.revision = mirror.revision.max(revision);
                     drop(mirror);
-                    s.set_applied(revision);
+                    s.set_applied(revision, weak);
                 }
                 Some(WatchLine::Events(events, _)) => {
                     let Some(shown) = weak.upgrade() else { return };
@@ -122,10 +141,11 @@ pub(super) fn run(s: &Shared, weak: &Weak<View>) {
                     let mut mirror = lock(&s.mirror);
                     mirror.apply(&events, &mut view, now);
                     mirror.sync(&mut view);
+                    s.check_announced(&mirror);
                     let revision = mirror.revision;
                     drop(mirror);
                     shown.publish(view, true);
-                    s.set_applied(revision);
+                    s.set_applied(revision, weak);
                 }
                 Some(WatchLine::Canceled(compacted, reason)) => {
                     lost = true;

@@ -310,6 +310,19 @@ impl Cluster {
         }
     }
 
+    /// How many leases etcd holds (asked of the first running member).
+    pub fn leases(&self) -> usize {
+        let m = self
+            .members
+            .iter()
+            .find(|m| m.child.is_some())
+            .expect("a running member");
+        let (code, answer) =
+            call(m.client, "lease/leases", &serde_json::json!({})).expect("lease list");
+        assert_eq!(code, 200, "lease list: {answer}");
+        answer["leases"].as_array().map_or(0, Vec::len)
+    }
+
     /// SIGKILL of member `i` (it is waited for).
     pub fn kill(&mut self, i: usize) {
         self.members[i].kill();
