@@ -16,6 +16,7 @@
 mod cluster;
 mod conformance;
 mod liveness;
+mod writes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
