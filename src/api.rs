@@ -8,6 +8,7 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+mod sd;
 mod views;
 
 use crate::auth::Access;
@@ -25,6 +26,13 @@ pub const MAX_NAME: usize = 255;
 
 const ALLOW_COLLECTION: &str = "GET, HEAD, POST";
 const ALLOW_INSTANCE: &str = "DELETE, GET, HEAD, PUT";
+const ALLOW_READ: &str = "GET, HEAD";
+
+/// The OpenAPI 3.1 document of every route, served from the binary (no file
+/// needed, so it is there in a `FROM scratch` image too).
+pub const OPENAPI: &str = include_str!("../docs/openapi.json");
+/// Where the document is served.
+pub const OPENAPI_PATH: &str = "/registro/1.0/openapi.json";
 
 /// The HTTP API: reads the view, sends every write to the store.
 pub struct Api {
@@ -67,6 +75,9 @@ pub enum Outcome {
 
 /// The header that carries the change index.
 pub const INDEX_HEADER: &str = "Registro-Index";
+/// The header that says how many milliseconds ago the view last heard from
+/// the store that keeps the registry (etcd), on every read.
+pub const LAST_CONTACT_HEADER: &str = "Registro-Last-Contact";
 /// The wait of a watch without `?wait=`.
 const DEFAULT_WAIT: Millis = 60_000;
 /// The longest `?wait=`.
@@ -125,9 +136,32 @@ impl Api {
         if let Some(response) = crate::ops::handle(&self.view, &*self.store, request) {
             return Outcome::Respond(response);
         }
-        match self.route(request, now, answer_now) {
+        let mut outcome = match self.route(request, now, answer_now) {
             Ok(outcome) => outcome,
             Err(response) => Outcome::Respond(response),
+        };
+        if let Outcome::Respond(response) = &mut outcome {
+            let read = request.method == "GET" || request.method == "HEAD";
+            if let Some(ms) = self.store.last_contact().filter(|_| read) {
+                response.headers.push((LAST_CONTACT_HEADER, ms.to_string()));
+            }
+        }
+        outcome
+    }
+
+    /// `read` of the view; a 404 from a view that may be behind the store
+    /// (etcd) is answered only once the view has caught up, and read again.
+    fn read_fresh<T>(
+        &self,
+        read: impl Fn() -> Result<T, registry::Error>,
+    ) -> Result<T, registry::Error> {
+        match read() {
+            Err(registry::Error::NoSuchApp | registry::Error::NoSuchInstance)
+                if self.store.catch_up() =>
+            {
+                read()
+            }
+            other => other,
         }
     }
 
@@ -167,6 +201,13 @@ impl Api {
                     .map(|wait| wait.unwrap_or(Outcome::Respond(Response::empty(204))))
             }
             (["apps", _, _], _) => Err(not_allowed(method, ALLOW_INSTANCE)),
+            (["sd", "prometheus"], _) if get => respond(self.sd_prometheus(target, now)),
+            (["sd", "prometheus"], _) => Err(not_allowed(method, ALLOW_READ)),
+            (["openapi.json"], _) if get => Ok(Outcome::Respond(Response::json(
+                200,
+                OPENAPI.as_bytes().to_vec(),
+            ))),
+            (["openapi.json"], _) => Err(not_allowed(method, ALLOW_READ)),
             _ => Err(error(
                 404,
                 "no such route; the API is under /registro/1.0/apps",
@@ -245,9 +286,12 @@ impl Api {
             return Ok(shared);
         }
         let generation = self.view.answers().generation();
-        let mut registry = self.view.lock();
-        let view = registry.app(app, now.mono, query.filter, unless);
-        self.view.publish(registry, false);
+        let view = self.read_fresh(|| {
+            let mut registry = self.view.lock();
+            let view = registry.app(app, now.mono, query.filter, unless);
+            self.view.publish(registry, false);
+            view
+        });
         match view.map_err(|e| refusal(e, app, ""))? {
             None => Ok(wait(topic, query, now)),
             Some(view) => {
@@ -270,9 +314,7 @@ impl Api {
 
     fn instance(&self, app: &str, id: &str, now: Now) -> Result<Response, Response> {
         let view = self
-            .view
-            .lock()
-            .instance(app, id, now.mono)
+            .read_fresh(|| self.view.lock().instance(app, id, now.mono))
             .map_err(|e| refusal(e, app, id))?;
         Ok(Response::json(200, views::instance(&view, now)))
     }
@@ -372,6 +414,7 @@ impl Api {
         {
             return Ok(wait);
         }
+        self.view.log().metrics().registered();
         let view = self.view.lock().instance(app, &new.id, now.mono);
         let mut response = match view {
             Ok(view) => Response::json(201, views::instance(&view, now)),
@@ -1344,8 +1387,8 @@ mod tests {
         ) -> Result<store::Progress, store::Error> {
             Err(store::Error::Unavailable("etcd is unreachable".into()))
         }
-        fn health(&self) -> Result<(), String> {
-            Err("etcd is unreachable".into())
+        fn health(&self) -> Result<(), &'static str> {
+            Err("store unreachable")
         }
         fn describe(&self) -> String {
             "unreachable".into()

@@ -35,7 +35,9 @@ pub fn handle(view: &View, store: &dyn Store, request: &Request) -> Option<Respo
     Some(match route {
         "/healthz" => match store.health() {
             Ok(()) => Response::json(200, b"{\"status\":\"ok\"}\n".to_vec()),
-            Err(_) => Response::json(503, b"{\"status\":\"store unreachable\"}\n".to_vec()),
+            Err(status) => {
+                Response::json(503, format!("{{\"status\":\"{status}\"}}\n").into_bytes())
+            }
         },
         "/favicon.ico" => Response::empty(204),
         "/metrics" => {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::clock::Now;
 use crate::log::Log;
-use crate::registry::{self, Metadata, Periods, Registry};
+use crate::registry::{self, Metadata, Millis, Periods, Registry};
 use crate::sweeper::Sweeper;
 use crate::view::View;
 
@@ -65,6 +65,7 @@ pub fn open(
                 members: members.clone(),
                 prefix: prefix.clone(),
                 periods: settings.periods,
+                threads: settings.threads,
             };
             let (store, registry) = etcd::Etcd::open(etcd, log.clone())?;
             Ok((View::new(registry, log), Box::new(store)))
@@ -159,9 +160,23 @@ pub trait Store: Send + Sync {
     fn finish(&self, _ticket: u64) -> Option<Result<(), Error>> {
         None
     }
-    /// `Err(why)` while the store cannot take changes (`/healthz` answers 503).
-    fn health(&self) -> Result<(), String> {
+    /// `Err(status)` while the store cannot serve as it should:
+    /// `/healthz` answers 503 with that status (`store unreachable`, `view
+    /// behind`).
+    fn health(&self) -> Result<(), &'static str> {
         Ok(())
+    }
+    /// Milliseconds since the view last heard from where the registry is
+    /// kept (`Registro-Last-Contact`); `None` when the view is the registry.
+    fn last_contact(&self) -> Option<Millis> {
+        None
+    }
+    /// Before a read answers 404: waits (bounded) until the view has every
+    /// change the store had committed, so that a change made through another
+    /// server is seen; false when there was nothing to wait for or it could
+    /// not be known (then the view answers as it is).
+    fn catch_up(&self) -> bool {
+        false
     }
     /// Appends the store's own metric families to a `/metrics` page.
     fn render_metrics(&self, _out: &mut String) {}

@@ -24,7 +24,7 @@ use super::client::{CallError, Compare, Op};
 use super::keys::Key;
 use super::metrics::{Op as MOp, Outcome};
 use super::mirror::Mirror;
-use super::{lock, Shared, CALL_TIMEOUT, MAX_TXN_OPS};
+use super::{lock, Applied, Shared, CALL_TIMEOUT, MAX_TXN_OPS};
 use crate::clock::{self, Now};
 use crate::registry;
 use crate::store::Error;
@@ -36,9 +36,6 @@ pub const COMMIT_WITHIN: Duration = Duration::from_secs(5);
 /// How long a committed change waits for this server's view before it is
 /// answered anyway (it is committed: a 503 would be false).
 pub const VIEW_WITHIN: Duration = Duration::from_secs(10);
-/// A committed change the view has not applied within this suggests the
-/// watch is stuck on a member: it is moved to another.
-const VIEW_LAG: Duration = Duration::from_secs(3);
 /// Decisions of one change at most (each after a concurrent change).
 const DECISIONS: u32 = 8;
 /// The raw bytes of the values of one call at most (etcd refuses a request
@@ -197,14 +194,29 @@ impl Shared {
         }
     }
 
-    /// Called by the watch once the view has applied `revision`: the
-    /// changes that waited for it are answered or decided again.
-    pub(super) fn applied_to(&self, revision: i64, view: &Weak<View>) {
+    /// Called by the watch as the view moves on: a committed change is
+    /// answered once the view has applied its own events (a progress answer
+    /// stands in for none: etcd 3.4 may send one ahead of the events,
+    /// etcd-io/etcd#15220); one to decide again needs the view to have
+    /// reached the revision, by events or progress.
+    pub(super) fn applied_to(&self, applied: Applied, view: &Weak<View>) {
         let mut p = lock(&self.pipeline);
-        let later = p.waiting.split_off(&(revision.saturating_add(1), 0));
-        let ready = std::mem::replace(&mut p.waiting, later);
         let mut decide = false;
-        for (_, (change, then)) in ready {
+        let reached = applied.events.max(applied.progress);
+        let ready: Vec<(i64, u64)> = p
+            .waiting
+            .iter()
+            .take_while(|(key, _)| key.0 <= reached)
+            .filter(|(key, (_, then))| match then {
+                Then::Answer(_) => key.0 <= applied.events,
+                Then::Decide => true,
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in ready {
+            let Some((change, then)) = p.waiting.remove(&key) else {
+                continue;
+            };
             match then {
                 Then::Answer(_) => self.answer(&mut p, change, Ok(())),
                 Then::Decide => {
@@ -239,16 +251,6 @@ impl Shared {
             } else {
                 i += 1;
             }
-        }
-        let lagging = p.waiting.values().any(|(_, then)| match then {
-            Then::Answer(at) => now.duration_since(*at) >= VIEW_LAG,
-            Then::Decide => false,
-        });
-        if lagging && !self.restart_watch.swap(true, Ordering::SeqCst) {
-            self.log.line(format_args!(
-                "store: a committed change is not in this server's view after {} s; moving the watch to another member",
-                VIEW_LAG.as_secs()
-            ));
         }
         let due: Vec<(i64, u64)> = p
             .waiting

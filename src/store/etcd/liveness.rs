@@ -186,10 +186,14 @@ fn due_one(
     let mark_down = || {
         let mut value = inst.value.clone();
         value.status = Stored::Down;
-        value.renewed = now
-            .wall
-            .saturating_sub(silent.min(t.down_after))
-            .max(held.claim.at);
+        // Its last heartbeat: as this server saw it, else at least
+        // `down_after` ago.
+        let ago = if inst.seen.is_some() {
+            silent
+        } else {
+            t.down_after
+        };
+        value.renewed = now.wall.saturating_sub(ago).max(held.claim.at);
         value.vrev = 0;
         value.change = 0;
         Action::MarkDown {
@@ -391,7 +395,13 @@ mod tests {
         // Released late (seen only now): the others get `release` to act.
         m.instance_mut("web", "a").unwrap().released_at = Some(at(2_900).mono);
         assert!(due(&m, "s1", T, at(3_000), 100).is_empty());
-        assert_eq!(kind(&due(&m, "s1", T, at(3_500), 100)), ["down"]);
+        let downs = due(&m, "s1", T, at(3_500), 100);
+        assert_eq!(kind(&downs), ["down"]);
+        // Marked later than due: still its last heartbeat's time.
+        let Action::MarkDown { value, .. } = &downs[0] else {
+            unreachable!()
+        };
+        assert_eq!(value.renewed, WALL);
     }
 
     /// Another server takes a released claim over when it has seen a

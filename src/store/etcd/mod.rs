@@ -21,7 +21,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -60,6 +60,8 @@ const UNHEALTHY_AFTER: u64 = 3_000;
 pub(super) const MAX_TXN_OPS: usize = 128;
 /// Committer threads: one call's round trip does not idle etcd.
 const COMMITTERS: usize = 2;
+/// How long a read about to answer 404 waits for the view to catch up.
+const READ_CATCH_UP: Duration = Duration::from_secs(3);
 
 /// What `--store etcd://...` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +72,9 @@ pub struct Settings {
     pub prefix: String,
     /// The server's periods (checked against the registry's).
     pub periods: Periods,
+    /// The server's worker threads: at most half wait for the view to catch
+    /// up before a read answers 404.
+    pub threads: usize,
 }
 
 /// The store: a handle on its shared state.
@@ -94,8 +99,19 @@ pub(super) struct Shared {
     /// Set when this server's key was found gone: written again at once.
     announce: AtomicBool,
     mirror: Mutex<Mirror>,
-    /// The revision the view has applied.
-    applied: Mutex<i64>,
+    /// How far the view has applied etcd's revisions, and its waiters.
+    applied: Mutex<Applied>,
+    applied_changed: Condvar,
+    /// When (monotonic ms) the view last heard from etcd, and which member
+    /// its watch is on (an index into the members).
+    contact: AtomicU64,
+    watching: AtomicUsize,
+    /// The reads of etcd's current revision before a 404 (one at a time).
+    probes: Mutex<Probes>,
+    probed: Condvar,
+    /// Workers waiting for the view to catch up before a 404, and the most.
+    catchers: AtomicUsize,
+    max_catchers: usize,
     healthy: AtomicBool,
     /// When (monotonic ms) a call to etcd last succeeded.
     last_ok: AtomicU64,
@@ -118,6 +134,46 @@ pub(super) struct Shared {
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How far the view has applied etcd's revisions.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Applied {
+    /// The revision of the last events applied (or of the last range).
+    pub(super) events: i64,
+    /// The highest revision a progress answer of the watch vouched for
+    /// (everything up to it has been sent).
+    pub(super) progress: i64,
+}
+
+/// The reads of etcd's current revision that 404s wait on: one at a time,
+/// and each serves every caller that arrived before it started.
+#[derive(Debug, Default)]
+struct Probes {
+    /// How many have started.
+    started: u64,
+    running: bool,
+    /// The last one's number and result.
+    last: Option<(u64, Option<i64>)>,
+}
+
+/// One of the bounded places of a worker waiting for the view.
+struct Permit<'a>(&'a AtomicUsize);
+
+impl<'a> Permit<'a> {
+    fn take(count: &'a AtomicUsize, max: usize) -> Option<Permit<'a>> {
+        if count.fetch_add(1, Ordering::SeqCst) >= max {
+            count.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Permit(count))
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Etcd {
@@ -215,7 +271,17 @@ impl Etcd {
             timing,
             announce: AtomicBool::new(false),
             mirror: Mutex::new(mirror),
-            applied: Mutex::new(revision),
+            applied: Mutex::new(Applied {
+                events: revision,
+                progress: revision,
+            }),
+            applied_changed: Condvar::new(),
+            contact: AtomicU64::new(clock::now().mono),
+            watching: AtomicUsize::new(0),
+            probes: Mutex::new(Probes::default()),
+            probed: Condvar::new(),
+            catchers: AtomicUsize::new(0),
+            max_catchers: (settings.threads / 2).max(1),
             healthy: AtomicBool::new(true),
             last_ok: AtomicU64::new(clock::now().mono),
             why: Mutex::new(String::new()),
@@ -277,6 +343,7 @@ impl Threads {
         self.shared.stop.store(true, Ordering::SeqCst);
         drop(lock(&self.shared.stop_lock));
         self.shared.stop_signal.notify_all();
+        self.shared.applied_changed.notify_all();
         drop(lock(&self.shared.pipeline));
         self.shared.queued.notify_all();
         for handle in self.handles.drain(..) {
@@ -378,17 +445,107 @@ impl Shared {
         result
     }
 
-    /// Notes that the view has applied `revision`: the changes waiting
-    /// for it are answered or decided again.
+    /// Waits until the view has applied `revision` (its events, or a
+    /// progress answer vouching for it), until `deadline`.
+    fn wait_applied(&self, revision: i64, deadline: Instant) -> bool {
+        let mut applied = lock(&self.applied);
+        while applied.events.max(applied.progress) < revision {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.stopped() {
+                return false;
+            }
+            applied = self
+                .applied_changed
+                .wait_timeout(applied, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
+    /// The view has applied the events (or the range) up to `revision`:
+    /// the changes waiting for it are answered or decided again.
     fn set_applied(&self, revision: i64, view: &Weak<View>) {
-        {
+        let applied = {
             let mut applied = lock(&self.applied);
-            if revision <= *applied {
+            if revision <= applied.events {
                 return;
             }
-            *applied = revision;
+            applied.events = revision;
+            self.applied_changed.notify_all();
+            *applied
+        };
+        self.applied_to(applied, view);
+    }
+
+    /// The watch's member has sent everything up to `revision`.
+    fn set_progress(&self, revision: i64, view: &Weak<View>) {
+        let applied = {
+            let mut applied = lock(&self.applied);
+            if revision <= applied.progress {
+                return;
+            }
+            applied.progress = revision;
+            self.applied_changed.notify_all();
+            *applied
+        };
+        self.applied_to(applied, view);
+    }
+
+    /// etcd's current revision (a linearizable read, which needs a quorum),
+    /// by `deadline`. Callers share the reads: one runs at a time, and it
+    /// serves every caller that arrived before it started.
+    fn current_revision(&self, deadline: Instant) -> Option<i64> {
+        let mut probes = lock(&self.probes);
+        let arrived = probes.started;
+        loop {
+            if let Some((number, result)) = probes.last {
+                if number > arrived {
+                    return result;
+                }
+            }
+            if !probes.running {
+                probes.running = true;
+                probes.started += 1;
+                let number = probes.started;
+                drop(probes);
+                let key = self.key(Key::Periods);
+                let left = deadline.saturating_duration_since(Instant::now());
+                let result = self
+                    .call(MOp::Range, |c| c.range(&key, &[], left))
+                    .ok()
+                    .map(|(_, revision)| revision);
+                let mut probes = lock(&self.probes);
+                probes.running = false;
+                probes.last = Some((number, result));
+                self.probed.notify_all();
+                return result;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.stopped() {
+                return None;
+            }
+            probes = self
+                .probed
+                .wait_timeout(probes, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
-        self.applied_to(revision, view);
+    }
+
+    /// Waits, by `deadline`, until the view has applied every change etcd
+    /// had committed when this was called, so that a change just made
+    /// through another server is seen. False when that could not be known
+    /// (etcd unreachable, no answer in time).
+    fn caught_up(&self, deadline: Instant) -> bool {
+        self.current_revision(deadline)
+            .is_some_and(|revision| self.wait_applied(revision, deadline))
+    }
+
+    /// Whether the view counts as behind at `now`: it has not heard from
+    /// etcd for [`watch::STALL_AFTER`].
+    fn behind(&self, now: u64) -> bool {
+        now.saturating_sub(self.contact.load(Ordering::SeqCst)) >= watch::STALL_AFTER
     }
 
     /// A number for a change (see `keys::InstValue::change`): distinct
@@ -436,16 +593,46 @@ impl Store for Etcd {
         self.shared.take_answer(ticket)
     }
 
-    fn health(&self) -> Result<(), String> {
-        if self.shared.healthy.load(Ordering::SeqCst) {
-            Ok(())
+    fn health(&self) -> Result<(), &'static str> {
+        let s = &self.shared;
+        if !s.healthy.load(Ordering::SeqCst) {
+            Err("store unreachable")
+        } else if s.behind(clock::now().mono) {
+            Err("view behind")
         } else {
-            Err(lock(&self.shared.why).clone())
+            Ok(())
         }
     }
 
+    fn last_contact(&self) -> Option<u64> {
+        let contact = self.shared.contact.load(Ordering::SeqCst);
+        Some(clock::now().mono.saturating_sub(contact))
+    }
+
+    fn catch_up(&self) -> bool {
+        let s = &self.shared;
+        if !s.healthy.load(Ordering::SeqCst) {
+            // Reads answer the last view while etcd is unreachable.
+            return false;
+        }
+        let Some(_permit) = Permit::take(&s.catchers, s.max_catchers) else {
+            return false;
+        };
+        s.caught_up(Instant::now() + READ_CATCH_UP)
+    }
+
     fn render_metrics(&self, out: &mut String) {
-        self.shared.metrics.render(out);
+        let s = &self.shared;
+        s.metrics.render(out);
+        let silent = clock::now()
+            .mono
+            .saturating_sub(s.contact.load(Ordering::SeqCst));
+        metrics::render_view(
+            out,
+            silent,
+            s.client.members(),
+            s.watching.load(Ordering::SeqCst),
+        );
     }
 
     fn describe(&self) -> String {

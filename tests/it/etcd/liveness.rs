@@ -18,8 +18,8 @@ use crate::api::{app_body, check, register};
 use crate::support::{eventually, Conn, Proc};
 
 use super::cluster::{installed, Cluster};
-use super::conformance::{converged, index, status_in};
 use super::lock;
+use crate::scenarios::{converged, index, status_in};
 
 /// A fleet's clients: one heartbeating every instance every second through
 /// two servers in turn (a round-robin balancer), a reader on each server.

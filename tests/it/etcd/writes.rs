@@ -11,8 +11,8 @@ use crate::api::{app_body, check, instance_body};
 use crate::support::{Conn, Proc};
 
 use super::cluster::{installed, Cluster};
-use super::conformance::{converged, status_in};
 use super::{lock, send_within};
+use crate::scenarios::{converged, status_in};
 
 /// A server whose watch stream is on a member that hangs (SIGSTOP): a
 /// registration through it is committed through another member, and is
