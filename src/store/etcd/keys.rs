@@ -8,15 +8,21 @@
 //! | `P apps/APP` | [`AppValue`]: wall ms of its creation or last eviction | create app, evictor |
 //! | `P inst/APP/ID` | [`InstValue`] | register, take out of service, mark `down` |
 //! | `P alive/APP/ID` | [`Claim`]: the server that answers for its heartbeats | first heartbeat, release, claim, mark `down` (deletes it) |
+//! | `P beat/APP/ID` | empty, on a lease of its own (TTL `--down-after`) | a server that sees a heartbeat of an instance another server claims |
 //! | `P servers/SERVER` | [`ServerValue`], on that server's lease | each server, at start and again if etcd dropped it |
 //! | `P removed` | empty | the evictor, with each app it removes |
 //!
 //! An instance reads `up` while its claim exists: heartbeats are counted
 //! in the memory of the servers that receive them, and the claim names the
 //! one that decides, from its memory, when the instance has been silent
-//! for `--down-after` (see `liveness.rs`). No key of an instance is on a
-//! lease, so nothing etcd does to leases changes what a reader sees; only a
-//! server's own key is on a lease, so that the others learn when it is gone.
+//! for `--down-after` (see `liveness.rs`). When heartbeats reach other
+//! servers too (a balancer spreading them), those tell it without a write:
+//! the first of them puts the instance's beat key on a lease of its own,
+//! and each keeps that lease alive on the heartbeats it answers; while the
+//! beat key exists, some server has seen a heartbeat within its TTL. What a
+//! reader sees depends on no key on a lease, so nothing etcd does to a
+//! lease changes it; a server's own key is on a lease so that the others
+//! learn when it is gone.
 
 use std::sync::Arc;
 
@@ -37,6 +43,9 @@ pub enum Key {
     Inst(String, String),
     /// An instance's claim (it is `up` while this exists).
     Alive(String, String),
+    /// An instance's beat: on a lease kept alive by the heartbeats of
+    /// servers other than its claim's.
+    Beat(String, String),
     /// A server of this registry, on its lease.
     Server(String),
 }
@@ -50,6 +59,7 @@ impl Key {
             Key::App(app) => format!("{prefix}apps/{app}"),
             Key::Inst(app, id) => format!("{prefix}inst/{app}/{id}"),
             Key::Alive(app, id) => format!("{prefix}alive/{app}/{id}"),
+            Key::Beat(app, id) => format!("{prefix}beat/{app}/{id}"),
             Key::Server(id) => format!("{prefix}servers/{id}"),
         }
         .into_bytes()
@@ -75,6 +85,9 @@ impl Key {
                 }
                 if let Some((app, id)) = rest.strip_prefix("inst/").and_then(two) {
                     return Some(Key::Inst(app, id));
+                }
+                if let Some((app, id)) = rest.strip_prefix("beat/").and_then(two) {
+                    return Some(Key::Beat(app, id));
                 }
                 let (app, id) = rest.strip_prefix("alive/").and_then(two)?;
                 Some(Key::Alive(app, id))
@@ -220,6 +233,7 @@ mod tests {
             Key::App("web".into()),
             Key::Inst("web".into(), "a".into()),
             Key::Alive("web".into(), "a".into()),
+            Key::Beat("web".into(), "a".into()),
             Key::Server("5f3a".into()),
         ] {
             assert_eq!(Key::parse(P, &key.bytes(P)), Some(key));

@@ -3,13 +3,16 @@
 //!
 //! Heartbeats are counted in the memory of the server that answers them
 //! (`seen` in the mirror); no heartbeat that changes no status writes to
-//! etcd, and no lease is kept per instance. The instance's claim names the
-//! server that decides: while that server sees heartbeats nothing is
-//! written; once it has seen none for `--down-after` less the release time
-//! it releases the claim (a write); a server that has seen one since takes
-//! the claim over (a write); else, `--down-after` after its last heartbeat
-//! and at least the release time after the release, the claim's server
-//! marks the instance `down` (a write with a revision of its own). When the
+//! etcd. The instance's claim names the server that decides: while that
+//! server sees heartbeats nothing is written. Heartbeats that reach other
+//! servers keep the instance's beat alive (a lease, kept alive without a
+//! write, on a key the first of them put); while the beat exists, the
+//! claim's server knows that someone has seen a heartbeat. Once it has seen
+//! none for `--down-after` less the release time, and there is no beat, it
+//! releases the claim (a write); a server that has seen one since takes the
+//! claim over (a write); else, `--down-after` after its last heartbeat and
+//! at least the release time after the release, the claim's server marks
+//! the instance `down` (a write with a revision of its own). When the
 //! claim's server is gone (its key, on its lease, expired), a server that
 //! has seen a heartbeat takes the claim over, and the others mark the
 //! instance `down` once the gone server's last heartbeat could be
@@ -205,16 +208,21 @@ fn due_one(
         }
     };
     let released_for = inst.released_at.map_or(0, |at| now.mono.saturating_sub(at));
+    // Another server has seen a heartbeat within its beat's TTL.
+    let vouched = inst.beat.is_some();
+    let silent_for_good = silent >= t.down_after && !vouched;
     if held.claim.by == me {
         return match (held.claim.released, fresh) {
             (false, true) => None,
-            (false, false) => Some(claim(Claim {
-                released: true,
-                change: 0,
-                ..held.claim.clone()
-            })),
+            (false, false) => (!vouched).then(|| {
+                claim(Claim {
+                    released: true,
+                    change: 0,
+                    ..held.claim.clone()
+                })
+            }),
             (true, true) => Some(take()),
-            (true, false) => (silent >= t.down_after && released_for >= t.release).then(mark_down),
+            (true, false) => (silent_for_good && released_for >= t.release).then(mark_down),
         };
     }
     if let Some(gone) = mirror.gone_since(&held.claim.by) {
@@ -222,7 +230,7 @@ fn due_one(
             return Some(take());
         }
         let orphaned_for = now.mono.saturating_sub(gone);
-        return (silent >= t.down_after && orphaned_for >= t.orphan).then(mark_down);
+        return (silent_for_good && orphaned_for >= t.orphan).then(mark_down);
     }
     // Another server's claim: taken over only once released, by a server
     // that has seen a heartbeat since (that server marks it down else).
@@ -273,6 +281,7 @@ impl Action {
                     vec![
                         Op::Delete(key),
                         Op::Delete(Key::Alive(app.clone(), id.clone()).bytes(prefix)),
+                        Op::Delete(Key::Beat(app.clone(), id.clone()).bytes(prefix)),
                         Op::Put(Key::App(app.clone()).bytes(prefix), since, 0),
                     ],
                 )
@@ -281,6 +290,7 @@ impl Action {
                 let key = Key::App(app.clone()).bytes(prefix);
                 let inst = format!("{prefix}inst/{app}/").into_bytes();
                 let alive = format!("{prefix}alive/{app}/").into_bytes();
+                let beat = format!("{prefix}beat/{app}/").into_bytes();
                 (
                     // Not removed while an instance is registered in it.
                     vec![
@@ -291,6 +301,7 @@ impl Action {
                         Op::Delete(key),
                         Op::DeletePrefix(inst),
                         Op::DeletePrefix(alive),
+                        Op::DeletePrefix(beat),
                         Op::Put(Key::Removed.bytes(prefix), Vec::new(), 0),
                     ],
                 )
@@ -418,6 +429,25 @@ mod tests {
         assert!(due(&m, "s2", T, at(3_400), 100).is_empty());
         seen(&mut m, None);
         assert!(due(&m, "s2", T, at(9_000), 100).is_empty());
+    }
+
+    /// A beat (another server saw a heartbeat within its TTL) keeps the
+    /// claim's server from releasing, and anyone from marking it `down`.
+    #[test]
+    fn a_beat_keeps_the_claim() {
+        let mut m = mirror("s1", false);
+        seen(&mut m, Some(0));
+        m.instance_mut("web", "a").unwrap().beat = Some(77);
+        assert!(due(&m, "s1", T, at(9_000), 100).is_empty());
+        let mut m = mirror("s1", true);
+        seen(&mut m, Some(0));
+        m.instance_mut("web", "a").unwrap().beat = Some(77);
+        assert!(due(&m, "s1", T, at(9_000), 100).is_empty());
+        m.servers.remove("s1");
+        assert!(due(&m, "s2", T, at(9_000), 100).is_empty());
+        // Gone: the rules apply again.
+        m.instance_mut("web", "a").unwrap().beat = None;
+        assert_eq!(kind(&due(&m, "s2", T, at(9_000), 100)), ["down"]);
     }
 
     /// A gone server's claims: taken over by a server that saw a heartbeat,

@@ -55,6 +55,9 @@ pub struct InstRec {
     pub seen: Option<Millis>,
     /// When (monotonic ms) this server saw its claim released.
     pub released_at: Option<Millis>,
+    /// The lease of its beat key, while that exists: some server has seen
+    /// a heartbeat of it within the lease's TTL.
+    pub beat: Option<i64>,
 }
 
 impl InstRec {
@@ -165,7 +168,7 @@ impl Mirror {
                 let rank = match key {
                     Key::Periods | Key::Removed | Key::App(_) | Key::Server(_) => 0,
                     Key::Inst(..) => 1,
-                    Key::Alive(..) => 2,
+                    Key::Alive(..) | Key::Beat(..) => 2,
                 };
                 Some((rank, kv, key))
             })
@@ -284,11 +287,18 @@ impl Mirror {
                     create_rev: kv.create_revision,
                     claim: old.as_ref().and_then(|o| o.claim.clone()),
                     seen: old.as_ref().and_then(|o| o.seen),
-                    released_at: old.and_then(|o| o.released_at),
+                    released_at: old.as_ref().and_then(|o| o.released_at),
+                    beat: old.and_then(|o| o.beat),
                 };
                 rec.index = rec.index.max(inst.visible_rev());
                 rec.instances.insert(id, inst);
                 Some(name)
+            }
+            Key::Beat(app, id) => {
+                // Nothing a reader sees.
+                let inst = self.instance_mut(&app, &id)?;
+                inst.beat = Some(kv.lease);
+                None
             }
             Key::Alive(app, id) => {
                 let rec = self.apps.get_mut(app.as_str())?;
@@ -333,7 +343,7 @@ impl Mirror {
             // What a reader sees moves the list's index; see the module's
             // documentation for what it does not.
             let visible = match &key {
-                Key::Periods | Key::Server(_) => 0,
+                Key::Periods | Key::Server(_) | Key::Beat(..) => 0,
                 Key::Inst(..) if !event.delete => {
                     serde_json::from_slice::<InstValue>(&event.kv.value).map_or(rev, |v| {
                         if v.vrev > 0 {
@@ -370,6 +380,11 @@ impl Mirror {
             }
             match key {
                 Key::Periods => {}
+                Key::Beat(app, id) => {
+                    if let Some(inst) = self.instance_mut(&app, &id) {
+                        inst.beat = None;
+                    }
+                }
                 Key::Removed => self.index = self.index.max(rev),
                 Key::Server(id) => {
                     if self.servers.remove(&id) {

@@ -98,6 +98,10 @@ pub(super) struct Shared {
     timing: Timing,
     /// Set when this server's key was found gone: written again at once.
     announce: AtomicBool,
+    /// The TTL in seconds of an instance's beat: `--down-after`, rounded up.
+    beat_ttl: i64,
+    /// The beats to keep alive, and those to put (see `keep.rs`).
+    beats: Mutex<keep::Beats>,
     mirror: Mutex<Mirror>,
     /// How far the view has applied etcd's revisions, and its waiters.
     applied: Mutex<Applied>,
@@ -270,6 +274,10 @@ impl Etcd {
             keep_every,
             timing,
             announce: AtomicBool::new(false),
+            beat_ttl: i64::try_from(settings.periods.down_after.div_ceil(1_000))
+                .unwrap_or(i64::MAX)
+                .max(1),
+            beats: Mutex::new(keep::Beats::default()),
             mirror: Mutex::new(mirror),
             applied: Mutex::new(Applied {
                 events: revision,

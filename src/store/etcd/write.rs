@@ -235,7 +235,11 @@ impl Shared {
                 match inst.status() {
                     Status::Up => {
                         inst.seen = Some(inst.seen.map_or(now.mono, |s| s.max(now.mono)));
+                        let theirs = inst.claim.as_ref().is_some_and(|c| c.claim.by != self.me);
+                        let beat = inst.beat;
                         drop(mirror);
+                        // Told to the claim's server through the beat.
+                        self.beat(app, id, beat, theirs);
                         view.lock().touch(app, id, now.mono);
                         return Ok(Progress::Done);
                     }

@@ -320,3 +320,72 @@ fn down_after_every_server_stopped_comes_at_a_new_index() {
         "x read down at index {down_at}, up at {up_at}"
     );
 }
+
+/// Behind a balancer that sends each heartbeat to the next of three
+/// servers (each server sees an instance only every third heartbeat, once
+/// per `--down-after`), heartbeats that change no status write nothing:
+/// once every instance is up and has been seen by every server, etcd's
+/// revision stays where it is. (Only a window in which every instance's
+/// heartbeats came less than `--down-after` - 1 s apart counts: on a
+/// machine too loaded for that, another window is tried.)
+#[test]
+fn heartbeats_spread_over_three_servers_write_nothing() {
+    if !installed("heartbeats_spread_over_three_servers_write_nothing") {
+        return;
+    }
+    const FLEET: usize = 30;
+    let cluster = Cluster::start("spread");
+    let flags = ["--down-after", "3s", "--evict-after", "60s"];
+    let servers: Vec<Proc> = (0..3)
+        .map(|_| cluster.registro("/spread/", &flags))
+        .collect();
+    let mut conns: Vec<Conn> = servers.iter().map(|p| Conn::open(p.addr)).collect();
+    check(&mut conns[0], "POST", "/apps", &app_body("web"), 201);
+    let ids: Vec<String> = (0..FLEET).map(|i| format!("i-{i}")).collect();
+    for id in &ids {
+        register(&mut conns[0], "web", id, "10.0.0.1", 80);
+    }
+    let addrs: Vec<SocketAddr> = servers.iter().map(|p| p.addr).collect();
+    converged(&addrs, Duration::from_secs(5), "the fleet registered");
+    let mut last: Vec<Option<Instant>> = vec![None; FLEET];
+    let mut round = 0;
+    // One round: every instance's heartbeat through the next server; the
+    // longest gap between two heartbeats of one instance.
+    let mut beat = |conns: &mut Vec<Conn>| {
+        let began = Instant::now();
+        let mut gap = Duration::ZERO;
+        for (k, id) in ids.iter().enumerate() {
+            check(
+                &mut conns[(k + round) % 3],
+                "PUT",
+                &format!("/apps/web/{id}"),
+                "",
+                204,
+            );
+            let now = Instant::now();
+            if let Some(before) = last[k] {
+                gap = gap.max(now - before);
+            }
+            last[k] = Some(now);
+        }
+        round += 1;
+        if let Some(left) = Duration::from_secs(1).checked_sub(began.elapsed()) {
+            thread::sleep(left);
+        }
+        gap
+    };
+    // Every instance up and seen by every server.
+    for _ in 0..6 {
+        beat(&mut conns);
+    }
+    let (writes, gap) = eventually(Duration::from_secs(120), "a steady window", || {
+        let before = cluster.revision();
+        let gap = (0..9).map(|_| beat(&mut conns)).max().unwrap_or_default();
+        let writes = cluster.revision() - before;
+        (gap + Duration::from_secs(1) < Duration::from_secs(3)).then_some((writes, gap))
+    });
+    assert_eq!(
+        writes, 0,
+        "{writes} writes in 9 rounds of {FLEET} heartbeats (gaps up to {gap:?})"
+    );
+}
