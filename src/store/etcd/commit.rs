@@ -36,6 +36,9 @@ pub const COMMIT_WITHIN: Duration = Duration::from_secs(5);
 /// How long a committed change waits for this server's view before it is
 /// answered anyway (it is committed: a 503 would be false).
 pub const VIEW_WITHIN: Duration = Duration::from_secs(10);
+/// Decisions made while one batch is filled at most (the mirror's lock is
+/// held meanwhile, and heartbeats take it).
+const DECIDE_A_BATCH: usize = 4 * MAX_TXN_OPS;
 /// Decisions of one change at most (each after a concurrent change).
 const DECISIONS: u32 = 8;
 /// The raw bytes of the values of one call at most (etcd refuses a request
@@ -430,7 +433,13 @@ impl Shared {
         let mut kept = VecDeque::new();
         let mut mirror = lock(&self.mirror);
         let now = clock::now();
-        while let Some(mut change) = p.queue.pop_front() {
+        // The locks are held for a bounded number of decisions.
+        let mut decided = 0;
+        while decided < DECIDE_A_BATCH {
+            let Some(mut change) = p.queue.pop_front() else {
+                break;
+            };
+            decided += 1;
             change.decisions += 1;
             match (change.decide)(&mut mirror, now) {
                 Decision::Done(result) => self.answer(p, change, result),
