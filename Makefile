@@ -39,21 +39,21 @@ build: ## Build every crate of the workspace in release mode
 run: ## Build (release) and start the server on ADDR (default :8080)
 	$(CARGO) run $(CARGOFLAGS) --release -p registro --bin registro -- --addr '$(ADDR)' $(ARGS)
 
-test: ## Check formatting, run clippy with -D warnings, run every test of the workspace (Prometheus, Chromium and etcd ones where installed), check the docs' examples
+test: ## Check formatting, run clippy with -D warnings, run every test of the workspace (Prometheus, Chromium, etcd and DNS ones where installed), check the docs' examples
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "make test: cargo not found; install the Rust toolchain (rustup)" >&2; exit 1; }
 	@$(CARGO) fmt --version >/dev/null 2>&1 || { echo "make test: rustfmt not found; add it with: rustup component add rustfmt" >&2; exit 1; }
 	@$(CARGO) clippy --version >/dev/null 2>&1 || { echo "make test: clippy not found; add it with: rustup component add clippy" >&2; exit 1; }
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(CARGOFLAGS) --workspace --all-targets -- -D warnings
-	@missing=""; for p in prometheus promtool chromium chromedriver etcd; do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	  if [ -n "$$missing" ]; then echo "SKIP the Prometheus, Chromium and etcd tests (missing:$$missing): install them with: apt-get install prometheus chromium chromium-driver etcd-server etcd-client"; fi
+	@missing=""; for p in prometheus promtool chromium chromedriver etcd dig dnsmasq dnsperf; do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then echo "SKIP the Prometheus, Chromium, etcd and DNS tests (missing:$$missing): install them with: apt-get install prometheus chromium chromium-driver etcd-server etcd-client bind9-dnsutils dnsmasq-base dnsperf"; fi
 	@python3 -c 'import openapi_spec_validator' 2>/dev/null || echo "SKIP the OpenAPI validator's check of docs/openapi.json: install it with: python3 -m pip install openapi-spec-validator"
 	$(CARGO) test $(CARGOFLAGS) --workspace
 	@if command -v python3 >/dev/null 2>&1 && command -v curl >/dev/null 2>&1; then \
 	  python3 .ci/smoke.py readme '$(TARGET_DIR)/debug/registro' README.md docs/*.md; \
 	else echo "SKIP the examples of README.md and docs/ (missing python3 or curl)"; fi
 
-fuzz: ## Fuzz the request parser and the whole request path, in release mode, for minutes
+fuzz: ## Fuzz the request parser, the DNS responder and both over sockets, in release mode, for minutes
 	REGISTRO_FUZZ_CASES='$(FUZZ_CASES)' REGISTRO_FUZZ_SEED='$(FUZZ_SEED)' \
 	  $(CARGO) test $(CARGOFLAGS) --release -p registro --lib fuzz -- --nocapture
 	REGISTRO_FUZZ_CASES='$(FUZZ_CASES)' REGISTRO_FUZZ_SEED='$(FUZZ_SEED)' \

@@ -12,12 +12,13 @@ mod sd;
 mod views;
 
 use crate::auth::Access;
+use crate::budget::Charge;
 use crate::clock::Now;
-use crate::http::{Body, Request, Response};
+use crate::http::{Body, Held, Request, Response};
 use crate::log::Log;
 use crate::registry::{self, Metadata, Millis, Status, StatusSet};
 use crate::store::{self, Registration, Store};
-use crate::view::{Topic, View};
+use crate::view::{answers, Topic, View};
 
 /// The path every route hangs below.
 pub const ROOT: &str = "/registro/1.0";
@@ -217,10 +218,10 @@ impl Api {
 
     fn list(&self, query: &ListQuery, now: Now, answer_now: bool) -> Result<Outcome, Response> {
         let unless = query.watch.filter(|_| !answer_now).map(|(index, _)| index);
-        if let Some(shared) = self.shared_answer(&Topic::All, query, unless, now) {
+        let asked = self.asked(Topic::All, query, now);
+        if let Some(shared) = self.shared_answer(&asked, unless) {
             return Ok(shared);
         }
-        let generation = self.view.answers().generation();
         let mut registry = self.view.lock();
         let view = registry.apps(now.mono, query.filter, unless);
         self.view.publish(registry, false);
@@ -229,19 +230,8 @@ impl Api {
         };
         // Serialised after the lock is released: a large listing never
         // stalls heartbeats for longer than the copy of its handles.
-        let body = views::apps(&apps, now);
-        let body = match unless {
-            Some(_) => self.view.answers().keep(
-                Topic::All,
-                query.filter,
-                generation,
-                now.mono,
-                index,
-                body,
-            ),
-            None => Body::Owned(body),
-        };
-        Ok(Outcome::Respond(indexed(body, index)))
+        let size = views::apps_size(&apps);
+        self.encoded(asked, unless, index, size, || views::apps(&apps, now))
     }
 
     /// `GET /apps?view=summary`: each app's name, index and counts by
@@ -257,20 +247,87 @@ impl Api {
         }
     }
 
-    /// The answer another watcher of `topic` woken by the same change got,
-    /// if it is current (see `answers`); only for a watch (`unless`).
-    fn shared_answer(
-        &self,
-        topic: &Topic,
-        query: &ListQuery,
-        unless: Option<u64>,
-        now: Now,
-    ) -> Option<Outcome> {
-        let (index, body) = self
-            .view
-            .answers()
-            .find(topic, query.filter, unless?, now.mono)?;
+    /// What a read of `topic` asks, in the generation of the shared answers
+    /// before the registry is read.
+    fn asked(&self, topic: Topic, query: &ListQuery, now: Now) -> answers::Asked {
+        answers::Asked {
+            topic,
+            filter: query.filter,
+            generation: self.view.answers().generation(),
+            now: now.mono,
+        }
+    }
+
+    /// The answer another reader of the same asked at once got, if it is
+    /// current (see `answers`): a watcher woken by the same change (`unless`
+    /// its index), or a reader of the same large listing.
+    fn shared_answer(&self, asked: &answers::Asked, unless: Option<u64>) -> Option<Outcome> {
+        let (index, body) =
+            self.view
+                .answers()
+                .find(&asked.topic, asked.filter, unless, asked.now)?;
         Some(Outcome::Respond(indexed(body, index)))
+    }
+
+    /// The answer at `index`, about `size` bytes once encoded: a large one
+    /// only if the output budget has room for it (else 503), and kept for
+    /// the readers asking for the same at once (the watchers of one change,
+    /// the readers of a large listing); a small plain read is just encoded.
+    fn encoded(
+        &self,
+        asked: answers::Asked,
+        unless: Option<u64>,
+        index: u64,
+        size: usize,
+        encode: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Outcome, Response> {
+        let shared = self.view.answers();
+        if size < answers::SHARED_FROM && unless.is_none() {
+            return Ok(Outcome::Respond(indexed(Body::Owned(encode()), index)));
+        }
+        let charge = self.reserve(size)?;
+        let started = Instant::now();
+        let body = encode();
+        // Shared from when it is ready: a reader that comes then would wait
+        // as long for its own.
+        let took = Millis::try_from(started.elapsed().as_millis()).unwrap_or(Millis::MAX);
+        let ready = answers::Asked {
+            now: asked.now.saturating_add(took),
+            ..asked
+        };
+        let body = shared.keep(ready, index, body, charge);
+        Ok(Outcome::Respond(indexed(body, index)))
+    }
+
+    /// Reserves `size` bytes in the output budget for an answer about to be
+    /// encoded, if it is large (`None` for a small one); past the budget, a
+    /// 503 with JSON.
+    fn reserve(&self, size: usize) -> Result<Option<Charge>, Response> {
+        if size < answers::SHARED_FROM {
+            return Ok(None);
+        }
+        let budget = self.view.answers().budget();
+        match budget.reserve(size) {
+            Some(charge) => Ok(Some(charge)),
+            None => Err(Response::error(
+                503,
+                format!(
+                    "answers not yet read by slow clients hold the server's output budget \
+                     ({} MiB, --output-budget); try again shortly",
+                    budget.limit() >> 20
+                ),
+            )),
+        }
+    }
+
+    /// An answer of about `size` bytes once encoded, not shared: a large
+    /// one only if the output budget has room for it, counted while it is
+    /// held.
+    fn budgeted(&self, size: usize, encode: impl FnOnce() -> Vec<u8>) -> Result<Body, Response> {
+        Ok(match self.reserve(size)? {
+            Some(charge) => Body::Shared(Arc::new(Held::new(encode(), Some(charge)))),
+            None => Body::Owned(encode()),
+        })
     }
 
     fn app(
@@ -282,10 +339,10 @@ impl Api {
     ) -> Result<Outcome, Response> {
         let unless = query.watch.filter(|_| !answer_now).map(|(index, _)| index);
         let topic = Topic::App(Arc::from(app));
-        if let Some(shared) = self.shared_answer(&topic, query, unless, now) {
+        let asked = self.asked(topic.clone(), query, now);
+        if let Some(shared) = self.shared_answer(&asked, unless) {
             return Ok(shared);
         }
-        let generation = self.view.answers().generation();
         let view = self.read_fresh(|| {
             let mut registry = self.view.lock();
             let view = registry.app(app, now.mono, query.filter, unless);
@@ -295,19 +352,8 @@ impl Api {
         match view.map_err(|e| refusal(e, app, ""))? {
             None => Ok(wait(topic, query, now)),
             Some(view) => {
-                let (body, index) = (views::app(&view, now), view.index);
-                let body = match unless {
-                    Some(_) => self.view.answers().keep(
-                        topic,
-                        query.filter,
-                        generation,
-                        now.mono,
-                        index,
-                        body,
-                    ),
-                    None => Body::Owned(body),
-                };
-                Ok(Outcome::Respond(indexed(body, index)))
+                let size = views::app_size(&view);
+                self.encoded(asked, unless, view.index, size, || views::app(&view, now))
             }
         }
     }

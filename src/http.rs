@@ -629,15 +629,54 @@ fn parse_length(value: &[u8]) -> Result<u64, ReadError> {
 }
 
 /// A response's body: its own bytes, or bytes shared with other responses
-/// (a watch answer the watchers of one change share), never copied to be
-/// sent. Reads as a byte slice.
+/// (a watch answer the watchers of one change share, a large listing many
+/// readers asked for at once), never copied to be sent. Reads as a byte
+/// slice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
     /// Bytes of this response only.
     Owned(Vec<u8>),
     /// Bytes shared, read-only, with other responses.
-    Shared(std::sync::Arc<Vec<u8>>),
+    Shared(std::sync::Arc<Held>),
 }
+
+/// Bytes that responses share, and their charge in the output budget
+/// (`crate::budget`), let go with the last of them: however many
+/// connections send them, they count once.
+#[derive(Debug)]
+pub struct Held {
+    bytes: Vec<u8>,
+    _charge: Option<crate::budget::Charge>,
+}
+
+impl Held {
+    /// `bytes`, and the charge that counts them (resized to what they hold).
+    pub fn new(bytes: Vec<u8>, mut charge: Option<crate::budget::Charge>) -> Held {
+        if let Some(charge) = &mut charge {
+            charge.resize(bytes.capacity());
+        }
+        Held {
+            bytes,
+            _charge: charge,
+        }
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Held) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for Held {}
 
 impl Default for Body {
     fn default() -> Body {
@@ -651,7 +690,7 @@ impl std::ops::Deref for Body {
     fn deref(&self) -> &[u8] {
         match self {
             Body::Owned(bytes) => bytes,
-            Body::Shared(bytes) => bytes,
+            Body::Shared(held) => &held.bytes,
         }
     }
 }

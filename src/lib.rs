@@ -19,7 +19,9 @@
 
 mod api;
 mod auth;
+mod budget;
 mod clock;
+mod dns;
 #[cfg(test)]
 mod fuzz;
 mod http;
@@ -34,5 +36,7 @@ mod sweeper;
 mod view;
 
 pub use auth::TokenFiles;
+pub use dns::DnsConfig;
+pub use persist::DiskFaults;
 pub use server::{Config, Server};
 pub use store::StoreConfig;

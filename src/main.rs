@@ -77,6 +77,12 @@ struct Flags {
     #[argh(option, default = "Duration::from_secs(300)", from_str_fn(period))]
     snapshot_every: Duration,
 
+    /// most MiB of answers written but not yet read by clients, over all
+    /// connections: past it a new large answer is refused with 503; a
+    /// listing many ask for at once counts once (default 256)
+    #[argh(option, default = "256", from_str_fn(count))]
+    output_budget: usize,
+
     /// log a summary of every sweep, not only of those that changed
     /// something or took over 100 ms (default off)
     #[argh(switch)]
@@ -91,6 +97,21 @@ struct Flags {
     /// the key prefix of the registry in etcd (default "/registro/")
     #[argh(option, default = "String::from(\"/registro/\")")]
     etcd_prefix: String,
+
+    /// answer DNS queries (UDP and TCP) for the up instances of each app:
+    /// "HOST:PORT" or ":PORT"; no tokens apply, so bind it where only
+    /// trusted programs reach (default: off)
+    #[argh(option)]
+    dns_addr: Option<String>,
+
+    /// the DNS zone: APP.DOMAIN answers A, AAAA and SRV (default "registro.")
+    #[argh(option)]
+    dns_domain: Option<String>,
+
+    /// the TTL of DNS answers, and of NXDOMAIN and empty answers: a period,
+    /// whole seconds (default 0, resolvers ask every time)
+    #[argh(option, from_str_fn(ttl))]
+    dns_ttl: Option<Duration>,
 
     /// print the version and exit (also -V)
     #[argh(switch)]
@@ -113,6 +134,10 @@ const OPTIONS: &[&str] = &[
     "--etcd-prefix",
     "--data-dir",
     "--snapshot-every",
+    "--dns-addr",
+    "--dns-domain",
+    "--dns-ttl",
+    "--output-budget",
 ];
 
 /// The most connection threads `--threads` may keep ready.
@@ -263,7 +288,26 @@ fn config(flags: Flags) -> Result<registro::Config, String> {
                 .to_string(),
         );
     }
+    let dns = match &flags.dns_addr {
+        None if flags.dns_domain.is_some() || flags.dns_ttl.is_some() => {
+            return Err(
+                "--dns-domain and --dns-ttl need --dns-addr (without it DNS is off)".to_string(),
+            )
+        }
+        None => None,
+        Some(addr) => {
+            let defaults = registro::DnsConfig::default();
+            Some(registro::DnsConfig {
+                addr: listen_addr(addr).map_err(|e| e.replace("--addr", "--dns-addr"))?,
+                domain: flags.dns_domain.clone().unwrap_or(defaults.domain),
+                ttl: flags.dns_ttl.map_or(defaults.ttl, |t| {
+                    u32::try_from(t.as_secs()).unwrap_or(u32::MAX)
+                }),
+            })
+        }
+    };
     Ok(registro::Config {
+        dns,
         store,
         addr: listen_addr(&flags.addr)?,
         threads,
@@ -284,6 +328,8 @@ fn config(flags: Flags) -> Result<registro::Config, String> {
         },
         data_dir: flags.data_dir,
         snapshot_every: flags.snapshot_every,
+        disk_faults: None,
+        output_budget: positive("--output-budget", flags.output_budget)?.saturating_mul(1 << 20),
     })
 }
 
@@ -434,6 +480,22 @@ fn period(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// `--dns-ttl`: a period of whole seconds, 0 too (a TTL is a number of
+/// seconds in DNS; 0 tells resolvers not to keep the answer).
+fn ttl(s: &str) -> Result<Duration, String> {
+    if s == "0" || s == "0s" {
+        return Ok(Duration::ZERO);
+    }
+    let d = period(s)?;
+    if d.subsec_nanos() != 0 || d.as_secs() > u64::from(i32::MAX as u32) {
+        return Err(format!(
+            "a TTL is whole seconds, 0 to {} (such as 0, 5 or 1m)",
+            i32::MAX
+        ));
+    }
+    Ok(d)
 }
 
 /// A period as `--help` writes it: `90s`, `0.5s`.

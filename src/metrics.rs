@@ -195,8 +195,10 @@ impl Histogram {
     }
 }
 
-/// What the data directory's saver last did, and how often it failed: set by
-/// one thread, so plain stores.
+/// What the data directory's saver last did, how often it failed, and since
+/// when a change has waited for the disk: the store consults that before
+/// taking a change (API.md Part 4: a change answered 2xx and unsaved for
+/// more than [`NOT_SAVING_AFTER`] turns changes and `/healthz` to 503).
 #[derive(Debug, Default)]
 pub struct Saves {
     enabled: std::sync::atomic::AtomicBool,
@@ -204,7 +206,15 @@ pub struct Saves {
     last_us: [AtomicU64; 2],
     last_bytes: [AtomicU64; 2],
     failures: AtomicU64,
+    /// Monotonic ms of the oldest change recorded and not yet on disk (0:
+    /// none). Set by the recorder, moved on by the saver, both under the
+    /// data directory's buffer lock.
+    unsaved_since: AtomicU64,
 }
+
+/// How long a change answered 2xx may wait for the disk before the data
+/// directory counts as not saving.
+pub const NOT_SAVING_AFTER: u64 = 1000;
 
 /// The kind of a save: an append to the log, or a whole snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,6 +246,41 @@ impl Saves {
     /// Saves that failed so far.
     pub fn failures(&self) -> u64 {
         self.failures.load(Relaxed)
+    }
+
+    /// A change was recorded at `now` (monotonic ms): if everything before
+    /// it was on disk, it is the oldest unsaved one.
+    pub fn unsaved(&self, now: u64) {
+        let _ = self
+            .unsaved_since
+            .compare_exchange(0, now.max(1), Relaxed, Relaxed);
+    }
+
+    /// What is on disk now: everything (`None`), or everything recorded
+    /// before `oldest`.
+    pub fn saved_but(&self, oldest: Option<u64>) {
+        self.unsaved_since
+            .store(oldest.map_or(0, |t| t.max(1)), Relaxed);
+    }
+
+    /// When the oldest change not yet on disk was recorded.
+    pub fn oldest_unsaved(&self) -> Option<u64> {
+        Some(self.unsaved_since.load(Relaxed)).filter(|&t| t != 0)
+    }
+
+    /// How long the oldest change not yet on disk has waited at `now`.
+    pub fn unsaved_for(&self, now: u64) -> Option<u64> {
+        match self.unsaved_since.load(Relaxed) {
+            0 => None,
+            since => Some(now.saturating_sub(since)),
+        }
+    }
+
+    /// Whether every change has reached the disk within
+    /// [`NOT_SAVING_AFTER`], at `now`.
+    pub fn saving(&self, now: u64) -> bool {
+        self.unsaved_for(now)
+            .is_none_or(|waited| waited <= NOT_SAVING_AFTER)
     }
 
     fn render(&self, o: &mut String) {
@@ -274,9 +319,28 @@ impl Saves {
             o,
             name,
             "counter",
-            "Saves to --data-dir that failed (each is retried; the server keeps serving).",
+            "Saves to --data-dir that failed (each is retried).",
         );
         sample(o, name, "", self.failures());
+        let now = crate::clock::now().mono;
+        let name = "registro_data_dir_saving";
+        family(
+            o,
+            name,
+            "gauge",
+            "1 while --data-dir saves every change within a second; 0 once a change answered 2xx has waited longer (changes and /healthz then answer 503).",
+        );
+        sample(o, name, "", u64::from(self.saving(now)));
+        let name = "registro_data_dir_unsaved_seconds";
+        family(
+            o,
+            name,
+            "gauge",
+            "How long the oldest change answered 2xx and not yet on disk has waited (0: none).",
+        );
+        // A change recorded this very millisecond reads 0.001: 0 means none.
+        let waited = self.unsaved_for(now).map_or(0, |ms| ms.max(1));
+        let _ = writeln!(o, "{name} {}", seconds(waited.saturating_mul(1000)));
     }
 }
 
@@ -317,6 +381,8 @@ pub struct Metrics {
     shards: Box<[Shard]>,
     /// The data directory's saves (shown only with `--data-dir`).
     pub saves: Saves,
+    /// DNS queries (shown only with `--dns-addr`).
+    pub dns: crate::dns::Queries,
     /// Unix seconds when the server started.
     started: f64,
 }
@@ -340,6 +406,7 @@ impl Metrics {
         Metrics {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             saves: Saves::default(),
+            dns: crate::dns::Queries::default(),
             // The wall time of the clock's origin, which is the process's
             // first clock reading: the start of the process, give or take.
             started: now
@@ -504,6 +571,7 @@ impl Metrics {
         }
         self.render_requests(o);
         self.saves.render(o);
+        self.dns.render(o);
         family(
             o,
             "registro_build_info",

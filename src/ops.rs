@@ -33,6 +33,9 @@ pub fn handle(view: &View, store: &dyn Store, request: &Request) -> Option<Respo
         return Some(response);
     }
     Some(match route {
+        "/healthz" if !view.log().metrics().saves.saving(crate::clock::now().mono) => {
+            Response::json(503, b"{\"status\":\"data dir not saving\"}\n".to_vec())
+        }
         "/healthz" => match store.health() {
             Ok(()) => Response::json(200, b"{\"status\":\"ok\"}\n".to_vec()),
             Err(status) => {
@@ -42,6 +45,7 @@ pub fn handle(view: &View, store: &dyn Store, request: &Request) -> Option<Respo
         "/favicon.ico" => Response::empty(204),
         "/metrics" => {
             let mut text = view.log().metrics().render(&counts(view));
+            view.answers().budget().render(&mut text);
             store.render_metrics(&mut text);
             text_response(
                 text.into_bytes(),

@@ -8,8 +8,14 @@
 //! to the first answer (and the CPU time that took), the disk used per
 //! instance, and the same rounds again, for the slowest heartbeat while
 //! snapshots are written beside the server without a directory.
+//!
+//! At 100,000 instances (`--quick`: its one size), slow readers: on a fresh
+//! server of each binary, 40 connections ask for the full listing and never
+//! read (a 4 KiB receive buffer); the server's resident memory before and at
+//! its peak while they hold their answers, against the output budget
+//! (`--output-budget`, 256 MiB by default), and heartbeats measured
+//! meanwhile.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -21,10 +27,17 @@ use std::time::{Duration, Instant};
 use crate::http::Conn;
 use crate::load::{self, Fleet, Outcome};
 use crate::proc::{ServerProc, Stop};
-use crate::{measure, report, Bench};
+use crate::report::{Section, Verdict};
+use crate::{measure, report, Bench, FULL_SIZES};
 
 /// Between two churn registrations.
 const CHURN_EVERY: Duration = Duration::from_millis(10);
+/// Clients that ask for the full listing and never read.
+const SLOW_READERS: usize = 40;
+/// The server's default `--output-budget`.
+const BUDGET: u64 = 256 << 20;
+/// The fleet the slow readers' target is stated for.
+const SLOW_AT: usize = FULL_SIZES[1];
 
 /// One fleet size.
 struct Size {
@@ -42,6 +55,22 @@ struct Size {
     stop: Duration,
     restart: Duration,
     restart_cpu: f64,
+    /// Slow readers, per binary (at one size only).
+    slow: Vec<Slow>,
+}
+
+/// Slow readers on one binary's server.
+struct Slow {
+    /// `now`, or the second server's name.
+    label: String,
+    /// The bytes of the full listing.
+    listing: usize,
+    /// Resident bytes before the slow readers asked, and the most while
+    /// they held their answers.
+    before: u64,
+    peak: u64,
+    /// Heartbeats meanwhile.
+    beside: Outcome,
 }
 
 /// Runs the scenario and answers its section of the report (`--quick`:
@@ -49,6 +78,7 @@ struct Size {
 pub fn run(bench: &mut Bench) -> Result<String, String> {
     let all = bench.s.sizes;
     let sizes = if bench.s.quick { &all[2..] } else { &all[..] };
+    let slow_at = if bench.s.quick { all[2] } else { SLOW_AT };
     let mut done = Vec::new();
     for &n in sizes {
         let dir =
@@ -57,9 +87,112 @@ pub fn run(bench: &mut Bench) -> Result<String, String> {
         let dir_arg = dir.to_str().ok_or("temp dir is not UTF-8")?.to_string();
         let result = measure_size(bench, n, &dir, &dir_arg);
         let _ = std::fs::remove_dir_all(&dir);
-        done.push(result?);
+        let mut size = result?;
+        if n == slow_at {
+            for (b, _, tag) in bench.binaries() {
+                size.slow.push(slow_readers(bench, b, tag, n)?);
+            }
+        }
+        done.push(size);
     }
     Ok(render(&done))
+}
+
+/// Slow readers on a fresh server of binary `b` holding `n` instances.
+fn slow_readers(bench: &mut Bench, b: usize, tag: &str, n: usize) -> Result<Slow, String> {
+    let server = bench.start(b, &format!("registro-{n}-slow-readers{tag}"), &[])?;
+    let measured = (|| {
+        load::register(server.addr, Fleet::new(n))?;
+        load::renew_all(server.addr, Fleet::new(n))?;
+        // Once before, so that the baseline holds what one listing leaves;
+        // then long enough for a server that shares answers to have let go
+        // of it (250 ms, and the ticker's second), so that the slow readers
+        // find nothing encoded.
+        let (_, listing) = load::request_once(server.addr, load::LISTING)
+            .map_err(|e| format!("slow readers: the listing: {e}"))?;
+        thread::sleep(Duration::from_millis(1500));
+        let before = server.rss()?;
+        let readers = (0..SLOW_READERS)
+            .map(|_| never_reads(server.addr))
+            .collect::<Result<Vec<_>, _>>()?;
+        let peak = Peak::start(server.pid());
+        let beside = measure(&bench.heartbeats(server.addr, n, 0), server.pid());
+        let peak = peak.stop().max(before);
+        drop(readers);
+        Ok::<_, String>(Slow {
+            label: if b == 0 {
+                "now".to_string()
+            } else {
+                bench.s.before_name()
+            },
+            listing,
+            before,
+            peak,
+            beside,
+        })
+    })();
+    bench.stop(server);
+    let slow = measured?;
+    bench.progress(format_args!(
+        "datadir {}{tag}: {SLOW_READERS} slow readers of a {} listing: resident {} -> {} at most; heartbeats meanwhile: {}",
+        report::count(n),
+        report::bytes(slow.listing as u64),
+        report::bytes(slow.before),
+        report::bytes(slow.peak),
+        report::summary(&slow.beside)
+    ));
+    Ok(slow)
+}
+
+/// A connection with a 4 KiB receive buffer that asks for the full
+/// listing and reads nothing.
+fn never_reads(addr: SocketAddr) -> Result<std::net::TcpStream, String> {
+    use rustix::net::{sockopt, AddressFamily, SocketType};
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let socket = rustix::net::socket(family, SocketType::STREAM, None)
+        .map_err(|e| format!("slow readers: socket: {e}"))?;
+    // Before connecting, so that the window it offers stays small.
+    sockopt::set_socket_recv_buffer_size(&socket, 4096)
+        .map_err(|e| format!("slow readers: SO_RCVBUF: {e}"))?;
+    rustix::net::connect(&socket, &addr).map_err(|e| format!("slow readers: connect: {e}"))?;
+    let mut stream = std::net::TcpStream::from(socket);
+    std::io::Write::write_all(&mut stream, load::LISTING)
+        .map_err(|e| format!("slow readers: send: {e}"))?;
+    Ok(stream)
+}
+
+/// The most resident memory of a process, sampled every 10 ms.
+struct Peak {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<u64>,
+}
+
+impl Peak {
+    fn start(pid: u32) -> Peak {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status"));
+                if let Some(rss) = status.ok().and_then(|s| crate::proc::parse_rss(&s)) {
+                    peak = peak.max(rss);
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        });
+        Peak { stop, thread }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
 }
 
 fn measure_size(bench: &mut Bench, n: usize, dir: &Path, dir_arg: &str) -> Result<Size, String> {
@@ -85,6 +218,7 @@ fn measure_size(bench: &mut Bench, n: usize, dir: &Path, dir_arg: &str) -> Resul
         stop: Duration::ZERO,
         restart: Duration::ZERO,
         restart_cpu: 0.0,
+        slow: Vec::new(),
     };
     let mut churned = 0;
     rounds(
@@ -240,41 +374,126 @@ fn worst(v: &[Outcome]) -> u64 {
 }
 
 fn render(sizes: &[Size]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "\n## --data-dir\n\nThe same binary with `--data-dir` and without, measured back to back, a registration every 10 ms on each; then the one with the directory stopped, started again on it with `--snapshot-every 1s` (a snapshot after another), and measured again.\n"
+    let mut sec = Section::new("--data-dir");
+    sec.text(
+        "The same binary with `--data-dir` and without, measured back to back, a registration \
+         every 10 ms on each; then the one with the directory stopped, started again on it with \
+         `--snapshot-every 1s` (a snapshot after another), and measured again.",
     );
-    let _ = writeln!(
-        out,
-        "| instances | heartbeats/s with | without | ratio (>= 0.95x) | max while snapshots are written | max without | longest snapshot lock hold | disk per instance | stop | start to serving (< 5 s at 1M) |"
-    );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    sec.table(&[
+        "instances",
+        "heartbeats/s with",
+        "without",
+        "ratio (median per round)",
+        "max while snapshots are written",
+        "max without",
+        "longest snapshot lock hold",
+        "disk per instance",
+        "stop",
+        "start to serving",
+    ]);
     for z in sizes {
-        let (w, wo) = (median_rate(&z.with), median_rate(&z.without));
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {:.2}x | {} | {} | {} | {:.0} B | {} ms | {} ms ({} CPU) |",
-            report::thousands(z.n as f64),
-            report::thousands(w),
-            report::thousands(wo),
-            w / wo.max(1e-9),
-            report::ms(worst(&z.saving)),
-            report::ms(worst(&z.control)),
-            if z.lock_us == 0 {
+        let ratio = report::median(report::ratios(&z.with, &z.without));
+        sec.row(&[
+            &report::thousands(z.n as f64),
+            &report::thousands(median_rate(&z.with)),
+            &report::thousands(median_rate(&z.without)),
+            &report::times(ratio),
+            &report::ms(worst(&z.saving)),
+            &report::ms(worst(&z.control)),
+            &if z.lock_us == 0 {
                 "unseen (no snapshot line among the log's last)".to_string()
             } else {
                 report::ms(z.lock_us)
             },
-            z.disk as f64 / z.n as f64,
-            z.stop.as_millis(),
-            z.restart.as_millis(),
-            if z.restart_cpu.is_finite() {
-                format!("{:.2} s", z.restart_cpu)
-            } else {
-                "unknown".to_string()
-            }
+            &format!("{:.0} B", z.disk as f64 / z.n as f64),
+            &format!("{} ms", z.stop.as_millis()),
+            &format!(
+                "{} ms ({} CPU)",
+                z.restart.as_millis(),
+                if z.restart_cpu.is_finite() {
+                    format!("{:.2} s", z.restart_cpu)
+                } else {
+                    "unknown".to_string()
+                }
+            ),
+        ]);
+    }
+    let slow: Vec<(usize, &Slow)> = sizes
+        .iter()
+        .flat_map(|z| z.slow.iter().map(move |s| (z.n, s)))
+        .collect();
+    if !slow.is_empty() {
+        sec.text(format_args!(
+            "Slow readers: on a fresh server, {SLOW_READERS} connections ask for the full listing \
+             and never read; resident memory before and at its peak while they hold their \
+             answers, against the default output budget ({} MiB), and heartbeats meanwhile.",
+            BUDGET >> 20
+        ));
+        sec.table(&[
+            "server",
+            "instances",
+            "listing",
+            "resident before",
+            "peak",
+            "growth",
+            "heartbeats/s meanwhile",
+            "p99",
+            "errors",
+        ]);
+        for (n, s) in &slow {
+            sec.row(&[
+                &s.label,
+                &report::thousands(*n as f64),
+                &report::bytes(s.listing as u64),
+                &report::bytes(s.before),
+                &report::bytes(s.peak),
+                &report::bytes(s.peak - s.before),
+                &report::thousands(s.beside.rate()),
+                &report::ms(s.beside.hist.quantile(0.99)),
+                &s.beside.errors,
+            ]);
+        }
+    }
+    for z in sizes {
+        let ratio = report::median(report::ratios(&z.with, &z.without));
+        sec.target(
+            format_args!(
+                "Heartbeats with --data-dir >= 0.95x without, {} instances",
+                report::thousands(z.n as f64)
+            ),
+            format_args!("{} (median per round)", report::times(ratio)),
+            Verdict::check(ratio, |x| x >= 0.95),
         );
     }
-    out
+    if let Some(z) = sizes.last() {
+        sec.target(
+            "A start with 1,000,000 instances on disk serves within 5 s of CPU time",
+            format_args!(
+                "{:.2} s of CPU, {} ms in all, at {}",
+                z.restart_cpu,
+                z.restart.as_millis(),
+                report::thousands(z.n as f64)
+            ),
+            Verdict::check(z.restart_cpu, |x| x < 5.0).at_size(z.n >= FULL_SIZES[2]),
+        );
+    }
+    for (n, s) in slow.iter().filter(|(_, s)| s.label == "now") {
+        let growth = s.peak - s.before;
+        sec.target(
+            format_args!(
+                "{SLOW_READERS} clients of the full listing of {} that never read: resident growth <= the output budget ({} MiB), heartbeats answered meanwhile",
+                report::thousands(SLOW_AT as f64),
+                BUDGET >> 20
+            ),
+            format_args!(
+                "{} for a {} listing, {} heartbeat errors",
+                report::bytes(growth),
+                report::bytes(s.listing as u64),
+                s.beside.errors
+            ),
+            Verdict::of(growth <= BUDGET && s.beside.errors == 0).at_size(*n >= SLOW_AT),
+        );
+    }
+    sec.finish()
 }

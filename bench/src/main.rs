@@ -26,7 +26,7 @@
 //! Usage: `registro-bench [--quick] [--server PATH] [--registro PATH] [--runs N]
 //! [--secs S] [--per-thread K] [--sweep-every S] [--down-after S] [--fleet N]
 //! [--fleet-secs S] [--fleet-interval S] [--watchers N]
-//! [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining,etcd,dashboard,datadir]`;
+//! [--only hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining,etcd,dashboard,datadir,dns]`;
 //! `REGISTRO_BENCH_QUICK=1` is the same as `--quick`.
 
 #![forbid(unsafe_code)]
@@ -34,6 +34,7 @@
 mod baseline;
 mod dashboard;
 mod datadir;
+mod dns;
 mod etcd;
 mod fleet;
 mod heartbeats;
@@ -61,7 +62,7 @@ const CONNS: usize = 32;
 const BASELINE_WORKERS: usize = 2;
 /// Every scenario, in the order they run and report.
 const SCENARIOS: &str =
-    "hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining,etcd,dashboard,datadir";
+    "hb,fresh,mixed,sweep,memory,watch,slowloris,fleet,pipelining,etcd,dashboard,datadir,dns";
 
 /// What to run, and how big.
 #[derive(Debug, Clone)]
@@ -409,7 +410,7 @@ fn run(s: Settings) -> Result<(), String> {
         bench.s.secs,
         bench.s.per_thread
     ));
-    let scenarios: [(&[&str], Scenario); 10] = [
+    let scenarios: [(&[&str], Scenario); 11] = [
         (&["hb", "fresh", "mixed"], heartbeats::run),
         (&["sweep"], sweep::run),
         (&["memory"], memory::run),
@@ -420,6 +421,7 @@ fn run(s: Settings) -> Result<(), String> {
         (&["etcd"], etcd::run),
         (&["dashboard"], dashboard::run),
         (&["datadir"], datadir::run),
+        (&["dns"], dns::run),
     ];
     let mut sections = String::new();
     for (names, scenario) in scenarios {

@@ -351,7 +351,7 @@ fn parse_cpu(stat: &str) -> Option<f64> {
     Some((utime + stime) as f64 / 100.0)
 }
 
-fn parse_rss(status: &str) -> Option<u64> {
+pub fn parse_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)

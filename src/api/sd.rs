@@ -46,7 +46,8 @@ impl Api {
                 .collect(),
         };
         self.view.publish(registry, false);
-        Ok(Response::json(200, encode(&views)))
+        let body = self.budgeted(size(&views), || encode(&views))?;
+        Ok(Response::json(200, body))
     }
 }
 
@@ -92,10 +93,14 @@ fn parse(target: &str) -> Result<Query, Response> {
     })
 }
 
+/// About the size of the JSON of `apps`' target groups, without metadata.
+fn size(apps: &[AppView]) -> usize {
+    16 + apps.iter().map(|a| a.instances.len()).sum::<usize>() * 160
+}
+
 /// The JSON array of target groups, and a newline.
 fn encode(apps: &[AppView]) -> Vec<u8> {
-    let instances: usize = apps.iter().map(|a| a.instances.len()).sum();
-    let mut out = Vec::with_capacity(16 + instances * 160);
+    let mut out = Vec::with_capacity(size(apps));
     out.push(b'[');
     let mut count = 0;
     for app in apps {

@@ -25,7 +25,7 @@ const INSTANCE_TEXT: usize = 84;
 
 /// `{"applications":[...]}` and a newline.
 pub fn apps(apps: &[AppView], now: Now) -> Vec<u8> {
-    let hint = 20 + apps.iter().map(size_hint).sum::<usize>();
+    let hint = apps_size(apps);
     let mut out = Vec::with_capacity(hint);
     let mut count = 0;
     out.extend_from_slice(b"{\"applications\":[");
@@ -72,7 +72,7 @@ pub fn summary(apps: &[AppSummary]) -> Vec<u8> {
 
 /// One app and its instances, and a newline.
 pub fn app(view: &AppView, now: Now) -> Vec<u8> {
-    let mut out = Vec::with_capacity(size_hint(view));
+    let mut out = Vec::with_capacity(app_size(view));
     write_app(&mut out, view, now, &mut 0);
     out.push(b'\n');
     out
@@ -86,15 +86,27 @@ pub fn instance(view: &InstanceView, now: Now) -> Vec<u8> {
     out
 }
 
-/// About the encoded size of `view` without metadata, over rather than
-/// under: a buffer of this size is grown only for metadata.
-fn size_hint(view: &AppView) -> usize {
+/// About the encoded size of `view`, over rather than under unless text
+/// needs escaping: the buffer is sized from it, and a large answer reserves
+/// it in the output budget before it is encoded.
+pub fn app_size(view: &AppView) -> usize {
     let instances: usize = view
         .instances
         .iter()
-        .map(|i| INSTANCE_TEXT + i.id.len() + i.ip.len())
+        .map(|i| {
+            // `,"metadata":{}` and `"":"",` an entry.
+            let metadata = i.metadata.as_deref().map_or(0, |m| {
+                14 + m.iter().map(|(k, v)| 6 + k.len() + v.len()).sum::<usize>()
+            });
+            INSTANCE_TEXT + i.id.len() + i.ip.len() + metadata
+        })
         .sum();
     32 + view.name.len() + instances
+}
+
+/// The same for the list of `apps`.
+pub fn apps_size(apps: &[AppView]) -> usize {
+    20 + apps.iter().map(app_size).sum::<usize>()
 }
 
 /// `count` carries the instances written so far across apps, for the yields.
@@ -312,7 +324,7 @@ mod tests {
         assert_eq!(listed[0]["instances"].as_array().unwrap().len(), 600);
         assert_eq!(listed[0]["instances"][599]["id"], "i-599");
         assert_eq!(listed[1], json!({"name": "empty", "instances": []}));
-        assert!(body.len() <= 20 + size_hint(&web) + size_hint(&empty));
+        assert!(body.len() <= apps_size(&[web.clone(), empty.clone()]));
         assert_eq!(parse(&app(&empty, NOW)), listed[1]);
     }
 }

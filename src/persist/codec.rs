@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::registry::{Metadata, Status, Stored};
+use crate::registry::{AppState, Metadata, Status, Stored};
 
 /// The version of the format this server writes and reads.
 pub const VERSION: u16 = 1;
@@ -52,12 +52,8 @@ pub enum Record {
     App {
         /// The app name.
         name: Arc<str>,
-        /// Its change index.
-        index: u64,
-        /// When it became empty, if it is.
-        empty_since: Option<u64>,
-        /// The latest expiry of its instances removed so far.
-        gone_at: u64,
+        /// Its index and times.
+        state: AppState,
     },
     /// An app was removed.
     AppRemoved {
@@ -67,22 +63,7 @@ pub enum Record {
         index: u64,
     },
     /// An instance's whole state (added, replaced, or its status changed).
-    Instance {
-        /// The app name.
-        app: Arc<str>,
-        /// The instance id.
-        id: Arc<str>,
-        /// The address.
-        ip: Arc<str>,
-        /// The port.
-        port: u16,
-        /// The stored status.
-        status: Status,
-        /// Its last renewal.
-        renewal: u64,
-        /// Its metadata, if any.
-        metadata: Option<Arc<Metadata>>,
-    },
+    Instance(InstanceRecord),
     /// An instance was removed.
     InstanceRemoved {
         /// The app name.
@@ -101,6 +82,40 @@ pub enum Record {
     },
 }
 
+/// An instance's whole state, as read back: the owned form of what
+/// [`encode_instance`] writes from the registry's borrowed [`Stored`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceRecord {
+    /// The app name.
+    pub app: Arc<str>,
+    /// The instance id.
+    pub id: Arc<str>,
+    /// The address.
+    pub ip: Arc<str>,
+    /// The port.
+    pub port: u16,
+    /// The stored status.
+    pub status: Status,
+    /// Its last renewal.
+    pub renewal: u64,
+    /// Its metadata, if any.
+    pub metadata: Option<Arc<Metadata>>,
+}
+
+impl InstanceRecord {
+    /// The registry's view of the same state.
+    fn stored(&self) -> Stored<'_> {
+        Stored {
+            id: &self.id,
+            ip: &self.ip,
+            port: self.port,
+            status: self.status,
+            last_renewal: self.renewal,
+            metadata: self.metadata.as_deref(),
+        }
+    }
+}
+
 const HEADER: u8 = 1;
 const MARK: u8 = 2;
 const APP: u8 = 3;
@@ -109,19 +124,51 @@ const INSTANCE: u8 = 5;
 const INSTANCE_REMOVED: u8 = 6;
 const END: u8 = 7;
 
-fn status_byte(s: Status) -> u8 {
-    match s {
-        Status::Starting => 0,
-        Status::Up => 1,
-        Status::Down => 2,
-        Status::OutOfService => 3,
-    }
+/// The byte of each status: its place here. Kinds are `0` (snapshot) and `1` (log).
+const STATUSES: [Status; 4] = [
+    Status::Starting,
+    Status::Up,
+    Status::Down,
+    Status::OutOfService,
+];
+
+/// When a frame's checksum is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seal {
+    /// At once.
+    Now,
+    /// Later, by [`seal_all`]: a snapshot's step copies under the registry's
+    /// lock and checksums after it.
+    Later,
 }
 
 /// Appends `record`, framed, to `out`.
-pub fn encode(record: &Record, out: &mut Vec<u8>) {
+pub fn encode(record: &Record, out: &mut Vec<u8>, seal: Seal) {
+    framed(out, seal, |out| payload(record, out));
+}
+
+/// Appends an instance record of `app` from the registry's own borrowed
+/// state (the snapshot and the recorder write them without building a
+/// [`Record`]).
+pub fn encode_instance(out: &mut Vec<u8>, app: &str, s: &Stored<'_>, seal: Seal) {
+    framed(out, seal, |out| instance(out, app, s));
+}
+
+/// Writes a frame around what `payload` appends: its length, and its
+/// checksum if `seal` says now.
+fn framed(out: &mut Vec<u8>, seal: Seal, payload: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
     out.extend_from_slice(&[0; FRAME]);
+    payload(out);
+    let len = u32::try_from(out.len() - start - FRAME).unwrap_or(u32::MAX);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    if seal == Seal::Now {
+        let crc = crc32c(&out[start + FRAME..]);
+        out[start + 4..start + FRAME].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+fn payload(record: &Record, out: &mut Vec<u8>) {
     match record {
         Record::Header {
             kind,
@@ -143,43 +190,19 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             out.push(MARK);
             u64_(out, *mono);
         }
-        Record::App {
-            name,
-            index,
-            empty_since,
-            gone_at,
-        } => {
+        Record::App { name, state } => {
             out.push(APP);
             str_(out, name);
-            u64_(out, *index);
-            u64_(out, empty_since.unwrap_or(u64::MAX));
-            u64_(out, *gone_at);
+            u64_(out, state.index);
+            u64_(out, state.empty_since.unwrap_or(u64::MAX));
+            u64_(out, state.gone_at);
         }
         Record::AppRemoved { name, index } => {
             out.push(APP_REMOVED);
             str_(out, name);
             u64_(out, *index);
         }
-        Record::Instance {
-            app,
-            id,
-            ip,
-            port,
-            status,
-            renewal,
-            metadata,
-        } => {
-            let stored = Stored {
-                id,
-                ip,
-                port: *port,
-                status: *status,
-                last_renewal: *renewal,
-                metadata: metadata.as_deref(),
-            };
-            instance(out, app, &stored);
-            return seal(out, start);
-        }
+        Record::Instance(i) => instance(out, &i.app, &i.stored()),
         Record::InstanceRemoved { app, id } => {
             out.push(INSTANCE_REMOVED);
             str_(out, app);
@@ -192,24 +215,6 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             out.push(u8::from(*clean));
         }
     }
-    seal(out, start);
-}
-
-/// Appends an instance record of `app` from the registry's own borrowed
-/// state (the snapshot and the recorder write them without building a
-/// [`Record`]).
-pub fn encode_instance(out: &mut Vec<u8>, app: &str, s: &Stored<'_>) {
-    let start = out.len();
-    encode_instance_unsealed(out, app, s);
-    seal(out, start);
-}
-
-/// The same, its checksum left for [`seal_all`].
-pub fn encode_instance_unsealed(out: &mut Vec<u8>, app: &str, s: &Stored<'_>) {
-    let start = out.len();
-    out.extend_from_slice(&[0; FRAME]);
-    instance(out, app, s);
-    seal_len(out, start);
 }
 
 fn instance(out: &mut Vec<u8>, app: &str, s: &Stored<'_>) {
@@ -218,7 +223,8 @@ fn instance(out: &mut Vec<u8>, app: &str, s: &Stored<'_>) {
     str_(out, s.id);
     str_(out, s.ip);
     out.extend_from_slice(&s.port.to_le_bytes());
-    out.push(status_byte(s.status));
+    let status = STATUSES.iter().position(|&x| x == s.status).unwrap_or(0);
+    out.push(status as u8);
     u64_(out, s.last_renewal);
     let entries = s.metadata.map_or(0, Metadata::len);
     out.extend_from_slice(&u16::try_from(entries).unwrap_or(u16::MAX).to_le_bytes());
@@ -228,9 +234,8 @@ fn instance(out: &mut Vec<u8>, app: &str, s: &Stored<'_>) {
     }
 }
 
-/// Fills in the checksums of the frames in `out` (whole frames, as
-/// [`encode_unsealed`] writes them): done after the registry's lock is let
-/// go, so a snapshot's step holds it only to copy.
+/// Fills in the checksums of the frames in `out` (whole frames, written
+/// with [`Seal::Later`]).
 pub fn seal_all(out: &mut [u8]) {
     let mut at = 0;
     while at + FRAME <= out.len() {
@@ -240,26 +245,6 @@ pub fn seal_all(out: &mut [u8]) {
         out[at + 4..at + FRAME].copy_from_slice(&crc.to_le_bytes());
         at = end;
     }
-}
-
-/// Appends `record` framed, its checksum left for [`seal_all`].
-pub fn encode_unsealed(record: &Record, out: &mut Vec<u8>) {
-    let start = out.len();
-    encode(record, out);
-    out[start + 4..start + FRAME].fill(0);
-}
-
-/// Fills in the frame of the payload that starts at `start + FRAME`.
-fn seal(out: &mut [u8], start: usize) {
-    seal_len(out, start);
-    let crc = crc32c(&out[start + FRAME..]);
-    out[start + 4..start + FRAME].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// Fills in the length of the payload that starts at `start + FRAME`.
-fn seal_len(out: &mut [u8], start: usize) {
-    let len = u32::try_from(out.len() - start - FRAME).unwrap_or(u32::MAX);
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
 }
 
 fn u64_(out: &mut Vec<u8>, v: u64) {
@@ -395,9 +380,11 @@ impl Reader<'_> {
             MARK => Record::Mark { mono: self.u64()? },
             APP => Record::App {
                 name: self.arc()?,
-                index: self.u64()?,
-                empty_since: Some(self.u64()?).filter(|&t| t != u64::MAX),
-                gone_at: self.u64()?,
+                state: AppState {
+                    index: self.u64()?,
+                    empty_since: Some(self.u64()?).filter(|&t| t != u64::MAX),
+                    gone_at: self.u64()?,
+                },
             },
             APP_REMOVED => Record::AppRemoved {
                 name: self.arc()?,
@@ -406,13 +393,9 @@ impl Reader<'_> {
             INSTANCE => {
                 let (app, id, ip) = (self.arc()?, self.arc()?, self.arc()?);
                 let port = self.u16()?;
-                let status = match self.u8()? {
-                    0 => Status::Starting,
-                    1 => Status::Up,
-                    2 => Status::Down,
-                    3 => Status::OutOfService,
-                    _ => return Err(Bad::Malformed("unknown status")),
-                };
+                let status = *STATUSES
+                    .get(usize::from(self.u8()?))
+                    .ok_or(Bad::Malformed("unknown status"))?;
                 let renewal = self.u64()?;
                 let entries = self.u16()?;
                 let metadata = if entries == 0 {
@@ -425,7 +408,7 @@ impl Reader<'_> {
                     }
                     Some(Arc::new(m))
                 };
-                Record::Instance {
+                Record::Instance(InstanceRecord {
                     app,
                     id,
                     ip,
@@ -433,7 +416,7 @@ impl Reader<'_> {
                     status,
                     renewal,
                     metadata,
-                }
+                })
             }
             INSTANCE_REMOVED => Record::InstanceRemoved {
                 app: self.arc()?,
@@ -506,21 +489,25 @@ mod tests {
             Record::Mark { mono: 42 },
             Record::App {
                 name: "web".into(),
-                index: 9,
-                empty_since: None,
-                gone_at: 0,
+                state: AppState {
+                    index: 9,
+                    empty_since: None,
+                    gone_at: 0,
+                },
             },
             Record::App {
                 name: "db".into(),
-                index: 10,
-                empty_since: Some(5),
-                gone_at: 3,
+                state: AppState {
+                    index: 10,
+                    empty_since: Some(5),
+                    gone_at: 3,
+                },
             },
             Record::AppRemoved {
                 name: "db".into(),
                 index: 11,
             },
-            Record::Instance {
+            Record::Instance(InstanceRecord {
                 app: "web".into(),
                 id: "a".into(),
                 ip: "2001:db8::1".into(),
@@ -528,8 +515,8 @@ mod tests {
                 status: Status::OutOfService,
                 renewal: 12,
                 metadata: Some(Arc::new(meta)),
-            },
-            Record::Instance {
+            }),
+            Record::Instance(InstanceRecord {
                 app: "web".into(),
                 id: "b".into(),
                 ip: "10.0.0.1".into(),
@@ -537,7 +524,7 @@ mod tests {
                 status: Status::Up,
                 renewal: 13,
                 metadata: None,
-            },
+            }),
             Record::InstanceRemoved {
                 app: "web".into(),
                 id: "a".into(),
@@ -554,7 +541,7 @@ mod tests {
     fn every_record_reads_back_as_written() {
         let mut bytes = Vec::new();
         for r in samples() {
-            encode(&r, &mut bytes);
+            encode(&r, &mut bytes, Seal::Now);
         }
         let mut at = 0;
         let mut back = Vec::new();
@@ -568,7 +555,7 @@ mod tests {
     #[test]
     fn a_cut_or_damaged_record_is_told_apart_from_the_end() {
         let mut bytes = Vec::new();
-        encode(&samples()[6], &mut bytes);
+        encode(&samples()[6], &mut bytes, Seal::Now);
         for cut in 1..bytes.len() {
             assert_eq!(decode(&bytes[..cut]), Err(Bad::Truncated), "cut at {cut}");
         }
@@ -592,6 +579,7 @@ mod tests {
                 writer: 1,
             },
             &mut bytes,
+            Seal::Now,
         );
         let (r, _) = decode(&bytes).unwrap().unwrap();
         assert!(matches!(r, Record::Header { version: 2, .. }));
@@ -602,8 +590,8 @@ mod tests {
         let mut sealed = Vec::new();
         let mut later = Vec::new();
         for r in samples() {
-            encode(&r, &mut sealed);
-            encode_unsealed(&r, &mut later);
+            encode(&r, &mut sealed, Seal::Now);
+            encode(&r, &mut later, Seal::Later);
         }
         let z = Stored {
             id: "z",
@@ -613,8 +601,8 @@ mod tests {
             last_renewal: 5,
             metadata: None,
         };
-        encode_instance(&mut sealed, "web", &z);
-        encode_instance_unsealed(&mut later, "web", &z);
+        encode_instance(&mut sealed, "web", &z, Seal::Now);
+        encode_instance(&mut later, "web", &z, Seal::Later);
         assert_ne!(sealed, later);
         seal_all(&mut later);
         assert_eq!(sealed, later);

@@ -29,6 +29,7 @@
 //! the files' names and reading them. `saver.rs`: the thread.
 
 mod codec;
+mod disk;
 mod files;
 mod replay;
 mod saver;
@@ -40,12 +41,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use codec::Record;
-use files::{read_log, read_snapshot, Files, LOCK};
+use codec::{Kind, Record, Seal};
+use disk::Disk;
+pub use disk::DiskFaults;
+use files::{read_log, read_snapshot, sync_dir, Files, LogEnd, LOCK};
 use replay::Replay;
 use saver::Saver;
 
 use crate::clock;
+use crate::metrics::Saves;
 use crate::registry::{self, Event, Registry};
 use crate::view::View;
 
@@ -96,8 +100,14 @@ impl DataDir {
     /// Opens `dir` (created if absent), locks it, loads what it holds into
     /// `view`'s registry, raises the index above any saved or handed out
     /// before, installs the recorder and starts the saver. The error is one
-    /// line naming the file and why.
-    pub fn open(dir: &Path, snapshot_every: Duration, view: &Arc<View>) -> io::Result<DataDir> {
+    /// line naming the file and why. `faults`: a test's switch that fails
+    /// the saver's writes.
+    pub fn open(
+        dir: &Path,
+        snapshot_every: Duration,
+        faults: Option<DiskFaults>,
+        view: &Arc<View>,
+    ) -> io::Result<DataDir> {
         let started = Instant::now();
         let shown = dir.display();
         fs::create_dir_all(dir)
@@ -128,20 +138,66 @@ impl DataDir {
         let mut bytes_read = 0;
         let snapshot_gen = match &files.snapshot {
             Some(path) => {
-                let (generation, n) = read_snapshot(path, &mut replay)?;
+                let (generation, n) =
+                    read_snapshot(path, &mut |r| replay.apply(r, Kind::Snapshot))?;
                 bytes_read += n;
                 generation
             }
             None => 0,
         };
+        // What the start found and does, said once the whole directory is
+        // known to be readable (a start that fails says one line only).
+        let mut lines: Vec<String> = Vec::new();
+        let mut repair: Option<(&Path, LogEnd)> = None;
         let mut logs_read = 0;
-        let log = view.log();
+        let newest = files.logs.last().map(|(g, _)| *g);
         for (generation, path) in &files.logs {
             if *generation < snapshot_gen {
-                continue; // covered by the snapshot; deleted by the next one
+                // A crash came between a snapshot and the removal of the
+                // logs it covers: read whole (or the start stops), not
+                // replayed, removed by the next snapshot.
+                read_log(path, false, &mut |_| {})?;
+                lines.push(format!(
+                    "{}: covered by the snapshot (a crash came before it was removed); \
+                     checked, not replayed; the next snapshot removes it",
+                    path.display()
+                ));
+                continue;
             }
-            bytes_read += read_log(path, &mut replay, log)?;
+            let newest = Some(*generation) == newest;
+            let end = read_log(path, newest, &mut |r| replay.apply(r, Kind::Log))?;
+            match end {
+                LogEnd::Whole(n) => bytes_read += n,
+                LogEnd::Torn { at, .. } => bytes_read += at,
+                LogEnd::CutHeader(_) => {}
+            }
+            if !matches!(end, LogEnd::Whole(_)) {
+                repair = Some((path, end));
+            }
             logs_read += 1;
+        }
+        if let Some(tmp) = &files.snapshot_tmp {
+            lines.push(format!(
+                "{}: ignored, a snapshot a crash or a failed write left unfinished \
+                 (what it holds is in the snapshot and logs); the next snapshot replaces it",
+                tmp.display()
+            ));
+        }
+        for other in &files.others {
+            lines.push(format!(
+                "{}: ignored, not a file Registro writes; left as it is",
+                other.display()
+            ));
+        }
+        // Everything is read: only now is anything changed. A torn tail is
+        // cut off (so that the log stays whole once a newer one exists),
+        // a cut header removed.
+        if let Some((path, end)) = repair {
+            lines.push(repair_log(path, &end)?);
+        }
+        let log = view.log();
+        for line in &lines {
+            log.line(format_args!("data directory: {line}"));
         }
         let (apps, instances) = replay.counts();
         let saved_index = replay.index();
@@ -163,7 +219,11 @@ impl DataDir {
             generation,
             log: None,
             log_bytes: 0,
+            torn: false,
             pending: Vec::new(),
+            taken: 0,
+            dropped_since: None,
+            drops: 0,
             last_flush: Instant::now(),
             last_mark: Instant::now(),
             last_snapshot: Instant::now(),
@@ -172,6 +232,9 @@ impl DataDir {
             logged_since_snapshot: false,
             next_try: Instant::now(),
             last_complaint: None,
+            last_error: String::new(),
+            not_saving: None,
+            disk: Disk { faults },
             view: Arc::clone(view),
             shared: Arc::new(Shared {
                 buffer: Mutex::new(Buffer::default()),
@@ -198,8 +261,9 @@ impl DataDir {
         ));
         let shared = Arc::clone(&saver.shared);
         let recorder_shared = Arc::clone(&shared);
+        let metrics = Arc::clone(view.log().metrics());
         view.set_recorder(Box::new(move |registry: &Registry, events: &[Event]| {
-            record(&recorder_shared, registry, events);
+            record(&recorder_shared, &metrics.saves, registry, events);
         }));
         let thread = thread::Builder::new()
             .name("registro-save".into())
@@ -233,8 +297,9 @@ impl Drop for DataDir {
 }
 
 /// The recorder: the changes `events` name, as records of their state in
-/// `registry` now, appended to the buffer.
-fn record(shared: &Shared, registry: &Registry, events: &[Event]) {
+/// `registry` now, appended to the buffer; `saves` learns since when a
+/// change waits for the disk.
+fn record(shared: &Shared, saves: &Saves, registry: &Registry, events: &[Event]) {
     if events.is_empty() {
         return;
     }
@@ -248,7 +313,7 @@ fn record(shared: &Shared, registry: &Registry, events: &[Event]) {
                     name: app.clone(),
                     index: registry.index(),
                 };
-                codec::encode(&record, &mut out);
+                codec::encode(&record, &mut out, Seal::Now);
             }
             Event::InstanceAdded { app, id, .. }
             | Event::InstanceReplaced { app, id, .. }
@@ -258,7 +323,7 @@ fn record(shared: &Shared, registry: &Registry, events: &[Event]) {
                 apps.push(app);
                 // Absent: removed later in the same batch, which says so.
                 if let Some(s) = registry.stored(app, id) {
-                    codec::encode_instance(&mut out, app, &s);
+                    codec::encode_instance(&mut out, app, &s, Seal::Now);
                 }
             }
             Event::InstanceRemoved { app, id } => {
@@ -267,7 +332,7 @@ fn record(shared: &Shared, registry: &Registry, events: &[Event]) {
                     app: app.clone(),
                     id: id.clone(),
                 };
-                codec::encode(&record, &mut out);
+                codec::encode(&record, &mut out, Seal::Now);
             }
         }
     }
@@ -275,10 +340,12 @@ fn record(shared: &Shared, registry: &Registry, events: &[Event]) {
     apps.dedup();
     for name in apps {
         if let Some(state) = registry.app_state(name) {
-            codec::encode(&app_record(name, state), &mut out);
+            codec::encode(&app_record(name, state), &mut out, Seal::Now);
         }
     }
     let mut buffer = shared.lock();
+    // Under the buffer's lock, as the saver settles it.
+    saves.unsaved(clock::now().mono);
     let first = buffer.bytes.is_empty();
     if buffer.bytes.len() + out.len() > BUFFER_LIMIT {
         buffer.bytes = Vec::new();
@@ -293,25 +360,56 @@ fn record(shared: &Shared, registry: &Registry, events: &[Event]) {
     }
 }
 
-pub(super) fn app_record(name: &str, state: registry::AppState) -> Record {
-    Record::App {
-        name: Arc::from(name),
-        index: state.index,
-        empty_since: state.empty_since,
-        gone_at: state.gone_at,
+/// Makes the newest log whole again after a crash cut its last write
+/// short: the torn tail cut off, or a log with only part of a header
+/// removed. Answers the line that says so.
+fn repair_log(path: &Path, end: &LogEnd) -> io::Result<String> {
+    let shown = path.display();
+    let cannot = |e: io::Error| fail(format!("cannot repair {shown} after a crash: {e}"));
+    match end {
+        LogEnd::Torn { at, len, why } => {
+            let file = OpenOptions::new().write(true).open(path).map_err(cannot)?;
+            file.set_len(*at).map_err(cannot)?;
+            file.sync_all().map_err(cannot)?;
+            Ok(format!(
+                "{shown}: its last {len} bytes, from byte {at}, are a write a crash cut short \
+                 ({why}); cut off"
+            ))
+        }
+        LogEnd::CutHeader(len) => {
+            fs::remove_file(path).map_err(cannot)?;
+            if let Some(dir) = path.parent() {
+                sync_dir(dir).map_err(cannot)?;
+            }
+            Ok(format!(
+                "{shown}: removed, a new log whose first write a crash cut short \
+                 ({len} bytes, no record)"
+            ))
+        }
+        LogEnd::Whole(_) => Ok(format!("{shown}: whole")),
     }
 }
 
+pub(super) fn app_record(name: &str, state: registry::AppState) -> Record {
+    Record::App {
+        name: Arc::from(name),
+        state,
+    }
+}
+
+/// The periods the tests of the data directory run with: the defaults.
+#[cfg(test)]
+const TEST_PERIODS: registry::Periods = registry::Periods {
+    down_after: 90_000,
+    evict_after: 600_000,
+};
+
 #[cfg(test)]
 mod tests {
-    use super::codec::Kind;
     use super::*;
-    use crate::registry::{Item, Metadata, Periods, SnapshotCursor, StatusSet};
+    use crate::registry::{Item, Metadata, SnapshotCursor, StatusSet};
 
-    const P: Periods = Periods {
-        down_after: 90_000,
-        evict_after: 600_000,
-    };
+    const P: registry::Periods = TEST_PERIODS;
     const T0: u64 = 40_000_000_000;
 
     /// The registry as a reader sees it at `now`: `app[id:status@age-in-s]`.
@@ -375,7 +473,7 @@ mod tests {
                 reg.push_event(e);
             }
             reg.drain_changes(&mut apps, &mut events);
-            record(&shared, reg, &events);
+            record(&shared, &Saves::default(), reg, &events);
             events.clear();
         };
         let mut meta = Metadata::new();
@@ -428,8 +526,10 @@ mod tests {
         let mut snapshot = Vec::new();
         let mut cursor = SnapshotCursor::default();
         while !reg.snapshot_step(&mut cursor, 3, &mut |item| match item {
-            Item::App(name, state) => codec::encode(&app_record(name, state), &mut snapshot),
-            Item::Instance(app, s) => codec::encode_instance(&mut snapshot, app, &s),
+            Item::App(name, state) => {
+                codec::encode(&app_record(name, state), &mut snapshot, Seal::Now)
+            }
+            Item::Instance(app, s) => codec::encode_instance(&mut snapshot, app, &s, Seal::Now),
         }) {}
         codec::encode(
             &Record::End {
@@ -438,6 +538,7 @@ mod tests {
                 clean: true,
             },
             &mut snapshot,
+            Seal::Now,
         );
         let mut back = replayed(&snapshot, Kind::Snapshot, now, 5_000_000);
         assert_eq!(show(&mut back, 5_000_000), want);

@@ -96,17 +96,12 @@ impl Replay {
                 self.index = self.index.max(index);
                 self.clean = clean;
             }
-            Record::App {
-                name,
-                index,
-                empty_since,
-                gone_at,
-            } => {
-                let empty_since = empty_since.map(|t| self.time(t));
-                let gone_at = self.time(gone_at);
-                self.index = self.index.max(index);
+            Record::App { name, state } => {
+                let empty_since = state.empty_since.map(|t| self.time(t));
+                let gone_at = self.time(state.gone_at);
+                self.index = self.index.max(state.index);
                 let app = self.app(name);
-                app.index = index;
+                app.index = state.index;
                 app.empty_since = empty_since;
                 app.gone_at = gone_at;
             }
@@ -116,16 +111,8 @@ impl Replay {
                     self.apps[i] = None;
                 }
             }
-            Record::Instance {
-                app,
-                id,
-                ip,
-                port,
-                status,
-                renewal,
-                metadata,
-            } => {
-                let renewal = self.time(renewal);
+            Record::Instance(record) => {
+                let renewal = self.time(record.renewal);
                 let order = if kind == Kind::Snapshot {
                     self.down - 1
                 } else {
@@ -133,13 +120,13 @@ impl Replay {
                 };
                 let instance = Instance {
                     order,
-                    ip: Ip::new(&ip),
-                    port,
-                    status,
+                    ip: Ip::new(&record.ip),
+                    port: record.port,
+                    status: record.status,
                     renewal,
-                    metadata,
+                    metadata: record.metadata,
                 };
-                match self.app(app).instances.entry(id) {
+                match self.app(record.app).instances.entry(record.id) {
                     Entry::Occupied(mut e) => {
                         let order = e.get().order;
                         *e.get_mut() = Instance { order, ..instance };
@@ -276,12 +263,10 @@ fn signed(t: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::persist::codec::InstanceRecord;
     use crate::registry::{Periods, StatusSet};
 
-    const P: Periods = Periods {
-        down_after: 90_000,
-        evict_after: 600_000,
-    };
+    const P: Periods = super::super::TEST_PERIODS;
     /// The loading server's `now`.
     const NOW: Millis = 5_000_000_000;
 
@@ -298,7 +283,7 @@ mod tests {
     }
 
     fn inst(id: &str, status: Status, renewal: u64) -> Record {
-        Record::Instance {
+        Record::Instance(InstanceRecord {
             app: "web".into(),
             id: id.into(),
             ip: "10.0.0.1".into(),
@@ -306,15 +291,17 @@ mod tests {
             status,
             renewal,
             metadata: None,
-        }
+        })
     }
 
     fn app(index: u64) -> Record {
         Record::App {
             name: "web".into(),
-            index,
-            empty_since: None,
-            gone_at: 0,
+            state: AppState {
+                index,
+                empty_since: None,
+                gone_at: 0,
+            },
         }
     }
 

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use mio::net::TcpStream;
 
+use crate::budget::Charge;
 use crate::http::{Body, Parser, Request};
 use crate::registry::Millis;
 
@@ -67,12 +68,17 @@ pub(super) struct ConnIo {
     /// Output the client has not taken yet, from `out_pos` on.
     pub(super) out: Vec<u8>,
     pub(super) out_pos: usize,
+    /// `out`, counted in the output budget while it is owed.
+    pub(super) out_charge: Option<Charge>,
     /// A large body owed after `out`, from `tail_pos` on; while it is owed
     /// no further request is answered.
     pub(super) tail: Body,
     pub(super) tail_pos: usize,
-    /// When writing first blocked.
+    /// When writing first blocked, or the present window of
+    /// `--request-timeout` began (see `worker::drained_enough`).
     pub(super) write_started: Option<Millis>,
+    /// Bytes the client has taken since then.
+    pub(super) drained: u64,
     /// What happens once the output is out.
     pub(super) after: After,
     /// Last time a request was answered (or the connection opened).
@@ -102,6 +108,7 @@ impl Shared {
         io.stream = None;
         io.pending = Vec::new();
         io.out = Vec::new();
+        io.out_charge = None;
         io.tail = Body::default();
         io.phase = Phase::Open;
         lock(&self.watches).unpark(conn.slot, conn.id);
@@ -134,11 +141,26 @@ impl Worker<'_> {
     /// Writes what the connection owes until done or the socket would block.
     /// False when the connection failed.
     pub(super) fn flush(&mut self, io: &mut ConnIo) -> bool {
+        let ok = self.write_owed(io);
+        // Small answers left owed count in the output budget (a large body
+        // is counted from before its encoding, wherever it is held).
+        match (io.out.capacity(), &mut io.out_charge) {
+            (_, charge) if io.out.is_empty() => *charge = None,
+            (held, Some(charge)) => charge.resize(held),
+            (held, None) => io.out_charge = Some(self.shared.budget().charge(held)),
+        }
+        ok
+    }
+
+    fn write_owed(&mut self, io: &mut ConnIo) -> bool {
         self.stash_out(io);
         let Some(stream) = &io.stream else {
             return false;
         };
-        match write_from(stream, &io.out, &mut io.out_pos) {
+        let from = io.out_pos;
+        let done = write_from(stream, &io.out, &mut io.out_pos);
+        io.drained += (io.out_pos - from) as u64;
+        match done {
             Ok(true) => {}
             Ok(false) => return true,
             Err(()) => return false,
@@ -152,7 +174,10 @@ impl Worker<'_> {
                 self.out = done;
             }
         }
-        match write_from(stream, &io.tail, &mut io.tail_pos) {
+        let from = io.tail_pos;
+        let done = write_from(stream, &io.tail, &mut io.tail_pos);
+        io.drained += (io.tail_pos - from) as u64;
+        match done {
             Ok(true) => {}
             Ok(false) => return true,
             Err(()) => return false,

@@ -31,6 +31,7 @@ use mio::{Interest, Poll, Waker};
 
 use crate::api::Api;
 use crate::auth::{Access, TokenFiles};
+use crate::budget::OutputBudget;
 use crate::clock;
 use crate::log::{self, Logger};
 use crate::registry::{Millis, Periods};
@@ -71,6 +72,14 @@ pub struct Config {
     pub data_dir: Option<std::path::PathBuf>,
     /// How often the data directory's log is compacted into a snapshot.
     pub snapshot_every: Duration,
+    /// Makes the data directory's writes fail on demand, as a full or
+    /// failing disk would: for tests (none in production).
+    pub disk_faults: Option<crate::persist::DiskFaults>,
+    /// Bytes of answers owed to clients (written, not yet read) over all
+    /// connections; past it a new large answer is refused with 503.
+    pub output_budget: usize,
+    /// DNS (`--dns-addr`): none, off.
+    pub dns: Option<crate::dns::DnsConfig>,
 }
 
 impl Default for Config {
@@ -90,6 +99,9 @@ impl Default for Config {
             store: crate::store::StoreConfig::default(),
             data_dir: None,
             snapshot_every: Duration::from_secs(300),
+            disk_faults: None,
+            output_budget: crate::budget::DEFAULT,
+            dns: None,
         }
     }
 }
@@ -116,6 +128,8 @@ pub struct Server {
     store: Option<crate::store::Threads>,
     logger: Option<Logger>,
     data_dir: Option<crate::persist::DataDir>,
+    /// Boxed: a `Server` stays small to move around.
+    dns: Option<Box<crate::dns::Dns>>,
 }
 
 /// How long a stop waits for requests in flight (and requests still
@@ -154,6 +168,9 @@ struct Shared {
     epoch: AtomicU64,
     /// Table slots whose connection has closed, for the poller to free.
     freed: Mutex<Vec<usize>>,
+    /// Bytes owed to clients over all connections (`--output-budget`),
+    /// shared with the API, which reserves large answers in it.
+    budget: Arc<OutputBudget>,
 }
 
 impl Server {
@@ -163,6 +180,12 @@ impl Server {
         std_listener.set_nonblocking(true)?;
         let local_addr = std_listener.local_addr()?;
         let mut listener = TcpListener::from_std(std_listener);
+        // Bound before anything starts, so a bad zone or a port in use is
+        // one line and no log of a start.
+        let dns = match &config.dns {
+            Some(dns) => Some(dns.bind()?),
+            None => None,
+        };
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -191,6 +214,7 @@ impl Server {
                     Some(dir) => Some(crate::persist::DataDir::open(
                         dir,
                         config.snapshot_every,
+                        config.disk_faults.clone(),
                         &view,
                     )?),
                     None => None,
@@ -227,7 +251,9 @@ impl Server {
             notified: Mutex::new(Vec::new()),
             epoch: AtomicU64::new(0),
             freed: Mutex::new(Vec::new()),
+            budget: Arc::clone(view.answers().budget()),
         });
+        shared.budget.set_limit(config.output_budget);
         {
             let weak = Arc::downgrade(&shared);
             view.set_notify(Box::new(move |topics: &[Topic]| {
@@ -246,6 +272,7 @@ impl Server {
             store: None,
             logger: None,
             data_dir,
+            dns: None,
         };
         for _ in 0..threads {
             let shared = Arc::clone(&shared);
@@ -275,6 +302,15 @@ impl Server {
             }
         }
         server.store = Some(store_threads);
+        if let Some(dns) = dns {
+            match crate::dns::Dns::start(dns, &view) {
+                Ok(dns) => server.dns = Some(Box::new(dns)),
+                Err(e) => {
+                    server.logger = Some(logger);
+                    return Err(e);
+                }
+            }
+        }
         log.line(format_args!(
             "registro {}: {threads} worker threads, at most {} connections, idle timeout {}, \
              request timeout {}, down after {}, evict after {}, sweep every {}, store {}; {}; listening on {local_addr}",
@@ -295,6 +331,11 @@ impl Server {
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address DNS answers on (UDP and TCP), if it is on.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_deref().map(crate::dns::Dns::local_addr)
     }
 
     /// Reads the token files again (SIGHUP). On failure the old tokens stay
@@ -335,6 +376,9 @@ impl Server {
         }
         shared.cut.store(true, Ordering::SeqCst);
         let _ = shared.waker.wake();
+        if let Some(dns) = self.dns.take() {
+            dns.stop();
+        }
         if let Some(poller) = self.poller.take() {
             let _ = poller.join();
         }
@@ -366,6 +410,11 @@ impl Drop for Server {
 impl Shared {
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The bytes owed to clients, and their bound.
+    fn budget(&self) -> &Arc<OutputBudget> {
+        &self.budget
     }
 }
 

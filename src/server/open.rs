@@ -100,7 +100,14 @@ impl Worker<'_> {
                 return Verdict::Close;
             }
             if owes(io) {
-                let started = *io.write_started.get_or_insert(now);
+                // Its window to take what it owes (see `drained_enough`).
+                let started = match io.write_started {
+                    Some(started) => started,
+                    None => {
+                        io.drained = 0;
+                        *io.write_started.insert(now)
+                    }
+                };
                 return Verdict::Keep(started + millis(self.shared.config.request_timeout));
             }
             io.write_started = None;
@@ -223,7 +230,10 @@ impl Worker<'_> {
             if self.out.len() + io.out.len() > OUT_BATCH
                 || !io.tail.is_empty()
                 || self.turn_requests >= TURN_REQUESTS
+                || (!io.out.is_empty() && self.shared.budget().spent())
             {
+                // Answered up to a bound; while the output budget is spent,
+                // a connection that owes answers reads no more requests.
                 break;
             }
             match io.parser.parse(&data[used..]) {

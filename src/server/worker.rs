@@ -5,12 +5,13 @@ use std::io::{self, Read, Write};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
+use std::time::Duration;
 
 use crate::http::{self, Response};
 use crate::registry::Millis;
 
 use super::conn::{mid_request, owes, After, Conn, ConnIo, Phase, BUSY, IDLE};
-use super::{date, lock, mono, Shared};
+use super::{date, lock, millis, mono, Shared};
 
 /// Bytes read from a socket at once (one buffer per worker).
 pub(super) const READ_CHUNK: usize = 64 * 1024;
@@ -24,6 +25,10 @@ pub(super) const LINGER: Millis = 100;
 /// (about 128 small requests, a few hundred microseconds), not the worker.
 pub(super) const TURN_REQUESTS: usize = 128;
 pub(super) const TURN_BYTES: usize = READ_CHUNK;
+/// The floor rate, in bytes a second, at which a client must take an
+/// answer it owes (measured over windows of `--request-timeout`): 16 KiB/s,
+/// a 20 MB listing in 21 minutes at worst.
+pub(super) const MIN_DRAIN: u64 = 16 * 1024;
 
 /// What a worker decided about a connection.
 pub(super) enum Verdict {
@@ -130,6 +135,16 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// Whether a connection that owes an answer has taken at least
+    /// `MIN_DRAIN` bytes a second over the window of `--request-timeout`
+    /// that just ended. A slow reader keeps its answer (and its share of
+    /// the output budget) only while it takes it at that rate; a small
+    /// answer must be taken within one window, as before.
+    pub(super) fn drained_enough(&self, io: &ConnIo) -> bool {
+        let window = millis(self.shared.config.request_timeout);
+        io.drained >= MIN_DRAIN.saturating_mul(window) / 1000
+    }
+
     /// Whether the present turn is over.
     pub(super) fn turn_spent(&self) -> bool {
         self.turn_requests >= TURN_REQUESTS || self.turn_bytes >= TURN_BYTES
@@ -189,9 +204,28 @@ impl<'a> Worker<'a> {
             Phase::Open => {}
         }
         if due {
-            // Idle too long, a request too slow to arrive, or an answer too
-            // slow to be taken: closed without a word, as before.
-            return Verdict::Close;
+            let owed = owes(io);
+            // What the client took from the kernel's buffer in the window
+            // is room there now (a socket wakes its writer only once a
+            // good part of its buffer is free): written, it counts.
+            if owed && !self.flush(io) {
+                return Verdict::Close;
+            }
+            if owed && (!owes(io) || self.drained_enough(io)) {
+                // Taken at the floor rate over the window just ended: it
+                // has another.
+                io.write_started = Some(now);
+                io.drained = 0;
+            } else {
+                // Idle too long, a request too slow to arrive, or an answer
+                // taken too slowly: closed without a word, as before; one
+                // owing an answer with a reset, so that the kernel drops
+                // what it still buffers for it too.
+                if let (true, Some(stream)) = (owed, &io.stream) {
+                    let _ = rustix::net::sockopt::set_socket_linger(stream, Some(Duration::ZERO));
+                }
+                return Verdict::Close;
+            }
         }
         self.open(conn, io, now)
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::{Error, Progress, Registration, Settings, Store, Threads};
 use crate::clock::Now;
-use crate::registry::Millis;
+use crate::registry::{Millis, Status};
 use crate::sweeper::Sweeper;
 use crate::view::View;
 
@@ -24,8 +24,23 @@ impl Memory {
     }
 }
 
+/// Refuses a change while `--data-dir` cannot save (a full disk, an I/O
+/// error): one answered 2xx has waited more than a second for the disk
+/// (API.md Part 4). Reads and heartbeats that change no status go on.
+fn saving(view: &View, now: Now) -> Result<(), Error> {
+    if view.log().metrics().saves.saving(now.mono) {
+        return Ok(());
+    }
+    Err(Error::Unavailable(
+        "the data directory is not saving (a full disk or an I/O error): changes are refused \
+         until it saves again; reads and heartbeats go on"
+            .to_string(),
+    ))
+}
+
 impl Store for Memory {
     fn create_app(&self, view: &View, name: &str, now: Now) -> Result<Progress, Error> {
+        saving(view, now)?;
         let mut registry = view.lock();
         let event = registry.create_app(name, now.mono)?;
         registry.push_event(event);
@@ -34,6 +49,7 @@ impl Store for Memory {
     }
 
     fn register(&self, view: &View, new: &Registration<'_>, now: Now) -> Result<Progress, Error> {
+        saving(view, now)?;
         let mut registry = view.lock();
         let event = registry.register(
             new.app,
@@ -54,7 +70,15 @@ impl Store for Memory {
         // Its time is when the lock is had: the wait on it is added, so a
         // heartbeat that waited never moves `lastRenewal` backwards.
         let waited = Millis::try_from(asked.elapsed().as_millis()).unwrap_or(0);
-        let event = registry.renew(app, id, now.mono.saturating_add(waited))?;
+        let now_locked = now.mono.saturating_add(waited);
+        if let Err(refused) = saving(view, now) {
+            // Only a heartbeat that would change a status is a change.
+            let status = registry.instance(app, id, now_locked).map(|i| i.status);
+            if matches!(status, Ok(Status::Starting | Status::Down)) {
+                return Err(refused);
+            }
+        }
+        let event = registry.renew(app, id, now_locked)?;
         view.log().metrics().heartbeat();
         match event {
             // A plain heartbeat: nothing to log, nobody to wake.
@@ -74,6 +98,7 @@ impl Store for Memory {
         id: &str,
         now: Now,
     ) -> Result<Progress, Error> {
+        saving(view, now)?;
         let mut registry = view.lock();
         if let Some(event) = registry.take_out_of_service(app, id, now.mono)? {
             registry.push_event(event);

@@ -7,14 +7,21 @@
 //! answer with a copy of the bytes, without the lock, while it is current:
 //! made in the same generation (no index has changed anywhere since it was
 //! made) and less than [`FRESH`] ago (a heartbeat changes `lastRenewal` but no
-//! index), and newer than the index the watcher has seen. Only watches use
-//! it; a plain read always reads the registry.
+//! index), and newer than the index the watcher has seen.
+//!
+//! Plain reads of a large listing (at least [`SHARED_FROM`] bytes) share
+//! them too: forty slow readers asking for the same 20 MB listing at once
+//! hold one copy, not forty. A plain read of a smaller one always reads the
+//! registry. Every large answer is counted in the output budget
+//! ([`crate::budget`]) from before it is encoded until the last holder lets
+//! go of it; the answers kept here are counted while kept.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use super::Topic;
-use crate::http::Body;
+use crate::budget::{Charge, OutputBudget};
+use crate::http::{Body, Held};
 use crate::registry::{Millis, StatusSet};
 
 /// How long an answer may be shared.
@@ -25,12 +32,32 @@ const KEPT: usize = 64;
 /// (its watchers hold it while they write it anyway). Listings of 20,000
 /// instances (about 3 MB) with five filters fit.
 const KEPT_BYTES: usize = 16 << 20;
+/// A listing this large is shared with plain reads, and counted in the
+/// output budget (the size from which a body is written from its own
+/// buffer, not copied behind its head).
+pub const SHARED_FROM: usize = 64 * 1024;
 
-/// The shared answers, and the generation they are checked against.
+/// What an answer answers: a read of `topic` with `filter`, made in
+/// `generation` (read before the registry was) at `now`.
+#[derive(Clone, Debug)]
+pub struct Asked {
+    /// The list, or one app.
+    pub topic: Topic,
+    /// The statuses asked for.
+    pub filter: StatusSet,
+    /// [`Answers::generation`] before the registry was read.
+    pub generation: u64,
+    /// When.
+    pub now: Millis,
+}
+
+/// The shared answers, the generation they are checked against, and the
+/// output budget.
 #[derive(Debug, Default)]
 pub struct Answers {
     generation: AtomicU64,
     kept: RwLock<Vec<Answer>>,
+    budget: Arc<OutputBudget>,
 }
 
 #[derive(Debug)]
@@ -40,7 +67,7 @@ struct Answer {
     generation: u64,
     made: Millis,
     index: u64,
-    body: Arc<Vec<u8>>,
+    body: Arc<Held>,
 }
 
 impl Answers {
@@ -75,13 +102,19 @@ impl Answers {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// A current answer for a watcher of `topic` that has seen `seen`: its
-    /// index and body (shared, not copied).
+    /// The budget of the bytes owed to clients.
+    pub fn budget(&self) -> &Arc<OutputBudget> {
+        &self.budget
+    }
+
+    /// A current answer for a reader of `topic`: a watcher that has seen
+    /// index `seen`, or a plain read (`None`). Its index and body (shared,
+    /// not copied).
     pub fn find(
         &self,
         topic: &Topic,
         filter: StatusSet,
-        seen: u64,
+        seen: Option<u64>,
         now: Millis,
     ) -> Option<(u64, Body)> {
         let generation = self.generation();
@@ -92,33 +125,26 @@ impl Answers {
                     && a.filter == filter
                     && a.generation == generation
                     && now.saturating_sub(a.made) < FRESH
-                    && a.index > seen
+                    && seen.map_or(a.body.len() >= SHARED_FROM, |seen| a.index > seen)
             })
             .map(|a| (a.index, Body::Shared(Arc::clone(&a.body))))
     }
 
-    /// Keeps the answer of `topic` read in `generation` at `now`, in place of
-    /// the one before it, or of the oldest when `KEPT` answers or
-    /// `KEPT_BYTES` bytes are kept. Returns the body to send: shared with
-    /// the watchers that find it, if kept.
-    pub fn keep(
-        &self,
-        topic: Topic,
-        filter: StatusSet,
-        generation: u64,
-        now: Millis,
-        index: u64,
-        body: Vec<u8>,
-    ) -> Body {
-        if generation != self.generation() {
-            return Body::Owned(body); // out of date already
+    /// Keeps the answer to `asked`, at `index`, in place of the one before
+    /// it, or of the oldest when `KEPT` answers or `KEPT_BYTES` bytes are
+    /// kept. Returns the body to send: shared with the readers that find
+    /// it, if kept; with `charge` (resized to it), which lasts as long as
+    /// the body.
+    pub fn keep(&self, asked: Asked, index: u64, body: Vec<u8>, charge: Option<Charge>) -> Body {
+        let body = Arc::new(Held::new(body, charge));
+        if asked.generation != self.generation() {
+            return Body::Shared(body); // out of date already: not kept
         }
-        let body = Arc::new(body);
         let answer = Answer {
-            topic,
-            filter,
-            generation,
-            made: now,
+            topic: asked.topic,
+            filter: asked.filter,
+            generation: asked.generation,
+            made: asked.now,
             index,
             body: Arc::clone(&body),
         };
@@ -173,6 +199,15 @@ mod tests {
         Topic::App(Arc::from(format!("app-{k}")))
     }
 
+    fn asked(topic: Topic, filter: StatusSet, generation: u64, now: Millis) -> Asked {
+        Asked {
+            topic,
+            filter,
+            generation,
+            now,
+        }
+    }
+
     fn count(answers: &Answers) -> usize {
         answers.kept.read().unwrap().len()
     }
@@ -182,10 +217,10 @@ mod tests {
         let answers = Answers::default();
         let all = StatusSet::ALL;
         let g = answers.generation();
-        answers.keep(web(), all, g, 1_000, 7, b"seven".to_vec());
+        answers.keep(asked(web(), all, g, 1_000), 7, b"seven".to_vec(), None);
         let found = |topic: &Topic, filter, seen, now| {
             answers
-                .find(topic, filter, seen, now)
+                .find(topic, filter, Some(seen), now)
                 .map(|(i, body)| (i, body.to_vec()))
         };
         assert_eq!(found(&web(), all, 6, 1_000), Some((7, b"seven".to_vec())));
@@ -203,7 +238,7 @@ mod tests {
         answers.changed();
         assert_eq!(found(&web(), all, 6, 1_000), None);
         // An answer read before that change is not kept.
-        answers.keep(web(), all, g, 1_001, 8, b"eight".to_vec());
+        answers.keep(asked(web(), all, g, 1_001), 8, b"eight".to_vec(), None);
         assert_eq!(found(&web(), all, 6, 1_001), None);
     }
 
@@ -212,7 +247,12 @@ mod tests {
         let answers = Answers::default();
         let g = answers.generation();
         for k in 0..=KEPT {
-            answers.keep(app(k), StatusSet::ALL, g, k as Millis, 1, b"x".to_vec());
+            answers.keep(
+                asked(app(k), StatusSet::ALL, g, k as Millis),
+                1,
+                b"x".to_vec(),
+                None,
+            );
         }
         let kept = answers.kept.read().unwrap();
         assert_eq!(kept.len(), KEPT);
@@ -228,12 +268,10 @@ mod tests {
         let quarter = KEPT_BYTES / 4 + 1;
         for k in 0..8 {
             answers.keep(
-                app(k),
-                StatusSet::ALL,
-                g,
-                k as Millis,
+                asked(app(k), StatusSet::ALL, g, k as Millis),
                 1,
                 vec![b'x'; quarter],
+                None,
             );
             assert!(
                 answers.kept_bytes() <= KEPT_BYTES,
@@ -242,13 +280,18 @@ mod tests {
             );
         }
         assert_eq!(count(&answers), 3);
-        assert!(answers.find(&app(7), StatusSet::ALL, 0, 7).is_some());
-        assert!(answers.find(&app(4), StatusSet::ALL, 0, 7).is_none());
+        assert!(answers.find(&app(7), StatusSet::ALL, Some(0), 7).is_some());
+        assert!(answers.find(&app(4), StatusSet::ALL, Some(0), 7).is_none());
         // One answer past the bound is kept alone: its watchers hold it
         // anyway while they write it.
-        answers.keep(app(9), StatusSet::ALL, g, 9, 1, vec![b'x'; KEPT_BYTES + 1]);
+        answers.keep(
+            asked(app(9), StatusSet::ALL, g, 9),
+            1,
+            vec![b'x'; KEPT_BYTES + 1],
+            None,
+        );
         assert_eq!(count(&answers), 1);
-        assert!(answers.find(&app(9), StatusSet::ALL, 0, 9).is_some());
+        assert!(answers.find(&app(9), StatusSet::ALL, Some(0), 9).is_some());
     }
 
     /// Stale answers (a change of an index, or FRESH passed) are freed,
@@ -260,7 +303,7 @@ mod tests {
         // of it is what `answers` keeps.
         let sent = |at: Millis| {
             let g = answers.generation();
-            match answers.keep(web(), StatusSet::ALL, g, at, 7, vec![1; 100]) {
+            match answers.keep(asked(web(), StatusSet::ALL, g, at), 7, vec![1; 100], None) {
                 Body::Shared(body) => Arc::downgrade(&body),
                 Body::Owned(_) => panic!("a kept answer is shared"),
             }
@@ -282,11 +325,63 @@ mod tests {
     fn watchers_share_one_body() {
         let answers = Answers::default();
         let g = answers.generation();
-        let sent = answers.keep(web(), StatusSet::ALL, g, 1_000, 7, b"seven".to_vec());
-        let found = answers.find(&web(), StatusSet::ALL, 6, 1_000).map(|f| f.1);
+        let sent = answers.keep(
+            asked(web(), StatusSet::ALL, g, 1_000),
+            7,
+            b"seven".to_vec(),
+            None,
+        );
+        let found = answers
+            .find(&web(), StatusSet::ALL, Some(6), 1_000)
+            .map(|f| f.1);
         match (sent, found) {
             (Body::Shared(a), Some(Body::Shared(b))) => assert!(Arc::ptr_eq(&a, &b)),
             other => panic!("not shared: {other:?}"),
         }
+    }
+
+    /// Plain reads share a large listing, not a small one, and a body
+    /// shared by every reader counts once in the output budget, until the
+    /// last lets go of it.
+    #[test]
+    fn readers_of_a_large_listing_share_it_and_it_counts_once() {
+        let answers = Answers::default();
+        let budget = Arc::clone(answers.budget());
+        let g = answers.generation();
+        let large = vec![b'x'; SHARED_FROM];
+        let charge = budget.reserve(large.len()).expect("room");
+        let sent = answers.keep(
+            asked(web(), StatusSet::ALL, g, 1_000),
+            7,
+            large,
+            Some(charge),
+        );
+        let readers: Vec<Body> = (0..40)
+            .map(|_| {
+                let (index, body) = answers
+                    .find(&web(), StatusSet::ALL, None, 1_100)
+                    .expect("shared with a plain read");
+                assert_eq!(index, 7);
+                body
+            })
+            .collect();
+        assert!(budget.used() >= SHARED_FROM && budget.used() < 2 * SHARED_FROM);
+        answers.changed();
+        drop(sent);
+        assert!(budget.used() > 0, "held by the readers");
+        drop(readers);
+        assert_eq!(budget.used(), 0);
+        // A small answer (a watch's) is not shared with plain reads.
+        let g = answers.generation();
+        answers.keep(
+            asked(web(), StatusSet::ALL, g, 2_000),
+            8,
+            b"small".to_vec(),
+            None,
+        );
+        assert!(answers.find(&web(), StatusSet::ALL, None, 2_000).is_none());
+        assert!(answers
+            .find(&web(), StatusSet::ALL, Some(7), 2_000)
+            .is_some());
     }
 }

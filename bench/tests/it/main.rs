@@ -93,6 +93,26 @@ fn quick_mode_runs_every_scenario_against_the_real_server() {
             "missing {row:?} in:\n{stdout}\nstderr:\n{stderr}"
         );
     }
+    // DNS against dnsmasq, where dnsperf and dnsmasq are installed (CI
+    // installs them: there they must have run).
+    let dns_tools = ["dnsperf", "dnsmasq"].iter().all(|p| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
+    });
+    if dns_tools || std::env::var("CI").as_deref() == Ok("true") {
+        for row in [
+            "## DNS against dnsmasq (`dns`)",
+            "| A | ",
+            "| SRV | ",
+            "| DNS queries/s at least 1.0x dnsmasq's (A and SRV) |",
+            "| Heartbeats while DNS is flooded at least 0.9x of without |",
+        ] {
+            assert!(
+                stdout.contains(row),
+                "missing {row:?} in:\n{stdout}\nstderr:\n{stderr}"
+            );
+        }
+    }
     // Each sweep scenario waits for 3 passes of the ticker that begin inside
     // its window, and counts every pass that overlaps the window: 3 or more,
     // how many more depending on timing. Fewer only when the window's
