@@ -58,6 +58,9 @@ pub struct Wait {
     /// woken request is parked again the connection layer keeps the deadline
     /// of its first `Wait`.
     pub deadline: Instant,
+    /// The ticket of a change the store is making for the request: the
+    /// connection layer hands it back in [`Request::change`].
+    pub change: Option<u64>,
 }
 
 /// What [`Api::handle`] decided.
@@ -80,6 +83,9 @@ pub const LAST_CONTACT_HEADER: &str = "Registro-Last-Contact";
 const DEFAULT_WAIT: Millis = 60_000;
 /// The longest `?wait=`.
 const MAX_WAIT: Millis = 600_000;
+/// How long a request waits for a change the store is making: the store
+/// answers before (see `store::etcd`'s commit and view bounds).
+const CHANGE_WAIT: Millis = 20_000;
 /// Metadata limits (API.md Part 3 "Metadata").
 const MAX_METADATA_ENTRIES: usize = 64;
 const MAX_METADATA_KEY: usize = 128;
@@ -161,7 +167,7 @@ impl Api {
     }
 
     fn route(&self, request: &Request, now: Now, answer_now: bool) -> Result<Outcome, Response> {
-        let (method, target, body) = (&*request.method, &*request.target, &*request.body);
+        let (method, target) = (&*request.method, &*request.target);
         let segments = parse_path(target)?;
         let get = method == "GET" || method == "HEAD";
         let respond = |r: Result<Response, Response>| r.map(Outcome::Respond);
@@ -177,14 +183,24 @@ impl Api {
                 self.summary(&parse_query(target)?, now, answer_now)
             }
             (["apps"], _) if get => self.list(&parse_query(target)?, now, answer_now),
-            (["apps"], "POST") => respond(self.create_app(body, now)),
+            (["apps"], "POST") => self.create_app(request, now, answer_now),
             (["apps"], _) => Err(not_allowed(method, ALLOW_COLLECTION)),
             (["apps", app], _) if get => self.app(app, &parse_query(target)?, now, answer_now),
-            (["apps", app], "POST") => respond(self.register(app, body, now)),
+            (["apps", app], "POST") => self.register(request, app, now, answer_now),
             (["apps", _], _) => Err(not_allowed(method, ALLOW_COLLECTION)),
             (["apps", app, id], _) if get => respond(self.instance(app, id, now)),
-            (["apps", app, id], "PUT") => respond(self.renew(app, id, now)),
-            (["apps", app, id], "DELETE") => respond(self.take_out_of_service(app, id, now)),
+            (["apps", app, id], "PUT") => {
+                let change = |api: &Api| api.store.renew(&api.view, app, id, now);
+                self.changed(request, now, answer_now, change)
+                    .map_err(|e| store_refusal(e, app, id))
+                    .map(|wait| wait.unwrap_or(Outcome::Respond(Response::empty(204))))
+            }
+            (["apps", app, id], "DELETE") => {
+                let change = |api: &Api| api.store.take_out_of_service(&api.view, app, id, now);
+                self.changed(request, now, answer_now, change)
+                    .map_err(|e| store_refusal(e, app, id))
+                    .map(|wait| wait.unwrap_or(Outcome::Respond(Response::empty(204))))
+            }
             (["apps", _, _], _) => Err(not_allowed(method, ALLOW_INSTANCE)),
             (["sd", "prometheus"], _) if get => respond(self.sd_prometheus(target, now)),
             (["sd", "prometheus"], _) => Err(not_allowed(method, ALLOW_READ)),
@@ -349,12 +365,54 @@ impl Api {
         Ok(Response::json(200, views::instance(&view, now)))
     }
 
-    fn create_app(&self, body: &[u8], now: Now) -> Result<Response, Response> {
-        let new: NewApp = parse_body(body)?;
+    /// A change sent to the store (or, for a request woken by its answer,
+    /// that answer): `Ok(None)` once it is in the view, `Ok(Some(wait))`
+    /// while the store is still making it (the request waits on its
+    /// ticket, holding no worker).
+    fn changed(
+        &self,
+        request: &Request,
+        now: Now,
+        answer_now: bool,
+        change: impl FnOnce(&Api) -> Result<store::Progress, store::Error>,
+    ) -> Result<Option<Outcome>, store::Error> {
+        let progress = match request.change {
+            None => change(self)?,
+            Some(ticket) => match self.store.finish(ticket) {
+                Some(result) => return result.map(|()| None),
+                None if answer_now => {
+                    return Err(store::Error::Unavailable(
+                        "the server is stopping, or the change took too long; try again".into(),
+                    ))
+                }
+                None => store::Progress::Waiting(ticket),
+            },
+        };
+        Ok(match progress {
+            store::Progress::Done => None,
+            store::Progress::Waiting(ticket) => Some(Outcome::Wait(Wait {
+                topic: Topic::Change(ticket),
+                deadline: crate::clock::instant_of(now.mono.saturating_add(CHANGE_WAIT)),
+                change: Some(ticket),
+            })),
+        })
+    }
+
+    fn create_app(
+        &self,
+        request: &Request,
+        now: Now,
+        answer_now: bool,
+    ) -> Result<Outcome, Response> {
+        let new: NewApp = parse_body(&request.body)?;
         check_name("name", &new.name)?;
-        self.store
-            .create_app(&self.view, &new.name, now)
-            .map_err(|e| store_refusal(e, &new.name, ""))?;
+        let change = |api: &Api| api.store.create_app(&api.view, &new.name, now);
+        if let Some(wait) = self
+            .changed(request, now, answer_now, change)
+            .map_err(|e| store_refusal(e, &new.name, ""))?
+        {
+            return Ok(wait);
+        }
         let mut registry = self.view.lock();
         let view = registry.app(&new.name, now.mono, StatusSet::ALL, None);
         self.view.publish(registry, false);
@@ -363,11 +421,17 @@ impl Api {
             _ => Response::empty(201),
         };
         response.location = Some(format!("{ROOT}/apps/{}", encode_segment(&new.name)));
-        Ok(response)
+        Ok(Outcome::Respond(response))
     }
 
-    fn register(&self, app: &str, body: &[u8], now: Now) -> Result<Response, Response> {
-        let new: NewInstance = parse_body(body)?;
+    fn register(
+        &self,
+        request: &Request,
+        app: &str,
+        now: Now,
+        answer_now: bool,
+    ) -> Result<Outcome, Response> {
+        let new: NewInstance = parse_body(&request.body)?;
         check_name("id", &new.id)?;
         if new.ip.is_empty() {
             return Err(error(400, "ip must not be empty"));
@@ -389,9 +453,13 @@ impl Api {
             port,
             metadata,
         };
-        self.store
-            .register(&self.view, &registration, now)
-            .map_err(|e| store_refusal(e, app, &new.id))?;
+        let change = |api: &Api| api.store.register(&api.view, &registration, now);
+        if let Some(wait) = self
+            .changed(request, now, answer_now, change)
+            .map_err(|e| store_refusal(e, app, &new.id))?
+        {
+            return Ok(wait);
+        }
         self.view.log().metrics().registered();
         let view = self.view.lock().instance(app, &new.id, now.mono);
         let mut response = match view {
@@ -403,21 +471,7 @@ impl Api {
             encode_segment(app),
             encode_segment(&new.id)
         ));
-        Ok(response)
-    }
-
-    fn renew(&self, app: &str, id: &str, now: Now) -> Result<Response, Response> {
-        self.store
-            .renew(&self.view, app, id, now)
-            .map_err(|e| store_refusal(e, app, id))?;
-        Ok(Response::empty(204))
-    }
-
-    fn take_out_of_service(&self, app: &str, id: &str, now: Now) -> Result<Response, Response> {
-        self.store
-            .take_out_of_service(&self.view, app, id, now)
-            .map_err(|e| store_refusal(e, app, id))?;
-        Ok(Response::empty(204))
+        Ok(Outcome::Respond(response))
     }
 }
 
@@ -427,6 +481,7 @@ fn wait(topic: Topic, query: &ListQuery, now: Now) -> Outcome {
     Outcome::Wait(Wait {
         topic,
         deadline: crate::clock::instant_of(now.mono.saturating_add(wait)),
+        change: None,
     })
 }
 
@@ -1086,6 +1141,7 @@ mod tests {
             authorization: None,
             peer: None,
             body: body.as_bytes().to_vec(),
+            change: None,
         };
         match api.handle(&request, now, false) {
             Outcome::Respond(r) => (r.status, String::from_utf8_lossy(&r.body).into_owned()),
@@ -1286,6 +1342,7 @@ mod tests {
             authorization: None,
             peer: None,
             body: Vec::new(),
+            change: None,
         };
         assert!(matches!(api.handle(&request, now, true), Outcome::Respond(r) if r.status == 200));
         // A watch of an app that does not exist: 404 at once.
@@ -1347,13 +1404,24 @@ mod tests {
     struct Unreachable;
 
     impl Store for Unreachable {
-        fn create_app(&self, _: &View, _: &str, _: Now) -> Result<(), store::Error> {
+        fn create_app(&self, _: &View, _: &str, _: Now) -> Result<store::Progress, store::Error> {
             Err(store::Error::Unavailable("etcd is unreachable".into()))
         }
-        fn register(&self, _: &View, _: &Registration<'_>, _: Now) -> Result<(), store::Error> {
+        fn register(
+            &self,
+            _: &View,
+            _: &Registration<'_>,
+            _: Now,
+        ) -> Result<store::Progress, store::Error> {
             Err(store::Error::Unavailable("etcd is unreachable".into()))
         }
-        fn renew(&self, _: &View, _: &str, _: &str, _: Now) -> Result<(), store::Error> {
+        fn renew(
+            &self,
+            _: &View,
+            _: &str,
+            _: &str,
+            _: Now,
+        ) -> Result<store::Progress, store::Error> {
             Err(store::Error::Unavailable("etcd is unreachable".into()))
         }
         fn take_out_of_service(
@@ -1362,7 +1430,7 @@ mod tests {
             _: &str,
             _: &str,
             _: Now,
-        ) -> Result<(), store::Error> {
+        ) -> Result<store::Progress, store::Error> {
             Err(store::Error::Unavailable("etcd is unreachable".into()))
         }
         fn health(&self) -> Result<(), &'static str> {

@@ -156,6 +156,7 @@ fn valid(rng: &mut Rng) -> (Vec<u8>, Request) {
         authorization,
         peer: None,
         body,
+        change: None,
     };
     (bytes, expected)
 }

@@ -33,6 +33,10 @@ pub struct Request {
     pub peer: Option<std::net::IpAddr>,
     /// The body, de-chunked.
     pub body: Vec<u8>,
+    /// The ticket of a change the store is making for this request, set by
+    /// the connection layer when it parks the request to wait for it
+    /// (`None` when the request is first handled).
+    pub change: Option<u64>,
 }
 
 impl fmt::Debug for Request {
@@ -259,6 +263,7 @@ impl Parser {
                 authorization: head.authorization,
                 peer: None,
                 body,
+                change: None,
             },
             consumed,
         })
@@ -926,6 +931,7 @@ mod tests {
                     authorization: None,
                     peer: None,
                     body: body.into(),
+                    change: None,
                 }
             ),
             Err(e) => panic!("{input:?} failed: {e}"),

@@ -54,6 +54,10 @@ impl Worker<'_> {
                 let deadline = clock::mono_of(wait.deadline + Duration::from_nanos(999_999))
                     .min(first_deadline.unwrap_or(NEVER));
                 lock(&self.shared.watches).park(conn.slot, conn.id, wait.topic);
+                let mut request = request;
+                if wait.change.is_some() {
+                    request.change = wait.change;
+                }
                 io.phase = Phase::Parked(Box::new((request, deadline)));
                 if self.shared.epoch.load(Ordering::SeqCst) != epoch {
                     // Something changed between the look and the parking.

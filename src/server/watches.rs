@@ -34,19 +34,19 @@ impl Watches {
 
     pub(super) fn park(&mut self, slot: usize, id: u64, topic: Topic) {
         self.unpark(slot, id);
+        if let (Some(m), true) = (&self.metrics, counted(&topic)) {
+            m.watch_parked();
+        }
         self.by_topic
             .entry(topic.clone())
             .or_default()
             .insert((slot, id));
         self.of.insert((slot, id), topic);
-        if let Some(m) = &self.metrics {
-            m.watch_parked();
-        }
     }
 
     pub(super) fn unpark(&mut self, slot: usize, id: u64) {
         if let Some(topic) = self.of.remove(&(slot, id)) {
-            if let Some(m) = &self.metrics {
+            if let (Some(m), true) = (&self.metrics, counted(&topic)) {
                 m.watch_unparked();
             }
             if let Some(set) = self.by_topic.get_mut(&topic) {
@@ -65,7 +65,7 @@ impl Watches {
             if let Some(set) = self.by_topic.remove(topic) {
                 for key in set {
                     if self.of.remove(&key).is_some() {
-                        if let Some(m) = &self.metrics {
+                        if let (Some(m), true) = (&self.metrics, counted(topic)) {
                             m.watch_unparked();
                         }
                     }
@@ -75,6 +75,12 @@ impl Watches {
         }
         out
     }
+}
+
+/// Whether a parked request counts in `registro_watches_waiting`: a watch
+/// does, a change waiting on the store (etcd) does not.
+fn counted(topic: &Topic) -> bool {
+    !matches!(topic, Topic::Change(_))
 }
 
 impl Worker<'_> {

@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Error, Registration, Settings, Store, Threads};
+use super::{Error, Progress, Registration, Settings, Store, Threads};
 use crate::clock::Now;
 use crate::registry::{Millis, Status};
 use crate::sweeper::Sweeper;
@@ -39,16 +39,16 @@ fn saving(view: &View, now: Now) -> Result<(), Error> {
 }
 
 impl Store for Memory {
-    fn create_app(&self, view: &View, name: &str, now: Now) -> Result<(), Error> {
+    fn create_app(&self, view: &View, name: &str, now: Now) -> Result<Progress, Error> {
         saving(view, now)?;
         let mut registry = view.lock();
         let event = registry.create_app(name, now.mono)?;
         registry.push_event(event);
         view.publish(registry, false);
-        Ok(())
+        Ok(Progress::Done)
     }
 
-    fn register(&self, view: &View, new: &Registration<'_>, now: Now) -> Result<(), Error> {
+    fn register(&self, view: &View, new: &Registration<'_>, now: Now) -> Result<Progress, Error> {
         saving(view, now)?;
         let mut registry = view.lock();
         let event = registry.register(
@@ -61,10 +61,10 @@ impl Store for Memory {
         )?;
         registry.push_event(event);
         view.publish(registry, false);
-        Ok(())
+        Ok(Progress::Done)
     }
 
-    fn renew(&self, view: &View, app: &str, id: &str, now: Now) -> Result<(), Error> {
+    fn renew(&self, view: &View, app: &str, id: &str, now: Now) -> Result<Progress, Error> {
         let asked = Instant::now();
         let mut registry = view.lock();
         // Its time is when the lock is had: the wait on it is added, so a
@@ -88,17 +88,23 @@ impl Store for Memory {
                 view.publish(registry, false);
             }
         }
-        Ok(())
+        Ok(Progress::Done)
     }
 
-    fn take_out_of_service(&self, view: &View, app: &str, id: &str, now: Now) -> Result<(), Error> {
+    fn take_out_of_service(
+        &self,
+        view: &View,
+        app: &str,
+        id: &str,
+        now: Now,
+    ) -> Result<Progress, Error> {
         saving(view, now)?;
         let mut registry = view.lock();
         if let Some(event) = registry.take_out_of_service(app, id, now.mono)? {
             registry.push_event(event);
         }
         view.publish(registry, false);
-        Ok(())
+        Ok(Progress::Done)
     }
 
     fn describe(&self) -> String {

@@ -126,17 +126,40 @@ impl From<registry::Error> for Error {
     }
 }
 
+/// How far a store got with a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Done: the change is in the local view.
+    Done,
+    /// Waiting on the store (etcd): the request waits, holding no worker,
+    /// until the store wakes [`crate::view::Topic::Change`] of this ticket;
+    /// then [`Store::finish`] has its answer.
+    Waiting(u64),
+}
+
 /// Where writes go. Each method returns once the change is in the local
-/// view (`view`), so a read that follows on the same server sees it.
+/// view (`view`), so a read that follows on the same server sees it, or
+/// with the ticket of a change the store is still making.
 pub trait Store: Send + Sync {
     /// Creates an application.
-    fn create_app(&self, view: &View, name: &str, now: Now) -> Result<(), Error>;
+    fn create_app(&self, view: &View, name: &str, now: Now) -> Result<Progress, Error>;
     /// Registers an instance (API.md Part 2's rules).
-    fn register(&self, view: &View, new: &Registration<'_>, now: Now) -> Result<(), Error>;
+    fn register(&self, view: &View, new: &Registration<'_>, now: Now) -> Result<Progress, Error>;
     /// A heartbeat.
-    fn renew(&self, view: &View, app: &str, id: &str, now: Now) -> Result<(), Error>;
+    fn renew(&self, view: &View, app: &str, id: &str, now: Now) -> Result<Progress, Error>;
     /// Takes an instance out of service.
-    fn take_out_of_service(&self, view: &View, app: &str, id: &str, now: Now) -> Result<(), Error>;
+    fn take_out_of_service(
+        &self,
+        view: &View,
+        app: &str,
+        id: &str,
+        now: Now,
+    ) -> Result<Progress, Error>;
+    /// The answer to the change of `ticket` (see [`Progress::Waiting`]),
+    /// once there is one; taken once.
+    fn finish(&self, _ticket: u64) -> Option<Result<(), Error>> {
+        None
+    }
     /// `Err(status)` while the store cannot serve as it should:
     /// `/healthz` answers 503 with that status (`store unreachable`, `view
     /// behind`).

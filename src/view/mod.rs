@@ -31,6 +31,8 @@ pub enum Topic {
     All,
     /// `GET /registro/1.0/apps/{app}?index=N`: a change of that app.
     App(Arc<str>),
+    /// A change the store is making for a request (its ticket): answered.
+    Change(u64),
 }
 
 /// The registry behind its lock, and the hooks its changes reach.
@@ -114,6 +116,13 @@ impl View {
         }
         drop(registry);
         self.publish_changes(changes, waiting);
+    }
+
+    /// Wakes the requests waiting on `topics` (a store's answered changes).
+    pub fn wake(&self, topics: &[Topic]) {
+        if let Some(notify) = self.notify.get() {
+            notify(topics);
+        }
     }
 
     /// Lets go of the shared watch answers too old to be shared at `now`

@@ -9,13 +9,17 @@
 //! heartbeats, registrations and reads run; etcd stopped altogether and
 //! started again; a registry outliving its servers; a watch lost past a
 //! compaction; a server whose periods differ from the registry's; a view
-//! that never falls behind silently (`view.rs`).
+//! that never falls behind silently (`view.rs`); no false `down` and no
+//! index reused (`liveness.rs`); no refusal from a lagging view and no 503
+//! for a committed change (`writes.rs`).
 //!
 //! Without etcd installed these tests print one SKIP line, and fail when
 //! `CI=true`. Time is waited for by polling with a deadline.
 
 pub mod cluster;
+mod liveness;
 mod view;
+mod writes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

@@ -283,21 +283,7 @@ impl Servers {
 /// each scenario that failed.
 fn run_every(store: &Store, at_once: usize) {
     let only = std::env::var("REGISTRO_SCENARIO").unwrap_or_default();
-    let pending = |s: &Scenario| {
-        let wait = matches!(store, Store::Etcd(_))
-            && (PENDING_ON_ETCD.iter().any(|p| s.name.ends_with(p))
-                || !matches!(s.timing, Timing::Still));
-        if wait {
-            println!(
-                "SKIP {} on etcd: it waits for the etcd store's write path (TEMPORARY)",
-                s.name
-            );
-        }
-        wait
-    };
-    let todo: Vec<&Scenario> = every()
-        .filter(|s| s.name.contains(&only) && !pending(s))
-        .collect();
+    let todo: Vec<&Scenario> = every().filter(|s| s.name.contains(&only)).collect();
     let next = AtomicUsize::new(0);
     let failed = Mutex::new(Vec::new());
     thread::scope(|scope| {
@@ -356,15 +342,6 @@ fn every_scenario_on_memory() {
 fn every_scenario_on_a_data_dir() {
     run_every(&Store::DataDir, 4);
 }
-
-/// TEMPORARY, while the etcd store's write path is being reworked on
-/// another branch: 503s under concurrent registrations, `lastRenewal`
-/// moved by a lease's expiry, live instances read `down` now and then (so
-/// every scenario with a timing waits too). Emptied when that work lands.
-const PENDING_ON_ETCD: &[&str] = &[
-    "parallel_registrations_and_heartbeats_lose_nothing",
-    "up_reads_down_when_due_and_only_up",
-];
 
 #[test]
 fn every_scenario_on_etcd() {

@@ -1,52 +1,59 @@
-//! The evictor: what time has made due, marked `down` or removed.
+//! The evictor: the liveness rules (`liveness.rs`) applied to the mirror
+//! every few hundred milliseconds, their writes handed to the committers.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Weak;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::metrics::Op as MOp;
-use super::mirror;
-use super::{lock, Shared, CALL_TIMEOUT, MAX_TXN_OPS};
+use super::commit::Decision;
+use super::liveness::{self, Action};
+use super::{lock, Shared};
 use crate::clock;
 use crate::view::View;
 
-/// How often the evictor looks at what time has made due.
-const EVICT_EVERY: Duration = Duration::from_secs(1);
-/// Evictions done in one pass at most (the rest wait for the next second).
+/// Writes decided in one pass at most (the rest wait for the next).
 const EVICT_LIMIT: usize = 10_000;
+/// An action handed over is not handed over again for this long (its
+/// write may still be on its way).
+const AGAIN_AFTER: Duration = Duration::from_secs(2);
 
-/// The evictor thread: marks `down` the `up` instances whose lease expired,
-/// removes what has been silent for `--evict-after`, in transactions of at
-/// most [`MAX_TXN_OPS`] operations with a compare each; a batch that fails
-/// is done again one action at a time (another server may have done some).
+/// The evictor thread: every `timing.every()`, what the rules make due
+/// (claims released or taken over, instances marked `down`, what
+/// `--evict-after` removes), each as a change with its compares; one that
+/// fails is dropped, and decided anew from the mirror next time.
 pub(super) fn run(s: &Shared, _view: &Weak<View>) {
-    while s.rest(EVICT_EVERY) {
+    let every = Duration::from_millis(s.timing.every());
+    let mut handed: HashMap<(String, String), Instant> = HashMap::new();
+    while s.rest(every) {
         if !s.healthy.load(Ordering::SeqCst) {
             continue;
         }
-        let now_wall = clock::now().wall;
-        let actions = lock(&s.mirror).due(s.periods, now_wall, EVICT_LIMIT);
-        for batch in mirror::batches(&actions, &s.prefix, now_wall, MAX_TXN_OPS) {
-            if s.stopped() {
-                return;
+        let now = clock::now();
+        let actions = {
+            let mut mirror = lock(&s.mirror);
+            let forget = s.timing.orphan.saturating_add(s.timing.down_after);
+            mirror.forget_gone(now.mono.saturating_sub(forget));
+            liveness::due(&mirror, &s.me, s.timing, now, EVICT_LIMIT)
+        };
+        let at = Instant::now();
+        handed.retain(|_, t| at.duration_since(*t) < AGAIN_AFTER);
+        for action in actions {
+            let key = match &action {
+                Action::Claim { app, id, .. }
+                | Action::MarkDown { app, id, .. }
+                | Action::RemoveInstance { app, id, .. } => (app.clone(), id.clone()),
+                Action::RemoveApp { app, .. } => (app.clone(), String::new()),
+            };
+            if handed.contains_key(&key) {
+                continue;
             }
-            let chosen: Vec<&mirror::Action> = batch.iter().map(|&i| &actions[i]).collect();
-            let (compares, ops) = mirror::txn_of(&chosen, &s.prefix, now_wall);
-            match s.call(MOp::Txn, |c| c.txn(&compares, &ops, CALL_TIMEOUT)) {
-                Ok(done) if done.succeeded => {}
-                Ok(_) if chosen.len() > 1 => {
-                    for action in chosen {
-                        let (compares, ops) = mirror::txn_of(&[action], &s.prefix, now_wall);
-                        if s.call(MOp::Txn, |c| c.txn(&compares, &ops, CALL_TIMEOUT))
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
+            handed.insert(key, at);
+            let mut txn = Some(action.ops(&s.prefix, now.wall));
+            s.submit_quietly(Box::new(move |_, _| match txn.take() {
+                Some((compares, ops)) => Decision::Txn(compares, ops),
+                None => Decision::Done(Ok(())),
+            }));
         }
     }
 }

@@ -14,23 +14,20 @@ pub enum Op {
     Range,
     /// A transaction (every change).
     Txn,
-    /// A lease grant (a first heartbeat).
+    /// A lease grant (this server's, at start or when etcd dropped it).
     Grant,
-    /// A batch of lease keep-alives.
+    /// A keep-alive of this server's lease.
     KeepAlive,
     /// A watch stream opened.
     Watch,
-    /// An unused lease revoked.
-    Revoke,
 }
 
-const OPS: [(Op, &str); 6] = [
+const OPS: [(Op, &str); 5] = [
     (Op::Range, "range"),
     (Op::Txn, "txn"),
     (Op::Grant, "grant"),
     (Op::KeepAlive, "keepalive"),
     (Op::Watch, "watch"),
-    (Op::Revoke, "revoke"),
 ];
 
 /// How a call ended.
@@ -56,9 +53,9 @@ const BUCKETS: [f64; 11] = [
 /// The counters.
 #[derive(Debug, Default)]
 pub struct StoreMetrics {
-    counts: [[AtomicU64; 4]; 6],
-    buckets: [[AtomicU64; 12]; 6],
-    sum_micros: [AtomicU64; 6],
+    counts: [[AtomicU64; 4]; 5],
+    buckets: [[AtomicU64; 12]; 5],
+    sum_micros: [AtomicU64; 5],
 }
 
 impl StoreMetrics {
@@ -158,7 +155,7 @@ mod tests {
         assert!(out.contains("registro_store_request_duration_seconds_count{op=\"txn\"} 2\n"));
         assert_eq!(
             out.lines().filter(|l| !l.starts_with('#')).count(),
-            6 * 4 + 6 * 14
+            5 * 4 + 5 * 14
         );
     }
 }

@@ -1,153 +1,43 @@
-//! The etcd store's pure part: the key layout, the values' JSON, a mirror
-//! of the keys under the prefix that applies watch events to a
-//! [`Registry`] view, and what the evictor has to do at a given time. No
-//! I/O, no clock: `now` is passed in, so every rule is unit-tested.
+//! The mirror: the keys under the prefix as last seen (see `keys.rs`),
+//! applied to a [`Registry`] view from a range or from watch events, with
+//! the indexes every server computes alike. No I/O, no clock: `now` is
+//! passed in, so every rule is unit-tested.
 //!
-//! Keys under the prefix `P` (names and ids contain no `/`):
+//! What a reader sees of an instance is a function of its keys only: out
+//! of service if stored so, else `up` while its claim exists, else
+//! `starting` or `down` as stored. Indexes: an instance's visible revision
+//! is the larger of its key's `mod_revision` (or, for a write that changes
+//! nothing a reader sees, the `vrev` it carries) and its claim's
+//! `create_revision` (a claim rewritten by a release or a takeover changes
+//! nothing a reader sees); an app's index is the largest of its key's
+//! `mod_revision` and its instances' visible revisions, and of the
+//! revisions its instances were removed at (each removal also writes the
+//! app's key); the list's is the largest of those and the `removed` key's.
+//! A server that watched every event and one that ranged the keys later
+//! compute the same numbers, and each change a reader sees has a revision
+//! of its own: marking an instance `down` is a write.
 //!
-//! | key | value | written by |
-//! |---|---|---|
-//! | `P periods` | `{"down_after_ms","evict_after_ms"}` | the first server (create-if-absent) |
-//! | `P apps/APP` | `{"since"}`: wall ms of its creation or last eviction | create app, evictor |
-//! | `P inst/APP/ID` | [`InstValue`] | register, first heartbeat, take out of service, evictor |
-//! | `P alive/APP/ID` | empty, on the instance's lease | first heartbeat (lease TTL `--down-after`) |
-//! | `P removed` | empty | the evictor, with each app it removes |
-//!
-//! An instance reads `up` while its stored status is `up` and its alive key
-//! exists; the lease's expiry deletes that key, and every server reads
-//! `down` from its watch. Plain heartbeats only keep the lease alive.
-//!
-//! Indexes: an app's index is the largest of its key's `mod_revision` and
-//! its instances' visible revisions (an instance's `mod_revision`, or for a
-//! value the evictor rewrote to `down`, the revision its alive key was
-//! deleted at, kept in `vrev`); the list's is the largest of those and the
-//! `removed` key's. A server that watched every event and one that ranged
-//! the keys later compute the same numbers.
+//! Besides the keys, the mirror holds what only this server knows: when it
+//! last answered a heartbeat of each instance (`seen`), when it saw a claim
+//! released, and since when each server it saw go is gone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use super::client::{Kv, WatchEvent};
+use super::keys::{AppValue, Claim, InstValue, Key, Stored};
 use crate::clock::Now;
-use crate::registry::{Applied, Metadata, Millis, Periods, Registry, Status};
+use crate::registry::{Applied, Millis, Registry, Status};
 
-/// What a key under the prefix is.
+/// An instance's claim as last seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Key {
-    /// The registry's periods.
-    Periods,
-    /// The marker of app removals.
-    Removed,
-    /// An application.
-    App(String),
-    /// An instance's state.
-    Inst(String, String),
-    /// An instance's liveness, on its lease.
-    Alive(String, String),
-}
-
-impl Key {
-    /// The bytes of this key under `prefix`.
-    pub fn bytes(&self, prefix: &str) -> Vec<u8> {
-        match self {
-            Key::Periods => format!("{prefix}periods"),
-            Key::Removed => format!("{prefix}removed"),
-            Key::App(app) => format!("{prefix}apps/{app}"),
-            Key::Inst(app, id) => format!("{prefix}inst/{app}/{id}"),
-            Key::Alive(app, id) => format!("{prefix}alive/{app}/{id}"),
-        }
-        .into_bytes()
-    }
-
-    /// Parses a key under `prefix`; `None` for a key of no meaning here.
-    pub fn parse(prefix: &str, key: &[u8]) -> Option<Key> {
-        let rest = std::str::from_utf8(key).ok()?.strip_prefix(prefix)?;
-        let two = |s: &str| {
-            let (app, id) = s.split_once('/')?;
-            (!app.is_empty() && !id.is_empty() && !id.contains('/'))
-                .then(|| (app.to_string(), id.to_string()))
-        };
-        match rest {
-            "periods" => Some(Key::Periods),
-            "removed" => Some(Key::Removed),
-            _ => {
-                if let Some(app) = rest.strip_prefix("apps/") {
-                    return (!app.is_empty() && !app.contains('/')).then(|| Key::App(app.into()));
-                }
-                if let Some((app, id)) = rest.strip_prefix("inst/").and_then(two) {
-                    return Some(Key::Inst(app, id));
-                }
-                let (app, id) = rest.strip_prefix("alive/").and_then(two)?;
-                Some(Key::Alive(app, id))
-            }
-        }
-    }
-}
-
-/// The periods as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredPeriods {
-    /// `--down-after` in milliseconds.
-    pub down_after_ms: u64,
-    /// `--evict-after` in milliseconds.
-    pub evict_after_ms: u64,
-}
-
-impl From<Periods> for StoredPeriods {
-    fn from(p: Periods) -> StoredPeriods {
-        StoredPeriods {
-            down_after_ms: p.down_after,
-            evict_after_ms: p.evict_after,
-        }
-    }
-}
-
-/// The value of an app's key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppValue {
-    /// Wall ms of its creation or of the last eviction in it.
-    pub since: u64,
-}
-
-/// A stored status: `up` reads `down` once the alive key is gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Stored {
-    /// Registered, no heartbeat yet.
-    Starting,
-    /// Heartbeating (while its alive key exists).
-    Up,
-    /// Its lease expired; `renewed` estimates its last heartbeat.
-    Down,
-    /// Taken out of service.
-    OutOfService,
-}
-
-/// The value of an instance's key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstValue {
-    /// Address.
-    pub ip: String,
-    /// Port.
-    pub port: u16,
-    /// Stored status.
-    pub status: Stored,
-    /// Metadata (absent: none).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<Arc<Metadata>>,
-    /// Wall ms of the registration, the first heartbeat or the taking out of
-    /// service (for `down`: the lease's expiry less `--down-after`).
-    pub renewed: u64,
-    /// For a value the evictor rewrote to `down`: the revision of the
-    /// deletion of the alive key, which is the visible change.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub vrev: i64,
-}
-
-fn is_zero(v: &i64) -> bool {
-    *v == 0
+pub struct ClaimRec {
+    /// Its value.
+    pub claim: Claim,
+    /// Its key's `mod_revision`.
+    pub mod_rev: i64,
+    /// Its key's `create_revision`: when the instance went `up`.
+    pub create_rev: i64,
 }
 
 /// An instance in the mirror.
@@ -157,30 +47,45 @@ pub struct InstRec {
     pub value: InstValue,
     /// Its key's `mod_revision`.
     pub mod_rev: i64,
-    /// The lease of its alive key, if that exists.
-    pub alive: Option<i64>,
-    /// The revision its alive key was last deleted at (0: not seen).
-    pub gone_rev: i64,
+    /// Its key's `create_revision`.
+    pub create_rev: i64,
+    /// Its claim, while it is `up`.
+    pub claim: Option<ClaimRec>,
+    /// When (monotonic ms) this server last answered a heartbeat of it.
+    pub seen: Option<Millis>,
+    /// When (monotonic ms) this server saw its claim released.
+    pub released_at: Option<Millis>,
+    /// The lease of its beat key, while that exists: some server has seen
+    /// a heartbeat of it within the lease's TTL.
+    pub beat: Option<i64>,
 }
 
 impl InstRec {
     /// The status a reader sees.
     pub fn status(&self) -> Status {
-        match (self.value.status, self.alive) {
-            (Stored::Starting, _) => Status::Starting,
-            (Stored::Up, Some(_)) => Status::Up,
-            (Stored::Up, None) | (Stored::Down, _) => Status::Down,
+        match (self.value.status, &self.claim) {
             (Stored::OutOfService, _) => Status::OutOfService,
+            (_, Some(_)) => Status::Up,
+            (Stored::Starting, None) => Status::Starting,
+            (Stored::Up | Stored::Down, None) => Status::Down,
         }
     }
 
     /// The revision of the last change a reader sees.
     pub fn visible_rev(&self) -> i64 {
-        if self.value.vrev > 0 {
+        let own = if self.value.vrev > 0 {
             self.value.vrev
         } else {
             self.mod_rev
-        }
+        };
+        own.max(self.claim.as_ref().map_or(0, |c| c.create_rev))
+    }
+
+    /// The wall ms of its last renewal as stored: its registration, or
+    /// the heartbeat that made it `up`.
+    fn renewed_wall(&self) -> u64 {
+        let at = self.claim.as_ref().map_or(0, |c| c.claim.at);
+        self.value.renewed.max(at)
     }
 }
 
@@ -195,6 +100,8 @@ pub struct AppRec {
     pub since: u64,
     /// Its index (see the module's documentation).
     pub index: i64,
+    /// The number its value was written with (see `InstValue::change`).
+    pub change: u64,
     /// Its instances by id.
     pub instances: HashMap<Arc<str>, InstRec>,
 }
@@ -212,6 +119,14 @@ pub struct Mirror {
     pub index: i64,
     /// The revision of the last event applied (or of the range).
     pub revision: i64,
+    /// The servers whose key exists.
+    pub servers: HashSet<String>,
+    /// Servers whose key went away, and when (monotonic ms) this server
+    /// learned it. A claim by a server in neither set is taken as gone
+    /// since `started`.
+    pub gone: HashMap<String, Millis>,
+    /// When this server began to mirror (monotonic ms).
+    pub started: Millis,
     /// Apps whose index changed since the last [`Mirror::sync`].
     touched: Vec<Arc<str>>,
 }
@@ -222,42 +137,72 @@ pub fn mono_of_wall(wall: u64, now: Now) -> Millis {
 }
 
 impl Mirror {
-    /// An empty mirror of the keys under `prefix`.
-    pub fn new(prefix: &str) -> Mirror {
+    /// An empty mirror of the keys under `prefix`, begun at `now`.
+    pub fn new(prefix: &str, now: Millis) -> Mirror {
         Mirror {
             prefix: prefix.to_string(),
+            started: now,
             ..Mirror::default()
         }
     }
 
     /// The mirror of a range's keys at `revision`; the view is made to
     /// match it (what it has that the range has not is removed, the rest
-    /// applied: only differences make events).
+    /// applied: only differences make events). What only this server knows
+    /// (see the module's documentation) is kept from `previous`.
     pub fn from_range(
         prefix: &str,
         kvs: &[Kv],
         revision: i64,
         view: &mut Registry,
         now: Now,
+        previous: Option<Mirror>,
     ) -> Mirror {
-        let mut mirror = Mirror::new(prefix);
-        // Apps first, then instances, then alive keys: the order of a
-        // watch's events for the same state.
+        let mut mirror = Mirror::new(prefix, now.mono);
+        // Apps first, then instances, then claims: the order of a watch's
+        // events for the same state.
         let mut sorted: Vec<(u8, &Kv, Key)> = kvs
             .iter()
             .filter_map(|kv| {
                 let key = Key::parse(prefix, &kv.key)?;
                 let rank = match key {
-                    Key::Periods | Key::Removed | Key::App(_) => 0,
+                    Key::Periods | Key::Removed | Key::App(_) | Key::Server(_) => 0,
                     Key::Inst(..) => 1,
-                    Key::Alive(..) => 2,
+                    Key::Alive(..) | Key::Beat(..) => 2,
                 };
                 Some((rank, kv, key))
             })
             .collect();
         sorted.sort_by_key(|(rank, _, _)| *rank);
         for (_, kv, key) in sorted {
-            mirror.put(key, kv);
+            mirror.put(key, kv, now);
+        }
+        if let Some(old) = previous {
+            mirror.started = old.started;
+            for (id, at) in old.gone {
+                if !mirror.servers.contains(&id) {
+                    mirror.gone.insert(id, at);
+                }
+            }
+            // Servers gone while this one was not watching: gone from now.
+            for id in old.servers {
+                if !mirror.servers.contains(&id) {
+                    mirror.gone.entry(id).or_insert(now.mono);
+                }
+            }
+            for (name, app) in old.apps {
+                let Some(rec) = mirror.apps.get_mut(&name) else {
+                    continue;
+                };
+                for (id, old) in app.instances {
+                    if let Some(inst) = rec.instances.get_mut(&id) {
+                        inst.seen = old.seen;
+                        if inst.claim.as_ref().is_some_and(|c| c.claim.released) {
+                            inst.released_at = old.released_at.or(Some(now.mono));
+                        }
+                    }
+                }
+            }
         }
         // What the view has and the range has not.
         let mut gone: Vec<(String, Option<String>)> = Vec::new();
@@ -301,8 +246,9 @@ impl Mirror {
         mirror
     }
 
-    /// Applies a put of `key` (no view change; see [`Mirror::apply`]).
-    fn put(&mut self, key: Key, kv: &Kv) -> Option<Arc<str>> {
+    /// Applies a put of `key` (no view change; see [`Mirror::apply`]):
+    /// the app whose instances it concerns, if any.
+    fn put(&mut self, key: Key, kv: &Kv, now: Now) -> Option<Arc<str>> {
         let rev = kv.mod_revision;
         match key {
             Key::Periods => None,
@@ -310,13 +256,19 @@ impl Mirror {
                 self.removed_rev = rev;
                 None
             }
+            Key::Server(id) => {
+                self.gone.remove(&id);
+                self.servers.insert(id);
+                None
+            }
             Key::App(name) => {
-                let since = serde_json::from_slice::<AppValue>(&kv.value).map_or(0, |v| v.since);
+                let value = serde_json::from_slice::<AppValue>(&kv.value).ok();
                 let name = self.intern(&name);
                 let app = self.apps.entry(name.clone()).or_default();
                 app.create_rev = kv.create_revision;
                 app.mod_rev = rev;
-                app.since = since;
+                app.since = value.as_ref().map_or(0, |v| v.since);
+                app.change = value.map_or(0, |v| v.change);
                 app.index = app.index.max(rev);
                 Some(name)
             }
@@ -328,26 +280,41 @@ impl Mirror {
                     .instances
                     .get_key_value(id.as_str())
                     .map_or_else(|| Arc::from(id.as_str()), |(k, _)| k.clone());
-                let (alive, gone_rev) = rec
-                    .instances
-                    .get(&id)
-                    .map_or((None, 0), |i| (i.alive, i.gone_rev));
+                let old = rec.instances.remove(&id);
                 let inst = InstRec {
                     value,
                     mod_rev: rev,
-                    alive,
-                    gone_rev,
+                    create_rev: kv.create_revision,
+                    claim: old.as_ref().and_then(|o| o.claim.clone()),
+                    seen: old.as_ref().and_then(|o| o.seen),
+                    released_at: old.as_ref().and_then(|o| o.released_at),
+                    beat: old.and_then(|o| o.beat),
                 };
                 rec.index = rec.index.max(inst.visible_rev());
                 rec.instances.insert(id, inst);
                 Some(name)
             }
+            Key::Beat(app, id) => {
+                // Nothing a reader sees.
+                let inst = self.instance_mut(&app, &id)?;
+                inst.beat = Some(kv.lease);
+                None
+            }
             Key::Alive(app, id) => {
                 let rec = self.apps.get_mut(app.as_str())?;
                 let inst = rec.instances.get_mut(id.as_str())?;
-                inst.alive = Some(kv.lease);
-                inst.gone_rev = 0;
-                rec.index = rec.index.max(rev);
+                let claim = Claim::read(&kv.value);
+                inst.released_at = match (claim.released, inst.released_at) {
+                    (false, _) => None,
+                    (true, Some(at)) => Some(at),
+                    (true, None) => Some(now.mono),
+                };
+                inst.claim = Some(ClaimRec {
+                    claim,
+                    mod_rev: rev,
+                    create_rev: kv.create_revision,
+                });
+                rec.index = rec.index.max(inst.visible_rev());
                 self.apps
                     .get_key_value(app.as_str())
                     .map(|(k, _)| k.clone())
@@ -363,8 +330,8 @@ impl Mirror {
 
     /// Applies the events of one watch answer to the mirror and the view.
     /// The view's instances are updated once all are applied: a change
-    /// written as two keys in one transaction (an instance and its alive
-    /// key) shows as one change, never as its halves.
+    /// written as two keys in one transaction (an instance and its claim)
+    /// shows as one change, never as its halves.
     pub fn apply(&mut self, events: &[WatchEvent], view: &mut Registry, now: Now) {
         let mut instances: Vec<(Arc<str>, String)> = Vec::new();
         for event in events {
@@ -373,10 +340,10 @@ impl Mirror {
             };
             let rev = event.kv.mod_revision;
             self.revision = self.revision.max(rev);
-            // Every change is visible but a period's, and the evictor's
-            // rewrite of an instance as `down` (its `vrev` is older).
+            // What a reader sees moves the list's index; see the module's
+            // documentation for what it does not.
             let visible = match &key {
-                Key::Periods => 0,
+                Key::Periods | Key::Server(_) | Key::Beat(..) => 0,
                 Key::Inst(..) if !event.delete => {
                     serde_json::from_slice::<InstValue>(&event.kv.value).map_or(rev, |v| {
                         if v.vrev > 0 {
@@ -386,16 +353,18 @@ impl Mirror {
                         }
                     })
                 }
+                Key::Alive(..) if !event.delete && event.kv.create_revision != rev => 0,
                 _ => rev,
             };
-            self.index = self.index.max(visible);
             if !event.delete {
                 let id = match &key {
                     Key::Inst(_, id) | Key::Alive(_, id) => Some(id.clone()),
                     _ => None,
                 };
                 let is_app = matches!(key, Key::App(_));
-                if let Some(name) = self.put(key, &event.kv) {
+                let is_removed = matches!(key, Key::Removed);
+                if let Some(name) = self.put(key, &event.kv, now) {
+                    self.index = self.index.max(visible);
                     if is_app {
                         view.apply_app(&name, now.mono);
                     }
@@ -403,13 +372,28 @@ impl Mirror {
                         instances.push((name.clone(), id));
                     }
                     self.touched.push(name);
+                } else if is_removed {
+                    // An app went with it.
+                    self.index = self.index.max(visible);
                 }
                 continue;
             }
             match key {
-                Key::Periods | Key::Removed => {}
+                Key::Periods => {}
+                Key::Beat(app, id) => {
+                    if let Some(inst) = self.instance_mut(&app, &id) {
+                        inst.beat = None;
+                    }
+                }
+                Key::Removed => self.index = self.index.max(rev),
+                Key::Server(id) => {
+                    if self.servers.remove(&id) {
+                        self.gone.insert(id, now.mono);
+                    }
+                }
                 Key::App(name) => {
                     if self.apps.remove(name.as_str()).is_some() {
+                        self.index = self.index.max(rev);
                         view.apply_remove_app(&name);
                     }
                 }
@@ -417,6 +401,7 @@ impl Mirror {
                     if let Some(rec) = self.apps.get_mut(app.as_str()) {
                         if rec.instances.remove(id.as_str()).is_some() {
                             rec.index = rec.index.max(rev);
+                            self.index = self.index.max(rev);
                             let name = self.intern(&app);
                             instances.push((name.clone(), id));
                             self.touched.push(name);
@@ -426,12 +411,14 @@ impl Mirror {
                 Key::Alive(app, id) => {
                     if let Some(rec) = self.apps.get_mut(app.as_str()) {
                         if let Some(inst) = rec.instances.get_mut(id.as_str()) {
-                            inst.alive = None;
-                            inst.gone_rev = rev;
-                            rec.index = rec.index.max(rev);
-                            let name = self.intern(&app);
-                            instances.push((name.clone(), id));
-                            self.touched.push(name);
+                            if inst.claim.take().is_some() {
+                                inst.released_at = None;
+                                rec.index = rec.index.max(rev);
+                                self.index = self.index.max(rev);
+                                let name = self.intern(&app);
+                                instances.push((name.clone(), id));
+                                self.touched.push(name);
+                            }
                         }
                     }
                 }
@@ -485,229 +472,49 @@ impl Mirror {
         Ok((rec, inst))
     }
 
-    /// What the evictor has to do at wall time `now_wall`: `up` instances
-    /// whose lease expired are marked `down` (for their eviction time), the
-    /// others removed once silent for more than `evict_after`, and apps
-    /// without instances removed once `evict_after` has passed since their
-    /// creation or last eviction. At most `limit` actions.
-    pub fn due(&self, periods: Periods, now_wall: u64, limit: usize) -> Vec<Action> {
-        let mut out = Vec::new();
-        let mut names: Vec<&Arc<str>> = self.apps.keys().collect();
-        names.sort_unstable();
-        for name in names {
-            let rec = &self.apps[name];
-            if rec.instances.is_empty()
-                && rec.create_rev > 0
-                && now_wall > rec.since.saturating_add(periods.evict_after)
-            {
-                out.push(Action::RemoveApp {
-                    app: name.to_string(),
-                    mod_rev: rec.mod_rev,
-                });
-            }
-            for (id, inst) in &rec.instances {
-                if out.len() >= limit {
-                    return out;
-                }
-                match (inst.value.status, inst.alive) {
-                    (Stored::Up, Some(_)) => {}
-                    (Stored::Up, None) => {
-                        let mut value = inst.value.clone();
-                        value.status = Stored::Down;
-                        value.renewed = now_wall.saturating_sub(periods.down_after);
-                        value.vrev = if inst.gone_rev > 0 {
-                            inst.gone_rev
-                        } else {
-                            inst.mod_rev
-                        };
-                        out.push(Action::MarkDown {
-                            app: name.to_string(),
-                            id: id.to_string(),
-                            mod_rev: inst.mod_rev,
-                            value,
-                        });
-                    }
-                    _ if now_wall > inst.value.renewed.saturating_add(periods.evict_after) => {
-                        out.push(Action::RemoveInstance {
-                            app: name.to_string(),
-                            id: id.to_string(),
-                            mod_rev: inst.mod_rev,
-                        });
-                    }
-                    _ => {}
-                }
-            }
-            if out.len() >= limit {
-                return out;
-            }
+    /// An instance to change what only this server knows of it.
+    pub fn instance_mut(&mut self, app: &str, id: &str) -> Option<&mut InstRec> {
+        self.apps.get_mut(app)?.instances.get_mut(id)
+    }
+
+    /// Since when (monotonic ms) server `id` is gone as far as this server
+    /// knows; `None` while its key exists.
+    pub fn gone_since(&self, id: &str) -> Option<Millis> {
+        if self.servers.contains(id) {
+            return None;
         }
-        out
+        Some(self.gone.get(id).copied().unwrap_or(self.started))
+    }
+
+    /// Forgets servers gone long enough ago that no claim of theirs is
+    /// waited on any more.
+    pub fn forget_gone(&mut self, before: Millis) {
+        self.gone.retain(|_, at| *at >= before);
     }
 }
 
 /// The view's state of an instance of the mirror.
-fn applied<'a>(id: &'a str, inst: &'a InstRec, now: Now) -> Applied<'a> {
+pub fn applied<'a>(id: &'a str, inst: &'a InstRec, now: Now) -> Applied<'a> {
+    let stored = mono_of_wall(inst.renewed_wall(), now);
     Applied {
         id,
         ip: &inst.value.ip,
         port: inst.value.port,
         status: inst.status(),
         metadata: inst.value.metadata.clone(),
-        last_renewal: mono_of_wall(inst.value.renewed, now),
+        last_renewal: inst.seen.map_or(stored, |seen| seen.max(stored)),
     }
-}
-
-/// One thing the evictor does, with the compare that makes it safe.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Rewrite an `up` instance whose alive key is gone as `down`.
-    MarkDown {
-        /// App.
-        app: String,
-        /// Instance.
-        id: String,
-        /// Its key's `mod_revision` as seen.
-        mod_rev: i64,
-        /// The new value.
-        value: InstValue,
-    },
-    /// Remove an instance (and note the time in its app's key).
-    RemoveInstance {
-        /// App.
-        app: String,
-        /// Instance.
-        id: String,
-        /// Its key's `mod_revision` as seen.
-        mod_rev: i64,
-    },
-    /// Remove an app without instances.
-    RemoveApp {
-        /// App.
-        app: String,
-        /// Its key's `mod_revision` as seen.
-        mod_rev: i64,
-    },
-}
-
-impl Action {
-    /// The compares and operations of this action.
-    pub fn ops(
-        &self,
-        prefix: &str,
-        now_wall: u64,
-    ) -> (Vec<super::client::Compare>, Vec<super::client::Op>) {
-        use super::client::{Compare, Op};
-        let since = serde_json::to_vec(&AppValue { since: now_wall }).unwrap_or_default();
-        match self {
-            Action::MarkDown {
-                app,
-                id,
-                mod_rev,
-                value,
-            } => {
-                let key = Key::Inst(app.clone(), id.clone()).bytes(prefix);
-                let value = serde_json::to_vec(value).unwrap_or_default();
-                (
-                    vec![Compare::ModRevision(key.clone(), *mod_rev)],
-                    vec![Op::Put(key, value, 0)],
-                )
-            }
-            Action::RemoveInstance { app, id, mod_rev } => {
-                let key = Key::Inst(app.clone(), id.clone()).bytes(prefix);
-                (
-                    vec![Compare::ModRevision(key.clone(), *mod_rev)],
-                    vec![
-                        Op::Delete(key),
-                        Op::Delete(Key::Alive(app.clone(), id.clone()).bytes(prefix)),
-                        Op::Put(Key::App(app.clone()).bytes(prefix), since, 0),
-                    ],
-                )
-            }
-            Action::RemoveApp { app, mod_rev } => {
-                let key = Key::App(app.clone()).bytes(prefix);
-                let inst = format!("{prefix}inst/{app}/").into_bytes();
-                let alive = format!("{prefix}alive/{app}/").into_bytes();
-                (
-                    // Not removed while an instance is registered in it.
-                    vec![
-                        Compare::ModRevision(key.clone(), *mod_rev),
-                        Compare::Empty(inst.clone()),
-                    ],
-                    vec![
-                        Op::Delete(key),
-                        Op::DeletePrefix(inst),
-                        Op::DeletePrefix(alive),
-                        Op::Put(Key::Removed.bytes(prefix), Vec::new(), 0),
-                    ],
-                )
-            }
-        }
-    }
-}
-
-/// Groups actions into transactions of at most `max_ops` operations (and
-/// compares) each, keeping their order.
-pub fn batches(actions: &[Action], prefix: &str, now_wall: u64, max_ops: usize) -> Vec<Vec<usize>> {
-    let mut out: Vec<Vec<usize>> = Vec::new();
-    let mut ops = 0;
-    for (i, action) in actions.iter().enumerate() {
-        let n = {
-            let (compares, ops) = action.ops(prefix, now_wall);
-            compares.len().max(ops.len())
-        };
-        match out.last_mut() {
-            Some(batch) if ops + n <= max_ops && batch.len() < max_ops => {
-                batch.push(i);
-                ops += n;
-            }
-            _ => {
-                out.push(vec![i]);
-                ops = n;
-            }
-        }
-    }
-    out
-}
-
-/// The compares and operations of a batch of actions in one transaction
-/// (an app's key is put once however many of its instances go).
-pub fn txn_of(
-    actions: &[&Action],
-    prefix: &str,
-    now_wall: u64,
-) -> (Vec<super::client::Compare>, Vec<super::client::Op>) {
-    use super::client::Op;
-    let mut compares = Vec::with_capacity(actions.len());
-    let mut ops: Vec<Op> = Vec::new();
-    let mut put = std::collections::HashSet::new();
-    for action in actions {
-        let (action_compares, action_ops) = action.ops(prefix, now_wall);
-        compares.extend(action_compares);
-        for op in action_ops {
-            if let Op::Put(key, _, _) = &op {
-                if !put.insert(key.clone()) {
-                    continue;
-                }
-            }
-            ops.push(op);
-        }
-    }
-    (compares, ops)
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::registry::StatusSet;
 
-    const P: &str = "/r/";
-    const WALL: u64 = 1_795_890_765_000;
-    const PERIODS: Periods = Periods {
-        down_after: 90_000,
-        evict_after: 600_000,
-    };
+    pub const P: &str = "/r/";
+    pub const WALL: u64 = 1_795_890_765_000;
 
-    fn now() -> Now {
+    pub fn now() -> Now {
         Now {
             mono: 1_000_000,
             wall: WALL,
@@ -716,26 +523,29 @@ mod tests {
 
     /// The history of a small registry as etcd would record it: the event
     /// lists of each revision.
-    struct History {
-        rev: i64,
+    pub struct History {
+        pub rev: i64,
         kvs: HashMap<Vec<u8>, Kv>,
-        answers: Vec<Vec<WatchEvent>>,
+        pub answers: Vec<Vec<WatchEvent>>,
+        /// What a range answered after each transaction.
+        pub ranges: Vec<Vec<Kv>>,
     }
 
     impl History {
-        fn new() -> History {
+        pub fn new() -> History {
             History {
                 rev: 1,
                 kvs: HashMap::new(),
                 answers: Vec::new(),
+                ranges: Vec::new(),
             }
         }
 
-        /// One transaction: puts (key, value, lease) and deletes.
-        fn txn(&mut self, puts: &[(Key, Vec<u8>, i64)], deletes: &[Key]) {
+        /// One transaction: puts (key, value) and deletes.
+        pub fn txn(&mut self, puts: &[(Key, Vec<u8>)], deletes: &[Key]) {
             self.rev += 1;
             let mut events = Vec::new();
-            for (key, value, lease) in puts {
+            for (key, value) in puts {
                 let bytes = key.bytes(P);
                 let create = self
                     .kvs
@@ -746,7 +556,7 @@ mod tests {
                     value: value.clone(),
                     create_revision: create,
                     mod_revision: self.rev,
-                    lease: *lease,
+                    lease: 0,
                 };
                 self.kvs.insert(bytes, kv.clone());
                 events.push(WatchEvent { delete: false, kv });
@@ -765,14 +575,15 @@ mod tests {
                 }
             }
             self.answers.push(events);
+            self.ranges.push(self.range());
         }
 
-        fn range(&self) -> Vec<Kv> {
+        pub fn range(&self) -> Vec<Kv> {
             self.kvs.values().cloned().collect()
         }
     }
 
-    fn inst(status: Stored, ip: &str, renewed: u64) -> Vec<u8> {
+    pub fn inst(status: Stored, ip: &str, renewed: u64) -> Vec<u8> {
         serde_json::to_vec(&InstValue {
             ip: ip.into(),
             port: 80,
@@ -780,22 +591,36 @@ mod tests {
             metadata: None,
             renewed,
             vrev: 0,
+            change: 0,
         })
         .unwrap()
     }
 
-    fn app_value(since: u64) -> Vec<u8> {
-        serde_json::to_vec(&AppValue { since }).unwrap()
+    pub fn claim(by: &str, released: bool) -> Vec<u8> {
+        serde_json::to_vec(&Claim {
+            by: by.into(),
+            at: WALL,
+            released,
+            change: 0,
+        })
+        .unwrap()
     }
 
-    fn web() -> Key {
+    pub fn app_value(since: u64) -> Vec<u8> {
+        serde_json::to_vec(&AppValue { since, change: 0 }).unwrap()
+    }
+
+    pub fn web() -> Key {
         Key::App("web".into())
     }
-    fn a() -> Key {
+    pub fn a() -> Key {
         Key::Inst("web".into(), "a".into())
     }
-    fn alive() -> Key {
+    pub fn alive() -> Key {
         Key::Alive("web".into(), "a".into())
+    }
+    pub fn server(id: &str) -> Key {
+        Key::Server(id.into())
     }
 
     fn events(view: &mut Registry) -> Vec<String> {
@@ -813,126 +638,103 @@ mod tests {
         (s, app.map_or(0, |a| a.index), view.index())
     }
 
-    #[test]
-    fn keys_round_trip_and_foreign_keys_are_ignored() {
-        for key in [Key::Periods, Key::Removed, web(), a(), alive()] {
-            assert_eq!(Key::parse(P, &key.bytes(P)), Some(key));
-        }
-        for bad in [
-            "/other/apps/web",
-            "/r/apps/",
-            "/r/inst/web",
-            "/r/inst/web/a/b",
-            "/r/x",
-        ] {
-            assert_eq!(Key::parse(P, bad.as_bytes()), None, "{bad}");
-        }
-    }
-
-    /// A heartbeat writes the instance and its alive key in one revision:
-    /// the view shows one change (up), never the half where it reads down;
-    /// the lease's expiry then reads down; a range at any point gives the
-    /// same statuses and indexes as the watch.
+    /// A heartbeat writes the claim; a release and a takeover rewrite it
+    /// and change nothing a reader sees; marking the instance `down` is a
+    /// change of its own, at a revision of its own. At every step a range
+    /// gives the same statuses and indexes as the watch.
     #[test]
     fn a_watched_history_and_a_range_agree() {
         let mut h = History::new();
-        h.txn(&[(web(), app_value(WALL), 0)], &[]);
         h.txn(
-            &[
-                (web(), app_value(WALL), 0),
-                (a(), inst(Stored::Starting, "10.0.0.1", WALL), 0),
-            ],
-            &[alive()],
-        );
-        h.txn(
-            &[
-                (a(), inst(Stored::Up, "10.0.0.1", WALL), 0),
-                (alive(), Vec::new(), 77),
-            ],
+            &[(web(), app_value(WALL)), (server("s1"), b"{}".to_vec())],
             &[],
         );
-        h.txn(&[], &[alive()]); // the lease expired
-        let mut mirror = Mirror::new(P);
+        h.txn(&[(a(), inst(Stored::Starting, "10.0.0.1", WALL))], &[]);
+        h.txn(&[(alive(), claim("s1", false))], &[]);
+        h.txn(&[(alive(), claim("s1", true))], &[]); // released
+        h.txn(&[(alive(), claim("s2", false))], &[]); // taken over
+        h.txn(&[(a(), inst(Stored::Down, "10.0.0.1", WALL))], &[alive()]);
+        h.txn(&[(alive(), claim("s2", false))], &[]); // up again
+        let want = [
+            (None, 2, 2),
+            (Some(Status::Starting), 3, 3),
+            (Some(Status::Up), 4, 4),
+            (Some(Status::Up), 4, 4),
+            (Some(Status::Up), 4, 4),
+            (Some(Status::Down), 7, 7),
+            (Some(Status::Up), 8, 8),
+        ];
+        let mut mirror = Mirror::new(P, now().mono);
         let mut view = Registry::mirror();
         let mut seen = Vec::new();
         for (i, answer) in h.answers.iter().enumerate() {
             mirror.apply(answer, &mut view, now());
             mirror.sync(&mut view);
-            seen.push((events(&mut view), status(&mut view)));
+            seen.push(events(&mut view));
+            assert_eq!(status(&mut view), want[i], "after revision {}", i + 2);
             assert_eq!(mirror.revision, i as i64 + 2);
+            // A range at this revision agrees.
+            let mut fresh = Registry::mirror();
+            let ranged = Mirror::from_range(P, &h.ranges[i], i as i64 + 2, &mut fresh, now(), None);
+            assert_eq!(status(&mut fresh), want[i], "ranged at revision {}", i + 2);
+            assert_eq!(ranged.index, mirror.index);
         }
-        assert_eq!(seen[0].0.len(), 1);
-        assert_eq!(seen[1].1, (Some(Status::Starting), 3, 3));
         assert_eq!(
-            seen[2].0,
+            seen[2],
             vec!["InstanceUp { app: \"web\", id: \"a\" }".to_string()]
         );
-        assert_eq!(seen[2].1, (Some(Status::Up), 4, 4));
-        assert_eq!(mirror.instance("web", "a").unwrap().1.alive, None);
-        assert_eq!(seen[3].1, (Some(Status::Down), 5, 5));
-        // The evictor marks it down, keeping the deletion's revision as its
-        // visible one: no index moves.
-        let due = mirror.due(PERIODS, WALL + 1_000, 100);
-        let Some(Action::MarkDown { value, .. }) = due.first() else {
-            panic!("{due:?}")
-        };
-        assert_eq!((value.vrev, value.renewed), (5, WALL + 1_000 - 90_000));
-        h.txn(&[(a(), serde_json::to_vec(value).unwrap(), 0)], &[]);
-        mirror.apply(h.answers.last().unwrap(), &mut view, now());
-        mirror.sync(&mut view);
-        assert_eq!(status(&mut view), (Some(Status::Down), 5, 5));
-        assert!(events(&mut view).is_empty());
-        // A range now gives the same view and indexes.
-        let mut fresh = Registry::mirror();
-        let ranged = Mirror::from_range(P, &h.range(), h.rev, &mut fresh, now());
-        assert_eq!(status(&mut fresh), (Some(Status::Down), 5, 5));
-        assert_eq!((ranged.index, ranged.revision), (5, 6));
+        assert!(seen[3].is_empty() && seen[4].is_empty(), "{seen:?}");
+        assert_eq!(
+            seen[5],
+            vec!["InstanceDown { app: \"web\", id: \"a\" }".to_string()]
+        );
+        // The servers: s1 is known, s2 never was (gone since the start).
+        assert_eq!(mirror.gone_since("s1"), None);
+        assert_eq!(mirror.gone_since("s2"), Some(now().mono));
         // A range that misses what the view has removes it.
         let mut h2 = History::new();
-        h2.txn(&[(Key::App("db".into()), app_value(WALL), 0)], &[]);
-        Mirror::from_range(P, &h2.range(), h2.rev, &mut fresh, now());
+        h2.txn(&[(Key::App("db".into()), app_value(WALL))], &[]);
+        let mut fresh = Registry::mirror();
+        Mirror::from_range(P, &h.range(), h.rev, &mut fresh, now(), None);
+        Mirror::from_range(P, &h2.range(), h2.rev, &mut fresh, now(), None);
         assert_eq!(status(&mut fresh).0, None);
         assert!(fresh.app("db", now().mono, StatusSet::ALL, None).is_ok());
     }
 
+    /// What only this server knows survives a range (a compacted watch):
+    /// its heartbeats, the release it saw, the servers it saw go.
     #[test]
-    fn the_evictor_removes_what_time_made_due_and_batches_within_etcd_limits() {
+    fn a_range_keeps_what_only_this_server_knows() {
         let mut h = History::new();
-        h.txn(&[(web(), app_value(WALL), 0)], &[]);
-        h.txn(&[(Key::App("empty".into()), app_value(WALL), 0)], &[]);
-        let mut puts = Vec::new();
-        for i in 0..100 {
-            let key = Key::Inst("web".into(), format!("i{i:03}"));
-            puts.push((key, inst(Stored::Starting, "10.0.0.1", WALL), 0));
-        }
-        puts.push((a(), inst(Stored::Up, "10.0.0.1", WALL), 0));
-        puts.push((alive(), Vec::new(), 9));
-        h.txn(&puts, &[]);
+        h.txn(
+            &[
+                (web(), app_value(WALL)),
+                (server("s1"), b"{}".to_vec()),
+                (server("s2"), b"{}".to_vec()),
+            ],
+            &[],
+        );
+        h.txn(&[(a(), inst(Stored::Starting, "10.0.0.1", WALL))], &[]);
+        h.txn(&[(alive(), claim("s1", true))], &[]);
         let mut view = Registry::mirror();
-        let mirror = Mirror::from_range(P, &h.range(), h.rev, &mut view, now());
-        // Nothing is due before the eviction period.
-        assert!(mirror.due(PERIODS, WALL + 600_000, 1_000).is_empty());
-        let due = mirror.due(PERIODS, WALL + 600_001, 1_000);
-        let removed = due
-            .iter()
-            .filter(|a| matches!(a, Action::RemoveInstance { .. }))
-            .count();
-        // The heartbeating instance (alive key) stays; the empty app goes.
-        assert_eq!((due.len(), removed), (101, 100));
-        assert!(matches!(&due[0], Action::RemoveApp { app, .. } if app == "empty"));
-        assert_eq!(mirror.due(PERIODS, WALL + 600_001, 10).len(), 10);
-        let batches = batches(&due, P, WALL, 128);
-        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 101);
-        for batch in &batches {
-            let chosen: Vec<&Action> = batch.iter().map(|&i| &due[i]).collect();
-            let (compares, ops) = txn_of(&chosen, P, WALL);
-            assert!(compares.len() <= 128 && ops.len() <= 128, "{}", ops.len());
-            // The app's key is put once per transaction.
-            let app_puts = ops
-                .iter()
-                .filter(|op| matches!(op, super::super::client::Op::Put(k, _, _) if *k == web().bytes(P)))
-                .count();
-            assert!(app_puts <= 1);
-        }
+        let mut mirror = Mirror::from_range(P, &h.range(), h.rev, &mut view, now(), None);
+        let inst = mirror.instance_mut("web", "a").unwrap();
+        inst.seen = Some(999_000);
+        assert_eq!(inst.released_at, Some(now().mono));
+        inst.released_at = Some(998_000);
+        h.txn(&[], &[server("s2")]);
+        let later = Now {
+            mono: now().mono + 5_000,
+            wall: WALL + 5_000,
+        };
+        let again = Mirror::from_range(P, &h.range(), h.rev, &mut view, later, Some(mirror));
+        let (_, inst) = again.instance("web", "a").unwrap();
+        assert_eq!(
+            (inst.seen, inst.released_at),
+            (Some(999_000), Some(998_000))
+        );
+        assert_eq!(again.gone_since("s2"), Some(later.mono));
+        assert_eq!(again.gone_since("s1"), None);
+        assert_eq!(again.started, now().mono);
     }
 }

@@ -5,18 +5,21 @@
 //! Each server keeps a local view (the `Registry` of the `View`, in mirror
 //! mode) fed by one watch of the prefix; reads and watches cost etcd
 //! nothing. A change is a transaction with compares (safe to retry),
-//! answered once committed and applied to this server's view. Liveness is a
-//! lease per `up` instance (TTL `--down-after`) on an "alive" key: the first
-//! heartbeat grants it and writes; later heartbeats only queue a keep-alive
-//! that the keeper thread sends, batched, every [`keep::KEEP_EVERY`]. Removal by
-//! time is the evictor's, on every server, with compares. See
-//! `mirror.rs` for the keys and ARCHITECTURE.md for the reasons. The rooms:
-//! `write.rs` (the changes), `commit.rs` (the committer thread), `keep.rs`
-//! (the keeper thread), `evict.rs` (the evictor thread), `watch.rs` (the
-//! watch thread), `client.rs` (etcd's gateway), `mirror.rs` (pure: the keys
-//! and the view).
+//! answered once committed and applied to this server's view, and waits
+//! for that without a worker thread. Liveness is counted in the servers'
+//! memory: an `up` instance has a claim naming the server that decides when
+//! it has been silent for `--down-after`; a plain heartbeat writes nothing
+//! and sends nothing to etcd. Each server's own key is on a lease, so that
+//! the others learn when it is gone and take its claims over. See `keys.rs`
+//! for the keys, `liveness.rs` for the rules and ARCHITECTURE.md for the
+//! reasons. The rooms: `write.rs` (the changes), `commit.rs` (the waiting
+//! changes and the committer threads), `keep.rs` (this server's key and
+//! lease, the quorum probe), `evict.rs` (the thread applying `liveness.rs`),
+//! `watch.rs` (the watch thread), `client.rs` (etcd's gateway), `keys.rs`,
+//! `mirror.rs` and `liveness.rs` (pure: the keys, the view, the rules).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
@@ -27,17 +30,20 @@ pub mod client;
 mod commit;
 mod evict;
 mod keep;
+pub mod keys;
+pub mod liveness;
 mod metrics;
 pub mod mirror;
 mod watch;
 mod write;
 
 use self::client::{CallError, Client, Compare, Op};
-use self::commit::Job;
+use self::commit::{Pipeline, Woken};
+use self::keys::{json, Key, ServerValue, StoredPeriods};
+use self::liveness::Timing;
 use self::metrics::{Op as MOp, Outcome, StoreMetrics};
-use self::mirror::{Key, Mirror, StoredPeriods};
-use self::write::Permit;
-use super::{Error, Registration, Store};
+use self::mirror::Mirror;
+use super::{Error, Progress, Registration, Store};
 use crate::clock::{self, Now};
 use crate::log::Log;
 use crate::registry::{Periods, Registry};
@@ -52,6 +58,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const UNHEALTHY_AFTER: u64 = 3_000;
 /// etcd's default `--max-txn-ops`.
 pub(super) const MAX_TXN_OPS: usize = 128;
+/// Committer threads: one call's round trip does not idle etcd.
+const COMMITTERS: usize = 2;
+/// How long a read about to answer 404 waits for the view to catch up.
+const READ_CATCH_UP: Duration = Duration::from_secs(3);
 
 /// What `--store etcd://...` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +72,8 @@ pub struct Settings {
     pub prefix: String,
     /// The server's periods (checked against the registry's).
     pub periods: Periods,
-    /// The server's worker threads: at most half wait on etcd at once.
+    /// The server's worker threads: at most half wait for the view to catch
+    /// up before a read answers 404.
     pub threads: usize,
 }
 
@@ -76,9 +87,21 @@ pub struct Etcd {
 pub(super) struct Shared {
     client: Client,
     prefix: String,
-    periods: Periods,
-    /// The lease TTL in seconds: `--down-after`, rounded up.
-    ttl: i64,
+    /// This server's id, under `servers/` (drawn at start).
+    me: String,
+    /// This server's lease (its key is on it), and its TTL in seconds.
+    lease: Mutex<i64>,
+    server_ttl: i64,
+    /// How often the lease is kept alive.
+    keep_every: Duration,
+    /// The liveness rules' times.
+    timing: Timing,
+    /// Set when this server's key was found gone: written again at once.
+    announce: AtomicBool,
+    /// The TTL in seconds of an instance's beat: `--down-after`, rounded up.
+    beat_ttl: i64,
+    /// The beats to keep alive, and those to put (see `keep.rs`).
+    beats: Mutex<keep::Beats>,
     mirror: Mutex<Mirror>,
     /// How far the view has applied etcd's revisions, and its waiters.
     applied: Mutex<Applied>,
@@ -98,19 +121,17 @@ pub(super) struct Shared {
     last_ok: AtomicU64,
     /// Why etcd is unreachable, while it is.
     why: Mutex<String>,
-    /// Leases whose keep-alive is due.
-    leases: Mutex<HashSet<i64>>,
-    /// Leases granted for a heartbeat that did not use them.
-    unused: Mutex<Vec<i64>>,
-    writers: AtomicUsize,
-    max_writers: usize,
     stop: AtomicBool,
     stop_lock: Mutex<()>,
     stop_signal: Condvar,
     restart_watch: AtomicBool,
-    /// Changes waiting for the committer, and its wake-up.
-    jobs: Mutex<VecDeque<Arc<Job>>>,
+    /// The changes waiting on etcd, and the committers' wake-up.
+    pipeline: Mutex<Pipeline>,
     queued: Condvar,
+    woken: Woken,
+    /// Numbers drawn for changes (see `keys::InstValue::change`).
+    seed: u64,
+    drawn: AtomicU64,
     metrics: StoreMetrics,
     log: Log,
 }
@@ -121,12 +142,12 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// How far the view has applied etcd's revisions.
 #[derive(Debug, Default, Clone, Copy)]
-struct Applied {
+pub(super) struct Applied {
     /// The revision of the last events applied (or of the last range).
-    events: i64,
+    pub(super) events: i64,
     /// The highest revision a progress answer of the watch vouched for
     /// (everything up to it has been sent).
-    progress: i64,
+    pub(super) progress: i64,
 }
 
 /// The reads of etcd's current revision that 404s wait on: one at a time,
@@ -138,6 +159,25 @@ struct Probes {
     running: bool,
     /// The last one's number and result.
     last: Option<(u64, Option<i64>)>,
+}
+
+/// One of the bounded places of a worker waiting for the view.
+struct Permit<'a>(&'a AtomicUsize);
+
+impl<'a> Permit<'a> {
+    fn take(count: &'a AtomicUsize, max: usize) -> Option<Permit<'a>> {
+        if count.fetch_add(1, Ordering::SeqCst) >= max {
+            count.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Permit(count))
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Etcd {
@@ -185,34 +225,59 @@ impl Etcd {
                 )))
             }
         }
+        // This server's key, on its lease: the others learn when it is gone.
+        let seed = RandomState::new().build_hasher().finish();
+        let me = format!("{:016x}", seed ^ u64::from(std::process::id()));
+        let wanted_ttl = i64::try_from(settings.periods.down_after.div_ceil(3_000))
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let (lease, server_ttl) = client
+            .grant_ttl(wanted_ttl, START_TIMEOUT)
+            .map_err(unreachable)?;
+        let server_ttl = server_ttl.max(1);
+        client
+            .txn(
+                &[],
+                &[Op::Put(
+                    Key::Server(me.clone()).bytes(&prefix),
+                    json(&ServerValue {
+                        since: clock::now().wall,
+                    }),
+                    lease,
+                )],
+                START_TIMEOUT,
+            )
+            .map_err(unreachable)?;
         let end = client::prefix_end(prefix.as_bytes());
         let (kvs, revision) = client
             .range(prefix.as_bytes(), &end, START_TIMEOUT)
             .map_err(unreachable)?;
         let mut view = Registry::mirror();
-        let mirror = Mirror::from_range(&prefix, &kvs, revision, &mut view, clock::now());
+        let now = clock::now();
+        let mirror = Mirror::from_range(&prefix, &kvs, revision, &mut view, now, None);
         // The view starts as it is: no event of its making is logged.
         let (mut apps, mut events) = (Vec::new(), Vec::new());
         view.drain_changes(&mut apps, &mut events);
-        let ttl = i64::try_from(settings.periods.down_after.div_ceil(1000))
-            .unwrap_or(i64::MAX)
-            .max(1);
-        // etcd raises a TTL below its minimum (about 2 s with the default
-        // election timeout): say so once, as instances then read `down` later.
-        if let Ok((lease, granted)) = client.grant_ttl(ttl, START_TIMEOUT) {
-            let _ = client.revoke(lease, START_TIMEOUT);
-            if granted > ttl {
-                log.line(format_args!(
-                    "store: etcd grants leases of at least {granted} s, so a silent instance reads down                      about {granted} s after its last heartbeat, not after --down-after {}",
-                    show(settings.periods.down_after)
-                ));
-            }
-        }
+        let keep_every =
+            Duration::from_millis(u64::try_from(server_ttl * 250).unwrap_or(250).min(1_000));
+        let timing = Timing::new(
+            settings.periods,
+            u64::try_from(server_ttl * 1000).unwrap_or(u64::MAX),
+            u64::try_from(keep_every.as_millis()).unwrap_or(1_000),
+        );
         let shared = Arc::new(Shared {
             client,
             prefix,
-            periods: settings.periods,
-            ttl,
+            me,
+            lease: Mutex::new(lease),
+            server_ttl,
+            keep_every,
+            timing,
+            announce: AtomicBool::new(false),
+            beat_ttl: i64::try_from(settings.periods.down_after.div_ceil(1_000))
+                .unwrap_or(i64::MAX)
+                .max(1),
+            beats: Mutex::new(keep::Beats::default()),
             mirror: Mutex::new(mirror),
             applied: Mutex::new(Applied {
                 events: revision,
@@ -228,16 +293,15 @@ impl Etcd {
             healthy: AtomicBool::new(true),
             last_ok: AtomicU64::new(clock::now().mono),
             why: Mutex::new(String::new()),
-            leases: Mutex::new(HashSet::new()),
-            unused: Mutex::new(Vec::new()),
-            writers: AtomicUsize::new(0),
-            max_writers: (settings.threads / 2).max(1),
             stop: AtomicBool::new(false),
             stop_lock: Mutex::new(()),
             stop_signal: Condvar::new(),
             restart_watch: AtomicBool::new(false),
-            jobs: Mutex::new(VecDeque::new()),
+            pipeline: Mutex::new(Pipeline::default()),
             queued: Condvar::new(),
+            woken: Woken::default(),
+            seed,
+            drawn: AtomicU64::new(0),
             metrics: StoreMetrics::default(),
             log,
         });
@@ -251,12 +315,12 @@ impl Etcd {
             handles: Vec::new(),
         };
         type Body = fn(&Shared, &Weak<View>);
-        let bodies: [(&str, Body); 4] = [
+        let mut bodies: Vec<(&str, Body)> = vec![
             ("registro-watch", watch::run),
-            ("registro-commit", commit::run),
             ("registro-keep", keep::run),
             ("registro-evict", evict::run),
         ];
+        bodies.extend((0..COMMITTERS).map(|_| ("registro-commit", commit::run as Body)));
         for (name, body) in bodies {
             let shared = Arc::clone(&self.shared);
             let view = Arc::downgrade(view);
@@ -288,7 +352,7 @@ impl Threads {
         drop(lock(&self.shared.stop_lock));
         self.shared.stop_signal.notify_all();
         self.shared.applied_changed.notify_all();
-        drop(lock(&self.shared.jobs));
+        drop(lock(&self.shared.pipeline));
         self.shared.queued.notify_all();
         for handle in self.handles.drain(..) {
             let _ = handle.join();
@@ -392,19 +456,8 @@ impl Shared {
     /// Waits until the view has applied `revision` (its events, or a
     /// progress answer vouching for it), until `deadline`.
     fn wait_applied(&self, revision: i64, deadline: Instant) -> bool {
-        self.wait_for(deadline, |a| a.events.max(a.progress) >= revision)
-    }
-
-    /// Waits until the view has applied the events of `revision` (a change
-    /// of this server's own: progress answers do not count, as etcd 3.4 may
-    /// send one ahead of events: etcd-io/etcd#15220), until `deadline`.
-    fn wait_events(&self, revision: i64, deadline: Instant) -> bool {
-        self.wait_for(deadline, |a| a.events >= revision)
-    }
-
-    fn wait_for(&self, deadline: Instant, done: impl Fn(&Applied) -> bool) -> bool {
         let mut applied = lock(&self.applied);
-        while !done(&applied) {
+        while applied.events.max(applied.progress) < revision {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || self.stopped() {
                 return false;
@@ -418,22 +471,33 @@ impl Shared {
         true
     }
 
-    /// The view has applied the events (or the range) up to `revision`.
-    fn set_applied(&self, revision: i64) {
-        let mut applied = lock(&self.applied);
-        if revision > applied.events {
+    /// The view has applied the events (or the range) up to `revision`:
+    /// the changes waiting for it are answered or decided again.
+    fn set_applied(&self, revision: i64, view: &Weak<View>) {
+        let applied = {
+            let mut applied = lock(&self.applied);
+            if revision <= applied.events {
+                return;
+            }
             applied.events = revision;
             self.applied_changed.notify_all();
-        }
+            *applied
+        };
+        self.applied_to(applied, view);
     }
 
     /// The watch's member has sent everything up to `revision`.
-    fn set_progress(&self, revision: i64) {
-        let mut applied = lock(&self.applied);
-        if revision > applied.progress {
+    fn set_progress(&self, revision: i64, view: &Weak<View>) {
+        let applied = {
+            let mut applied = lock(&self.applied);
+            if revision <= applied.progress {
+                return;
+            }
             applied.progress = revision;
             self.applied_changed.notify_all();
-        }
+            *applied
+        };
+        self.applied_to(applied, view);
     }
 
     /// etcd's current revision (a linearizable read, which needs a quorum),
@@ -492,21 +556,34 @@ impl Shared {
         now.saturating_sub(self.contact.load(Ordering::SeqCst)) >= watch::STALL_AFTER
     }
 
+    /// A number for a change (see `keys::InstValue::change`): distinct
+    /// for every change of every server, never 0.
+    fn nonce(&self) -> u64 {
+        let n = self.drawn.fetch_add(1, Ordering::Relaxed);
+        // splitmix64 of the seed and a counter.
+        let mut z = self
+            .seed
+            .wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)).max(1)
+    }
+
     fn key(&self, key: Key) -> Vec<u8> {
         key.bytes(&self.prefix)
     }
 }
 
 impl Store for Etcd {
-    fn create_app(&self, _view: &View, name: &str, now: Now) -> Result<(), Error> {
+    fn create_app(&self, _view: &View, name: &str, now: Now) -> Result<Progress, Error> {
         self.shared.create_app(name, now)
     }
 
-    fn register(&self, _view: &View, new: &Registration<'_>, now: Now) -> Result<(), Error> {
+    fn register(&self, _view: &View, new: &Registration<'_>, now: Now) -> Result<Progress, Error> {
         self.shared.register(new, now)
     }
 
-    fn renew(&self, view: &View, app: &str, id: &str, now: Now) -> Result<(), Error> {
+    fn renew(&self, view: &View, app: &str, id: &str, now: Now) -> Result<Progress, Error> {
         self.shared.renew(view, app, id, now)
     }
 
@@ -516,8 +593,12 @@ impl Store for Etcd {
         app: &str,
         id: &str,
         now: Now,
-    ) -> Result<(), Error> {
+    ) -> Result<Progress, Error> {
         self.shared.take_out_of_service(app, id, now)
+    }
+
+    fn finish(&self, ticket: u64) -> Option<Result<(), Error>> {
+        self.shared.take_answer(ticket)
     }
 
     fn health(&self) -> Result<(), &'static str> {
@@ -545,7 +626,7 @@ impl Store for Etcd {
         let Some(_permit) = Permit::take(&s.catchers, s.max_catchers) else {
             return false;
         };
-        s.caught_up(Instant::now() + write::WRITE_TIMEOUT)
+        s.caught_up(Instant::now() + READ_CATCH_UP)
     }
 
     fn render_metrics(&self, out: &mut String) {

@@ -316,10 +316,19 @@ pub(super) fn run(s: &Shared, weak: &Weak<View>) {
                         let Some(shown) = weak.upgrade() else { return };
                         let mut view = shown.lock();
                         let mut mirror = lock(&s.mirror);
-                        *mirror = Mirror::from_range(&s.prefix, &kvs, revision, &mut view, now);
+                        let previous = std::mem::take(&mut *mirror);
+                        *mirror = Mirror::from_range(
+                            &s.prefix,
+                            &kvs,
+                            revision,
+                            &mut view,
+                            now,
+                            Some(previous),
+                        );
+                        s.check_announced(&mirror);
                         drop(mirror);
                         shown.publish(view, true);
-                        s.set_applied(revision);
+                        s.set_applied(revision, weak);
                         Ok(revision)
                     }
                     Err(e) => Err(e.to_string()),
@@ -360,17 +369,18 @@ pub(super) fn run(s: &Shared, weak: &Weak<View>) {
                         };
                         match machine.line(line, now.mono) {
                             Effect::None => {}
-                            Effect::Progress(revision) => s.set_progress(revision),
+                            Effect::Progress(revision) => s.set_progress(revision, weak),
                             Effect::Apply(events) => {
                                 let Some(shown) = weak.upgrade() else { return };
                                 let mut view = shown.lock();
                                 let mut mirror = lock(&s.mirror);
                                 mirror.apply(&events, &mut view, now);
                                 mirror.sync(&mut view);
+                                s.check_announced(&mirror);
                                 let revision = mirror.revision;
                                 drop(mirror);
                                 shown.publish(view, true);
-                                s.set_applied(revision);
+                                s.set_applied(revision, weak);
                             }
                         }
                     }
@@ -382,6 +392,17 @@ pub(super) fn run(s: &Shared, weak: &Weak<View>) {
         s.watching.store(machine.watching(), Ordering::SeqCst);
         for note in machine.notes() {
             log_note(s, members, note);
+        }
+    }
+}
+
+impl Shared {
+    /// This server's key gone from the mirror (its lease expired or was
+    /// revoked): the keeper writes it again at once.
+    fn check_announced(&self, mirror: &Mirror) {
+        if !mirror.servers.contains(&self.me) {
+            self.announce.store(true, Ordering::SeqCst);
+            self.stop_signal.notify_all();
         }
     }
 }

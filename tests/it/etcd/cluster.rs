@@ -315,6 +315,35 @@ impl Cluster {
         }
     }
 
+    /// etcd's current revision (asked of the first running member): it
+    /// moves with every write.
+    pub fn revision(&self) -> u64 {
+        let m = self
+            .members
+            .iter()
+            .find(|m| m.child.is_some())
+            .expect("a running member");
+        let (_, status) =
+            call(m.client, "maintenance/status", &serde_json::json!({})).expect("status");
+        status["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no revision in {status}"))
+    }
+
+    /// How many leases etcd holds (asked of the first running member).
+    pub fn leases(&self) -> usize {
+        let m = self
+            .members
+            .iter()
+            .find(|m| m.child.is_some())
+            .expect("a running member");
+        let (code, answer) =
+            call(m.client, "lease/leases", &serde_json::json!({})).expect("lease list");
+        assert_eq!(code, 200, "lease list: {answer}");
+        answer["leases"].as_array().map_or(0, Vec::len)
+    }
+
     /// SIGKILL of member `i` (it is waited for).
     pub fn kill(&mut self, i: usize) {
         self.members[i].kill();
