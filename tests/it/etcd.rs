@@ -13,6 +13,7 @@
 //! Without etcd installed these tests print one SKIP line, and fail when
 //! `CI=true`. Time is waited for by polling with a deadline.
 
+mod chaos;
 mod cluster;
 mod conformance;
 
