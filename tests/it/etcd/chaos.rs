@@ -731,11 +731,15 @@ fn run(settings: &Settings) {
     // promise: the checks judge), then the churn.
     let end = Instant::now() + Duration::from_secs(20);
     while Instant::now() < end {
-        let up = lock(&ctx.events)
+        let up: std::collections::BTreeSet<u32> = lock(&ctx.events)
             .iter()
-            .filter(|e| matches!(e.op, Op::Heartbeat(_, 0)) && e.ok(204))
-            .count();
-        if up >= count as usize {
+            .filter(|e| e.ok(204))
+            .filter_map(|e| match e.op {
+                Op::Heartbeat(n, _) => Some(n),
+                _ => None,
+            })
+            .collect();
+        if up.len() >= count as usize {
             break;
         }
         thread::sleep(Duration::from_millis(100));
