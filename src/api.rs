@@ -2,21 +2,21 @@
 //! and the one mapping from registry errors to statuses. Only this module
 //! knows JSON; the registry's types do not derive `Serialize`.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-mod answers;
 mod views;
 
 use crate::auth::Access;
 use crate::clock::Now;
 use crate::http::{Body, Request, Response};
 use crate::log::Log;
-use crate::registry::{self, Counts, Metadata, Millis, Periods, Registry, Status, StatusSet};
+use crate::registry::{self, Metadata, Millis, Status, StatusSet};
 use crate::store::{self, Registration, Store};
+use crate::view::{Topic, View};
 
 /// The path every route hangs below.
 pub const ROOT: &str = "/registro/1.0";
@@ -26,39 +26,17 @@ pub const MAX_NAME: usize = 255;
 const ALLOW_COLLECTION: &str = "GET, HEAD, POST";
 const ALLOW_INSTANCE: &str = "DELETE, GET, HEAD, PUT";
 
-/// The registry behind its lock, and the HTTP API in front of it.
+/// The HTTP API: reads the view, sends every write to the store.
 pub struct Api {
-    registry: Mutex<Registry>,
+    view: Arc<View>,
     store: Box<dyn Store>,
-    recorder: OnceLock<Recorder>,
-    log: Log,
     access: Access,
-    notify: OnceLock<Notify>,
-    answers: answers::Answers,
 }
 
 impl std::fmt::Debug for Api {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Api").finish_non_exhaustive()
     }
-}
-
-/// Called with the topics whose index changed, so that the connection layer
-/// can wake the requests waiting on them. Must not block.
-pub type Notify = Box<dyn Fn(&[Topic]) + Send + Sync>;
-
-/// Called by [`Api::publish`] with the registry and the events drained from
-/// it, while the registry's lock is still held (so what it records is in the
-/// order of the changes). Must be quick and must not lock the registry.
-pub type Recorder = Box<dyn Fn(&Registry, &[registry::Event]) + Send + Sync>;
-
-/// What a watch waits on: the whole list (`/apps`) or one application.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Topic {
-    /// `GET /registro/1.0/apps?index=N`: any change anywhere.
-    All,
-    /// `GET /registro/1.0/apps/{app}?index=N`: a change of that app.
-    App(Arc<str>),
 }
 
 /// A request that is to wait (a watch whose index has not changed yet).
@@ -78,13 +56,17 @@ pub struct Wait {
 pub enum Outcome {
     /// Answer now.
     Respond(Response),
-    /// Park the request; handle it again when `Notify` names its topic, when
-    /// its deadline passes (then with `answer_now`), or at shutdown (likewise).
+    /// Park the request; handle it again when the view's `Notify` names its
+    /// topic, when its deadline passes (then with `answer_now`), or at
+    /// shutdown (likewise).
     Wait(Wait),
 }
 
 /// The header that carries the change index.
 pub const INDEX_HEADER: &str = "Registro-Index";
+/// The header that says how many milliseconds ago the view last heard from
+/// the store that keeps the registry (etcd), on every read.
+pub const LAST_CONTACT_HEADER: &str = "Registro-Last-Contact";
 /// The wait of a watch without `?wait=`.
 const DEFAULT_WAIT: Millis = 60_000;
 /// The longest `?wait=`.
@@ -103,60 +85,21 @@ struct ListQuery {
     watch: Option<(u64, Millis)>,
 }
 
-/// What one request changed: the apps (for watchers) and events (for the log).
-#[derive(Default)]
-struct Changes {
-    apps: Vec<Arc<str>>,
-    events: Vec<registry::Event>,
-}
-
 impl Api {
-    /// An empty registry with these periods, logging one line per event.
-    pub fn new(periods: Periods, log: Log, access: Access) -> Api {
-        Api::with_store(
-            Registry::new(periods),
-            Box::new(store::memory::Memory),
-            log,
-            access,
-        )
-    }
-
-    /// The view `registry`, its writes sent to `store`.
-    pub fn with_store(registry: Registry, store: Box<dyn Store>, log: Log, access: Access) -> Api {
-        access.set_log(log.clone());
+    /// The API over `view`, its writes sent to `store`.
+    pub fn new(view: Arc<View>, store: Box<dyn Store>, access: Access) -> Api {
+        access.set_log(view.log().clone());
         Api {
-            registry: Mutex::new(registry),
+            view,
             store,
-            recorder: OnceLock::new(),
-            log,
             access,
-            notify: OnceLock::new(),
-            answers: answers::Answers::default(),
         }
     }
 
-    /// Sets the hook told about index changes (once; later calls are ignored).
-    pub fn set_notify(&self, notify: Notify) {
-        let _ = self.notify.set(notify);
-    }
-
-    /// Sets the hook told about every change while the registry is locked
-    /// (once; later calls are ignored). See [`Recorder`].
-    #[allow(dead_code)] // `--data-dir`'s journal plugs in here.
-    pub fn set_recorder(&self, recorder: Recorder) {
-        let _ = self.recorder.set(recorder);
-    }
-
-    /// Where writes go.
-    pub fn store(&self) -> &dyn Store {
-        &*self.store
-    }
-
-    /// Locks the registry. A panic elsewhere while it was held cannot leave it
-    /// half-updated (every operation completes before it returns), so a
-    /// poisoned lock is taken over rather than propagated.
-    pub fn lock(&self) -> MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    /// What reads answer from.
+    #[cfg(test)]
+    pub fn view(&self) -> &Arc<View> {
+        &self.view
     }
 
     /// Who may do what.
@@ -166,54 +109,7 @@ impl Api {
 
     /// Where events are logged.
     pub fn log(&self) -> &Log {
-        &self.log
-    }
-
-    /// Apps and instances by status, exact within the ticker's second: kept
-    /// as counters, so a scrape scans nothing.
-    pub fn counts(&self, _now: Now) -> Counts {
-        self.lock().counts()
-    }
-
-    /// Releases the lock, then logs the events of what `registry` did and
-    /// tells the watchers of the apps it changed (and of the list). `waiting`
-    /// as in [`Log::event`].
-    pub fn publish(&self, mut registry: MutexGuard<'_, Registry>, waiting: bool) {
-        let mut changes = Changes::default();
-        registry.drain_changes(&mut changes.apps, &mut changes.events);
-        if !changes.apps.is_empty() || !changes.events.is_empty() {
-            if let Some(recorder) = self.recorder.get() {
-                recorder(&registry, &changes.events);
-            }
-        }
-        drop(registry);
-        self.publish_changes(changes, waiting);
-    }
-
-    /// Lets go of the shared watch answers too old to be shared at `now`
-    /// (the ticker calls it every second at most).
-    pub fn forget_stale_answers(&self, now: Millis) {
-        self.answers.forget_stale(now);
-    }
-
-    fn publish_changes(&self, mut changes: Changes, waiting: bool) {
-        for event in &changes.events {
-            self.log.event(event, waiting);
-        }
-        if changes.apps.is_empty() {
-            return;
-        }
-        self.answers.changed();
-        if let Some(notify) = self.notify.get() {
-            // A step of the ticker may change hundreds of apps, some twice:
-            // sorted and deduplicated, not searched once per app.
-            changes.apps.sort_unstable();
-            changes.apps.dedup();
-            let topics: Vec<Topic> = std::iter::once(Topic::All)
-                .chain(changes.apps.into_iter().map(Topic::App))
-                .collect();
-            notify(&topics);
-        }
+        self.view.log()
     }
 
     /// Handles one request at `now`. With `answer_now` a watch is answered
@@ -223,12 +119,35 @@ impl Api {
         if let Err(refused) = self.access.check(request) {
             return Outcome::Respond(refused);
         }
-        if let Some(response) = crate::ops::handle(self, request, now) {
+        if let Some(response) = crate::ops::handle(&self.view, &*self.store, request) {
             return Outcome::Respond(response);
         }
-        match self.route(request, now, answer_now) {
+        let mut outcome = match self.route(request, now, answer_now) {
             Ok(outcome) => outcome,
             Err(response) => Outcome::Respond(response),
+        };
+        if let Outcome::Respond(response) = &mut outcome {
+            let read = request.method == "GET" || request.method == "HEAD";
+            if let Some(ms) = self.store.last_contact().filter(|_| read) {
+                response.headers.push((LAST_CONTACT_HEADER, ms.to_string()));
+            }
+        }
+        outcome
+    }
+
+    /// `read` of the view; a 404 from a view that may be behind the store
+    /// (etcd) is answered only once the view has caught up, and read again.
+    fn read_fresh<T>(
+        &self,
+        read: impl Fn() -> Result<T, registry::Error>,
+    ) -> Result<T, registry::Error> {
+        match read() {
+            Err(registry::Error::NoSuchApp | registry::Error::NoSuchInstance)
+                if self.store.catch_up() =>
+            {
+                read()
+            }
+            other => other,
         }
     }
 
@@ -270,10 +189,10 @@ impl Api {
         if let Some(shared) = self.shared_answer(&Topic::All, query, unless, now) {
             return Ok(shared);
         }
-        let generation = self.answers.generation();
-        let mut registry = self.lock();
+        let generation = self.view.answers().generation();
+        let mut registry = self.view.lock();
         let view = registry.apps(now.mono, query.filter, unless);
-        self.publish(registry, false);
+        self.view.publish(registry, false);
         let Some((apps, index)) = view else {
             return Ok(wait(Topic::All, query, now));
         };
@@ -281,10 +200,14 @@ impl Api {
         // stalls heartbeats for longer than the copy of its handles.
         let body = views::apps(&apps, now);
         let body = match unless {
-            Some(_) => {
-                self.answers
-                    .keep(Topic::All, query.filter, generation, now.mono, index, body)
-            }
+            Some(_) => self.view.answers().keep(
+                Topic::All,
+                query.filter,
+                generation,
+                now.mono,
+                index,
+                body,
+            ),
             None => Body::Owned(body),
         };
         Ok(Outcome::Respond(indexed(body, index)))
@@ -294,9 +217,9 @@ impl Api {
     /// status, without instances (O(apps)); watchable like the list.
     fn summary(&self, query: &ListQuery, now: Now, answer_now: bool) -> Result<Outcome, Response> {
         let unless = query.watch.filter(|_| !answer_now).map(|(index, _)| index);
-        let mut registry = self.lock();
+        let mut registry = self.view.lock();
         let view = registry.summary(now.mono, unless);
-        self.publish(registry, false);
+        self.view.publish(registry, false);
         match view {
             None => Ok(wait(Topic::All, query, now)),
             Some((apps, index)) => Ok(Outcome::Respond(indexed(views::summary(&apps), index))),
@@ -312,7 +235,10 @@ impl Api {
         unless: Option<u64>,
         now: Now,
     ) -> Option<Outcome> {
-        let (index, body) = self.answers.find(topic, query.filter, unless?, now.mono)?;
+        let (index, body) = self
+            .view
+            .answers()
+            .find(topic, query.filter, unless?, now.mono)?;
         Some(Outcome::Respond(indexed(body, index)))
     }
 
@@ -328,19 +254,26 @@ impl Api {
         if let Some(shared) = self.shared_answer(&topic, query, unless, now) {
             return Ok(shared);
         }
-        let generation = self.answers.generation();
-        let mut registry = self.lock();
-        let view = registry.app(app, now.mono, query.filter, unless);
-        self.publish(registry, false);
+        let generation = self.view.answers().generation();
+        let view = self.read_fresh(|| {
+            let mut registry = self.view.lock();
+            let view = registry.app(app, now.mono, query.filter, unless);
+            self.view.publish(registry, false);
+            view
+        });
         match view.map_err(|e| refusal(e, app, ""))? {
             None => Ok(wait(topic, query, now)),
             Some(view) => {
                 let (body, index) = (views::app(&view, now), view.index);
                 let body = match unless {
-                    Some(_) => {
-                        self.answers
-                            .keep(topic, query.filter, generation, now.mono, index, body)
-                    }
+                    Some(_) => self.view.answers().keep(
+                        topic,
+                        query.filter,
+                        generation,
+                        now.mono,
+                        index,
+                        body,
+                    ),
                     None => Body::Owned(body),
                 };
                 Ok(Outcome::Respond(indexed(body, index)))
@@ -350,8 +283,7 @@ impl Api {
 
     fn instance(&self, app: &str, id: &str, now: Now) -> Result<Response, Response> {
         let view = self
-            .lock()
-            .instance(app, id, now.mono)
+            .read_fresh(|| self.view.lock().instance(app, id, now.mono))
             .map_err(|e| refusal(e, app, id))?;
         Ok(Response::json(200, views::instance(&view, now)))
     }
@@ -360,11 +292,11 @@ impl Api {
         let new: NewApp = parse_body(body)?;
         check_name("name", &new.name)?;
         self.store
-            .create_app(self, &new.name, now)
+            .create_app(&self.view, &new.name, now)
             .map_err(|e| store_refusal(e, &new.name, ""))?;
-        let mut registry = self.lock();
+        let mut registry = self.view.lock();
         let view = registry.app(&new.name, now.mono, StatusSet::ALL, None);
-        self.publish(registry, false);
+        self.view.publish(registry, false);
         let mut response = match view {
             Ok(Some(view)) => Response::json(201, views::app(&view, now)),
             _ => Response::empty(201),
@@ -397,9 +329,9 @@ impl Api {
             metadata,
         };
         self.store
-            .register(self, &registration, now)
+            .register(&self.view, &registration, now)
             .map_err(|e| store_refusal(e, app, &new.id))?;
-        let view = self.lock().instance(app, &new.id, now.mono);
+        let view = self.view.lock().instance(app, &new.id, now.mono);
         let mut response = match view {
             Ok(view) => Response::json(201, views::instance(&view, now)),
             Err(_) => Response::empty(201),
@@ -414,14 +346,14 @@ impl Api {
 
     fn renew(&self, app: &str, id: &str, now: Now) -> Result<Response, Response> {
         self.store
-            .renew(self, app, id, now)
+            .renew(&self.view, app, id, now)
             .map_err(|e| store_refusal(e, app, id))?;
         Ok(Response::empty(204))
     }
 
     fn take_out_of_service(&self, app: &str, id: &str, now: Now) -> Result<Response, Response> {
         self.store
-            .take_out_of_service(self, app, id, now)
+            .take_out_of_service(&self.view, app, id, now)
             .map_err(|e| store_refusal(e, app, id))?;
         Ok(Response::empty(204))
     }
@@ -464,17 +396,8 @@ fn refusal(e: registry::Error, app: &str, id: &str) -> Response {
 }
 
 /// A response with body `{"error": message}`.
-pub fn error(status: u16, message: impl Into<String>) -> Response {
-    #[derive(Serialize)]
-    struct ErrorJson {
-        error: String,
-    }
-    json(
-        status,
-        &ErrorJson {
-            error: message.into(),
-        },
-    )
+fn error(status: u16, message: impl Into<String>) -> Response {
+    Response::error(status, message)
 }
 
 fn not_allowed(method: &str, allow: &'static str) -> Response {
@@ -484,22 +407,6 @@ fn not_allowed(method: &str, allow: &'static str) -> Response {
     );
     response.allow = Some(allow);
     response
-}
-
-/// A JSON response; the body ends with a newline, as the Go original's
-/// encoder ended it (so `curl -s` leaves the prompt on a line of its own).
-fn json<T: Serialize>(status: u16, value: &T) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(mut body) => {
-            body.push(b'\n');
-            Response::json(status, body)
-        }
-        // Only a bug in a Serialize impl above can get here.
-        Err(e) => Response::json(
-            500,
-            format!("{{\"error\":\"cannot encode JSON: {e}\"}}\n").into_bytes(),
-        ),
-    }
 }
 
 #[derive(Deserialize)]
@@ -941,6 +848,9 @@ fn wall_of(mono: Millis, now: Now) -> Millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::{Periods, Registry};
+    use crate::view::answers;
+    use std::sync::Mutex;
 
     #[track_caller]
     fn check_path(target: &str, expected: Result<&[&str], u16>) {
@@ -1092,14 +1002,18 @@ mod tests {
             .expect("no logger thread")
             .log();
         let access = Access::load(&crate::auth::TokenFiles::default()).expect("no token files");
-        Api::new(
-            Periods {
-                down_after: 90_000,
-                evict_after: 600_000,
-            },
-            log,
-            access,
-        )
+        let periods = Periods {
+            down_after: 90_000,
+            evict_after: 600_000,
+        };
+        let view = Arc::new(View::new(Registry::new(periods), log));
+        let settings = store::Settings {
+            periods,
+            threads: 1,
+            sweep_every: std::time::Duration::from_secs(60),
+            log_sweeps: false,
+        };
+        Api::new(view, Box::new(store::memory::Memory::new(settings)), access)
     }
 
     fn call(api: &Api, method: &str, target: &str, body: &str, now: Now) -> (u16, String) {
@@ -1281,7 +1195,7 @@ mod tests {
             wall: WALL,
         };
         call(&api, "POST", "/registro/1.0/apps", r#"{"name":"web"}"#, now);
-        let index = api.lock().index();
+        let index = api.view().lock().index();
         let target = format!("/registro/1.0/apps/web?index={index}&wait=2s");
         let (status, waited) = call(&api, "GET", &target, "", now);
         assert_eq!(status, 0, "{waited}");
@@ -1324,7 +1238,7 @@ mod tests {
         let api = api();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&seen);
-        api.set_notify(Box::new(move |topics| {
+        api.view().set_notify(Box::new(move |topics| {
             sink.lock().unwrap().push(topics.to_vec())
         }));
         let now = Now {
@@ -1351,7 +1265,7 @@ mod tests {
         let api = api();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&seen);
-        api.set_recorder(Box::new(move |registry, events| {
+        api.view().set_recorder(Box::new(move |registry, events| {
             sink.lock().unwrap().push((registry.index(), events.len()))
         }));
         let now = Now {
@@ -1371,31 +1285,31 @@ mod tests {
     struct Unreachable;
 
     impl Store for Unreachable {
-        fn create_app(&self, _: &Api, _: &str, _: Now) -> Result<(), store::Error> {
+        fn create_app(&self, _: &View, _: &str, _: Now) -> Result<(), store::Error> {
             Err(store::Error::Unavailable("etcd is unreachable".into()))
         }
-        fn register(&self, _: &Api, _: &Registration<'_>, _: Now) -> Result<(), store::Error> {
+        fn register(&self, _: &View, _: &Registration<'_>, _: Now) -> Result<(), store::Error> {
             Err(store::Error::Unavailable("etcd is unreachable".into()))
         }
-        fn renew(&self, _: &Api, _: &str, _: &str, _: Now) -> Result<(), store::Error> {
+        fn renew(&self, _: &View, _: &str, _: &str, _: Now) -> Result<(), store::Error> {
             Err(store::Error::Unavailable("etcd is unreachable".into()))
         }
         fn take_out_of_service(
             &self,
-            _: &Api,
+            _: &View,
             _: &str,
             _: &str,
             _: Now,
         ) -> Result<(), store::Error> {
             Err(store::Error::Unavailable("etcd is unreachable".into()))
         }
-        fn health(&self) -> Result<(), String> {
-            Err("etcd is unreachable".into())
+        fn health(&self) -> Result<(), &'static str> {
+            Err("store unreachable")
         }
         fn describe(&self) -> String {
             "unreachable".into()
         }
-        fn spawn(&self, _: &Arc<Api>, _: &crate::Config) -> std::io::Result<store::Threads> {
+        fn spawn(&self, _: &Arc<View>) -> std::io::Result<store::Threads> {
             Err(std::io::ErrorKind::Unsupported.into())
         }
     }
@@ -1410,7 +1324,8 @@ mod tests {
             down_after: 90_000,
             evict_after: 600_000,
         };
-        let api = Api::with_store(Registry::new(periods), Box::new(Unreachable), log, access);
+        let view = Arc::new(View::new(Registry::new(periods), log));
+        let api = Api::new(view, Box::new(Unreachable), access);
         let now = Now {
             mono: 0,
             wall: WALL,

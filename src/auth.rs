@@ -299,7 +299,7 @@ impl Access {
             }
         };
         self.log_refusal(request, refused);
-        let mut response = crate::api::error(refused.status(), refused.message());
+        let mut response = Response::error(refused.status(), refused.message());
         let challenge = match refused {
             // RFC 6750 section 3.1: a valid token without the right.
             Refused::ReadOnly => format!("{CHALLENGE}, error=\"insufficient_scope\""),

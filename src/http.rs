@@ -691,6 +691,18 @@ impl Response {
     pub fn empty(status: u16) -> Response {
         Response::json(status, Vec::new())
     }
+
+    /// An error: body `{"error": message}` (every layer answers its
+    /// refusals in this one shape), ending with a newline as the Go
+    /// original's encoder did, so `curl -s` leaves the prompt on a line of
+    /// its own.
+    pub fn error(status: u16, message: impl Into<String>) -> Response {
+        let mut body = b"{\"error\":".to_vec();
+        // A `String` always encodes: the fallback is never taken.
+        body.extend(serde_json::to_vec(&message.into()).unwrap_or_else(|_| b"\"\"".to_vec()));
+        body.extend_from_slice(b"}\n");
+        Response::json(status, body)
+    }
 }
 
 /// Writes `response` in one `write_all`. `head` leaves the body out (HEAD);

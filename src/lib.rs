@@ -31,6 +31,7 @@ pub mod registry;
 mod server;
 mod store;
 mod sweeper;
+mod view;
 
 pub use auth::TokenFiles;
 pub use server::{Config, Server};

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::api::Api;
 use crate::clock;
 use crate::registry::{Millis, SweepCursor, SweepStats};
+use crate::view::View;
 
 /// Slots examined per lock hold.
 const BUDGET: usize = 4096;
@@ -42,18 +42,18 @@ pub struct Sweeper {
 }
 
 impl Sweeper {
-    /// Starts a thread that settles `api`'s registry as its due times come
+    /// Starts a thread that settles `view`'s registry as its due times come
     /// and makes a full pass every `every`; `log_every_pass` logs a summary
     /// of each full pass, not only of passes that changed something or were
     /// slow.
-    pub fn spawn(api: Arc<Api>, every: Duration, log_every_pass: bool) -> io::Result<Sweeper> {
+    pub fn spawn(view: Arc<View>, every: Duration, log_every_pass: bool) -> io::Result<Sweeper> {
         let (stop, stopped) = mpsc::channel::<()>();
         let every = u64::try_from(every.as_millis())
             .unwrap_or(Millis::MAX)
             .max(1);
         let handle = thread::Builder::new()
             .name("registro-sweep".into())
-            .spawn(move || run(&api, &stopped, every, log_every_pass))?;
+            .spawn(move || run(&view, &stopped, every, log_every_pass))?;
         Ok(Sweeper {
             stop: Some(stop),
             handle: Some(handle),
@@ -80,22 +80,22 @@ impl Drop for Sweeper {
     }
 }
 
-fn run(api: &Api, stopped: &mpsc::Receiver<()>, every: Millis, log_every_pass: bool) {
+fn run(view: &View, stopped: &mpsc::Receiver<()>, every: Millis, log_every_pass: bool) {
     let mut next_full = clock::now().mono.saturating_add(every);
     loop {
-        if !pass(api, stopped, None, log_every_pass) {
+        if !pass(view, stopped, None, log_every_pass) {
             return;
         }
         let now = clock::now().mono;
         if now >= next_full {
-            if !pass(api, stopped, Some(every), log_every_pass) {
+            if !pass(view, stopped, Some(every), log_every_pass) {
                 return;
             }
             next_full = clock::now().mono.saturating_add(every);
         }
         let now = clock::now().mono;
-        api.forget_stale_answers(now);
-        let due = api.lock().next_due().unwrap_or(Millis::MAX);
+        view.forget_stale_answers(now);
+        let due = view.lock().next_due().unwrap_or(Millis::MAX);
         let wake = wake_at(now, due, next_full);
         if let Err(RecvTimeoutError::Disconnected) =
             stopped.recv_timeout(Duration::from_millis(wake - now))
@@ -117,13 +117,13 @@ fn wake_at(now: Millis, due: Millis, next_full: Millis) -> Millis {
 
 /// One pass: over the apps that are due, or (`full`) over every app.
 /// Returns false when told to stop midway.
-fn pass(api: &Api, stopped: &mpsc::Receiver<()>, full: Option<Millis>, every_pass: bool) -> bool {
+fn pass(view: &View, stopped: &mpsc::Receiver<()>, full: Option<Millis>, every_pass: bool) -> bool {
     let started = Instant::now();
     let mut cursor = SweepCursor::default();
     let mut stats = SweepStats::default();
     let mut longest = Duration::ZERO;
     loop {
-        let mut registry = api.lock();
+        let mut registry = view.lock();
         let held = Instant::now();
         let now = clock::now().mono;
         let done = if let Some(every) = full {
@@ -136,7 +136,7 @@ fn pass(api: &Api, stopped: &mpsc::Receiver<()>, full: Option<Millis>, every_pas
         let step = held.elapsed();
         longest = longest.max(step);
         // Logs and wakes watchers with the lock released.
-        api.publish(registry, true);
+        view.publish(registry, true);
         if done {
             break;
         }
@@ -150,13 +150,13 @@ fn pass(api: &Api, stopped: &mpsc::Receiver<()>, full: Option<Millis>, every_pas
         }
     }
     // Mass events beyond the log's budget become one line per app and kind.
-    api.log().summarise();
+    view.log().summarise();
     // A line when the pass changed something or took long enough to matter
     // (or, for full passes, always with `every_pass`); quiet passes stay silent.
     let changed = stats.removed + stats.marked_down + stats.apps_removed > 0;
     if (full.is_some() && every_pass) || changed || started.elapsed() >= Duration::from_millis(100)
     {
-        api.log().line_waiting(format_args!(
+        view.log().line_waiting(format_args!(
             "sweep: checked {} in {} ms (longest lock hold {} us), removed {}, down {}",
             Plural(stats.checked, "instance"),
             started.elapsed().as_millis(),

@@ -2,7 +2,8 @@
 //! driven over WebDriver (chromedriver), at 1,000, 20,000 and 100,000
 //! instances (20 apps, each instance `starting` with metadata `zone`).
 //!
-//! Per size and server, three runs, each in a fresh browser, of:
+//! Per size and server, three runs (`--quick`: one run at 300 instances),
+//! each in a fresh browser, of:
 //! - *shown*: from the navigation until the page shows every app and the
 //!   total (the status badges of the header add up to the fleet);
 //! - *rows*: from the navigation until the first instance's row is shown;
@@ -19,18 +20,15 @@
 //! Without chromium and chromedriver the scenario prints one line and is
 //! skipped.
 
-use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use crate::proc::{which, ServerProc};
+use crate::report::{count, Section, Verdict};
+use crate::{http, load, Bench};
+use serde_json::{json, Value};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
-
-use serde_json::{json, Value};
-
-use crate::http::Conn;
-use crate::proc::{ServerProc, Stop};
-use crate::Settings;
 
 /// Apps of the fleet.
 const APPS: usize = 20;
@@ -38,6 +36,11 @@ const APPS: usize = 20;
 const LIMIT: Duration = Duration::from_secs(60);
 /// Runs per size.
 const RUNS: usize = 3;
+/// The sizes the targets are stated for: shown in < 2 s and a change in
+/// < 1 s at the middle one; shown at all and a change in < 2 s at the
+/// largest.
+const MIDDLE: usize = 20_000;
+const LARGEST: usize = 100_000;
 
 /// One run's figures; `None` where the page did not show it within LIMIT.
 #[derive(Debug, Clone, Default)]
@@ -50,9 +53,9 @@ struct Run {
     pss: Option<u64>,
 }
 
-/// Runs the scenario against the server under test and, with `--server`,
-/// the reference; returns its part of the report (markdown).
-pub fn scenario(s: &Settings, began: Instant) -> Result<String, String> {
+/// Runs the scenario against the server under test and, with `--server`
+/// (but in quick mode), the reference; returns its section.
+pub fn run(bench: &mut Bench) -> Result<String, String> {
     let (Some(chromium), Some(driver)) = (
         which("chromium").or_else(|| which("chromium-browser")),
         which("chromedriver"),
@@ -61,98 +64,111 @@ pub fn scenario(s: &Settings, began: Instant) -> Result<String, String> {
         eprint!("{line}");
         return Ok(format!("\n## Dashboard\n\n{line}"));
     };
-    let sizes: [usize; 3] = if s.quick {
-        [200, 1_000, 2_000]
+    // Quick mode checks the scenario works: one size, one run, the server
+    // under test only.
+    let (sizes, runs): (&[usize], usize) = if bench.s.quick {
+        (&[300], 1)
     } else {
-        [1_000, 20_000, 100_000]
+        (&[1_000, MIDDLE, LARGEST], RUNS)
     };
-    let mut servers = vec![("this server", s.server.clone())];
-    // Quick mode checks the scenario works: against the server under test only.
-    if let Some(reference) = s.reference.as_ref().filter(|_| !s.quick) {
-        servers.push(("--server", reference.clone()));
+    let mut servers = vec![(0, "this server")];
+    if bench.s.reference.is_some() && !bench.s.quick {
+        servers.push((1, "--server"));
     }
-    let mut out = String::from(
-        "\n## Dashboard (headless Chromium over WebDriver)\n\n\
-         20 apps, every instance `starting` with metadata `zone`. Shown: navigation until every \
+    let mut sec = Section::new("Dashboard (headless Chromium over WebDriver)");
+    sec.text(
+        "20 apps, every instance `starting` with metadata `zone`. Shown: navigation until every \
          app and the total are shown; rows: until the first instance's row is; change: a \
          heartbeat until that instance shows `up` (first instance of the first app; filtered: \
          the filter narrowed to the last instance of the last app). Memory: JS heap, and PSS of \
-         every Chromium process.\n\n\
-         | server | instances | run | shown | rows | change | change, filtered | JS heap | browser PSS |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+         every Chromium process.",
     );
-    let mut verdicts = Vec::new();
-    for &n in &sizes {
-        for (label, bin) in &servers {
-            let runs = measure(bin, &chromium, &driver, n, s.quick, began)
-                .map_err(|e| format!("dashboard at {n} ({label}): {e}"))?;
+    sec.table(&[
+        "server",
+        "instances",
+        "run",
+        "shown",
+        "rows",
+        "change",
+        "change, filtered",
+        "JS heap",
+        "browser PSS",
+    ]);
+    let mut slowest = Vec::new();
+    for &n in sizes {
+        for &(b, label) in &servers {
+            let server = bench.start(
+                b,
+                "registro-dashboard",
+                &["--down-after", "1h", "--evict-after", "2h"],
+            )?;
+            let result = measure(bench, &server, &chromium, &driver, n, runs);
+            bench.stop(server);
+            let runs = result.map_err(|e| format!("dashboard at {n} ({label}): {e}"))?;
             for (k, r) in runs.iter().enumerate() {
-                out.push_str(&format!(
-                    "| {label} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-                    crate::report::thousands(n as f64),
-                    k + 1,
-                    secs(r.shown),
-                    secs(r.rows),
-                    secs(r.change),
-                    secs(r.filtered),
-                    r.heap.map_or("-".into(), crate::report::bytes),
-                    r.pss.map_or("-".into(), crate::report::bytes),
-                ));
+                let memory = |v: Option<u64>| v.map_or("-".into(), crate::report::bytes);
+                sec.row(&[
+                    &label,
+                    &count(n),
+                    &(k + 1),
+                    &secs(r.shown),
+                    &secs(r.rows),
+                    &secs(r.change),
+                    &secs(r.filtered),
+                    &memory(r.heap),
+                    &memory(r.pss),
+                ]);
             }
-            if *label == "this server" {
-                verdicts.extend(verdict(n, &sizes, &runs));
+            if b == 0 {
+                slowest.push((n, worst(&runs)));
             }
         }
     }
-    out.push('\n');
-    for v in verdicts {
-        out.push_str(&format!("- {v}\n"));
+    let at = |size: usize| slowest.iter().find(|(n, _)| *n == size).map(|(_, w)| *w);
+    let run_at: Vec<String> = sizes.iter().map(|&n| count(n)).collect();
+    for (size, show, change) in [(MIDDLE, Some(2), 1), (LARGEST, None, 2)] {
+        let Some((shown, changed, filtered)) = at(size) else {
+            let measured = format!("run at {} instances only", run_at.join(", "));
+            let what = format!("Dashboard at {}", count(size));
+            sec.target(what, measured, Verdict::NotAtThisSize);
+            continue;
+        };
+        let show_target = show.map_or(LIMIT, Duration::from_secs);
+        let below = |d: Option<Duration>, t: Duration| Verdict::of(d.is_some_and(|d| d < t));
+        sec.target(
+            format_args!(
+                "Dashboard at {}: every app and the total shown{}",
+                count(size),
+                show.map_or(String::new(), |s| format!(" in < {s} s"))
+            ),
+            format_args!("{} (slowest of {runs})", secs(shown)),
+            below(shown, show_target),
+        );
+        let both = changed.zip(filtered).map(|(a, b)| a.max(b));
+        sec.target(
+            format_args!(
+                "Dashboard at {}: a heartbeat shown in < {change} s, unfiltered and filtered",
+                count(size)
+            ),
+            format_args!("{} / {}", secs(changed), secs(filtered)),
+            below(both, Duration::from_secs(change)),
+        );
     }
-    Ok(out)
+    Ok(sec.finish())
 }
 
-/// The targets of the middle and the largest size, against the slowest run.
-fn verdict(n: usize, sizes: &[usize; 3], runs: &[Run]) -> Option<String> {
+/// The slowest of the runs: shown, change, filtered.
+fn worst(runs: &[Run]) -> (Option<Duration>, Option<Duration>, Option<Duration>) {
     let worst = |f: fn(&Run) -> Option<Duration>| -> Option<Duration> {
         runs.iter()
             .map(f)
             .try_fold(Duration::ZERO, |w, d| Some(w.max(d?)))
     };
-    let (shown, change, filtered) = (
+    (
         worst(|r| r.shown),
         worst(|r| r.change),
         worst(|r| r.filtered),
-    );
-    let (show_target, change_target) = if n == sizes[1] {
-        (Duration::from_secs(2), Duration::from_secs(1))
-    } else if n == sizes[2] {
-        (LIMIT, Duration::from_secs(2))
-    } else {
-        return None;
-    };
-    let ok = |d: Option<Duration>, t: Duration| {
-        if d.is_some_and(|d| d < t) {
-            "met"
-        } else {
-            "MISSED"
-        }
-    };
-    let show = if show_target == LIMIT {
-        "comes up".to_string()
-    } else {
-        format!("< {}", secs(Some(show_target)))
-    };
-    Some(format!(
-        "{} instances, slowest of {RUNS}: shown {} (target {show}: {}), change {} / filtered {} (target < {}: {} / {})",
-        crate::report::thousands(n as f64),
-        secs(shown),
-        ok(shown, show_target),
-        secs(change),
-        secs(filtered),
-        secs(Some(change_target)),
-        ok(change, change_target),
-        ok(filtered, change_target),
-    ))
+    )
 }
 
 fn secs(d: Option<Duration>) -> String {
@@ -162,60 +178,36 @@ fn secs(d: Option<Duration>) -> String {
     )
 }
 
-/// One server binary at one size: start it, fill it, run a fresh browser.
+/// `runs` runs at `n` instances against `server`, each in a fresh browser.
 fn measure(
-    bin: &Path,
+    bench: &Bench,
+    server: &ServerProc,
     chromium: &Path,
     driver: &Path,
     n: usize,
-    quick: bool,
-    began: Instant,
+    runs: usize,
 ) -> Result<Vec<Run>, String> {
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "--addr",
-        "127.0.0.1:0",
-        "--down-after",
-        "1h",
-        "--evict-after",
-        "2h",
-    ]);
-    let server = ServerProc::start("registro-dashboard", cmd, Stop::Term)?;
     let addr = server.addr;
-    let result = (|| {
-        let took = fill(addr, n)?;
-        crate::progress(
-            began,
-            format_args!(
-                "dashboard: {} instances registered in {:.1} s",
-                crate::report::thousands(n as f64),
-                took.as_secs_f64()
-            ),
-        );
-        let mut runs = Vec::new();
-        for k in 0..RUNS {
-            // A fresh browser each run: its memory is this page's alone.
-            let browser = Browser::start(chromium, driver)?;
-            let mut run = Run::default();
-            if let Err(e) = one_run(&browser, addr, n, &mut run) {
-                crate::progress(
-                    began,
-                    format_args!("dashboard: {n}, run {} ended: {e}", k + 1),
-                );
-            }
-            crate::progress(
-                began,
-                format_args!("dashboard: {n}, run {}: {run:?}", k + 1),
-            );
-            runs.push(run);
-            if quick && k == 0 && runs[0].shown.is_none() {
-                break;
-            }
+    load::create_apps(addr, (0..APPS).map(|a| instance(a).0))?;
+    let push = |out: &mut Vec<u8>, i| out.extend(register_request(i));
+    let (took, _) = load::pipelined(&[addr], 0..n, 4, 32, 201, push)?;
+    bench.progress(format_args!(
+        "dashboard: {} instances registered in {:.1} s",
+        count(n),
+        took.as_secs_f64()
+    ));
+    let mut done = Vec::new();
+    for k in 0..runs {
+        // A fresh browser each run: its memory is this page's alone.
+        let browser = Browser::start(chromium, driver)?;
+        let mut run = Run::default();
+        if let Err(e) = one_run(&browser, addr, n, &mut run) {
+            bench.progress(format_args!("dashboard: {n}, run {} ended: {e}", k + 1));
         }
-        Ok(runs)
-    })();
-    server.stop()?;
-    result
+        bench.progress(format_args!("dashboard: {n}, run {}: {run:?}", k + 1));
+        done.push(run);
+    }
+    Ok(done)
 }
 
 /// The path of instance `i` (of `n`): app `app-{i % APPS}`, id `i-{i:07}`.
@@ -232,68 +224,21 @@ fn register_request(i: usize) -> Vec<u8> {
         i & 255,
         i % 3
     );
-    format!(
-        "POST /registro/1.0/apps/{app} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    let mut out = Vec::new();
+    load::push_post(&mut out, &app, &body);
+    out
 }
 
+/// One request on a connection of its own, which must answer `want`.
 fn request(addr: SocketAddr, bytes: &[u8], want: u16) -> Result<(), String> {
-    let mut conn = Conn::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    conn.send(bytes).map_err(|e| format!("send: {e}"))?;
-    let r = conn.read_response(None).map_err(|e| format!("read: {e}"))?;
-    if r.status == want {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} answered {} (expected {want})",
+    match load::request_once(addr, bytes) {
+        Ok((status, _)) if status == want => Ok(()),
+        Ok((status, _)) => Err(format!(
+            "{} answered {status} (expected {want})",
             String::from_utf8_lossy(bytes.split(|b| *b == b'\r').next().unwrap_or_default()),
-            r.status
-        ))
+        )),
+        Err(e) => Err(format!("request: {e}")),
     }
-}
-
-/// Creates the apps and registers `n` instances over a few pipelined
-/// connections.
-fn fill(addr: SocketAddr, n: usize) -> Result<Duration, String> {
-    for a in 0..APPS {
-        let body = format!(r#"{{"name":"app-{a:02}"}}"#);
-        let post = format!(
-            "POST /registro/1.0/apps HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        request(addr, post.as_bytes(), 201)?;
-    }
-    let start = Instant::now();
-    const CONNS: usize = 4;
-    const DEPTH: usize = 32;
-    let workers: Vec<_> = (0..CONNS)
-        .map(|t| {
-            thread::spawn(move || -> Result<(), String> {
-                let mut conn = Conn::connect(addr).map_err(|e| format!("connect: {e}"))?;
-                let mine: Vec<usize> = (t..n).step_by(CONNS).collect();
-                for batch in mine.chunks(DEPTH) {
-                    let mut bytes = Vec::new();
-                    for &i in batch {
-                        bytes.extend(register_request(i));
-                    }
-                    conn.send(&bytes).map_err(|e| format!("send: {e}"))?;
-                    for _ in batch {
-                        let r = conn.read_response(None).map_err(|e| format!("read: {e}"))?;
-                        if r.status != 201 {
-                            return Err(format!("registration answered {}", r.status));
-                        }
-                    }
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for w in workers {
-        w.join().map_err(|_| "a registering thread panicked")??;
-    }
-    Ok(start.elapsed())
 }
 
 /// Polls `script` (a function body returning a truthy value when done)
@@ -383,13 +328,6 @@ fn one_run(browser: &Browser, addr: SocketAddr, n: usize, run: &mut Run) -> Resu
     Ok(())
 }
 
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-}
-
 /// A chromedriver of our own and one session on it, with a fresh profile;
 /// all three end on drop.
 struct Browser {
@@ -457,28 +395,14 @@ impl Browser {
         Ok(browser)
     }
 
-    /// One WebDriver command on a connection of its own.
+    /// One WebDriver command.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.port,
-            body.len()
-        );
-        let exchange = || -> io::Result<(u16, Vec<u8>)> {
-            // A page that is busy answers a script late: longer than LIMIT.
-            let stream = TcpStream::connect(addr)?;
-            stream.set_read_timeout(Some(LIMIT + Duration::from_secs(15)))?;
-            let mut conn = Conn::new(stream);
-            conn.send(request.as_bytes())?;
-            let mut out = Vec::new();
-            let r = conn.read_response(Some(&mut out))?;
-            Ok((r.status, out))
-        };
-        let (status, out) = exchange().map_err(|e| format!("WebDriver {method} {path}: {e}"))?;
+        let body = body.map(|b| b.to_string());
+        let (status, _, text) = http::call(addr, method, path, body.as_deref())
+            .map_err(|e| format!("WebDriver {e}"))?;
         let value: Value =
-            serde_json::from_slice(&out).map_err(|e| format!("WebDriver {method} {path}: {e}"))?;
+            serde_json::from_str(&text).map_err(|e| format!("WebDriver {method} {path}: {e}"))?;
         if status != 200 {
             return Err(format!("WebDriver {method} {path}: {status} {value}"));
         }

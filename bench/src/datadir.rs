@@ -1,4 +1,4 @@
-//! `--only datadir` (issue 18): what `--data-dir` costs. At each fleet size
+//! Scenario "datadir": what `--data-dir` costs. At each fleet size
 //! the same binary runs twice, with `--data-dir` and without; both get the
 //! same heartbeats and the same churn (a registration every 10 ms, so that
 //! there is something to log), measured back to back, the order alternating
@@ -10,7 +10,6 @@
 //! snapshots are written beside the server without a directory.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -22,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::http::Conn;
 use crate::load::{self, Fleet, Outcome};
 use crate::proc::{ServerProc, Stop};
-use crate::{heartbeat_load, measure, progress, report, Settings, REG_CONNS, REG_DEPTH};
+use crate::{measure, report, Bench};
 
 /// Between two churn registrations.
 const CHURN_EVERY: Duration = Duration::from_millis(10);
@@ -45,56 +44,36 @@ struct Size {
     restart_cpu: f64,
 }
 
-/// Runs the scenario and answers its section of the report.
-pub fn scenario(s: &Settings, began: Instant) -> Result<String, String> {
-    let mut sizes = Vec::new();
-    for &n in &s.sizes {
-        sizes.push(size(s, n, began)?);
+/// Runs the scenario and answers its section of the report (`--quick`:
+/// at the largest of its sizes only).
+pub fn run(bench: &mut Bench) -> Result<String, String> {
+    let all = bench.s.sizes;
+    let sizes = if bench.s.quick { &all[2..] } else { &all[..] };
+    let mut done = Vec::new();
+    for &n in sizes {
+        let dir =
+            std::env::temp_dir().join(format!("registro-bench-data-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let dir_arg = dir.to_str().ok_or("temp dir is not UTF-8")?.to_string();
+        let result = measure_size(bench, n, &dir, &dir_arg);
+        let _ = std::fs::remove_dir_all(&dir);
+        done.push(result?);
     }
-    Ok(render(&sizes))
+    Ok(render(&done))
 }
 
-fn start(s: &Settings, name: &str, extra: &[&str]) -> Result<ServerProc, String> {
-    let mut cmd = Command::new(&s.server);
-    cmd.args(["--addr", "127.0.0.1:0"]).args(extra);
-    let server = ServerProc::start(name, cmd, Stop::Term)?;
-    match load::request_once(server.addr, load::LISTING) {
-        Ok((200, _)) => Ok(server),
-        Ok((status, _)) => Err(format!("{name}: GET /registro/1.0/apps answered {status}")),
-        Err(e) => Err(format!("{name}: GET /registro/1.0/apps: {e}")),
-    }
-}
-
-fn size(s: &Settings, n: usize, began: Instant) -> Result<Size, String> {
-    let dir = std::env::temp_dir().join(format!("registro-bench-data-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let dir_arg = dir.to_str().ok_or("temp dir is not UTF-8")?.to_string();
-    let result = measure_size(s, n, &dir, &dir_arg, began);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-fn measure_size(
-    s: &Settings,
-    n: usize,
-    dir: &Path,
-    dir_arg: &str,
-    began: Instant,
-) -> Result<Size, String> {
+fn measure_size(bench: &mut Bench, n: usize, dir: &Path, dir_arg: &str) -> Result<Size, String> {
     let flags = ["--data-dir", dir_arg];
-    let with = start(s, &format!("registro-{n}-data-dir"), &flags)?;
-    let without = start(s, &format!("registro-{n}"), &[])?;
+    let with = bench.start(0, &format!("registro-{n}-data-dir"), &flags)?;
+    let without = bench.start(0, &format!("registro-{n}"), &[])?;
     for server in [&with, &without] {
-        load::register(server.addr, Fleet::new(n), REG_CONNS, REG_DEPTH)?;
-        load::renew_all(server.addr, Fleet::new(n), REG_CONNS, REG_DEPTH)?;
+        load::register(server.addr, Fleet::new(n))?;
+        load::renew_all(server.addr, Fleet::new(n))?;
     }
-    progress(
-        began,
-        format_args!(
-            "datadir {}: both servers filled",
-            report::thousands(n as f64)
-        ),
-    );
+    bench.progress(format_args!(
+        "datadir {}: both servers filled",
+        report::count(n)
+    ));
     let mut out = Size {
         n,
         with: Vec::new(),
@@ -109,22 +88,19 @@ fn measure_size(
     };
     let mut churned = 0;
     rounds(
-        s,
+        bench,
         n,
         [&with, &without],
-        &mut out.with,
-        &mut out.without,
+        [&mut out.with, &mut out.without],
         &mut churned,
         "",
-        began,
     );
     let stopping = Instant::now();
-    with.stop()
-        .map_err(|e| format!("registro-{n}-data-dir: {e}"))?;
+    bench.stop(with);
     out.stop = stopping.elapsed();
     out.disk = dir_bytes(dir);
     let spawned = Instant::now();
-    let mut cmd = Command::new(&s.server);
+    let mut cmd = Command::new(&bench.s.server);
     cmd.args(["--addr", "127.0.0.1:0"])
         .args(flags)
         .args(["--snapshot-every", "1s"]);
@@ -138,9 +114,7 @@ fn measure_size(
     out.restart_cpu = crate::proc::cpu_secs(Some(again.pid())).unwrap_or(f64::NAN);
     let (status, body) =
         load::request_once(again.addr, load::LISTING).map_err(|e| format!("restarted: {e}"))?;
-    progress(
-        began,
-        format_args!(
+    bench.progress(format_args!(
             "datadir {}: stop {} ms, {} on disk ({:.0} B per instance), restart to serving {} ms ({:.2} s of CPU; listing {status}, {} bytes)",
             report::thousands(n as f64),
             out.stop.as_millis(),
@@ -149,63 +123,47 @@ fn measure_size(
             out.restart.as_millis(),
             out.restart_cpu,
             body
-        ),
-    );
+    ));
+    let into = [&mut out.saving, &mut out.control];
     rounds(
-        s,
+        bench,
         n,
         [&again, &without],
-        &mut out.saving,
-        &mut out.control,
+        into,
         &mut churned,
         " (snapshots)",
-        began,
     );
     out.lock_us = longest_hold(&again.tail());
-    let _ = again.stop();
-    let _ = without.stop();
+    bench.stop(again);
+    bench.stop(without);
     Ok(out)
 }
 
-/// `s.runs` rounds of heartbeats with churn on each of `servers` (the one
-/// with a directory first), back to back, the order alternating.
-#[allow(clippy::too_many_arguments)]
+/// `--runs` rounds of heartbeats with churn on each of `servers` (the one
+/// with a directory first) into `into`, back to back, the order alternating.
 fn rounds(
-    s: &Settings,
+    bench: &Bench,
     n: usize,
     servers: [&ServerProc; 2],
-    with: &mut Vec<Outcome>,
-    without: &mut Vec<Outcome>,
+    into: [&mut Vec<Outcome>; 2],
     churned: &mut usize,
     what: &str,
-    began: Instant,
 ) {
-    for round in 0..s.runs {
+    for round in 0..bench.s.runs {
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for k in order {
             let server = servers[k];
             let churn = Churn::start(server.addr, *churned);
-            let o = measure(
-                &heartbeat_load(s, server.addr, n, round * 7919),
-                server,
-                Instant::now(),
-            );
+            let o = measure(&bench.heartbeats(server.addr, n, round), server.pid());
             *churned = churn.stop(*churned);
-            progress(
-                began,
-                format_args!(
-                    "round {}: datadir {}{}{what}: {}",
-                    round + 1,
-                    report::thousands(n as f64),
-                    if k == 0 { " with --data-dir" } else { "" },
-                    report::summary(&o)
-                ),
-            );
-            if k == 0 {
-                with.push(o);
-            } else {
-                without.push(o);
-            }
+            bench.progress(format_args!(
+                "round {}: datadir {}{}{what}: {}",
+                round + 1,
+                report::count(n),
+                if k == 0 { " with --data-dir" } else { "" },
+                report::summary(&o)
+            ));
+            into[k].push(o);
         }
     }
 }
@@ -252,12 +210,8 @@ impl Churn {
                     r#"{{"id":"churn-{}","ip":"10.9.9.9","port":80}}"#,
                     from + done
                 );
-                let _ = write!(
-                    buf,
-                    "POST /registro/1.0/apps/churn HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                if conn.send(&buf).is_err() || conn.read_response(None).is_err() {
+                load::push_post(&mut buf, "churn", &body);
+                if conn.send(&buf).is_err() || conn.read_response().is_err() {
                     break;
                 }
                 done += 1;
@@ -267,8 +221,7 @@ impl Churn {
             done
         });
         // The app, once (a 409 when it exists already is fine).
-        let create = b"POST /registro/1.0/apps HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 16\r\n\r\n{\"name\":\"churn\"}";
-        let _ = load::request_once(addr, create);
+        let _ = load::create_apps(addr, ["churn".to_string()]);
         Churn { stop, thread }
     }
 

@@ -1,18 +1,132 @@
-//! Scenario "fleet" (issue 9): N clients, each with its own keep-alive
-//! connection and instance, heartbeating every few seconds with jitter, as a
-//! real fleet does. One thread drives every connection through a readiness
-//! poller (mio), so the load generator needs no thread per connection.
+//! Scenario "fleet": N clients (as many as the open-files limit allows),
+//! each with its own keep-alive connection and instance, heartbeating every
+//! few seconds with jitter (+/- 10%), as a real fleet does. One thread
+//! drives every connection through a readiness poller (mio), so the load
+//! generator needs no thread per connection.
 
 use crate::hist::Histogram;
-use crate::http::{find, parse_head};
-use crate::load::push_heartbeat;
+use crate::http;
+use crate::load::{push_heartbeat, Fleet};
+use crate::proc::ServerProc;
+use crate::report::{bytes, count, ms, Section, Verdict};
+use crate::{connections_allowed, poller, Bench};
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// The fleet the targets are stated for.
+const TARGET_FLEET: usize = 15_000;
+
+/// Runs the fleet against the server under test and returns its section.
+pub fn run(bench: &mut Bench) -> Result<String, String> {
+    let s = bench.s.clone();
+    let n = connections_allowed(s.fleet_n, 100_000, "the fleet of")?;
+    let max = (n + 1000).to_string();
+    // As Go's net/http keeps idle connections: longer than the ramp.
+    let idle = (s.fleet_interval * 4.0).max(90.0).to_string();
+    let flags = ["--max-connections", &max, "--idle-timeout", &idle];
+    let server = bench.start(0, "registro-fleet", &flags)?;
+    bench.fill(0, &server, Fleet::new(n), true)?;
+    let load = FleetLoad {
+        n,
+        interval: Duration::from_secs_f64(s.fleet_interval),
+        jitter: 0.1,
+        duration: Duration::from_secs_f64(s.fleet_secs),
+        ramp: poller::RAMP,
+    };
+    bench.progress(format_args!(
+        "fleet: {} clients, one heartbeat each every {} s (+/- 10%), {} s",
+        count(n),
+        s.fleet_interval,
+        s.fleet_secs
+    ));
+    let o = drive_fleet(&server, load).map_err(|e| format!("fleet: {e}"));
+    bench.stop(server);
+    let o = o?;
+    bench.progress(format_args!(
+        "fleet: {} of {} connected in {:.1} s; {}{}",
+        count(o.connected),
+        count(o.n),
+        o.ramp.as_secs_f64(),
+        o.first_error
+            .as_deref()
+            .map_or("no errors".into(), |e| format!("first error: {e}")),
+        o.error_kinds
+            .iter()
+            .map(|(k, n)| format!("; {n} x {k:?}"))
+            .collect::<String>()
+    ));
+    Ok(render(&o))
+}
+
+fn render(o: &FleetOutcome) -> String {
+    let mut sec = Section::new("");
+    sec.text(format_args!(
+        "Fleet: {} clients, each with its own keep-alive connection and instance, one load-generator thread; \
+         {} connected in {:.1} s, then heartbeats for {:.1} s.",
+        count(o.n),
+        count(o.connected),
+        o.ramp.as_secs_f64(),
+        o.elapsed.as_secs_f64()
+    ));
+    sec.table(&[
+        "heartbeats",
+        "per second",
+        "p50",
+        "p99",
+        "max",
+        "non-2xx",
+        "errors",
+        "server threads (before / connected / end)",
+        "resident before -> connected",
+        "per connection",
+    ]);
+    let threads = format!("{} / {} / {}", o.threads[0], o.threads[1], o.threads[2]);
+    sec.row(&[
+        &count(o.ok + o.non_2xx),
+        &count(o.rate() as u64),
+        &ms(o.hist.quantile(0.5)),
+        &ms(o.hist.quantile(0.99)),
+        &ms(o.hist.max()),
+        &o.non_2xx,
+        &o.errors,
+        &threads,
+        &format_args!("{} -> {}", bytes(o.rss_before), bytes(o.rss_connected)),
+        &format_args!("{:.0} B", o.per_connection()),
+    ]);
+    let p99 = o.hist.quantile(0.99) as f64;
+    let clean = o.errors == 0 && o.non_2xx == 0;
+    sec.target(
+        "Fleet >= 15,000 connections, 0 errors, 0 non-2xx",
+        format_args!(
+            "{} connected, {} errors, {} non-2xx",
+            count(o.connected),
+            o.errors,
+            o.non_2xx
+        ),
+        // A smaller fleet asked for (`--quick`, `--fleet`) shows errors, not the size.
+        Verdict::of(o.connected >= TARGET_FLEET && clean).at_size(o.n >= TARGET_FLEET || !clean),
+    );
+    sec.target(
+        "Fleet heartbeat p99 < 10 ms",
+        ms(p99 as u64),
+        Verdict::check(p99, |p| p < 10_000.0),
+    );
+    sec.target(
+        "Server threads independent of connections",
+        &threads,
+        Verdict::of(o.threads[0] == o.threads[1] && o.threads[1] == o.threads[2]),
+    );
+    sec.target(
+        "At most 2 KiB resident per idle connection",
+        format_args!("{:.0} B", o.per_connection()),
+        Verdict::of(o.per_connection() <= 2048.0),
+    );
+    sec.finish()
+}
 
 /// How the fleet behaves.
 #[derive(Debug, Clone, Copy)]
@@ -105,47 +219,15 @@ impl Rng {
     }
 }
 
-/// Raises this process's soft limit on open files to the hard limit.
-pub fn raise_nofile() -> u64 {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if limit.current != limit.maximum {
-        let _ = setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: limit.maximum,
-                maximum: limit.maximum,
-            },
-        );
-    }
-    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
-}
-
-/// `/proc/PID/status` field `Threads:`.
-pub fn threads(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Runs the fleet against `addr` (instances `0..n` registered already);
-/// `rss` reads the server's resident bytes.
-pub fn run(
-    addr: SocketAddr,
-    pid: u32,
-    load: FleetLoad,
-    rss: &dyn Fn() -> u64,
-) -> io::Result<FleetOutcome> {
+/// Drives the fleet against `server` (instances `0..n` registered).
+fn drive_fleet(server: &ServerProc, load: FleetLoad) -> io::Result<FleetOutcome> {
+    let addr = server.addr;
+    let rss = || server.rss().unwrap_or(0);
     let mut out = FleetOutcome {
         n: load.n,
         ..FleetOutcome::default()
     };
-    out.threads[0] = threads(pid);
+    out.threads[0] = server.threads();
     out.rss_before = rss();
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(4096);
@@ -172,13 +254,8 @@ pub fn run(
         while opening < load.ramp && next_to_open < load.n {
             let i = next_to_open;
             next_to_open += 1;
-            match TcpStream::connect(addr) {
-                Ok(mut stream) => {
-                    poll.registry().register(
-                        &mut stream,
-                        Token(i),
-                        Interest::READABLE | Interest::WRITABLE,
-                    )?;
+            match poller::open(&poll, addr, i) {
+                Ok(stream) => {
                     clients[i].stream = Some(stream);
                     clients[i].state = State::Connecting;
                     opening += 1;
@@ -206,7 +283,7 @@ pub fn run(
         }
     }
     out.ramp = began.elapsed();
-    out.threads[1] = threads(pid);
+    out.threads[1] = server.threads();
     out.rss_connected = rss();
 
     // 2. The measured window: each client's first heartbeat at a random
@@ -263,7 +340,7 @@ pub fn run(
         }
     }
     out.elapsed = end.min(Instant::now()).duration_since(start);
-    out.threads[2] = threads(pid);
+    out.threads[2] = server.threads();
     out.rss_end = rss();
     if in_flight > 0 {
         fail(
@@ -316,20 +393,10 @@ fn drive(
     measured_since: Option<Instant>,
 ) {
     if c.state == State::Connecting {
-        let Some(stream) = c.stream.as_ref() else {
-            return;
-        };
-        match stream.take_error() {
-            Ok(None) => {}
-            Ok(Some(e)) | Err(e) => return die(c, out, format!("connect: {e}")),
-        }
-        match stream.peer_addr() {
-            Ok(_) => {
-                let _ = stream.set_nodelay(true);
-                send(c, i, request, out, true);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-            Err(e) => return die(c, out, format!("connect: {e}")),
+        match c.stream.as_ref().map(poller::connected) {
+            Some(Ok(true)) => send(c, i, request, out, true),
+            Some(Err(e)) => return die(c, out, format!("connect: {e}")),
+            _ => return,
         }
     }
     let Some(stream) = c.stream.as_mut() else {
@@ -352,16 +419,13 @@ fn drive(
         }
     }
     // Whole answers in the buffer.
-    while let Some(end) = find(&c.buf, b"\r\n\r\n") {
-        let head = match parse_head(&c.buf[..end]) {
-            Ok(head) => head,
+    loop {
+        let head = match http::head(&c.buf) {
+            Ok(Some(head)) if c.buf.len() >= head.len + head.body => head,
+            Ok(_) => return,
             Err(e) => return die(c, out, format!("answer: {e}")),
         };
-        let body = head.content_length.unwrap_or(0);
-        if c.buf.len() < end + 4 + body {
-            return;
-        }
-        c.buf.drain(..end + 4 + body);
+        c.buf.drain(..head.len + head.body);
         let State::Sent { at, warm } = c.state else {
             return die(c, out, "an answer nobody asked for".to_string());
         };

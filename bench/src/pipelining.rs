@@ -1,4 +1,4 @@
-//! Scenario "pipelining" (issue 19): 16 connections each keep 2,000
+//! Scenario "pipelining": 16 connections each keep 2,000
 //! pipelined `GET /healthz` in flight (written 2,000 at a time, the answers
 //! drained and counted by another thread), beside heartbeats on fresh
 //! connections and 1,000 keep-alive clients. Each round measures the
@@ -9,6 +9,8 @@
 
 use crate::hist::Histogram;
 use crate::load::{self, Fleet, Load, Outcome};
+use crate::report::{count, median, ms, times, Section, Verdict};
+use crate::Bench;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -67,23 +69,12 @@ pub fn round(addr: SocketAddr, secs: Duration, keep_alive: usize) -> Result<Roun
 
 /// Keep-alive and fresh-connection heartbeats at once, for `secs`.
 fn heartbeats(addr: SocketAddr, secs: Duration, keep_alive: usize) -> (Outcome, Outcome) {
-    let load = |conns: usize, per_thread: usize, fresh: bool, offset: usize| Load {
-        addr,
-        fleet: Fleet::new(INSTANCES),
-        conns,
-        per_thread,
-        duration: secs,
-        fresh,
-        offset,
-        samples: false,
-        stop: None,
-        started: None,
-    };
-    let fresh = load(2, 2, true, INSTANCES / 2);
+    let mut fresh = Load::heartbeats(addr, INSTANCES, 2, 2, secs);
+    (fresh.fresh, fresh.offset) = (true, INSTANCES / 2);
     let fresh = thread::spawn(move || load::run(&fresh, Instant::now()));
-    let kept = load::run(&load(keep_alive, 50, false, 0), Instant::now());
-    let fresh = fresh.join().unwrap_or_default();
-    (kept, fresh)
+    let kept = Load::heartbeats(addr, INSTANCES, keep_alive, 50, secs);
+    let kept = load::run(&kept, Instant::now());
+    (kept, fresh.join().unwrap_or_default())
 }
 
 /// The pipelining connections: a writer and a reader thread each.
@@ -200,7 +191,7 @@ fn read(mut stream: TcpStream, got: &(Mutex<u64>, Condvar), total: &AtomicU64, s
         };
         let mut found = 0u64;
         let mut at = 0;
-        while let Some(p) = crate::http::find(&buf[at..n], STATUS) {
+        while let Some(p) = buf[at..n].windows(STATUS.len()).position(|w| w == STATUS) {
             found += 1;
             at += p + STATUS.len();
         }
@@ -219,117 +210,117 @@ fn read(mut stream: TcpStream, got: &(Mutex<u64>, Condvar), total: &AtomicU64, s
 }
 
 /// The fresh-connection heartbeats of every round, merged.
-pub fn merged(rounds: &[Round], with: bool) -> Histogram {
+fn merged<'a>(rounds: impl IntoIterator<Item = &'a Outcome>) -> Histogram {
     let mut h = Histogram::default();
-    for r in rounds {
-        h.merge(if with {
-            &r.with_fresh.hist
-        } else {
-            &r.alone_fresh.hist
-        });
-    }
+    rounds.into_iter().for_each(|o| h.merge(&o.hist));
     h
 }
 
-/// The scenario against `s.server`, and against `--server` too when given:
-/// `s.runs` rounds of `s.secs` per measurement (`--quick`: a tenth of the
-/// keep-alive clients). Returns the report's lines.
-pub fn scenario(
-    s: &crate::Settings,
-    r: &mut crate::Results,
-    began: Instant,
-) -> Result<String, String> {
+/// The scenario against the server under test, and against `--server` too
+/// when given: `--runs` rounds of `--secs` per measurement (`--quick`: a
+/// tenth of the keep-alive clients).
+pub fn run(bench: &mut Bench) -> Result<String, String> {
+    let s = bench.s.clone();
     let keep_alive = if s.quick { KEEP_ALIVE / 10 } else { KEEP_ALIVE };
-    let fds = crate::fleet::raise_nofile();
+    let fds = crate::proc::raise_nofile();
     let needed = 2 * (keep_alive + PIPELINERS + 64) as u64 + 256;
     if fds < needed {
         return Err(format!(
             "pipelining: needs {needed} open files; the limit is {fds}"
         ));
     }
-    let mut out = format!(
-        "\n## Pipelining\n\n\
-         {PIPELINERS} connections each keeping {IN_FLIGHT} pipelined GET /healthz in flight, beside \
+    let mut sec = Section::new("Pipelining");
+    sec.text(format_args!(
+        "{PIPELINERS} connections each keeping {IN_FLIGHT} pipelined GET /healthz in flight, beside \
          fresh-connection heartbeats and {keep_alive} keep-alive clients; {} rounds of {:?} per \
          measurement, each round measuring the heartbeats without and then with the pipelining \
-         connections.\n\n",
+         connections.",
         s.runs, s.secs,
-    );
-    let mut bins = vec![(s.server.clone(), "now")];
-    if let Some(reference) = &s.reference {
-        bins.push((reference.clone(), "before"));
-    }
-    for (bin, tag) in bins {
-        out += &one(s, r, &bin, tag, keep_alive, began)?;
-    }
-    Ok(out)
-}
-
-fn one(
-    s: &crate::Settings,
-    r: &mut crate::Results,
-    bin: &std::path::Path,
-    tag: &str,
-    keep_alive: usize,
-    began: Instant,
-) -> Result<String, String> {
-    let name = format!("registro-pipelining-{tag}");
-    let server = crate::start_binary(bin, r, &name, &[])?;
-    crate::fill(&server, Fleet::new(INSTANCES), r, true, began)?;
-    let mut rounds = Vec::new();
-    for i in 0..s.runs {
-        let o = round(server.addr, s.secs, keep_alive)?;
-        crate::progress(
-            began,
-            format_args!(
-                "round {}: pipelining ({tag}): keep-alive heartbeats {:.0}/s alone, {:.0}/s beside \
+    ));
+    sec.table(&[
+        "Server",
+        "fresh heartbeats beside them",
+        "p50",
+        "p99",
+        "max",
+        "errors or timeouts",
+        "p99 alone",
+        "keep-alive beside / alone, per round",
+    ]);
+    let mut judged = Vec::new();
+    for (b, _, tag) in bench.binaries() {
+        let server = bench.start(b, &format!("registro-pipelining{tag}"), &[])?;
+        bench.fill(b, &server, Fleet::new(INSTANCES), true)?;
+        let mut rounds = Vec::new();
+        for i in 0..s.runs {
+            let o = round(server.addr, s.secs, keep_alive);
+            let o = match o {
+                Ok(o) => o,
+                Err(e) => {
+                    bench.stop(server);
+                    return Err(e);
+                }
+            };
+            bench.progress(format_args!(
+                "round {}: pipelining{tag}: keep-alive heartbeats {:.0}/s alone, {:.0}/s beside \
                  {PIPELINERS} pipelining connections ({:.2}x); fresh heartbeats p99 {} alone, {} \
                  beside (p50 {}, max {}, {} errors); {:.0} pipelined requests/s",
                 i + 1,
                 o.alone_keep_alive.rate(),
                 o.with_keep_alive.rate(),
                 o.keep_alive_ratio(),
-                crate::report::ms(o.alone_fresh.hist.quantile(0.99)),
-                crate::report::ms(o.with_fresh.hist.quantile(0.99)),
-                crate::report::ms(o.with_fresh.hist.quantile(0.5)),
-                crate::report::ms(o.with_fresh.hist.max()),
+                ms(o.alone_fresh.hist.quantile(0.99)),
+                ms(o.with_fresh.hist.quantile(0.99)),
+                ms(o.with_fresh.hist.quantile(0.5)),
+                ms(o.with_fresh.hist.max()),
                 o.with_fresh.errors + o.with_keep_alive.errors,
                 o.pipelined as f64 / o.pipelined_secs.max(1e-9),
-            ),
-        );
-        rounds.push(o);
-    }
-    crate::stop(server, r, &name);
-    let beside = merged(&rounds, true);
-    let alone = merged(&rounds, false);
-    let mut ratios: Vec<f64> = rounds.iter().map(Round::keep_alive_ratio).collect();
-    ratios.sort_by(f64::total_cmp);
-    let median = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
-    let p99 = beside.quantile(0.99);
-    let errors: u64 = rounds
-        .iter()
-        .map(|o| o.with_fresh.errors + o.with_keep_alive.errors)
-        .sum();
-    Ok(format!(
-        "- {tag}: fresh-connection heartbeats beside them: {} answered, p50 {}, p99 {} \
-         (target < 20 ms: {}), max {}, {errors} errors or timeouts; alone: p99 {}. Keep-alive \
-         heartbeats beside them over alone, per round: {} (median {median:.2}x; target >= 0.5x: \
-         {})\n",
-        beside.count(),
-        crate::report::ms(beside.quantile(0.5)),
-        crate::report::ms(p99),
-        if p99 < 20_000 && errors == 0 {
-            "met"
-        } else {
-            "missed"
-        },
-        crate::report::ms(beside.max()),
-        crate::report::ms(alone.quantile(0.99)),
-        ratios
+            ));
+            rounds.push(o);
+        }
+        bench.stop(server);
+        let beside = merged(rounds.iter().map(|r| &r.with_fresh));
+        let alone = merged(rounds.iter().map(|r| &r.alone_fresh));
+        let ratios: Vec<f64> = rounds.iter().map(Round::keep_alive_ratio).collect();
+        let errors: u64 = rounds
             .iter()
-            .map(|x| format!("{x:.2}x"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        if median >= 0.5 { "met" } else { "missed" },
-    ))
+            .map(|o| o.with_fresh.errors + o.with_keep_alive.errors)
+            .sum();
+        let label = if b == 0 {
+            "now".to_string()
+        } else {
+            s.before_name()
+        };
+        sec.row(&[
+            &label,
+            &count(beside.count()),
+            &ms(beside.quantile(0.5)),
+            &ms(beside.quantile(0.99)),
+            &ms(beside.max()),
+            &errors,
+            &ms(alone.quantile(0.99)),
+            &ratios
+                .iter()
+                .map(|&x| times(x))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ]);
+        judged.push((label, beside.quantile(0.99), errors, median(ratios)));
+    }
+    // The targets are stated for a thousand keep-alive clients beside the
+    // pipelining connections; a tenth of them is another load.
+    let full = keep_alive >= KEEP_ALIVE;
+    for (label, p99, errors, ratio) in judged {
+        sec.target(
+            format_args!("Pipelining ({label}): fresh-connection heartbeats beside them, p99 < 20 ms, no errors"),
+            format_args!("p99 {}, {errors} errors", ms(p99)),
+            Verdict::of(p99 < 20_000 && errors == 0).at_size(full),
+        );
+        sec.target(
+            format_args!("Pipelining ({label}): {KEEP_ALIVE} keep-alive clients beside them >= 0.5x their rate alone"),
+            format_args!("{} (median per round, {} clients)", times(ratio), count(keep_alive)),
+            Verdict::check(ratio, |x| x >= 0.5).at_size(full),
+        );
+    }
+    Ok(sec.finish())
 }

@@ -166,6 +166,22 @@ impl ServerProc {
         self.child.id()
     }
 
+    /// Its name in messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its threads now (`Threads:` of `/proc/PID/status`).
+    pub fn threads(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()));
+        let threads = status.ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse().ok())
+        });
+        threads.unwrap_or(0)
+    }
+
     /// The last lines it wrote to stderr, joined.
     pub fn tail(&self) -> String {
         self.tail
@@ -289,6 +305,29 @@ fn parse_sweep(text: &str, at: Instant) -> Option<Sweep> {
         down: num(after("down")?)? as u64,
         at,
     })
+}
+
+/// Raises this process's soft limit on open files to the hard limit, and
+/// returns the limit.
+pub fn raise_nofile() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        let _ = setrlimit(Resource::Nofile, raised);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// `program` on PATH, if there.
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
 }
 
 /// CPU time (user + system, all threads) a process has used, in seconds;

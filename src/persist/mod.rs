@@ -2,7 +2,7 @@
 //! nothing (API.md Part 4). A room of its own: the registry stays pure, the
 //! API calls one hook (the recorder), the server owns a [`DataDir`].
 //!
-//! - The **recorder**, called by `Api::publish` with the registry locked,
+//! - The **recorder**, called by `View::publish` with the registry locked,
 //!   turns each change into an absolute-state record (an instance with its
 //!   whole state, a removal, an app's state) appended to a bounded buffer.
 //!   Heartbeats that change no status are not written.
@@ -45,9 +45,9 @@ use files::{read_log, read_snapshot, Files, LOCK};
 use replay::Replay;
 use saver::Saver;
 
-use crate::api::Api;
 use crate::clock;
 use crate::registry::{self, Event, Registry};
+use crate::view::View;
 
 /// The most bytes of records waiting for the saver. Past it (a disk that
 /// stalls for a long time) the records are dropped and a snapshot, which
@@ -94,10 +94,10 @@ pub(super) fn fail(message: String) -> io::Error {
 
 impl DataDir {
     /// Opens `dir` (created if absent), locks it, loads what it holds into
-    /// `api`'s registry, raises the index above any saved or handed out
+    /// `view`'s registry, raises the index above any saved or handed out
     /// before, installs the recorder and starts the saver. The error is one
     /// line naming the file and why.
-    pub fn open(dir: &Path, snapshot_every: Duration, api: &Arc<Api>) -> io::Result<DataDir> {
+    pub fn open(dir: &Path, snapshot_every: Duration, view: &Arc<View>) -> io::Result<DataDir> {
         let started = Instant::now();
         let shown = dir.display();
         fs::create_dir_all(dir)
@@ -135,7 +135,7 @@ impl DataDir {
             None => 0,
         };
         let mut logs_read = 0;
-        let log = api.log();
+        let log = view.log();
         for (generation, path) in &files.logs {
             if *generation < snapshot_gen {
                 continue; // covered by the snapshot; deleted by the next one
@@ -147,7 +147,7 @@ impl DataDir {
         let saved_index = replay.index();
         let writer = clock::index_floor();
         {
-            let mut registry = api.lock();
+            let mut registry = view.lock();
             replay.load(&mut registry, clock::now().mono);
             registry.raise_index(saved_index.saturating_add(1).max(writer));
         }
@@ -172,7 +172,7 @@ impl DataDir {
             logged_since_snapshot: false,
             next_try: Instant::now(),
             last_complaint: None,
-            api: Arc::clone(api),
+            view: Arc::clone(view),
             shared: Arc::new(Shared {
                 buffer: Mutex::new(Buffer::default()),
                 wake: Condvar::new(),
@@ -184,11 +184,11 @@ impl DataDir {
         saver
             .new_log()
             .map_err(|e| fail(format!("cannot write to the data directory {shown}: {e}")))?;
-        api.log().metrics().saves.enable();
-        api.log().line(format_args!(
+        view.log().metrics().saves.enable();
+        view.log().line(format_args!(
             "data directory {shown}: {apps} apps, {instances} instances, index {} \
              (read {bytes_read} bytes from {} and {logs_read} logs in {} ms)",
-            api.lock().index(),
+            view.lock().index(),
             if files.snapshot.is_some() {
                 "a snapshot"
             } else {
@@ -198,7 +198,7 @@ impl DataDir {
         ));
         let shared = Arc::clone(&saver.shared);
         let recorder_shared = Arc::clone(&shared);
-        api.set_recorder(Box::new(move |registry: &Registry, events: &[Event]| {
+        view.set_recorder(Box::new(move |registry: &Registry, events: &[Event]| {
             record(&recorder_shared, registry, events);
         }));
         let thread = thread::Builder::new()

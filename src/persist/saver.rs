@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use super::codec::{self, Kind, Record};
 use super::files::{log_name, sync_dir, Files, SNAPSHOT, SNAPSHOT_TMP};
 use super::{app_record, Shared, BUFFER_LIMIT};
-use crate::api::Api;
 use crate::clock;
 use crate::metrics::Save;
 use crate::registry::{Item, SnapshotCursor};
+use crate::view::View;
 
 /// The saver appends what the recorder buffered as soon as there is some
 /// (group commit: what comes during a sync goes with the next write); it
@@ -61,7 +61,7 @@ pub(super) struct Saver {
     /// No snapshot is tried before this (after a failure).
     pub(super) next_try: Instant,
     pub(super) last_complaint: Option<Instant>,
-    pub(super) api: Arc<Api>,
+    pub(super) view: Arc<View>,
     pub(super) shared: Arc<Shared>,
     /// Held open: the `flock` lasts as long as the saver.
     pub(super) _lock: File,
@@ -102,13 +102,13 @@ impl Saver {
     }
 
     fn complain(&mut self, what: fmt::Arguments<'_>) {
-        self.api.log().metrics().saves.failed();
+        self.view.log().metrics().saves.failed();
         if self.last_complaint.is_none_or(|t| t.elapsed() >= QUIET) {
             self.last_complaint = Some(Instant::now());
-            self.api.log().line(format_args!(
+            self.view.log().line(format_args!(
                 "data directory {}: {what} (failed saves so far: {}; retrying, still serving)",
                 self.dir.display(),
-                self.api.log().metrics().saves.failures()
+                self.view.log().metrics().saves.failures()
             ));
         }
     }
@@ -207,7 +207,7 @@ impl Saver {
                 self.pending.clear();
                 self.last_flush = Instant::now();
                 self.last_mark = self.last_flush;
-                self.api
+                self.view
                     .log()
                     .metrics()
                     .saves
@@ -244,7 +244,7 @@ impl Saver {
         match self.write_snapshot(&tmp, clean) {
             Ok(done) => {
                 let bytes = done.bytes;
-                self.api.log().line(format_args!(
+                self.view.log().line(format_args!(
                     "data directory: snapshot of {} apps, {} instances, {bytes} bytes in {} ms (longest lock hold {} us)",
                     done.apps,
                     done.instances,
@@ -253,7 +253,7 @@ impl Saver {
                 ));
                 self.snapshot_due = false;
                 self.last_snapshot = Instant::now();
-                self.api
+                self.view
                     .log()
                     .metrics()
                     .saves
@@ -292,7 +292,7 @@ impl Saver {
         let mut cursor = SnapshotCursor::default();
         let mut done = Written::default();
         loop {
-            let registry = self.api.lock();
+            let registry = self.view.lock();
             let held = Instant::now();
             let mono = clock::now().mono;
             // Copied under the lock, checksummed after it.

@@ -29,11 +29,12 @@ use worker::Worker;
 use mio::net::TcpListener;
 use mio::{Interest, Poll, Waker};
 
-use crate::api::{Api, Topic};
+use crate::api::Api;
 use crate::auth::{Access, TokenFiles};
 use crate::clock;
 use crate::log::{self, Logger};
 use crate::registry::{Millis, Periods};
+use crate::view::Topic;
 
 /// How the server runs. `Default` gives the production settings on `0.0.0.0:8080`.
 #[derive(Debug, Clone)]
@@ -173,17 +174,24 @@ impl Server {
         let logger = Logger::start(config.log)?;
         let log = logger.log();
         let access = Access::load(&config.tokens)?;
-        let api = Arc::new(crate::store::api(&config, periods, logger.log(), access)?);
+        let settings = crate::store::Settings {
+            periods,
+            threads: config.threads,
+            sweep_every: config.sweep_every,
+            log_sweeps: config.log_sweeps,
+        };
+        let (view, store) = crate::store::open(&config.store, settings, logger.log())?;
+        let view = Arc::new(view);
         let data_dir = match &config.store {
             crate::store::StoreConfig::Memory => {
                 // An index never reused (API.md Part 4): above any a previous
                 // server gave. (On etcd the index is etcd's revision.)
-                api.lock().raise_index(clock::index_floor());
+                view.lock().raise_index(clock::index_floor());
                 match &config.data_dir {
                     Some(dir) => Some(crate::persist::DataDir::open(
                         dir,
                         config.snapshot_every,
-                        &api,
+                        &view,
                     )?),
                     None => None,
                 }
@@ -196,6 +204,10 @@ impl Server {
             }
             crate::store::StoreConfig::Etcd { .. } => None,
         };
+        let store_name = store.describe();
+        // Joined on drop if the start fails below.
+        let store_threads = store.spawn(&view)?;
+        let api = Arc::new(Api::new(Arc::clone(&view), store, access));
         let threads = config.threads.max(1);
         let shared = Arc::new(Shared {
             api: Arc::clone(&api),
@@ -218,7 +230,7 @@ impl Server {
         });
         {
             let weak = Arc::downgrade(&shared);
-            api.set_notify(Box::new(move |topics: &[Topic]| {
+            view.set_notify(Box::new(move |topics: &[Topic]| {
                 if let Some(shared) = weak.upgrade() {
                     shared.epoch.fetch_add(1, Ordering::SeqCst);
                     lock(&shared.notified).extend_from_slice(topics);
@@ -262,8 +274,7 @@ impl Server {
                 return Err(e);
             }
         }
-        let store = api.store().describe();
-        server.store = Some(api.store().spawn(&api, &config)?);
+        server.store = Some(store_threads);
         log.line(format_args!(
             "registro {}: {threads} worker threads, at most {} connections, idle timeout {}, \
              request timeout {}, down after {}, evict after {}, sweep every {}, store {}; {}; listening on {local_addr}",
@@ -274,7 +285,7 @@ impl Server {
             secs(config.down_after),
             secs(config.evict_after),
             secs(config.sweep_every),
-            store,
+            store_name,
             config.tokens.describe(),
         ));
         server.logger = Some(logger);

@@ -5,9 +5,9 @@ use std::net::Shutdown;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::api::{self, Outcome};
+use crate::api::Outcome;
 use crate::clock;
-use crate::http::{self, Parsed, Parser, Request};
+use crate::http::{self, Parsed, Parser, Request, Response};
 use crate::registry::Millis;
 
 use super::conn::{owes, After, Conn, ConnIo, Phase};
@@ -142,7 +142,7 @@ impl Worker<'_> {
                 if io.pending.is_empty() {
                     return Verdict::Close;
                 }
-                let response = api::error(
+                let response = Response::error(
                     400,
                     "malformed request: connection closed inside the request",
                 );
@@ -260,7 +260,7 @@ impl Worker<'_> {
                                 .log()
                                 .metrics()
                                 .request("", "", status, Duration::ZERO);
-                            let response = api::error(status, e.to_string());
+                            let response = Response::error(status, e.to_string());
                             let out = if io.out.is_empty() {
                                 &mut self.out
                             } else {

@@ -11,8 +11,7 @@ use std::time::Duration;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-use crate::api;
-use crate::http::{self, Body, Parser};
+use crate::http::{self, Body, Parser, Response};
 use crate::registry::Millis;
 
 use super::conn::{owes, After, Conn, ConnIo, Phase, BUSY, CLOSED, IDLE};
@@ -190,7 +189,7 @@ impl Poller {
         let shared = &self.shared;
         if shared.open.load(Ordering::SeqCst) >= shared.config.max_connections {
             // Refused without ever blocking the poller.
-            let body = api::error(503, "too many connections; try again");
+            let body = Response::error(503, "too many connections; try again");
             let mut out = Vec::with_capacity(256);
             let _ = http::write_response(&mut out, &body, false, false, &date());
             let _ = stream.write(&out);

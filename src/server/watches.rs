@@ -6,10 +6,10 @@ use std::io::{self, Read};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::api::Topic;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::registry::Millis;
+use crate::view::Topic;
 
 use super::conn::{Conn, ConnIo, Phase};
 use super::lock;

@@ -6,8 +6,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
-use crate::api;
-use crate::http;
+use crate::http::{self, Response};
 use crate::registry::Millis;
 
 use super::conn::{mid_request, owes, After, Conn, ConnIo, Phase, BUSY, IDLE};
@@ -151,7 +150,7 @@ impl<'a> Worker<'a> {
             if !owes(io) && io.after == After::Continue && mid_request(io) {
                 // A request still arriving when the grace ran out: told to
                 // come back, never blamed for it.
-                let response = api::error(503, "the server is stopping; try again");
+                let response = Response::error(503, "the server is stopping; try again");
                 let mut out = Vec::new();
                 let _ = http::write_response(&mut out, &response, false, false, &date());
                 if let Some(stream) = &io.stream {

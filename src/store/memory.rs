@@ -5,28 +5,36 @@ use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Error, Registration, Store, Threads};
-use crate::api::Api;
+use super::{Error, Registration, Settings, Store, Threads};
 use crate::clock::Now;
 use crate::registry::Millis;
 use crate::sweeper::Sweeper;
-use crate::Config;
+use crate::view::View;
 
 /// The registry kept in the process only (`--store memory`, the default).
-#[derive(Debug, Default)]
-pub struct Memory;
+#[derive(Debug)]
+pub struct Memory {
+    settings: Settings,
+}
+
+impl Memory {
+    /// The store of a server with these settings (its sweeper's).
+    pub fn new(settings: Settings) -> Memory {
+        Memory { settings }
+    }
+}
 
 impl Store for Memory {
-    fn create_app(&self, api: &Api, name: &str, now: Now) -> Result<(), Error> {
-        let mut registry = api.lock();
+    fn create_app(&self, view: &View, name: &str, now: Now) -> Result<(), Error> {
+        let mut registry = view.lock();
         let event = registry.create_app(name, now.mono)?;
         registry.push_event(event);
-        api.publish(registry, false);
+        view.publish(registry, false);
         Ok(())
     }
 
-    fn register(&self, api: &Api, new: &Registration<'_>, now: Now) -> Result<(), Error> {
-        let mut registry = api.lock();
+    fn register(&self, view: &View, new: &Registration<'_>, now: Now) -> Result<(), Error> {
+        let mut registry = view.lock();
         let event = registry.register(
             new.app,
             new.id,
@@ -36,35 +44,35 @@ impl Store for Memory {
             now.mono,
         )?;
         registry.push_event(event);
-        api.publish(registry, false);
+        view.publish(registry, false);
         Ok(())
     }
 
-    fn renew(&self, api: &Api, app: &str, id: &str, now: Now) -> Result<(), Error> {
+    fn renew(&self, view: &View, app: &str, id: &str, now: Now) -> Result<(), Error> {
         let asked = Instant::now();
-        let mut registry = api.lock();
+        let mut registry = view.lock();
         // Its time is when the lock is had: the wait on it is added, so a
         // heartbeat that waited never moves `lastRenewal` backwards.
         let waited = Millis::try_from(asked.elapsed().as_millis()).unwrap_or(0);
         let event = registry.renew(app, id, now.mono.saturating_add(waited))?;
-        api.log().metrics().heartbeat();
+        view.log().metrics().heartbeat();
         match event {
             // A plain heartbeat: nothing to log, nobody to wake.
             None => drop(registry),
             Some(event) => {
                 registry.push_event(event);
-                api.publish(registry, false);
+                view.publish(registry, false);
             }
         }
         Ok(())
     }
 
-    fn take_out_of_service(&self, api: &Api, app: &str, id: &str, now: Now) -> Result<(), Error> {
-        let mut registry = api.lock();
+    fn take_out_of_service(&self, view: &View, app: &str, id: &str, now: Now) -> Result<(), Error> {
+        let mut registry = view.lock();
         if let Some(event) = registry.take_out_of_service(app, id, now.mono)? {
             registry.push_event(event);
         }
-        api.publish(registry, false);
+        view.publish(registry, false);
         Ok(())
     }
 
@@ -72,7 +80,12 @@ impl Store for Memory {
         "memory".to_string()
     }
 
-    fn spawn(&self, api: &Arc<Api>, config: &Config) -> io::Result<Threads> {
-        Sweeper::spawn(Arc::clone(api), config.sweep_every, config.log_sweeps).map(Threads::Memory)
+    fn spawn(&self, view: &Arc<View>) -> io::Result<Threads> {
+        let Settings {
+            sweep_every,
+            log_sweeps,
+            ..
+        } = self.settings;
+        Sweeper::spawn(Arc::clone(view), sweep_every, log_sweeps).map(Threads::Memory)
     }
 }

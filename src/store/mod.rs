@@ -1,23 +1,23 @@
 //! The seam between the API and where the registry is kept.
 //!
-//! [`crate::api::Api`] reads a local view, a [`Registry`] behind a `Mutex`
-//! (`Api::lock`), and sends every write (create an app, register, renew, take
-//! out of service) to a [`Store`], which changes that view itself or has it
-//! changed: [`memory::Memory`] changes the view in place (the registry lives
-//! in the process, the sweeper is its ticker); [`etcd::Etcd`] commits the
-//! change in an etcd cluster and answers once the view, fed by an etcd watch,
-//! has applied it. Every change of the view goes through `Api::publish`.
+//! The API reads a local view ([`View`]: a `Registry` behind a `Mutex`) and
+//! sends every write (create an app, register, renew, take out of service)
+//! to a [`Store`], which changes that view itself or has it changed:
+//! [`memory::Memory`] changes the view in place (the registry lives in the
+//! process, the sweeper is its ticker); [`etcd::Etcd`] commits the change in
+//! an etcd cluster and answers once the view, fed by an etcd watch, has
+//! applied it. Every change of the view goes through [`View::publish`]. A
+//! store knows the view, never the API above it.
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::api::Api;
-use crate::auth::Access;
 use crate::clock::Now;
 use crate::log::Log;
-use crate::registry::{self, Metadata, Periods};
+use crate::registry::{self, Metadata, Millis, Periods, Registry};
 use crate::sweeper::Sweeper;
-use crate::Config;
+use crate::view::View;
 
 /// Where the registry is kept (`--store`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,21 +34,41 @@ pub enum StoreConfig {
     },
 }
 
-/// The API over the store `config.store` names: for etcd, connected, the
-/// periods checked and the registry read (an error here is one line for
-/// the user: `InvalidInput`).
-pub fn api(config: &Config, periods: Periods, log: Log, access: Access) -> io::Result<Api> {
-    match &config.store {
-        StoreConfig::Memory => Ok(Api::new(periods, log, access)),
+/// What a store is opened with, besides where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// The registry's periods.
+    pub periods: Periods,
+    /// The server's worker threads.
+    pub threads: usize,
+    /// The memory store's full sweep (`--sweep-every`).
+    pub sweep_every: Duration,
+    /// Whether every full sweep is logged (`--log-sweeps`).
+    pub log_sweeps: bool,
+}
+
+/// The store `config` names and the view it keeps: for etcd, connected, the
+/// periods checked and the registry read (an error here is one line for the
+/// user: `InvalidInput`).
+pub fn open(
+    config: &StoreConfig,
+    settings: Settings,
+    log: Log,
+) -> io::Result<(View, Box<dyn Store>)> {
+    match config {
+        StoreConfig::Memory => {
+            let view = View::new(Registry::new(settings.periods), log);
+            Ok((view, Box::new(memory::Memory::new(settings))))
+        }
         StoreConfig::Etcd { members, prefix } => {
-            let settings = etcd::Settings {
+            let etcd = etcd::Settings {
                 members: members.clone(),
                 prefix: prefix.clone(),
-                periods,
-                threads: config.threads,
+                periods: settings.periods,
+                threads: settings.threads,
             };
-            let (store, view) = etcd::Etcd::open(settings, log.clone())?;
-            Ok(Api::with_store(view, Box::new(store), log, access))
+            let (store, registry) = etcd::Etcd::open(etcd, log.clone())?;
+            Ok((View::new(registry, log), Box::new(store)))
         }
     }
 }
@@ -107,24 +127,38 @@ impl From<registry::Error> for Error {
 }
 
 /// Where writes go. Each method returns once the change is in the local
-/// view (`Api::lock`), so a read that follows on the same server sees it.
+/// view (`view`), so a read that follows on the same server sees it.
 pub trait Store: Send + Sync {
     /// Creates an application.
-    fn create_app(&self, api: &Api, name: &str, now: Now) -> Result<(), Error>;
+    fn create_app(&self, view: &View, name: &str, now: Now) -> Result<(), Error>;
     /// Registers an instance (API.md Part 2's rules).
-    fn register(&self, api: &Api, new: &Registration<'_>, now: Now) -> Result<(), Error>;
+    fn register(&self, view: &View, new: &Registration<'_>, now: Now) -> Result<(), Error>;
     /// A heartbeat.
-    fn renew(&self, api: &Api, app: &str, id: &str, now: Now) -> Result<(), Error>;
+    fn renew(&self, view: &View, app: &str, id: &str, now: Now) -> Result<(), Error>;
     /// Takes an instance out of service.
-    fn take_out_of_service(&self, api: &Api, app: &str, id: &str, now: Now) -> Result<(), Error>;
-    /// `Err(why)` while the store cannot take changes (`/healthz` answers 503).
-    fn health(&self) -> Result<(), String> {
+    fn take_out_of_service(&self, view: &View, app: &str, id: &str, now: Now) -> Result<(), Error>;
+    /// `Err(status)` while the store cannot serve as it should:
+    /// `/healthz` answers 503 with that status (`store unreachable`, `view
+    /// behind`).
+    fn health(&self) -> Result<(), &'static str> {
         Ok(())
+    }
+    /// Milliseconds since the view last heard from where the registry is
+    /// kept (`Registro-Last-Contact`); `None` when the view is the registry.
+    fn last_contact(&self) -> Option<Millis> {
+        None
+    }
+    /// Before a read answers 404: waits (bounded) until the view has every
+    /// change the store had committed, so that a change made through another
+    /// server is seen; false when there was nothing to wait for or it could
+    /// not be known (then the view answers as it is).
+    fn catch_up(&self) -> bool {
+        false
     }
     /// Appends the store's own metric families to a `/metrics` page.
     fn render_metrics(&self, _out: &mut String) {}
     /// What the start-up line calls it.
     fn describe(&self) -> String;
     /// Starts the store's threads.
-    fn spawn(&self, api: &Arc<Api>, config: &Config) -> io::Result<Threads>;
+    fn spawn(&self, view: &Arc<View>) -> io::Result<Threads>;
 }

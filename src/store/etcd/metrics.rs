@@ -1,5 +1,7 @@
 //! `registro_store_requests_total{op,result}` and
-//! `registro_store_request_duration_seconds{op}`: atomics, labels fixed.
+//! `registro_store_request_duration_seconds{op}`: atomics, labels fixed;
+//! and the view's freshness: `registro_store_last_contact_seconds`,
+//! `registro_store_watch_member{member}` (a label per configured member).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -110,6 +112,28 @@ impl StoreMetrics {
             let _ = writeln!(out, "{name}_sum{{op=\"{label}\"}} {sum}");
             let _ = writeln!(out, "{name}_count{{op=\"{label}\"}} {total}");
         }
+    }
+}
+
+/// Appends the view's freshness: seconds since it last heard from etcd,
+/// and which of `members` its watch is on (1 for that one, 0 for the rest).
+pub fn render_view(out: &mut String, silent_ms: u64, members: &[String], watching: usize) {
+    let name = "registro_store_last_contact_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time since the server's view last heard from etcd (its watch)."
+    );
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "{name} {}", silent_ms as f64 / 1000.0);
+    let name = "registro_store_watch_member";
+    let _ = writeln!(
+        out,
+        "# HELP {name} The etcd member the server's watch is on (1), by member."
+    );
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for (i, member) in members.iter().enumerate() {
+        let on = u8::from(i == watching);
+        let _ = writeln!(out, "{name}{{member=\"{member}\"}} {on}");
     }
 }
 

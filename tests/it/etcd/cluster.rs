@@ -264,6 +264,11 @@ impl Cluster {
         })
     }
 
+    /// The client port of member `i`.
+    pub fn client_port(&self, i: usize) -> u16 {
+        self.members[i].client
+    }
+
     /// `etcd://127.0.0.1:C1,127.0.0.1:C2,127.0.0.1:C3`, for `--store`.
     pub fn store(&self) -> String {
         self.store_of(&[0, 1, 2])
@@ -326,11 +331,6 @@ impl Cluster {
             assert!(Instant::now() < end, "no etcd leader within {READY:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-
-    /// Member `i`'s client port.
-    pub fn client_port(&self, i: usize) -> u16 {
-        self.members[i].client
     }
 
     /// Member `i`'s log (its stderr).
