@@ -552,12 +552,12 @@ impl Fleet {
             Kind::PauseLeader | Kind::PauseWatched => {
                 let leader = self.cluster.leader();
                 let watched = match kind {
-                    Kind::PauseWatched => self.servers[server]
-                        .as_ref()
-                        .and_then(|p| watched_member(p.child.id(), &self.client_ports())),
+                    Kind::PauseWatched => self.servers[server].as_ref().and_then(|p| {
+                        watched_member(ctx.addrs[server], p.child.id(), &self.client_ports())
+                    }),
                     _ => None,
                 };
-                let m = watched.unwrap_or(leader);
+                let m = watched.map_or(leader, |(m, _)| m);
                 began = ctx.now();
                 self.cluster.freeze(m, true);
                 thread::sleep(length);
@@ -568,8 +568,8 @@ impl Fleet {
                     "a follower"
                 };
                 what = match (kind, watched) {
-                    (Kind::PauseWatched, Some(_)) => format!(
-                        "SIGSTOP of etcd m{} ({role}, which registro {server}'s watch is on) for {:.1} s",
+                    (Kind::PauseWatched, Some((_, from))) => format!(
+                        "SIGSTOP of etcd m{} ({role}, which registro {server}'s watch is on, per {from}) for {:.1} s",
                         m + 1,
                         length.as_secs_f64()
                     ),
@@ -615,22 +615,48 @@ impl Fleet {
     }
 }
 
-/// Which member (an index into `client_ports`) the watch stream of server
-/// `pid` is connected to. The server says it nowhere until its watch has
-/// been lost once (a log line), so this reads its sockets with `ss`: the
-/// watch is the connection to a member's client port that sent one
-/// request (a few hundred bytes) and keeps receiving (events, and progress
-/// notifications every second); pooled connections send a request per
-/// answer.
-fn watched_member(pid: u32, client_ports: &[u16]) -> Option<usize> {
+/// Which member (an index into `client_ports`) the watch of the server at
+/// `addr` (process `pid`) is on, and how that was found: from its
+/// `/metrics` (`registro_store_watch_member`), or where a server does not
+/// say it, from its sockets with `ss`.
+fn watched_member(
+    addr: SocketAddr,
+    pid: u32,
+    client_ports: &[u16],
+) -> Option<(usize, &'static str)> {
+    let metrics = agent()
+        .get(&format!("http://{addr}/metrics"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok());
+    if let Some(m) = metrics.and_then(|text| watch_in_metrics(&text, client_ports)) {
+        return Some((m, "its /metrics"));
+    }
     let out = Command::new("ss")
         .args(["-tinpH", "state", "established"])
         .output()
         .ok()?;
-    watch_in_ss(&String::from_utf8_lossy(&out.stdout), pid, client_ports)
+    watch_in_ss(&String::from_utf8_lossy(&out.stdout), pid, client_ports).map(|m| (m, "ss"))
 }
 
-/// [`watched_member`] on the text `ss -tinpH state established` printed.
+/// The member `registro_store_watch_member{member="HOST:PORT"} 1` names.
+fn watch_in_metrics(text: &str, client_ports: &[u16]) -> Option<usize> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix("registro_store_watch_member{member=\"")?;
+        let (member, value) = rest.split_once("\"}")?;
+        if value.trim() != "1" {
+            return None;
+        }
+        let port: u16 = member.rsplit(':').next()?.parse().ok()?;
+        client_ports.iter().position(|&p| p == port)
+    })
+}
+
+/// The watch's connection among the sockets of process `pid`, as `ss`
+/// shows them: the connection to a member's client port that sent one
+/// request (a few hundred bytes) and keeps receiving (events, and progress
+/// notifications every second); pooled connections send a request per
+/// answer.
 fn watch_in_ss(text: &str, pid: u32, client_ports: &[u16]) -> Option<usize> {
     let owner = format!("pid={pid},");
     let mut best: Option<(u64, usize)> = None;
@@ -882,6 +908,18 @@ fn kills_and_pauses_lose_nothing_and_mark_no_live_instance_down() {
     if installed("chaos::kills_and_pauses_lose_nothing_and_mark_no_live_instance_down") {
         run(&Settings::from_env());
     }
+}
+
+#[test]
+fn the_watched_member_is_read_from_metrics() {
+    let text = "\
+# TYPE registro_store_watch_member gauge
+registro_store_watch_member{member=\"127.0.0.1:2379\"} 0
+registro_store_watch_member{member=\"127.0.0.1:22379\"} 1
+registro_store_watch_member{member=\"127.0.0.1:32379\"} 0
+";
+    assert_eq!(watch_in_metrics(text, &[32379, 2379, 22379]), Some(2));
+    assert_eq!(watch_in_metrics("registro_up 1\n", &[2379]), None);
 }
 
 #[test]
