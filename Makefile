@@ -53,6 +53,7 @@ test: ## Check formatting, run clippy with -D warnings, run every test of the wo
 	$(CARGO) clippy $(CARGOFLAGS) --workspace --all-targets -- -D warnings
 	@missing=""; for p in prometheus promtool chromium chromedriver etcd; do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then echo "SKIP the Prometheus, Chromium and etcd tests (missing:$$missing): install them with: apt-get install prometheus chromium chromium-driver etcd-server etcd-client"; fi
+	@python3 -c 'import openapi_spec_validator' 2>/dev/null || echo "SKIP the OpenAPI validator's check of docs/openapi.json: install it with: python3 -m pip install openapi-spec-validator"
 	$(CARGO) test $(CARGOFLAGS) --workspace
 	@if command -v python3 >/dev/null 2>&1 && command -v curl >/dev/null 2>&1; then \
 	  python3 .ci/smoke.py readme '$(TARGET_DIR)/debug/registro' README.md docs/*.md; \

@@ -123,7 +123,14 @@ def exercise(addr):
     status, ctype, raw = request(conn, "GET", "/metrics")
     check(status == 200 and ctype.startswith("text/plain; version=0.0.4"), f"/metrics: {status} {ctype!r}")
     check(b'registro_instances{status="up"} 1' in raw, f"/metrics does not count the instance up: {raw!r}")
-    say("/healthz, the dashboard and /metrics served")
+    status, ctype, raw = request(conn, "GET", f"{root}/openapi.json")
+    check(status == 200 and ctype == "application/json" and json.loads(raw).get("openapi") == "3.1.0",
+          f"the OpenAPI document: {status} {ctype!r} {raw[:80]!r}")
+    status, ctype, raw = request(conn, "GET", f"{root}/sd/prometheus")
+    check(status == 200 and json.loads(raw) == [{"targets": ["127.0.0.1:8080"], "labels": {
+        "__meta_registro_app": "smoke", "__meta_registro_instance": "smoke-1",
+        "__meta_registro_status": "up"}}], f"Prometheus SD: {status} {raw!r}")
+    say("/healthz, the dashboard, /metrics, the OpenAPI document and Prometheus SD served")
     return conn
 
 

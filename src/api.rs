@@ -8,6 +8,7 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+mod sd;
 mod views;
 
 use crate::auth::Access;
@@ -25,6 +26,13 @@ pub const MAX_NAME: usize = 255;
 
 const ALLOW_COLLECTION: &str = "GET, HEAD, POST";
 const ALLOW_INSTANCE: &str = "DELETE, GET, HEAD, PUT";
+const ALLOW_READ: &str = "GET, HEAD";
+
+/// The OpenAPI 3.1 document of every route, served from the binary (no file
+/// needed, so it is there in a `FROM scratch` image too).
+pub const OPENAPI: &str = include_str!("../docs/openapi.json");
+/// Where the document is served.
+pub const OPENAPI_PATH: &str = "/registro/1.0/openapi.json";
 
 /// The HTTP API: reads the view, sends every write to the store.
 pub struct Api {
@@ -177,6 +185,13 @@ impl Api {
             (["apps", app, id], "PUT") => respond(self.renew(app, id, now)),
             (["apps", app, id], "DELETE") => respond(self.take_out_of_service(app, id, now)),
             (["apps", _, _], _) => Err(not_allowed(method, ALLOW_INSTANCE)),
+            (["sd", "prometheus"], _) if get => respond(self.sd_prometheus(target, now)),
+            (["sd", "prometheus"], _) => Err(not_allowed(method, ALLOW_READ)),
+            (["openapi.json"], _) if get => Ok(Outcome::Respond(Response::json(
+                200,
+                OPENAPI.as_bytes().to_vec(),
+            ))),
+            (["openapi.json"], _) => Err(not_allowed(method, ALLOW_READ)),
             _ => Err(error(
                 404,
                 "no such route; the API is under /registro/1.0/apps",
@@ -331,6 +346,7 @@ impl Api {
         self.store
             .register(&self.view, &registration, now)
             .map_err(|e| store_refusal(e, app, &new.id))?;
+        self.view.log().metrics().registered();
         let view = self.view.lock().instance(app, &new.id, now.mono);
         let mut response = match view {
             Ok(view) => Response::json(201, views::instance(&view, now)),

@@ -316,8 +316,11 @@ impl Access {
         let path = request.target.split('?').next().unwrap_or_default();
         let get = matches!(request.method.as_str(), "GET" | "HEAD");
         // The dashboard's page holds no data (it is the same for everyone)
-        // and must load to ask for a token when its requests get a 401.
-        if path == "/healthz" || get && (path == "/" || path == "/favicon.ico") {
+        // and must load to ask for a token when its requests get a 401; nor
+        // does the API's OpenAPI document.
+        if path == "/healthz"
+            || get && (path == "/" || path == "/favicon.ico" || path == crate::api::OPENAPI_PATH)
+        {
             return Need::Nothing;
         }
         match request.method.as_str() {

@@ -317,14 +317,13 @@ impl Log {
     /// budget the event is counted for the next summary. `wait` as in
     /// [`Log::line_waiting`].
     pub fn event(&self, event: &Event, wait: bool) {
-        // Every registration and eviction is an event passing here, so the
-        // counts are exact whatever the budget lets through.
-        match event {
-            Event::InstanceAdded { .. } | Event::InstanceReplaced { .. } => {
-                self.metrics.registered();
-            }
-            Event::InstanceRemoved { .. } => self.metrics.evicted(1),
-            _ => {}
+        // Every eviction is an event passing here, so the count is exact
+        // whatever the budget lets through. (Registrations are counted by
+        // the API as it accepts them: a view fed by etcd sees other
+        // servers' registrations too, and not a repeated one that changes
+        // nothing it shows.)
+        if let Event::InstanceRemoved { .. } = event {
+            self.metrics.evicted(1);
         }
         let Some(shared) = &self.shared else {
             return;

@@ -41,17 +41,23 @@ pub enum Route {
     App,
     /// `/registro/1.0/apps/{app}/{id}`.
     Instance,
+    /// `/registro/1.0/sd/prometheus`.
+    SdPrometheus,
+    /// `/registro/1.0/openapi.json`.
+    OpenApi,
     /// Anything else (answered 404).
     Other,
 }
 
-const ROUTES: [Route; 7] = [
+const ROUTES: [Route; 9] = [
     Route::Dashboard,
     Route::Healthz,
     Route::Metrics,
     Route::Apps,
     Route::App,
     Route::Instance,
+    Route::SdPrometheus,
+    Route::OpenApi,
     Route::Other,
 ];
 
@@ -63,6 +69,10 @@ impl Route {
             "/" => return Route::Dashboard,
             "/healthz" => return Route::Healthz,
             "/metrics" => return Route::Metrics,
+            "/registro/1.0/sd/prometheus" | "/registro/1.0/sd/prometheus/" => {
+                return Route::SdPrometheus
+            }
+            "/registro/1.0/openapi.json" | "/registro/1.0/openapi.json/" => return Route::OpenApi,
             _ => {}
         }
         let Some(rest) = path.strip_prefix("/registro/1.0/apps") else {
@@ -91,6 +101,8 @@ impl Route {
             Route::Apps => "/registro/1.0/apps",
             Route::App => "/registro/1.0/apps/{app}",
             Route::Instance => "/registro/1.0/apps/{app}/{id}",
+            Route::SdPrometheus => "/registro/1.0/sd/prometheus",
+            Route::OpenApi => "/registro/1.0/openapi.json",
             Route::Other => "other",
         }
     }
@@ -694,6 +706,16 @@ mod tests {
             "/registro/1.0/apps/{app}/{id}",
         );
         check_route("/registro/1.0/apps/web/i-1/x", "other");
+        check_route(
+            "/registro/1.0/sd/prometheus?app=web&status=up",
+            "/registro/1.0/sd/prometheus",
+        );
+        check_route(
+            "/registro/1.0/sd/prometheus/",
+            "/registro/1.0/sd/prometheus",
+        );
+        check_route("/registro/1.0/sd/prometheusx", "other");
+        check_route("/registro/1.0/openapi.json", "/registro/1.0/openapi.json");
         check_route("/registro/1.0/appsx", "other");
         check_route("/etc/passwd", "other");
         check_route("*", "other");

@@ -17,7 +17,7 @@ use crate::clock::Now;
 use crate::registry::{AppSummary, AppView, InstanceView, Status};
 
 /// Instances encoded between two yields of the core: about 40 µs of work.
-const YIELD_EVERY: usize = 256;
+pub(super) const YIELD_EVERY: usize = 256;
 
 /// Fixed text of one instance with the longest status, port and time:
 /// `{"id":"","ip":"","port":65535,"status":"out-of-service","lastRenewal":9999999999},`.
@@ -144,7 +144,7 @@ fn write_instance(out: &mut Vec<u8>, i: &InstanceView, now: Now) {
 
 /// `s` as a JSON string, escaped as serde_json escapes it: `"`, `\\` and
 /// the control characters; runs of other bytes are copied whole.
-fn string(out: &mut Vec<u8>, s: &str) {
+pub(super) fn string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let bytes = s.as_bytes();

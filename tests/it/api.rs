@@ -3,8 +3,10 @@
 //! (error bodies, 405 with `Allow`, re-registration, validation limits, path
 //! decoding, HEAD, keep-alive, `Expect: 100-continue`, chunked bodies).
 //!
-//! Most requests go over one kept-alive [`Conn`] per test, so every test also
-//! shows that the server keeps serving a connection after a 4xx.
+//! What reaches the store is a scenario, run on every store
+//! (`scenarios.rs`); how requests are read and framed is tested on memory.
+//! Requests go over kept-alive connections, so every test also shows that
+//! the server keeps serving a connection after a 4xx.
 
 use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,7 +14,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use registro::Server;
 use serde_json::{json, Value};
 
-use crate::support::{agent, base, raw, start, Conn, Reply};
+use crate::scenarios::{app_in, seen, table, Registry};
+use crate::support::{agent, base, raw, start, Conn, Exchange, Reply};
+
+table![
+    Still: get_apps_lists_every_app,
+    Still: post_apps_creates_an_app,
+    Still: get_app_shows_its_instances,
+    Still: post_app_registers_an_instance,
+    Still: body_errors_state_each_fields_rule_in_words,
+    Still: get_instance_shows_one_instance,
+    Still: put_renews_an_instance,
+    Still: delete_takes_an_instance_out_of_service,
+    Still: reregistration_rules,
+    Still: unsupported_methods_answer_405_with_allow,
+    Still: a_trailing_slash_and_a_query_string_are_ignored,
+    Still: path_segments_are_percent_decoded,
+    Still: head_answers_like_get_without_a_body,
+    Still: original_client_flow,
+];
 
 /// A fresh server and one keep-alive connection to it.
 fn fresh() -> (Server, Conn) {
@@ -24,7 +44,13 @@ fn fresh() -> (Server, Conn) {
 /// Sends `METHOD /registro/1.0PATH` with `body` and checks the status, and
 /// that the answer is well formed for it (see [`well_formed`]).
 #[track_caller]
-pub(crate) fn check(c: &mut Conn, method: &str, path: &str, body: &str, status: u16) -> Reply {
+pub(crate) fn check(
+    c: &mut impl Exchange,
+    method: &str,
+    path: &str,
+    body: &str,
+    status: u16,
+) -> Reply {
     let r = c.send(method, path, body);
     assert_eq!(
         r.status, status,
@@ -105,6 +131,20 @@ pub(crate) fn assert_instance(v: &Value, id: &str, ip: &str, port: u16, status: 
     );
 }
 
+/// `GET PATH` answers 200 with exactly this instance ([`assert_instance`]).
+#[track_caller]
+pub(crate) fn assert_reads(
+    c: &mut impl Exchange,
+    path: &str,
+    id: &str,
+    ip: &str,
+    port: u16,
+    status: &str,
+) {
+    let v = check(c, "GET", path, "", 200).json();
+    assert_instance(&v, id, ip, port, status);
+}
+
 /// An App is `{"name", "instances"}`; `instances` may be left out when empty
 /// (as the original did). Returns the instances.
 #[track_caller]
@@ -126,10 +166,16 @@ pub(crate) fn assert_app(v: &Value, name: &str) -> Vec<Value> {
 
 /// The instance ids of app `name`, sorted.
 #[track_caller]
-pub(crate) fn ids(c: &mut Conn, name: &str) -> Vec<String> {
-    let r = check(c, "GET", &format!("/apps/{name}"), "", 200);
-    let mut ids: Vec<String> = assert_app(&r.json(), name)
-        .iter()
+pub(crate) fn ids(c: &mut impl Exchange, name: &str) -> Vec<String> {
+    let app = check(c, "GET", &format!("/apps/{name}"), "", 200).json();
+    assert_app(&app, name);
+    ids_in(&app)
+}
+
+/// The instance ids of an App's JSON, sorted.
+pub(crate) fn ids_in(app: &Value) -> Vec<String> {
+    let list = app["instances"].as_array().into_iter().flatten();
+    let mut ids: Vec<String> = list
         .map(|i| i["id"].as_str().unwrap_or_default().to_string())
         .collect();
     ids.sort();
@@ -146,7 +192,7 @@ pub(crate) fn instance_body(id: &str, ip: &str, port: u16) -> String {
 
 /// Registers instance `id` of `app` at `ip:port`, expecting 201.
 #[track_caller]
-pub(crate) fn register(c: &mut Conn, app: &str, id: &str, ip: &str, port: u16) -> Reply {
+pub(crate) fn register(c: &mut impl Exchange, app: &str, id: &str, ip: &str, port: u16) -> Reply {
     check(
         c,
         "POST",
@@ -167,9 +213,8 @@ fn request(method: &str, target: &str, body: &str) -> Vec<u8> {
 
 // --- One test per row of the route table ---------------------------------
 
-#[test]
-fn get_apps_lists_every_app() {
-    let (_s, mut c) = fresh();
+fn get_apps_lists_every_app(s: &Registry) {
+    let mut c = s.client();
     let r = check(&mut c, "GET", "/apps", "", 200);
     assert_eq!(r.json(), json!({ "applications": [] }));
 
@@ -197,9 +242,8 @@ fn get_apps_lists_every_app() {
     assert_instance(&web[0], "web-1", "10.0.0.7", 8080, "starting");
 }
 
-#[test]
-fn post_apps_creates_an_app() {
-    let (_s, mut c) = fresh();
+fn post_apps_creates_an_app(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     assert!(assert_app(&check(&mut c, "GET", "/apps/web", "", 200).json(), "web").is_empty());
     check(&mut c, "POST", "/apps", &app_body("web"), 409);
@@ -236,7 +280,7 @@ fn post_apps_creates_an_app() {
         check(&mut c, "POST", "/apps", &body, status);
     }
     // Invalid UTF-8 inside the JSON string.
-    let r = c.send_raw(
+    let r = s.conn(0).send_raw(
         b"POST /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nContent-Length: 12\r\n\r\n{\"name\":\"\xff\"}",
         false,
     );
@@ -258,9 +302,8 @@ fn post_apps_creates_an_app() {
     assert_eq!(listed, expected);
 }
 
-#[test]
-fn get_app_shows_its_instances() {
-    let (_s, mut c) = fresh();
+fn get_app_shows_its_instances(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "GET", "/apps/web", "", 404);
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     let v = check(&mut c, "GET", "/apps/web", "", 200).json();
@@ -281,15 +324,20 @@ fn get_app_shows_its_instances() {
     check(&mut c, "GET", "/apps/we", "", 404);
 }
 
-#[test]
-fn post_app_registers_an_instance() {
-    let (_s, mut c) = fresh();
+fn post_app_registers_an_instance(s: &Registry) {
+    let mut c = s.client();
     let ok = instance_body("web-1", "10.0.0.7", 8080);
     check(&mut c, "POST", "/apps/web", &ok, 404);
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     check(&mut c, "POST", "/apps/web", &ok, 201);
-    let v = check(&mut c, "GET", "/apps/web/web-1", "", 200).json();
-    assert_instance(&v, "web-1", "10.0.0.7", 8080, "starting");
+    assert_reads(
+        &mut c,
+        "/apps/web/web-1",
+        "web-1",
+        "10.0.0.7",
+        8080,
+        "starting",
+    );
 
     let long = "i".repeat(255);
     for (body, status) in [
@@ -350,87 +398,68 @@ fn post_app_registers_an_instance() {
         expected,
         "a refused registration left a trace"
     );
-    let v = check(&mut c, "GET", "/apps/web/extra", "", 200).json();
-    assert_instance(&v, "extra", "10.0.0.1", 80, "starting");
-    let v = check(&mut c, "GET", "/apps/web/p65535", "", 200).json();
-    assert_instance(&v, "p65535", "10.0.0.1", 65535, "starting");
+    assert_reads(
+        &mut c,
+        "/apps/web/extra",
+        "extra",
+        "10.0.0.1",
+        80,
+        "starting",
+    );
+    assert_reads(
+        &mut c,
+        "/apps/web/p65535",
+        "p65535",
+        "10.0.0.1",
+        65535,
+        "starting",
+    );
 }
 
 /// A body that breaks a rule is answered with the rule in words, never in
 /// the terms of the Rust types behind it (`invalid type: string "8080",
 /// expected u64`).
-#[test]
-fn body_errors_state_each_fields_rule_in_words() {
-    let (_s, mut c) = fresh();
+fn body_errors_state_each_fields_rule_in_words(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
-    let port = "port must be a number from 1 to 65535";
-    let id = "id must be a string of 1 to 255 bytes without '/'";
-    let example = r#"{"id": "web-1", "ip": "10.0.0.7", "port": 8080}"#;
-    for (path, body, message) in [
-        (
-            "/apps/web",
-            r#"{"id": "a", "ip": "10.0.0.1", "port": "8080"}"#.to_string(),
-            format!(r#"{port}, not the string "8080""#),
-        ),
-        (
-            "/apps/web",
-            r#"{"id": "a", "ip": "10.0.0.1", "port": 80.5}"#.into(),
-            format!("{port}, not 80.5"),
-        ),
-        (
-            "/apps/web",
-            r#"{"id": "a", "ip": "10.0.0.1", "port": -1}"#.into(),
-            format!("{port}, not -1"),
-        ),
-        (
-            "/apps/web",
-            r#"{"id": "a", "ip": "10.0.0.1", "port": 70000}"#.into(),
-            format!("{port}, not 70000"),
-        ),
-        (
-            "/apps/web",
-            r#"{"id": "a", "ip": "10.0.0.1", "port": null}"#.into(),
-            format!("{port}, not null"),
-        ),
-        (
-            "/apps/web",
-            r#"{"id": "a", "ip": "10.0.0.1"}"#.into(),
-            "port is missing: it must be a number from 1 to 65535".into(),
-        ),
-        (
-            "/apps/web",
-            r#"{"id": 7, "ip": "10.0.0.1", "port": 80}"#.into(),
-            format!("{id}, not 7"),
-        ),
-        (
-            "/apps/web",
-            r#"{"id": "a", "ip": ["10.0.0.1"], "port": 80}"#.into(),
-            "ip must be a string that is not empty (the address the instance is reached at), not a list".into(),
-        ),
-        (
-            "/apps/web",
-            String::new(),
-            format!("the request body is empty; send a JSON object such as {example}"),
-        ),
-        (
-            "/apps/web",
-            r#"["a", "10.0.0.1", 80]"#.into(),
-            format!("the request body must be a JSON object such as {example}, not a list"),
-        ),
-        (
-            "/apps",
-            r#"{"name": 5}"#.into(),
-            "name must be a string of 1 to 255 bytes without '/', not 5".into(),
-        ),
-        (
-            "/apps",
-            r#"{"nom": "web"}"#.into(),
-            "name is missing: it must be a string of 1 to 255 bytes without '/'".into(),
-        ),
-    ] {
-        let r = check(&mut c, "POST", path, &body, 400);
+    let mut says = |path: &str, body: &str, message: &str| {
+        let r = check(&mut c, "POST", path, body, 400);
         assert_eq!(r.error(), message, "POST {path} {body}");
+    };
+    let port = "port must be a number from 1 to 65535";
+    for (value, shown) in [
+        (r#""8080""#, r#"the string "8080""#),
+        ("80.5", "80.5"),
+        ("-1", "-1"),
+        ("70000", "70000"),
+        ("null", "null"),
+    ] {
+        let body = format!(r#"{{"id": "a", "ip": "10.0.0.1", "port": {value}}}"#);
+        says("/apps/web", &body, &format!("{port}, not {shown}"));
     }
+    let missing = "port is missing: it must be a number from 1 to 65535";
+    says("/apps/web", r#"{"id": "a", "ip": "10.0.0.1"}"#, missing);
+    let id = "id must be a string of 1 to 255 bytes without '/', not 7";
+    says(
+        "/apps/web",
+        r#"{"id": 7, "ip": "10.0.0.1", "port": 80}"#,
+        id,
+    );
+    let ip = "ip must be a string that is not empty (the address the instance is reached at), not a list";
+    says(
+        "/apps/web",
+        r#"{"id": "a", "ip": ["10.0.0.1"], "port": 80}"#,
+        ip,
+    );
+    let example = r#"{"id": "web-1", "ip": "10.0.0.7", "port": 8080}"#;
+    let empty = format!("the request body is empty; send a JSON object such as {example}");
+    says("/apps/web", "", &empty);
+    let list = format!("the request body must be a JSON object such as {example}, not a list");
+    says("/apps/web", r#"["a", "10.0.0.1", 80]"#, &list);
+    let name = "name must be a string of 1 to 255 bytes without '/'";
+    says("/apps", r#"{"name": 5}"#, &format!("{name}, not 5"));
+    let missing = "name is missing: it must be a string of 1 to 255 bytes without '/'";
+    says("/apps", r#"{"nom": "web"}"#, missing);
     // Not JSON at all: where, and what a body looks like.
     let r = check(&mut c, "POST", "/apps", "{name: web}", 400);
     assert!(
@@ -443,30 +472,34 @@ fn body_errors_state_each_fields_rule_in_words() {
     );
 }
 
-#[test]
-fn get_instance_shows_one_instance() {
-    let (_s, mut c) = fresh();
-    check(&mut c, "GET", "/apps/web/web-1", "", 404);
-    check(&mut c, "POST", "/apps", &app_body("web"), 201);
-    check(&mut c, "GET", "/apps/web/web-1", "", 404);
-    register(&mut c, "web", "web-1", "10.0.0.7", 8080);
-    let v = check(&mut c, "GET", "/apps/web/web-1", "", 200).json();
-    assert_instance(&v, "web-1", "10.0.0.7", 8080, "starting");
+/// `METHOD /apps/web/web-1` answers 404 without the app, then without the
+/// instance; then `web-1` is registered at 10.0.0.7:8080.
+fn not_found_until_registered(c: &mut impl Exchange, method: &str) {
+    check(c, method, "/apps/web/web-1", "", 404);
+    check(c, "POST", "/apps", &app_body("web"), 201);
+    check(c, method, "/apps/web/web-1", "", 404);
+    register(c, "web", "web-1", "10.0.0.7", 8080);
+}
+
+/// `web-1` (registered by [`not_found_until_registered`]) reads `status`.
+#[track_caller]
+fn web_1_reads(c: &mut impl Exchange, status: &str) {
+    assert_reads(c, "/apps/web/web-1", "web-1", "10.0.0.7", 8080, status);
+}
+
+fn get_instance_shows_one_instance(s: &Registry) {
+    let mut c = s.client();
+    not_found_until_registered(&mut c, "GET");
+    web_1_reads(&mut c, "starting");
     check(&mut c, "GET", "/apps/web/web-2", "", 404);
     check(&mut c, "GET", "/apps/db/web-1", "", 404);
 }
 
-#[test]
-fn put_renews_an_instance() {
-    let (_s, mut c) = fresh();
-    check(&mut c, "PUT", "/apps/web/web-1", "", 404);
-    check(&mut c, "POST", "/apps", &app_body("web"), 201);
-    check(&mut c, "PUT", "/apps/web/web-1", "", 404);
-    register(&mut c, "web", "web-1", "10.0.0.7", 8080);
-
+fn put_renews_an_instance(s: &Registry) {
+    let mut c = s.client();
+    not_found_until_registered(&mut c, "PUT");
     check(&mut c, "PUT", "/apps/web/web-1", "", 204);
-    let v = check(&mut c, "GET", "/apps/web/web-1", "", 200).json();
-    assert_instance(&v, "web-1", "10.0.0.7", 8080, "up");
+    web_1_reads(&mut c, "up");
     // Up stays up; a request body is ignored.
     check(
         &mut c,
@@ -476,61 +509,46 @@ fn put_renews_an_instance() {
         204,
     );
     check(&mut c, "PUT", "/apps/web/web-1", "not json", 204);
-    let v = check(&mut c, "GET", "/apps/web/web-1", "", 200).json();
-    assert_instance(&v, "web-1", "10.0.0.7", 8080, "up");
+    web_1_reads(&mut c, "up");
 
     check(&mut c, "DELETE", "/apps/web/web-1", "", 204);
     check(&mut c, "PUT", "/apps/web/web-1", "", 403);
     // The refused heartbeat changed nothing.
-    let v = check(&mut c, "GET", "/apps/web/web-1", "", 200).json();
-    assert_instance(&v, "web-1", "10.0.0.7", 8080, "out-of-service");
+    web_1_reads(&mut c, "out-of-service");
     check(&mut c, "PUT", "/apps/web/web-2", "", 404);
 }
 
-#[test]
-fn delete_takes_an_instance_out_of_service() {
-    let (_s, mut c) = fresh();
-    check(&mut c, "DELETE", "/apps/web/web-1", "", 404);
-    check(&mut c, "POST", "/apps", &app_body("web"), 201);
-    check(&mut c, "DELETE", "/apps/web/web-1", "", 404);
-    for id in ["up-1", "starting-1"] {
-        register(&mut c, "web", id, "10.0.0.7", 80);
-    }
+fn delete_takes_an_instance_out_of_service(s: &Registry) {
+    let mut c = s.client();
+    not_found_until_registered(&mut c, "DELETE");
+    register(&mut c, "web", "up-1", "10.0.0.7", 8080);
     check(&mut c, "PUT", "/apps/web/up-1", "", 204);
-    for id in ["up-1", "starting-1"] {
-        check(&mut c, "DELETE", &format!("/apps/web/{id}"), "", 204);
-        let v = check(&mut c, "GET", &format!("/apps/web/{id}"), "", 200).json();
-        assert_instance(&v, id, "10.0.0.7", 80, "out-of-service");
+    for id in ["up-1", "web-1"] {
+        let path = format!("/apps/web/{id}");
+        check(&mut c, "DELETE", &path, "", 204);
+        assert_reads(&mut c, &path, id, "10.0.0.7", 8080, "out-of-service");
     }
     // Out of service is still listed.
-    assert_eq!(ids(&mut c, "web"), ["starting-1", "up-1"]);
+    assert_eq!(ids(&mut c, "web"), ["up-1", "web-1"]);
 }
 
 // --- Part 2 ---------------------------------------------------------------
 
-#[test]
-fn reregistration_rules() {
-    let (_s, mut c) = fresh();
-    reregistration(&mut c);
-}
-
-/// API.md Part 2's re-registration rules, through `c`, on a registry
-/// without an app `web` (also run against etcd-backed servers).
-pub fn reregistration(c: &mut Conn) {
+/// API.md Part 2's re-registration rules.
+fn reregistration_rules(s: &Registry) {
+    let c = &mut s.client();
     check(c, "POST", "/apps", &app_body("web"), 201);
     let here = instance_body("w", "10.0.0.1", 80);
 
     // Same address while starting: idempotent.
     check(c, "POST", "/apps/web", &here, 201);
     check(c, "POST", "/apps/web", &here, 201);
-    let v = check(c, "GET", "/apps/web/w", "", 200).json();
-    assert_instance(&v, "w", "10.0.0.1", 80, "starting");
+    assert_reads(c, "/apps/web/w", "w", "10.0.0.1", 80, "starting");
 
     // Same address while up: back to starting.
     check(c, "PUT", "/apps/web/w", "", 204);
     check(c, "POST", "/apps/web", &here, 201);
-    let v = check(c, "GET", "/apps/web/w", "", 200).json();
-    assert_instance(&v, "w", "10.0.0.1", 80, "starting");
+    assert_reads(c, "/apps/web/w", "w", "10.0.0.1", 80, "starting");
 
     // Live at another address (port or ip differ): 409, and nothing changes.
     for (ip, port) in [("10.0.0.1", 81), ("10.0.0.2", 80), ("10.0.0.2", 81)] {
@@ -544,14 +562,12 @@ pub fn reregistration(c: &mut Conn) {
         &instance_body("w", "10.0.0.2", 80),
         409,
     );
-    let v = check(c, "GET", "/apps/web/w", "", 200).json();
-    assert_instance(&v, "w", "10.0.0.1", 80, "up");
+    assert_reads(c, "/apps/web/w", "w", "10.0.0.1", 80, "up");
 
     // Out of service: replaced at the new address, and heartbeats work again.
     check(c, "DELETE", "/apps/web/w", "", 204);
     register(c, "web", "w", "10.0.0.9", 9090);
-    let v = check(c, "GET", "/apps/web/w", "", 200).json();
-    assert_instance(&v, "w", "10.0.0.9", 9090, "starting");
+    assert_reads(c, "/apps/web/w", "w", "10.0.0.9", 9090, "starting");
     check(c, "PUT", "/apps/web/w", "", 204);
     // Out of service, same address: back too.
     check(c, "DELETE", "/apps/web/w", "", 204);
@@ -560,9 +576,8 @@ pub fn reregistration(c: &mut Conn) {
     assert_eq!(ids(c, "web"), ["w"], "re-registration duplicated the id");
 }
 
-#[test]
-fn unsupported_methods_answer_405_with_allow() {
-    let (_s, mut c) = fresh();
+fn unsupported_methods_answer_405_with_allow(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     register(&mut c, "web", "w", "10.0.0.1", 80);
 
@@ -607,8 +622,7 @@ fn unsupported_methods_answer_405_with_allow() {
         }
     }
     // Nothing refused changed anything.
-    let v = check(&mut c, "GET", "/apps/web/w", "", 200).json();
-    assert_instance(&v, "w", "10.0.0.1", 80, "starting");
+    assert_reads(&mut c, "/apps/web/w", "w", "10.0.0.1", 80, "starting");
     assert_eq!(ids(&mut c, "web"), ["w"]);
 }
 
@@ -642,33 +656,42 @@ fn unknown_routes_answer_404_with_json() {
     }
 }
 
-#[test]
-fn trailing_slash_is_ignored() {
-    let (_s, mut c) = fresh();
-    check(&mut c, "GET", "/apps/", "", 200);
-    check(&mut c, "POST", "/apps/", &app_body("web"), 201);
-    check(&mut c, "POST", "/apps/", &app_body("web"), 409);
-    check(&mut c, "GET", "/apps/web/", "", 200);
-    check(
-        &mut c,
-        "POST",
-        "/apps/web/",
-        &instance_body("w", "10.0.0.1", 80),
-        201,
-    );
-    check(&mut c, "GET", "/apps/web/w/", "", 200);
-    check(&mut c, "PUT", "/apps/web/w/", "", 204);
-    let v = check(&mut c, "GET", "/apps/web/w", "", 200).json();
-    assert_instance(&v, "w", "10.0.0.1", 80, "up");
-    check(&mut c, "DELETE", "/apps/web/w/", "", 204);
-    check(&mut c, "PUT", "/apps/web/w/", "", 403);
-    check(&mut c, "GET", "/apps/nope/", "", 404);
-    check(&mut c, "GET", "/apps/web/nope/", "", 404);
+/// A trailing slash, a query string (unknown parameters, a `status` where
+/// it filters nothing) or both change no answer of the route table.
+fn a_trailing_slash_and_a_query_string_are_ignored(s: &Registry) {
+    let mut c = s.client();
+    let shapes: [fn(&str) -> String; 4] = [
+        |p| format!("{p}/"),
+        |p| format!("{p}?name=other&status=down&x"),
+        |p| format!("{p}/?x"),
+        |p| format!("{p}?"),
+    ];
+    for (k, shape) in shapes.into_iter().enumerate() {
+        let (app, list) = (format!("/apps/web{k}"), shape("/apps"));
+        let (w, nope) = (shape(&format!("{app}/w")), shape(&format!("{app}/nope")));
+        check(&mut c, "GET", &list, "", 200);
+        check(&mut c, "POST", &list, &app_body(&format!("web{k}")), 201);
+        check(&mut c, "POST", &list, &app_body(&format!("web{k}")), 409);
+        check(&mut c, "GET", &shape(&app), "", 200);
+        let body = instance_body("w", "10.0.0.1", 80);
+        check(&mut c, "POST", &shape(&app), &body, 201);
+        check(&mut c, "PUT", &w, "", 204);
+        assert_reads(&mut c, &w, "w", "10.0.0.1", 80, "up");
+        check(&mut c, "DELETE", &w, "", 204);
+        check(&mut c, "PUT", &w, "", 403);
+        check(&mut c, "GET", &shape("/apps/nope"), "", 404);
+        check(&mut c, "GET", &nope, "", 404);
+        let apps = check(&mut c, "GET", "/apps", "", 200).json();
+        assert_eq!(ids_in(&app_in(&apps, &format!("web{k}"))), ["w"], "{apps}");
+        let listed = apps["applications"].as_array().map(Vec::len);
+        assert_eq!(listed, Some(k + 1), "{apps}");
+    }
+    // An instance's route reads no query at all, not even its escapes.
+    check(&mut c, "PUT", "/apps/web0/w?x=%zz", "", 403);
 }
 
-#[test]
-fn path_segments_are_percent_decoded() {
-    let (_s, mut c) = fresh();
+fn path_segments_are_percent_decoded(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "POST", "/apps", &app_body("web app"), 201);
     let v = check(&mut c, "GET", "/apps/web%20app", "", 200).json();
     assert_app(&v, "web app");
@@ -679,8 +702,14 @@ fn path_segments_are_percent_decoded() {
         &instance_body("n° 1", "10.0.0.1", 80),
         201,
     );
-    let v = check(&mut c, "GET", "/apps/web%20app/n%C2%B0%201", "", 200).json();
-    assert_instance(&v, "n° 1", "10.0.0.1", 80, "starting");
+    assert_reads(
+        &mut c,
+        "/apps/web%20app/n%C2%B0%201",
+        "n° 1",
+        "10.0.0.1",
+        80,
+        "starting",
+    );
     check(&mut c, "PUT", "/apps/web%20app/n%c2%b0%201", "", 204);
     let v = check(&mut c, "GET", "/apps/web%20app", "", 200).json();
     assert_instance(&assert_app(&v, "web app")[0], "n° 1", "10.0.0.1", 80, "up");
@@ -718,35 +747,8 @@ fn path_segments_are_percent_decoded() {
     }
 }
 
-#[test]
-fn query_strings_are_ignored() {
-    let (_s, mut c) = fresh();
-    check(&mut c, "GET", "/apps?x=1", "", 200);
-    check(&mut c, "POST", "/apps?name=other", &app_body("web"), 201);
-    check(&mut c, "GET", "/apps/web?x=1&y=2", "", 200);
-    check(
-        &mut c,
-        "POST",
-        "/apps/web?",
-        &instance_body("w", "10.0.0.1", 80),
-        201,
-    );
-    check(&mut c, "PUT", "/apps/web/w?x=%zz", "", 204);
-    let v = check(&mut c, "GET", "/apps/web/w/?status=down", "", 200).json();
-    assert_instance(&v, "w", "10.0.0.1", 80, "up");
-    check(&mut c, "DELETE", "/apps/web/w?x", "", 204);
-    check(&mut c, "GET", "/apps/nope?x", "", 404);
-    let apps = check(&mut c, "GET", "/apps", "", 200).json();
-    assert_eq!(
-        apps["applications"].as_array().map(Vec::len),
-        Some(1),
-        "{apps}"
-    );
-}
-
-#[test]
-fn head_answers_like_get_without_a_body() {
-    let (_s, mut c) = fresh();
+fn head_answers_like_get_without_a_body(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     register(&mut c, "web", "w", "10.0.0.1", 80);
     for (path, status) in [
@@ -857,8 +859,7 @@ fn chunked_request_bodies() {
         false,
     );
     assert_eq!(r.status, 201, "{}", r.body);
-    let v = check(&mut c, "GET", "/apps/web/w", "", 200).json();
-    assert_instance(&v, "w", "10.0.0.1", 80, "starting");
+    assert_reads(&mut c, "/apps/web/w", "w", "10.0.0.1", 80, "starting");
     // A chunked body that is not the JSON asked for is a 400 like any other.
     let r = c.send_raw(
         b"POST /registro/1.0/apps HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{}x\r\n0\r\n\r\n",
@@ -935,10 +936,9 @@ fn error_statuses_keep_the_connection_usable() {
 
 // --- The original client's flow, with an HTTP client library -------------
 
-#[test]
-fn original_client_flow() {
-    let server = start();
-    let root = base(server.local_addr());
+fn original_client_flow(s: &Registry) {
+    // Each service with a server of its own, as behind a balancer.
+    let roots = [base(s.addr(0)), base(s.addr(1))];
     let agent = agent();
     let status = |r: Result<ureq::http::Response<ureq::Body>, ureq::Error>| -> (u16, String) {
         let mut r = r.expect("the request completes");
@@ -947,7 +947,16 @@ fn original_client_flow() {
     };
     // Two services of the same app start one after the other: only the
     // first creates the app.
-    for (id, port) in [("web-1", 8080u16), ("web-2", 8081)] {
+    for (k, (root, (id, port))) in roots
+        .iter()
+        .zip([("web-1", 8080u16), ("web-2", 8081)])
+        .enumerate()
+    {
+        // The second starts once the registry has the first everywhere
+        // (within the second Part 4 allows a server to see another's).
+        if k == 1 {
+            seen(s.addr(0), s.addr(1), s.periods.seen_within);
+        }
         let (code, body) = status(agent.get(format!("{root}/apps")).call());
         assert_eq!(code, 200);
         let v: Value = serde_json::from_str(&body).expect("JSON listing");
@@ -972,17 +981,18 @@ fn original_client_flow() {
         let (code, body) = status(agent.put(format!("{root}/apps/web/{id}")).send_empty());
         assert_eq!((code, body.as_str()), (204, ""));
     }
-    let (code, body) = status(agent.get(format!("{root}/apps/web/web-1")).call());
+    let [one, two] = &roots;
+    let (code, body) = status(agent.get(format!("{two}/apps/web/web-1")).call());
     assert_eq!(code, 200);
     let v: Value = serde_json::from_str(&body).expect("JSON instance");
     assert_instance(&v, "web-1", "10.0.0.7", 8080, "up");
 
     // Shutdown of web-1, then a late heartbeat.
-    let (code, body) = status(agent.delete(format!("{root}/apps/web/web-1")).call());
+    let (code, body) = status(agent.delete(format!("{one}/apps/web/web-1")).call());
     assert_eq!((code, body.as_str()), (204, ""));
-    let (code, body) = status(agent.put(format!("{root}/apps/web/web-1")).send_empty());
+    let (code, body) = status(agent.put(format!("{two}/apps/web/web-1")).send_empty());
     assert_eq!(code, 403, "{body}");
-    let (code, body) = status(agent.get(format!("{root}/apps/web")).call());
+    let (code, body) = status(agent.get(format!("{two}/apps/web")).call());
     assert_eq!(code, 200);
     let v: Value = serde_json::from_str(&body).expect("JSON app");
     let mut list = assert_app(&v, "web");

@@ -6,58 +6,28 @@
 //! one line; no token is ever logged.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use registro::TokenFiles;
 
 use crate::api::{app_body, instance_body};
 use crate::cli::assert_refused;
-use crate::support::{start_with, Conn, Proc, Reply};
+use crate::support::{start_with, Conn, Proc, Reply, TempDir};
 
 const WRITER: &str = "w-4f9c1d2e8a7b6c5d";
 const OTHER_WRITER: &str = "w2+/abc=";
 const READER: &str = "r-0a1b2c3d4e5f6789";
 
-/// A directory of token files for one test, removed on drop.
-pub(crate) struct Dir(PathBuf);
-
-impl Dir {
-    pub(crate) fn new() -> Dir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "registro-auth-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&path).expect("temp dir");
-        Dir(path)
-    }
-
-    /// Writes `text` to the file `name`; its path.
-    pub(crate) fn file(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).expect("write token file");
-        path
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The write file of most tests: two tokens, a comment, blank lines and
 /// spaces around a token.
-fn write_file(dir: &Dir) -> PathBuf {
+fn write_file(dir: &TempDir) -> PathBuf {
     dir.file(
         "write",
         &format!("# deploy tokens\n\n  {WRITER}  \n# old one:\n{OTHER_WRITER}\n\n"),
     )
 }
 
-fn read_file(dir: &Dir) -> PathBuf {
+fn read_file(dir: &TempDir) -> PathBuf {
     dir.file("read", &format!("{READER}\n"))
 }
 
@@ -76,13 +46,20 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-/// A 401 as API.md says: the challenge, and a JSON error (no body for HEAD).
+/// `POST PATH` (a whole target) with the writer's token: 201.
 #[track_caller]
-fn assert_401(r: &Reply, what: &str) {
-    assert_eq!(r.status, 401, "{what}: {r:?}");
+fn created(c: &mut Conn, path: &str, body: &str) {
+    let r = send(c, "POST", path, body, Some(&bearer(WRITER)));
+    assert_eq!(r.status, 201, "POST {path} {body}: {r:?}");
+}
+
+/// A refusal with its challenge (`WWW-Authenticate`) and a JSON error.
+#[track_caller]
+fn assert_challenged(r: &Reply, status: u16, challenge: &str, what: &str) {
+    assert_eq!(r.status, status, "{what}: {r:?}");
     assert_eq!(
         r.header("www-authenticate"),
-        Some("Bearer realm=\"registro\""),
+        Some(challenge),
         "{what}: {r:?}"
     );
     assert!(
@@ -90,6 +67,12 @@ fn assert_401(r: &Reply, what: &str) {
             .is_some_and(|t| t.starts_with("application/json")),
         "{what}: {r:?}"
     );
+}
+
+/// A 401 as API.md says: the challenge, and a JSON error (no body for HEAD).
+#[track_caller]
+fn assert_401(r: &Reply, what: &str) {
+    assert_challenged(r, 401, "Bearer realm=\"registro\"", what);
     if !what.starts_with("HEAD") {
         assert!(!r.error().is_empty(), "{what}");
     }
@@ -100,17 +83,8 @@ fn assert_401(r: &Reply, what: &str) {
 /// (RFC 6750 section 3.1).
 #[track_caller]
 fn assert_403_read_only(r: &Reply, what: &str) {
-    assert_eq!(r.status, 403, "{what}: {r:?}");
-    assert_eq!(
-        r.header("www-authenticate"),
-        Some("Bearer realm=\"registro\", error=\"insufficient_scope\""),
-        "{what}: {r:?}"
-    );
-    assert!(
-        r.header("content-type")
-            .is_some_and(|t| t.starts_with("application/json")),
-        "{what}: {r:?}"
-    );
+    let challenge = "Bearer realm=\"registro\", error=\"insufficient_scope\"";
+    assert_challenged(r, 403, challenge, what);
     assert_eq!(
         r.error(),
         "this token may only read; changing the registry needs a token from the --token-file",
@@ -162,7 +136,7 @@ fn mutations() -> Vec<(&'static str, String, String, u16)> {
 
 #[test]
 fn every_change_needs_a_token_from_the_token_file() {
-    let dir = Dir::new();
+    let dir = TempDir::new("auth");
     let write = write_file(&dir);
     let read = read_file(&dir);
     for read_file in [None, Some(read)] {
@@ -205,23 +179,24 @@ fn every_change_needs_a_token_from_the_token_file() {
     }
 }
 
-#[test]
-fn reads_are_open_without_a_read_token_file() {
-    let dir = Dir::new();
+/// A server with the write file of most tests (and the read file when
+/// `read`), and a connection to it over which the app `web` was created
+/// with the writer's token.
+fn with_web(read: bool) -> (TempDir, registro::Server, Conn) {
+    let dir = TempDir::new("auth");
     let files = TokenFiles {
         write: Some(write_file(&dir)),
-        read: None,
+        read: read.then(|| read_file(&dir)),
     };
     let server = start_with(|c| c.tokens = files);
     let mut c = Conn::open(server.local_addr());
-    let r = send(
-        &mut c,
-        "POST",
-        "/registro/1.0/apps",
-        &app_body("web"),
-        Some(&bearer(WRITER)),
-    );
-    assert_eq!(r.status, 201);
+    created(&mut c, "/registro/1.0/apps", &app_body("web"));
+    (dir, server, c)
+}
+
+#[test]
+fn reads_are_open_without_a_read_token_file() {
+    let (_dir, _server, mut c) = with_web(false);
     for (method, path) in [
         ("GET", "/registro/1.0/apps"),
         ("GET", "/registro/1.0/apps/web"),
@@ -242,30 +217,9 @@ fn reads_are_open_without_a_read_token_file() {
 
 #[test]
 fn with_a_read_token_file_reads_need_a_token_and_healthz_stays_open() {
-    let dir = Dir::new();
-    let files = TokenFiles {
-        write: Some(write_file(&dir)),
-        read: Some(read_file(&dir)),
-    };
-    let server = start_with(|c| c.tokens = files);
-    let mut c = Conn::open(server.local_addr());
-    let r = send(
-        &mut c,
-        "POST",
-        "/registro/1.0/apps",
-        &app_body("web"),
-        Some(&bearer(WRITER)),
-    );
-    assert_eq!(r.status, 201);
+    let (_dir, _server, mut c) = with_web(true);
     let body = instance_body("web-1", "10.0.0.1", 80);
-    let r = send(
-        &mut c,
-        "POST",
-        "/registro/1.0/apps/web",
-        &body,
-        Some(&bearer(WRITER)),
-    );
-    assert_eq!(r.status, 201);
+    created(&mut c, "/registro/1.0/apps/web", &body);
     let reads = [
         ("GET", "/registro/1.0/apps", 200),
         ("GET", "/registro/1.0/apps/web", 200),
@@ -306,14 +260,14 @@ fn with_a_read_token_file_reads_need_a_token_and_healthz_stays_open() {
 
 #[test]
 fn a_bad_token_file_fails_the_start() {
-    let dir = Dir::new();
+    let dir = TempDir::new("auth");
     let good = write_file(&dir);
     let cases: Vec<(&str, Vec<String>, &str)> = vec![
         (
             "missing",
             vec![
                 "--token-file".into(),
-                dir.0.join("nope").display().to_string(),
+                dir.path().join("nope").display().to_string(),
             ],
             "--token-file",
         ),
@@ -337,7 +291,7 @@ fn a_bad_token_file_fails_the_start() {
         ),
         (
             "a directory",
-            vec!["--token-file".into(), dir.0.display().to_string()],
+            vec!["--token-file".into(), dir.path().display().to_string()],
             "--token-file",
         ),
         (
@@ -354,7 +308,7 @@ fn a_bad_token_file_fails_the_start() {
                 "--token-file".into(),
                 good.display().to_string(),
                 "--read-token-file".into(),
-                dir.0.join("nope").display().to_string(),
+                dir.path().join("nope").display().to_string(),
             ],
             "--read-token-file",
         ),
@@ -374,7 +328,7 @@ fn a_bad_token_file_fails_the_start() {
     }
     // In process too: the library refuses to start.
     let missing = TokenFiles {
-        write: Some(dir.0.join("nope")),
+        write: Some(dir.path().join("nope")),
         read: None,
     };
     let err = registro::Server::start(registro::Config {
@@ -395,23 +349,27 @@ fn rewrite(path: &Path, text: &str) {
 
 #[test]
 fn sighup_reloads_the_tokens_without_dropping_a_connection() {
-    let dir = Dir::new();
+    let dir = TempDir::new("auth");
     let write = dir.file("write", "old-token-1\n");
     let path = write.display().to_string();
     let p = Proc::start(&["--token-file", &path]);
     let lo = Duration::from_secs(5);
-    let root = "/registro/1.0";
+    // Creates the app `name` with `token`.
+    let post = |c: &mut Conn, name: &str, token: &str| {
+        let auth = bearer(token);
+        send(
+            c,
+            "POST",
+            "/registro/1.0/apps",
+            &app_body(name),
+            Some(&auth),
+        )
+    };
 
     // A keep-alive connection opened before the reload, with a request
     // answered on it.
     let mut kept = Conn::open(p.addr);
-    let r = send(
-        &mut kept,
-        "POST",
-        &format!("{root}/apps"),
-        &app_body("a"),
-        Some("Bearer old-token-1"),
-    );
+    let r = post(&mut kept, "a", "old-token-1");
     assert_eq!(r.status, 201);
 
     rewrite(&write, "# rotated\nnew-token-2\n");
@@ -420,30 +378,12 @@ fn sighup_reloads_the_tokens_without_dropping_a_connection() {
 
     // The same connection, still open: the old token is refused, the new
     // one works.
-    let r = send(
-        &mut kept,
-        "POST",
-        &format!("{root}/apps"),
-        &app_body("b"),
-        Some("Bearer old-token-1"),
-    );
+    let r = post(&mut kept, "b", "old-token-1");
     assert_401(&r, "the old token after the reload");
-    let r = send(
-        &mut kept,
-        "POST",
-        &format!("{root}/apps"),
-        &app_body("b"),
-        Some("Bearer new-token-2"),
-    );
+    let r = post(&mut kept, "b", "new-token-2");
     assert_eq!(r.status, 201, "{r:?}");
     let mut fresh = Conn::open(p.addr);
-    let r = send(
-        &mut fresh,
-        "POST",
-        &format!("{root}/apps"),
-        &app_body("c"),
-        Some("Bearer new-token-2"),
-    );
+    let r = post(&mut fresh, "c", "new-token-2");
     assert_eq!(r.status, 201, "{r:?}");
 
     // A file that cannot be read (or holds no token) keeps the tokens in
@@ -455,13 +395,7 @@ fn sighup_reloads_the_tokens_without_dropping_a_connection() {
     rewrite(&write, "# nothing\n");
     p.signal("HUP");
     eventually_lines(&p, "not reloaded", 2);
-    let r = send(
-        &mut kept,
-        "POST",
-        &format!("{root}/apps"),
-        &app_body("d"),
-        Some("Bearer new-token-2"),
-    );
+    let r = post(&mut kept, "d", "new-token-2");
     assert_eq!(r.status, 201, "{r:?}");
     drop(fresh);
     drop(kept);
@@ -484,44 +418,25 @@ fn eventually_lines(p: &Proc, needle: &str, n: usize) {
 
 #[test]
 fn refusals_are_logged_once_per_address_and_no_token_ever() {
-    let dir = Dir::new();
+    let dir = TempDir::new("auth");
     let write = dir.file("write", &format!("{WRITER}\n"));
     let read = dir.file("read", &format!("{READER}\n"));
     let (w, r) = (write.display().to_string(), read.display().to_string());
     let p = Proc::start(&["--token-file", &w, "--read-token-file", &r]);
     let mut c = Conn::open(p.addr);
     let guesses = ["guess-secret-1", "guess-secret-2", "guess-secret-3"];
+    let (apps, instance) = ("/registro/1.0/apps", "/registro/1.0/apps/a/b");
     for _ in 0..20 {
         for guess in guesses {
-            let reply = send(
-                &mut c,
-                "DELETE",
-                "/registro/1.0/apps/a/b",
-                "",
-                Some(&bearer(guess)),
-            );
+            let reply = send(&mut c, "DELETE", instance, "", Some(&bearer(guess)));
             assert_eq!(reply.status, 401);
         }
-        let reply = send(&mut c, "GET", "/registro/1.0/apps", "", None);
-        assert_eq!(reply.status, 401);
+        assert_eq!(send(&mut c, "GET", apps, "", None).status, 401);
     }
     // Requests that pass are not refusals (and their tokens not logged).
-    let reply = send(
-        &mut c,
-        "GET",
-        "/registro/1.0/apps",
-        "",
-        Some(&bearer(READER)),
-    );
+    let reply = send(&mut c, "GET", apps, "", Some(&bearer(READER)));
     assert_eq!(reply.status, 200);
-    let reply = send(
-        &mut c,
-        "POST",
-        "/registro/1.0/apps",
-        &app_body("z"),
-        Some(&bearer(WRITER)),
-    );
-    assert_eq!(reply.status, 201);
+    created(&mut c, apps, &app_body("z"));
     // The app's line comes after any refusal's.
     p.wait_line("\"z\"", Duration::from_secs(5));
     let lines = p.lines();
@@ -558,7 +473,7 @@ fn sighup_without_token_files_changes_nothing() {
 /// that writes (and reads) are protected.
 #[test]
 fn the_start_up_line_says_which_requests_need_a_token() {
-    let dir = Dir::new();
+    let dir = TempDir::new("auth");
     let write = write_file(&dir);
     let read = read_file(&dir);
     let (w, r) = (write.display().to_string(), read.display().to_string());

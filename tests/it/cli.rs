@@ -210,6 +210,13 @@ fn an_address_in_use_is_one_clear_line() {
     drop(taken);
 }
 
+/// Starts `registro ARGS` (exactly these) and checks that it serves.
+fn serves(args: &[&str]) -> Proc {
+    let p = Proc::start_exact(args);
+    check(&mut Conn::open(p.addr), "GET", "/apps", "", 200);
+    p
+}
+
 #[test]
 fn go_style_addresses_ipv6_and_integer_periods() {
     // ":PORT" is every interface, as in Go; reached here over loopback.
@@ -221,7 +228,7 @@ fn go_style_addresses_ipv6_and_integer_periods() {
     drop(p);
 
     // Periods as plain integers of seconds, as the original took them.
-    let p = Proc::start_exact(&[
+    serves(&[
         "--addr",
         "127.0.0.1:0",
         "--down-after",
@@ -233,9 +240,6 @@ fn go_style_addresses_ipv6_and_integer_periods() {
         "--threads",
         "1",
     ]);
-    let mut c = Conn::open(p.addr);
-    check(&mut c, "GET", "/apps", "", 200);
-    drop(p);
 
     // "[::1]:PORT", where this machine has IPv6 loopback.
     if TcpListener::bind("[::1]:0").is_ok() {
@@ -270,10 +274,8 @@ fn the_go_originals_command_line_is_accepted() {
             "-log-sweeps",
         ],
     ] {
-        let p = Proc::start_exact(args);
+        let p = serves(args);
         assert_eq!(p.addr.ip().to_string(), "127.0.0.1", "{args:?}");
-        let mut c = Conn::open(p.addr);
-        check(&mut c, "GET", "/apps", "", 200);
     }
     // The settings were taken, not skipped: the start-up line shows them.
     let p = Proc::start_exact(&[
@@ -469,7 +471,7 @@ fn sigterm_and_sigint_exit_0_within_a_second() {
 #[test]
 fn option_equals_value_short_flags_and_periods_with_units() {
     // `--option=value` for options, as GNU tools take them.
-    let p = Proc::start_exact(&[
+    serves(&[
         "--addr=127.0.0.1:0",
         "--down-after=500ms",
         "--evict-after=5min",
@@ -479,10 +481,7 @@ fn option_equals_value_short_flags_and_periods_with_units() {
         "--threads=2",
         "--max-connections=100",
     ]);
-    let mut c = Conn::open(p.addr);
-    check(&mut c, "GET", "/apps", "", 200);
-    drop(p);
-    let p = Proc::start_exact(&[
+    serves(&[
         "--addr",
         "127.0.0.1:0",
         "--down-after",
@@ -490,9 +489,6 @@ fn option_equals_value_short_flags_and_periods_with_units() {
         "--evict-after",
         "1h",
     ]);
-    let mut c = Conn::open(p.addr);
-    check(&mut c, "GET", "/apps", "", 200);
-    drop(p);
 
     // -h and -V, as --help and --version; the help names the units.
     let help = run(&["-h"]);
@@ -557,9 +553,7 @@ fn settings_that_cannot_work_are_refused_with_one_line() {
         &["--down-after"],
     );
     // The largest accepted value works.
-    let p = Proc::start(&["--threads", "1024"]);
-    let mut c = Conn::open(p.addr);
-    check(&mut c, "GET", "/apps", "", 200);
+    serves(&["--addr", "127.0.0.1:0", "--threads", "1024"]);
 }
 
 /// Sends a GET over a raw connection to `addr`; the status answered.
@@ -609,18 +603,8 @@ fn caught_signals(pid: u32) -> Option<u64> {
 
 /// Waits for `child` to end (at most 10 s); its status.
 fn ended(child: &mut std::process::Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("registro ignored a SIGTERM sent while it started");
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    crate::support::exited_within(child, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("registro ignored a SIGTERM sent while it started"))
 }
 
 fn spawn_quiet(args: &[&str]) -> std::process::Child {

@@ -1,9 +1,10 @@
-//! No lost updates: 8 threads register 250 instances each, heartbeating as
-//! they go, over keep-alive connections (half through an HTTP client library,
-//! half over raw sockets), all into the same two applications, while every
-//! thread also renews one shared instance. Afterwards every instance is
-//! present exactly once, at its own address, with the status its own
-//! requests gave it.
+//! No lost updates, on every store (a scenario, `scenarios.rs`): 8 threads
+//! register 250 instances each, heartbeating as they go, over keep-alive
+//! connections (half through an HTTP client library, half over raw
+//! sockets; each thread with a server of its own where there are several),
+//! all into the same two applications, while every thread also renews one
+//! shared instance. Afterwards every instance is present exactly once, at
+//! its own address, with the status its own requests gave it.
 
 use std::collections::BTreeMap;
 use std::sync::Barrier;
@@ -12,7 +13,10 @@ use std::thread;
 use serde_json::Value;
 
 use crate::api::{app_body, assert_app, check, instance_body, register};
-use crate::support::{agent, base, start_with, Conn};
+use crate::scenarios::{table, Registry};
+use crate::support::{agent, base, Conn};
+
+table![Still: parallel_registrations_and_heartbeats_lose_nothing];
 
 const THREADS: usize = 8;
 const PER_THREAD: usize = 250;
@@ -54,11 +58,8 @@ fn port(i: usize) -> u16 {
     u16::try_from(1000 + i).unwrap_or(u16::MAX)
 }
 
-#[test]
-fn parallel_registrations_and_heartbeats_lose_nothing() {
-    let server = start_with(|c| c.threads = 4);
-    let addr = server.local_addr();
-    let mut c = Conn::open(addr);
+fn parallel_registrations_and_heartbeats_lose_nothing(s: &Registry) {
+    let mut c = s.client();
     for app in APPS {
         check(&mut c, "POST", "/apps", &app_body(app), 201);
     }
@@ -70,6 +71,7 @@ fn parallel_registrations_and_heartbeats_lose_nothing() {
         let workers: Vec<_> = (0..THREADS)
             .map(|t| {
                 let barrier = &barrier;
+                let addr = s.addr(t / 2);
                 scope.spawn(move || {
                     let mut client = if t % 2 == 0 {
                         Client::Lib(agent(), base(addr))
@@ -104,7 +106,7 @@ fn parallel_registrations_and_heartbeats_lose_nothing() {
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().expect("a client thread failed"))
+            .map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
             .collect()
     });
 

@@ -1,36 +1,31 @@
-//! API.md Part 3's discovery against the real server: metadata, status
-//! filters and the change index (`Registro-Index`, `?index=`, `?wait=`).
-//! The watches that actually wait are in `watch.rs`.
+//! API.md Part 3's discovery: metadata, status filters and the change index
+//! (`Registro-Index`, `?index=`, `?wait=`), as scenarios run on every store
+//! (`scenarios.rs`). The watches that actually wait are in `watch.rs`,
+//! changes by time in `lifecycle.rs`.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::api::{app_body, check, instance_body, register};
-use crate::support::{eventually, start, start_with, Conn};
+use crate::api::{app_body, check, ids_in, instance_body, register};
+use crate::scenarios::{app_in, index_of, table, Registry};
+use crate::support::{eventually, start, Conn, Exchange};
 
-fn fresh() -> (registro::Server, Conn) {
-    let server = start();
-    let conn = Conn::open(server.local_addr());
-    (server, conn)
-}
+table![
+    Down: status_filters_on_both_lists,
+    Still: metadata_round_trips_and_is_replaced_by_a_reregistration,
+    Still: metadata_limits,
+    Still: the_index_changes_with_every_change_and_only_then,
+    Still: a_watch_with_another_index_answers_at_once,
+    Still: location_escapes_dot_segments,
+];
 
-/// The `Registro-Index` of a GET of `path`, which must answer 200.
-#[track_caller]
-fn index_of(c: &mut Conn, path: &str) -> u64 {
-    let r = check(c, "GET", path, "", 200);
-    r.header("registro-index")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("GET {path}: no Registro-Index in {:?}", r.headers))
-}
-
-fn with_metadata(id: &str, metadata: Value) -> String {
+pub(crate) fn with_metadata(id: &str, metadata: Value) -> String {
     json!({"id": id, "ip": "10.0.0.1", "port": 80, "metadata": metadata}).to_string()
 }
 
-#[test]
-fn metadata_round_trips_and_is_replaced_by_a_reregistration() {
-    let (_s, mut c) = fresh();
+fn metadata_round_trips_and_is_replaced_by_a_reregistration(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     let meta = json!({"zone": "eu-1", "version": "1.4.2", "": "x"});
     // An empty key is refused; the rest of this body is the one kept below.
@@ -54,7 +49,7 @@ fn metadata_round_trips_and_is_replaced_by_a_reregistration() {
     let b = &app["instances"][1];
     assert!(
         b.as_object().is_some_and(|o| !o.contains_key("metadata")),
-        "{b}"
+        "{app}"
     );
     let all = check(&mut c, "GET", "/apps", "", 200).json();
     assert_eq!(
@@ -80,23 +75,6 @@ fn metadata_round_trips_and_is_replaced_by_a_reregistration() {
     }
 }
 
-#[track_caller]
-fn check_metadata(metadata: Value, expected: Result<(), &str>) {
-    let (_s, mut c) = fresh();
-    check(&mut c, "POST", "/apps", &app_body("web"), 201);
-    let body = with_metadata("a", metadata);
-    match expected {
-        Ok(()) => {
-            check(&mut c, "POST", "/apps/web", &body, 201);
-        }
-        Err(part) => {
-            let r = check(&mut c, "POST", "/apps/web", &body, 400);
-            assert!(r.error().contains(part), "{:.200}: {}", body, r.error());
-            check(&mut c, "GET", "/apps/web/a", "", 404);
-        }
-    }
-}
-
 fn entries(n: usize, value_len: usize) -> Value {
     Value::Object(
         (0..n)
@@ -105,66 +83,71 @@ fn entries(n: usize, value_len: usize) -> Value {
     )
 }
 
-#[test]
-fn metadata_limits() {
-    check_metadata(entries(64, 10), Ok(()));
-    check_metadata(entries(65, 1), Err("65 entries; at most 64"));
-    check_metadata(json!({ "k".repeat(128): "v" }), Ok(()));
-    check_metadata(
-        json!({ "k".repeat(129): "v" }),
-        Err("keys must be 1 to 128 bytes"),
-    );
-    check_metadata(
-        json!({"": "v"}),
-        Err("keys must be 1 to 128 bytes long, not 0"),
-    );
-    check_metadata(json!({"k": "v".repeat(1024)}), Ok(()));
-    check_metadata(
-        json!({"k": "v".repeat(1025)}),
-        Err("1025 bytes long; at most 1024"),
-    );
-    // Eight values of 1000 bytes fit in 8 KiB of JSON; nine do not.
-    check_metadata(entries(8, 1000), Ok(()));
-    check_metadata(entries(9, 1000), Err("bytes of JSON; at most 8192"));
-    check_metadata(json!({"k": 1}), Err("value of \"k\" must be a string"));
-    check_metadata(json!({"k": null}), Err("must be a string"));
-    check_metadata(json!({"k": {"nested": "x"}}), Err("must be a string"));
-    check_metadata(json!(["zone", "eu"]), Err("must be a JSON object"));
-    check_metadata(json!("zone=eu"), Err("must be a JSON object"));
+/// Each limit, at the edge and past it: what is accepted is kept whole,
+/// what is refused says why and leaves no trace.
+fn metadata_limits(s: &Registry) {
+    let mut c = s.client();
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    let cases = [
+        (entries(64, 10), Ok(())),
+        (entries(65, 1), Err("65 entries; at most 64")),
+        (json!({ "k".repeat(128): "v" }), Ok(())),
+        (
+            json!({ "k".repeat(129): "v" }),
+            Err("keys must be 1 to 128 bytes"),
+        ),
+        (
+            json!({"": "v"}),
+            Err("keys must be 1 to 128 bytes long, not 0"),
+        ),
+        (json!({"k": "v".repeat(1024)}), Ok(())),
+        (
+            json!({"k": "v".repeat(1025)}),
+            Err("1025 bytes long; at most 1024"),
+        ),
+        // Eight values of 1000 bytes fit in 8 KiB of JSON; nine do not.
+        (entries(8, 1000), Ok(())),
+        (entries(9, 1000), Err("bytes of JSON; at most 8192")),
+        (json!({"k": 1}), Err("value of \"k\" must be a string")),
+        (json!({"k": null}), Err("must be a string")),
+        (json!({"k": {"nested": "x"}}), Err("must be a string")),
+        (json!(["zone", "eu"]), Err("must be a JSON object")),
+        (json!("zone=eu"), Err("must be a JSON object")),
+    ];
+    for (k, (metadata, expected)) in cases.into_iter().enumerate() {
+        let path = format!("/apps/web/i{k}");
+        let body = with_metadata(&format!("i{k}"), metadata.clone());
+        match expected {
+            Ok(()) => {
+                check(&mut c, "POST", "/apps/web", &body, 201);
+                let one = check(&mut c, "GET", &path, "", 200).json();
+                assert_eq!(one["metadata"], metadata, "{body:.200}");
+            }
+            Err(part) => {
+                let r = check(&mut c, "POST", "/apps/web", &body, 400);
+                assert!(r.error().contains(part), "{body:.200}: {}", r.error());
+                check(&mut c, "GET", &path, "", 404);
+            }
+        }
+    }
 }
 
 /// The ids (sorted) of app `web` read through `query`.
 #[track_caller]
-fn filtered(c: &mut Conn, query: &str) -> Vec<String> {
-    let v = check(c, "GET", &format!("/apps/web{query}"), "", 200).json();
-    let mut ids: Vec<String> = v["instances"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no instances list in {v}"))
-        .iter()
-        .map(|i| i["id"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    ids.sort();
+fn filtered(c: &mut impl Exchange, query: &str) -> Vec<String> {
+    let app = check(c, "GET", &format!("/apps/web{query}"), "", 200).json();
     // The list answers the same instances.
     let all = check(c, "GET", &format!("/apps{query}"), "", 200).json();
-    let web = all["applications"]
-        .as_array()
-        .and_then(|apps| apps.iter().find(|a| a["name"] == "web"))
-        .unwrap_or_else(|| panic!("web not listed in {all}"));
-    let mut listed: Vec<String> = web["instances"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no instances list in {web}"))
-        .iter()
-        .map(|i| i["id"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    listed.sort();
-    assert_eq!(listed, ids, "{query}");
-    ids
+    let listed = app_in(&all, "web");
+    for v in [&app, &listed] {
+        assert!(v["instances"].is_array(), "no instances list in {v}");
+    }
+    assert_eq!(ids_in(&listed), ids_in(&app), "{query}");
+    ids_in(&app)
 }
 
-#[test]
-fn status_filters_on_both_lists() {
-    let server = start_with(|c| c.down_after = Duration::from_millis(300));
-    let mut c = Conn::open(server.local_addr());
+fn status_filters_on_both_lists(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     check(&mut c, "POST", "/apps", &app_body("db"), 201);
     for id in ["starting", "up", "down", "out"] {
@@ -173,7 +156,9 @@ fn status_filters_on_both_lists() {
     register(&mut c, "db", "d", "10.0.0.1", 80);
     check(&mut c, "PUT", "/apps/web/down", "", 204);
     check(&mut c, "DELETE", "/apps/web/out", "", 204);
-    eventually(Duration::from_secs(5), "web/down to read down", || {
+    let p = s.periods;
+    let deadline = p.down_after + p.late + Duration::from_secs(5);
+    eventually(deadline, "web/down to read down", || {
         check(&mut c, "PUT", "/apps/web/up", "", 204);
         let v = check(&mut c, "GET", "/apps/web/down", "", 200).json();
         (v["status"] == "down").then_some(())
@@ -192,8 +177,8 @@ fn status_filters_on_both_lists() {
         ("?zone=eu", &["down", "out", "starting", "up"]),
     ];
     for (query, want) in cases {
-        // `up` reads down 300 ms after its last heartbeat: renewed before
-        // each read, and read again where this machine took longer.
+        // `up` reads down --down-after past its last heartbeat: renewed
+        // before each read, and read again where this machine took longer.
         let mut got = Vec::new();
         for _ in 0..20 {
             check(&mut c, "PUT", "/apps/web/up", "", 204);
@@ -207,26 +192,30 @@ fn status_filters_on_both_lists() {
     // An app with none left is listed, with `"instances": []`.
     let all = check(&mut c, "GET", "/apps?status=up", "", 200).json();
     assert_eq!(
-        all["applications"][0],
+        app_in(&all, "db"),
         json!({"name": "db", "instances": []}),
         "{all}"
     );
     let db = check(&mut c, "GET", "/apps/db?status=down", "", 200).json();
     assert_eq!(db, json!({"name": "db", "instances": []}));
-    for query in [
+    let bad = [
         "?status=UP",
         "?status=",
         "?status=up,",
         "?status=ready",
         "?status=%zz",
-    ] {
+    ];
+    refused_on_both_lists(&mut c, &bad, &["status", "escape"]);
+}
+
+/// Each query answers 400 on the list and on an app, with an error that
+/// says one of `says`.
+#[track_caller]
+fn refused_on_both_lists(c: &mut impl Exchange, queries: &[&str], says: &[&str]) {
+    for query in queries {
         for path in ["/apps", "/apps/web"] {
-            let r = check(&mut c, "GET", &format!("{path}{query}"), "", 400);
-            assert!(
-                r.error().contains("status") || r.error().contains("escape"),
-                "{}",
-                r.error()
-            );
+            let e = check(c, "GET", &format!("{path}{query}"), "", 400).error();
+            assert!(says.iter().any(|s| e.contains(s)), "{path}{query}: {e}");
         }
     }
 }
@@ -238,9 +227,8 @@ struct Moved {
     list: bool,
 }
 
-#[test]
-fn the_index_changes_with_every_change_and_only_then() {
-    let (_s, mut c) = fresh();
+fn the_index_changes_with_every_change_and_only_then(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     let both = Moved {
         app: true,
@@ -254,72 +242,32 @@ fn the_index_changes_with_every_change_and_only_then() {
         app: false,
         list: false,
     };
+    let a = instance_body("a", "10.0.0.1", 80);
+    let a_meta = with_metadata("a", json!({"z": "1"}));
+    let a_elsewhere = instance_body("a", "10.0.0.9", 80);
+    let a_moved = instance_body("a", "10.0.0.2", 81);
+    let b = instance_body("b", "10.0.0.2", 81);
+    let db = app_body("db");
+    let d = instance_body("d", "10.0.0.2", 81);
     let steps: &[(&str, &str, &str, u16, Moved)] = &[
-        (
-            "POST",
-            "/apps/web",
-            &instance_body("a", "10.0.0.1", 80),
-            201,
-            both,
-        ),
-        (
-            "POST",
-            "/apps/web",
-            &instance_body("a", "10.0.0.1", 80),
-            201,
-            none,
-        ),
+        ("POST", "/apps/web", &a, 201, both),
+        ("POST", "/apps/web", &a, 201, none),
         ("PUT", "/apps/web/a", "", 204, both),
         ("PUT", "/apps/web/a", "", 204, none),
         ("GET", "/apps/web/a", "", 200, none),
-        (
-            "POST",
-            "/apps/web",
-            &with_metadata("a", json!({"z": "1"})),
-            201,
-            both,
-        ),
-        (
-            "POST",
-            "/apps/web",
-            &with_metadata("a", json!({"z": "1"})),
-            201,
-            none,
-        ),
+        ("POST", "/apps/web", &a_meta, 201, both),
+        ("POST", "/apps/web", &a_meta, 201, none),
         ("PUT", "/apps/web/a", "", 204, both),
-        (
-            "POST",
-            "/apps/web",
-            &instance_body("a", "10.0.0.9", 80),
-            409,
-            none,
-        ),
+        ("POST", "/apps/web", &a_elsewhere, 409, none),
         ("DELETE", "/apps/web/a", "", 204, both),
         ("DELETE", "/apps/web/a", "", 204, none),
         ("PUT", "/apps/web/a", "", 403, none),
-        (
-            "POST",
-            "/apps/web",
-            &instance_body("a", "10.0.0.2", 81),
-            201,
-            both,
-        ),
-        (
-            "POST",
-            "/apps/web",
-            &instance_body("b", "10.0.0.2", 81),
-            201,
-            both,
-        ),
-        ("POST", "/apps", &app_body("db"), 201, list),
-        ("POST", "/apps", &app_body("db"), 409, none),
-        (
-            "POST",
-            "/apps/db",
-            &instance_body("d", "10.0.0.2", 81),
-            201,
-            list,
-        ),
+        ("POST", "/apps/web", &a_moved, 201, both),
+        ("POST", "/apps/web", &b, 201, both),
+        ("POST", "/apps", &db, 201, list),
+        ("POST", "/apps", &db, 409, none),
+        ("POST", "/apps/db", &d, 201, list),
+        ("PUT", "/apps/db/d", "", 204, list),
         ("PUT", "/apps/nope/a", "", 404, none),
     ];
     for (method, path, body, status, want) in steps {
@@ -332,66 +280,14 @@ fn the_index_changes_with_every_change_and_only_then() {
             list: all2 != all,
         };
         assert_eq!(moved, *want, "{method} {path} {body}");
-        // The list's index is the latest of any change.
+        // The list's index is the latest of any change, and exact in JSON.
         assert!(all2 >= app2);
+        assert!(all2 < 1 << 53, "an index above 2^53: {all2}");
     }
 }
 
-#[test]
-fn the_index_changes_when_time_changes_a_status() {
-    let server = start_with(|c| {
-        c.down_after = Duration::from_millis(200);
-        // Long enough for a loaded machine's polls to see `a` down, and
-        // then the empty app, before each goes.
-        c.evict_after = Duration::from_millis(3000);
-        c.sweep_every = Duration::from_secs(3600);
-    });
-    let mut c = Conn::open(server.local_addr());
-    check(&mut c, "POST", "/apps", &app_body("web"), 201);
-    register(&mut c, "web", "a", "10.0.0.1", 80);
-    // The index of a view where `a` reads up (renewed again where this
-    // machine took longer than --down-after to read it).
-    let up = eventually(Duration::from_secs(5), "a up", || {
-        check(&mut c, "PUT", "/apps/web/a", "", 204);
-        let r = check(&mut c, "GET", "/apps/web", "", 200);
-        (r.json()["instances"][0]["status"] == "up")
-            .then(|| {
-                r.header("registro-index")
-                    .and_then(|i| i.parse::<u64>().ok())
-            })
-            .flatten()
-    });
-    // Up to down, then removal, then the empty app's removal: each moves it.
-    let mut seen = vec![up];
-    for (what, expect) in [("down", "down"), ("removed", "")] {
-        let index = eventually(Duration::from_secs(10), what, || {
-            let r = check(&mut c, "GET", "/apps/web", "", 200);
-            let status = r.json()["instances"][0]["status"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            (status == expect).then(|| {
-                r.header("registro-index")
-                    .and_then(|i| i.parse::<u64>().ok())
-            })
-        });
-        let index = index.expect("an index");
-        assert!(
-            index > *seen.last().unwrap_or(&0),
-            "{what}: {index} after {seen:?}"
-        );
-        seen.push(index);
-    }
-    let list = index_of(&mut c, "/apps");
-    eventually(Duration::from_secs(10), "the app to go", || {
-        (c.get("/apps/web").status == 404).then_some(())
-    });
-    assert!(index_of(&mut c, "/apps") > list);
-}
-
-#[test]
-fn a_watch_with_another_index_answers_at_once() {
-    let (_s, mut c) = fresh();
+fn a_watch_with_another_index_answers_at_once(s: &Registry) {
+    let mut c = s.client();
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     let index = index_of(&mut c, "/apps/web");
     for path in ["/apps/web", "/apps"] {
@@ -413,32 +309,24 @@ fn a_watch_with_another_index_answers_at_once() {
 
 #[test]
 fn bad_watch_parameters_answer_400() {
-    let (_s, mut c) = fresh();
+    let server = start();
+    let mut c = Conn::open(server.local_addr());
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
-    for query in [
-        "index=x",
-        "index=-1",
-        "index=",
-        "index=1&wait=1h",
-        "index=1&wait=601s",
-        "index=1&wait=11m",
-        "index=1&wait=fast",
-        "index=1&wait=1.5s",
-    ] {
-        for path in ["/apps", "/apps/web"] {
-            let r = check(&mut c, "GET", &format!("{path}?{query}"), "", 400);
-            let e = r.error();
-            assert!(
-                e.contains("index must") || e.contains("wait must"),
-                "{query}: {e}"
-            );
-        }
-    }
+    let bad = [
+        "?index=x",
+        "?index=-1",
+        "?index=",
+        "?index=1&wait=1h",
+        "?index=1&wait=601s",
+        "?index=1&wait=11m",
+        "?index=1&wait=fast",
+        "?index=1&wait=1.5s",
+    ];
+    refused_on_both_lists(&mut c, &bad, &["index must", "wait must"]);
 }
 
-#[test]
-fn location_escapes_dot_segments() {
-    let (_s, mut c) = fresh();
+fn location_escapes_dot_segments(s: &Registry) {
+    let mut c = s.client();
     for (name, encoded) in [("..", "%2E%2E"), (".", "%2E")] {
         let r = check(&mut c, "POST", "/apps", &app_body(name), 201);
         let location = format!("/registro/1.0/apps/{encoded}");

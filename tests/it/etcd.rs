@@ -2,20 +2,21 @@
 //! components: a three-member etcd cluster on loopback (`cluster.rs`) and
 //! `registro` processes of the real binary on it with `--store etcd://...`.
 //!
-//! Covered: Parts 1 to 3 through either server (the scenarios of
-//! `conformance.rs`, which also run against the in-memory store); a change
-//! on one server seen by a watch on the other within 1 s, with the same
-//! index; SIGKILL of a server, of the etcd leader and of a follower while
-//! heartbeats, registrations and reads run; a silent instance going down and
-//! away by time across servers; etcd stopped altogether and started again;
-//! a server whose periods differ from the registry's.
+//! Parts 1 to 3 on two servers of one registry are the scenarios that run
+//! on every store (`scenarios.rs`): changes through one server seen by
+//! reads and watches on the other, with the same index, and time passing.
+//! Here: SIGKILL of a server, of the etcd leader and of a follower while
+//! heartbeats, registrations and reads run; etcd stopped altogether and
+//! started again; a registry outliving its servers; a watch lost past a
+//! compaction; a server whose periods differ from the registry's; a view
+//! that never falls behind silently (`view.rs`); and the chaos test
+//! (`chaos.rs`, `make chaos`), a short run of which is here.
 //!
 //! Without etcd installed these tests print one SKIP line, and fail when
 //! `CI=true`. Time is waited for by polling with a deadline.
 
 mod chaos;
-mod cluster;
-mod conformance;
+pub mod cluster;
 mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,12 +29,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::api::{app_body, check, instance_body, register};
-use crate::support::{eventually, start_with, Conn, Proc};
+use crate::scenarios::{converged, lock, status_in, view};
+use crate::support::{eventually, Conn, Proc};
 use cluster::{installed, refused, Cluster};
-use conformance::{converged, index, index_of, parked, status_in, SCENARIOS};
-
-/// How soon a change through one server is seen on another (API.md Part 4).
-const SEEN_WITHIN: Duration = Duration::from_secs(1);
 
 /// Two `registro` servers on `cluster` under `prefix`, with `args` added.
 fn pair(cluster: &Cluster, prefix: &str, args: &[&str]) -> (Proc, Proc) {
@@ -41,6 +39,13 @@ fn pair(cluster: &Cluster, prefix: &str, args: &[&str]) -> (Proc, Proc) {
         cluster.registro(prefix, args),
         cluster.registro(prefix, args),
     )
+}
+
+/// A connection to `addr`, through which the app `web` was created.
+fn with_web(addr: SocketAddr) -> Conn {
+    let mut c = Conn::open(addr);
+    check(&mut c, "POST", "/apps", &app_body("web"), 201);
+    c
 }
 
 /// One request through a fresh connection: the status and the body, or
@@ -59,6 +64,7 @@ fn send_within(
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
+        .middleware(crate::support::checked)
         .build()
         .into();
     let url = format!("http://{addr}{path}");
@@ -78,6 +84,14 @@ fn send_within(
     Some((status, text))
 }
 
+/// Waits until `/healthz` on `addr` answers `status`; its body.
+fn healthz_turns(addr: SocketAddr, status: u16, deadline: Duration) -> String {
+    eventually(deadline, &format!("/healthz {status}"), || {
+        let (s, body) = send(addr, "GET", "/healthz", "")?;
+        (s == status).then_some(body)
+    })
+}
+
 /// The harness itself: a leader is found, a killed member comes back.
 #[test]
 fn the_cluster_elects_again_after_its_leader_is_killed() {
@@ -91,135 +105,6 @@ fn the_cluster_elects_again_after_its_leader_is_killed() {
     assert_ne!(first, second);
     cluster.restart(first);
     assert!(cluster.leader() < 3);
-}
-
-#[test]
-fn conformance_on_memory() {
-    for s in SCENARIOS {
-        let server = start_with(|c| {
-            c.down_after = s.periods.down_after;
-            c.evict_after = s.periods.evict_after;
-        });
-        (s.run)(&[server.local_addr()]);
-    }
-}
-
-#[test]
-fn conformance_on_etcd_through_either_server() {
-    if !installed("conformance_on_etcd_through_either_server") {
-        return;
-    }
-    let cluster = Cluster::start("conformance");
-    // Every scenario twice: its changes and reads through one server, then
-    // through the other, each time on a registry of its own.
-    for through in 0..2 {
-        for (k, s) in SCENARIOS.iter().enumerate() {
-            let flags = s.periods.flags();
-            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-            let prefix = format!("/conformance-{through}-{k}/");
-            let (a, b) = pair(&cluster, &prefix, &flags);
-            let addrs = if through == 0 {
-                [a.addr, b.addr]
-            } else {
-                [b.addr, a.addr]
-            };
-            let began = Instant::now();
-            (s.run)(&addrs);
-            converged(&addrs, Duration::from_secs(3), s.name);
-            println!(
-                "etcd, server {through}: {} in {:?}",
-                s.name,
-                began.elapsed()
-            );
-        }
-    }
-}
-
-#[test]
-fn a_change_on_one_server_wakes_a_watch_on_the_other_within_a_second() {
-    if !installed("a_change_on_one_server_wakes_a_watch_on_the_other_within_a_second") {
-        return;
-    }
-    let cluster = Cluster::start("watch");
-    let (a, b) = pair(&cluster, "/watch/", &[]);
-    let mut ca = Conn::open(a.addr);
-    let mut cb = Conn::open(b.addr);
-    check(&mut ca, "POST", "/apps", &app_body("web"), 201);
-    // The app is on B within a second of A's 201.
-    let created = Instant::now();
-    eventually(SEEN_WITHIN, "web on the other server", || {
-        (cb.get("/apps/web").status == 200).then_some(())
-    });
-    assert!(created.elapsed() <= SEEN_WITHIN + Duration::from_millis(100));
-    for (what, change) in [
-        ("register", "POST"),
-        ("first heartbeat", "PUT"),
-        ("out of service", "DELETE"),
-    ] {
-        // Both servers answer the same index for the same state; a watch
-        // sent to B with the index A answered waits on B.
-        let (_, at) = converged(&[a.addr, b.addr], SEEN_WITHIN * 3, what);
-        assert_eq!(
-            index_of(&mut ca, "/apps/web"),
-            index_of(&mut cb, "/apps/web")
-        );
-        let app = index_of(&mut ca, "/apps/web");
-        let mut wb = Conn::open(b.addr);
-        let list = thread::spawn(move || wb.get(&format!("/apps?index={at}&wait=30s")));
-        let mut wb = Conn::open(b.addr);
-        let one = thread::spawn(move || wb.get(&format!("/apps/web?index={app}&wait=30s")));
-        parked(&mut cb, 2);
-        match change {
-            "POST" => {
-                register(&mut ca, "web", "a", "10.0.0.1", 80);
-            }
-            "PUT" => {
-                check(&mut ca, "PUT", "/apps/web/a", "", 204);
-            }
-            _ => {
-                check(&mut ca, "DELETE", "/apps/web/a", "", 204);
-            }
-        }
-        let changed = Instant::now();
-        let after = index_of(&mut ca, "/apps/web");
-        for (h, path) in [(one, "/apps/web"), (list, "/apps")] {
-            let reply = h.join().expect("watch thread");
-            let late = changed.elapsed();
-            assert!(
-                late <= SEEN_WITHIN,
-                "{what}: the watch of {path} on the other server answered {late:?} after the change"
-            );
-            assert_eq!(reply.status, 200, "{what}: {}", reply.body);
-            let v = reply.json();
-            let web = if path == "/apps" {
-                v["applications"][0].clone()
-            } else {
-                v
-            };
-            let want = match change {
-                "POST" => "starting",
-                "PUT" => "up",
-                _ => "out-of-service",
-            };
-            assert_eq!(status_in(&web, "a").as_deref(), Some(want), "{what}: {web}");
-            if path == "/apps/web" {
-                assert_eq!(index(&reply), after, "{what}: B's index is not A's");
-            }
-        }
-    }
-    let (view, _) = converged(&[a.addr, b.addr], SEEN_WITHIN, "the end");
-    assert_eq!(
-        view["applications"][0]["instances"][0]["status"],
-        "out-of-service"
-    );
-    // The store's own metrics (API.md Part 4).
-    let r = ca.send_raw(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n", false);
-    for name in [
-        "registro_store_requests_total{",
-        "registro_store_request_duration_seconds",
-    ] {
-        assert!(r.body.contains(name), "no {name} in /metrics:\n{}", r.body);
-    }
 }
 
 /// Whom a test kills.
@@ -478,135 +363,23 @@ fn survives(victim: Victim) {
     );
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-#[test]
-fn kill_9_of_a_registro_server_loses_nothing() {
-    if installed("kill_9_of_a_registro_server_loses_nothing") {
-        survives(Victim::Registro);
-    }
-}
-
-#[test]
-fn kill_9_of_the_etcd_leader_loses_nothing() {
-    if installed("kill_9_of_the_etcd_leader_loses_nothing") {
-        survives(Victim::Leader);
-    }
-}
-
-#[test]
-fn kill_9_of_an_etcd_follower_loses_nothing() {
-    if installed("kill_9_of_an_etcd_follower_loses_nothing") {
-        survives(Victim::Follower);
-    }
-}
-
-#[test]
-fn a_hanging_etcd_leader_loses_nothing() {
-    if installed("a_hanging_etcd_leader_loses_nothing") {
-        survives(Victim::FrozenLeader);
-    }
-}
-
-#[test]
-fn a_silent_instance_goes_down_then_away_on_every_server() {
-    if !installed("a_silent_instance_goes_down_then_away_on_every_server") {
-        return;
-    }
-    let cluster = Cluster::start("silent");
-    let down_after = Duration::from_secs(1);
-    let evict_after = Duration::from_secs(3);
-    let (a, b) = pair(
-        &cluster,
-        "/silent/",
-        &["--down-after", "1s", "--evict-after", "3s"],
-    );
-    let mut ca = Conn::open(a.addr);
-    let mut cb = Conn::open(b.addr);
-    check(&mut ca, "POST", "/apps", &app_body("web"), 201);
-    register(&mut ca, "web", "quiet", "10.0.0.1", 80);
-    register(&mut ca, "web", "alive", "10.0.0.2", 80);
-    check(&mut cb, "PUT", "/apps/web/alive", "", 204);
-    let renewed = Instant::now();
-    check(&mut ca, "PUT", "/apps/web/quiet", "", 204);
-    // A watch on B, of the state where both are up: time passing on the
-    // registry wakes it (API.md Part 3: within 1 s of becoming true).
-    converged(&[a.addr, b.addr], SEEN_WITHIN, "both up");
-    let at = index_of(&mut cb, "/apps/web");
-    let mut wb = Conn::open(b.addr);
-    let watch = thread::spawn(move || {
-        let reply = wb.get(&format!("/apps/web?index={at}&wait=30s"));
-        (reply, renewed.elapsed())
-    });
-    // `alive` heartbeats through both servers in turn: the periods count
-    // heartbeats made through any server.
-    let mut turn = 0;
-    let mut beat = |ca: &mut Conn, cb: &mut Conn| {
-        turn += 1;
-        let c = if turn % 2 == 0 { ca } else { cb };
-        check(c, "PUT", "/apps/web/alive", "", 204);
-    };
-    let statuses = |ca: &mut Conn, cb: &mut Conn| -> Vec<(Option<String>, Option<String>)> {
-        [ca, cb]
-            .into_iter()
-            .map(|c| {
-                let v = check(c, "GET", "/apps/web", "", 200).json();
-                (status_in(&v, "quiet"), status_in(&v, "alive"))
-            })
-            .collect()
-    };
-    let mut down_on = [None, None];
-    let mut gone_on = [None, None];
-    eventually(Duration::from_secs(15), "quiet to go on both", || {
-        beat(&mut ca, &mut cb);
-        for (k, (quiet, alive)) in statuses(&mut ca, &mut cb).into_iter().enumerate() {
-            assert_eq!(alive.as_deref(), Some("up"), "server {k}: alive");
-            match quiet.as_deref() {
-                Some("down") => {
-                    down_on[k].get_or_insert(renewed.elapsed());
-                }
-                None => {
-                    gone_on[k].get_or_insert(renewed.elapsed());
-                }
-                Some("up") => assert!(
-                    renewed.elapsed() < down_after + Duration::from_secs(2),
-                    "server {k}: quiet still up after {:?}",
-                    renewed.elapsed()
-                ),
-                other => panic!("server {k}: quiet reads {other:?}"),
+/// A test a victim, each `survives` where etcd is installed.
+macro_rules! survival {
+    ($($test:ident: $victim:ident),* $(,)?) => {$(
+        #[test]
+        fn $test() {
+            if installed(stringify!($test)) {
+                survives(Victim::$victim);
             }
         }
-        gone_on.iter().all(Option::is_some).then_some(())
-    });
-    for k in 0..2 {
-        let down = down_on[k].unwrap_or_else(|| panic!("server {k} never read quiet down"));
-        assert!(down >= down_after, "server {k}: down after {down:?}");
-        assert!(
-            down < down_after + Duration::from_secs(2),
-            "server {k}: down only after {down:?}"
-        );
-        let gone = gone_on[k].unwrap_or_default();
-        assert!(gone >= evict_after, "server {k}: removed after {gone:?}");
-        assert!(
-            gone < evict_after + Duration::from_secs(2),
-            "server {k}: removed only after {gone:?}"
-        );
-    }
-    let (reply, woken) = watch.join().expect("the watch");
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(status_in(&reply.json(), "quiet").as_deref(), Some("down"));
-    assert!(
-        woken < down_after + Duration::from_secs(2),
-        "the watch on B was woken {woken:?} after the last heartbeat"
-    );
-    check(&mut cb, "PUT", "/apps/web/quiet", "", 404);
-    let (view, _) = converged(&[a.addr, b.addr], SEEN_WITHIN, "after the removal");
-    assert_eq!(
-        view["applications"][0]["instances"],
-        json!([{"id": "alive", "ip": "10.0.0.2", "port": 80, "status": "up"}])
-    );
+    )*};
+}
+
+survival! {
+    kill_9_of_a_registro_server_loses_nothing: Registro,
+    kill_9_of_the_etcd_leader_loses_nothing: Leader,
+    kill_9_of_an_etcd_follower_loses_nothing: Follower,
+    a_hanging_etcd_leader_loses_nothing: FrozenLeader,
 }
 
 #[test]
@@ -616,8 +389,7 @@ fn without_etcd_changes_answer_503_reads_answer_and_it_recovers() {
     }
     let mut cluster = Cluster::start("outage");
     let (a, b) = pair(&cluster, "/outage/", &[]);
-    let mut ca = Conn::open(a.addr);
-    check(&mut ca, "POST", "/apps", &app_body("web"), 201);
+    let mut ca = with_web(a.addr);
     register(&mut ca, "web", "w", "10.0.0.1", 80);
     check(&mut ca, "PUT", "/apps/web/w", "", 204);
     let (before, _) = converged(&[a.addr, b.addr], Duration::from_secs(3), "before");
@@ -664,7 +436,7 @@ fn without_etcd_changes_answer_503_reads_answer_and_it_recovers() {
         assert_eq!(s, 200, "{text}");
         let v: Value = serde_json::from_str(&text).expect("JSON");
         assert_eq!(v["status"], "up", "{v}");
-        let (view, _) = conformance::view(addr);
+        let (view, _) = view(addr);
         assert_eq!(view, before, "the last view changed while etcd was away");
     }
 
@@ -672,10 +444,7 @@ fn without_etcd_changes_answer_503_reads_answer_and_it_recovers() {
     cluster.restart_all();
     for p in [&a, &b] {
         let addr = p.addr;
-        eventually(Duration::from_secs(20), "/healthz 200", || {
-            let (s, body) = send(addr, "GET", "/healthz", "")?;
-            (s == 200).then_some(body)
-        });
+        healthz_turns(addr, 200, Duration::from_secs(20));
         eventually(Duration::from_secs(10), "a heartbeat to work again", || {
             let (s, _) = send(addr, "PUT", "/registro/1.0/apps/web/w", "")?;
             (s == 204).then_some(())
@@ -701,8 +470,7 @@ fn the_registry_outlives_every_server() {
     }
     let cluster = Cluster::start("outlives");
     let (a, b) = pair(&cluster, "/outlives/", &[]);
-    let mut ca = Conn::open(a.addr);
-    check(&mut ca, "POST", "/apps", &app_body("web"), 201);
+    let mut ca = with_web(a.addr);
     check(&mut ca, "POST", "/apps", &app_body("db"), 201);
     let meta = json!({"id": "m", "ip": "10.0.0.3", "port": 81, "metadata": {"zone": "eu-1"}});
     check(&mut ca, "POST", "/apps/web", &meta.to_string(), 201);
@@ -718,13 +486,21 @@ fn the_registry_outlives_every_server() {
     // A new server on the same prefix serves the same registry, at an
     // index no lower, and takes heartbeats of what was up.
     let c = cluster.registro("/outlives/", &[]);
-    let (after, later) = conformance::view(c.addr);
+    let (after, later) = view(c.addr);
     assert_eq!(after, before);
     assert!(later >= index, "the index went back: {index} then {later}");
     let mut cc = Conn::open(c.addr);
     check(&mut cc, "PUT", "/apps/web/up", "", 204);
     check(&mut cc, "PUT", "/apps/web/out", "", 403);
-    assert_eq!(conformance::view(c.addr), (before, later));
+    assert_eq!(view(c.addr), (before, later));
+    // The store's own metrics (API.md Part 4).
+    let r = cc.send_raw(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n", false);
+    for name in [
+        "registro_store_requests_total{",
+        "registro_store_request_duration_seconds",
+    ] {
+        assert!(r.body.contains(name), "no {name} in /metrics:\n{}", r.body);
+    }
 }
 
 #[test]
@@ -737,8 +513,7 @@ fn a_server_that_lost_its_watch_past_a_compaction_catches_up() {
     let a = cluster.registro("/compaction/", &[]);
     let store = cluster.store_of(&[2]);
     let b = Proc::start(&["--store", &store, "--etcd-prefix", "/compaction/"]);
-    let mut ca = Conn::open(a.addr);
-    check(&mut ca, "POST", "/apps", &app_body("web"), 201);
+    let mut ca = with_web(a.addr);
     register(&mut ca, "web", "gone", "10.0.0.1", 80);
     converged(&[a.addr, b.addr], Duration::from_secs(3), "before");
     cluster.kill(2);

@@ -7,7 +7,7 @@
 //! to see them.
 
 use std::io::{self, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr};
 use std::process::Command;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{PoisonError, RwLock};
@@ -15,7 +15,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    connect, eventually, fill_registry, held_open, raise_nofile, raw, read_reply, Proc,
+    connect, eventually, fill_registry, held_open, idle_connections, proc_status, raise_nofile,
+    raw, read_reply, Proc, Stream,
 };
 
 /// The load test takes this exclusively and the other tests here share it, so
@@ -74,7 +75,7 @@ enum Outcome {
 /// nor answers within the stream's read timeout, or if what it sent is not
 /// one well-formed response (an error response must carry a JSON error).
 #[track_caller]
-fn outcome(stream: &mut TcpStream) -> Outcome {
+fn outcome(stream: &mut Stream) -> Outcome {
     let mut received = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -153,19 +154,6 @@ impl Lcg {
     }
 }
 
-/// A resident-memory figure from /proc/PID/status, in KiB (`VmRSS:`,
-/// `VmHWM:`) or a count (`Threads:`).
-fn proc_status(server: &Proc, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
-        .expect("read /proc/PID/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
-}
-
 #[track_caller]
 fn assert_alive(server: &mut Proc) {
     let status = server.child.try_wait().expect("try_wait");
@@ -238,7 +226,7 @@ fn declared_lengths_over_the_limit_are_refused_without_allocating() {
         }
     });
     let rss = server.rss_kib();
-    let peak = proc_status(&server, "VmHWM:");
+    let peak = proc_status(server.child.id(), "VmHWM:");
     println!("after 200 huge Content-Length requests: RSS {rss} KiB, peak {peak} KiB");
     assert!(peak < 100 * 1024, "peak resident memory {peak} KiB");
 
@@ -335,37 +323,25 @@ fn hostile_bytes_get_a_4xx_or_a_closed_connection_and_the_server_keeps_serving()
     use Outcome::{Answered, Dropped};
     let mb = 1 << 20;
 
-    let header_line = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "h".repeat(mb));
-    check_hostile(
-        addr,
-        "1 MB header line",
-        header_line.as_bytes(),
-        &[Answered(431), Dropped],
-    );
-    let request_line = format!("GET /{} HTTP/1.1\r\n\r\n", "u".repeat(mb));
-    check_hostile(
-        addr,
-        "1 MB request line",
-        request_line.as_bytes(),
-        &[Answered(414), Dropped],
-    );
-    let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X-Many: yes\r\n".repeat(200));
-    check_hostile(
-        addr,
-        "200 headers",
-        many.as_bytes(),
-        &[Answered(431), Dropped],
-    );
-    let huge_head = format!(
-        "GET / HTTP/1.1\r\n{}\r\n",
-        format!("X-Wide: {}\r\n", "w".repeat(8000)).repeat(20)
-    );
-    check_hostile(
-        addr,
-        "160 KB of headers",
-        huge_head.as_bytes(),
-        &[Answered(431), Dropped],
-    );
+    let head = |lines: String| format!("GET / HTTP/1.1\r\n{lines}\r\n");
+    let wide = format!("X-Wide: {}\r\n", "w".repeat(8000));
+    let too_large = [
+        (
+            "1 MB header line",
+            head(format!("X-Big: {}\r\n", "h".repeat(mb))),
+            431,
+        ),
+        (
+            "1 MB request line",
+            format!("GET /{} HTTP/1.1\r\n\r\n", "u".repeat(mb)),
+            414,
+        ),
+        ("200 headers", head("X-Many: yes\r\n".repeat(200)), 431),
+        ("160 KB of headers", head(wide.repeat(20)), 431),
+    ];
+    for (what, bytes, status) in too_large {
+        check_hostile(addr, what, bytes.as_bytes(), &[Answered(status), Dropped]);
+    }
 
     let garbage: &[&[u8]] = &[
         b"HELLO\r\n\r\n",
@@ -390,41 +366,53 @@ fn hostile_bytes_get_a_4xx_or_a_closed_connection_and_the_server_keeps_serving()
         let what = format!("garbage {:?}", String::from_utf8_lossy(bytes));
         check_hostile(addr, &what, bytes, &[Answered(400), Answered(417), Dropped]);
     }
-    // Well-formed but unsupported: the 5xx the HTTP RFCs prescribe.
-    check_hostile(
-        addr,
-        "HTTP/2.0",
-        b"GET / HTTP/2.0\r\n\r\n",
-        &[Answered(505)],
-    );
-    // A coding we cannot decode under a final chunked: 501 (RFC 9112 6.1).
-    // Without a final chunked the body's end is unknown: 400 (RFC 9112 6.3).
-    check_hostile(
-        addr,
-        "gzip transfer coding under chunked",
-        b"POST /registro/1.0/apps HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-        &[Answered(501)],
-    );
-    check_hostile(
-        addr,
-        "gzip transfer coding alone",
-        b"POST /registro/1.0/apps HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
-        &[Answered(400)],
-    );
-    // HTTP/2 prior knowledge: its preface is a request line of its own.
-    check_hostile(
-        addr,
-        "HTTP/2 preface",
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-        &[Answered(505), Answered(400), Dropped],
-    );
-
-    check_hostile(
-        addr,
-        "TLS ClientHello",
-        &client_hello(),
-        &[Answered(400), Dropped],
-    );
+    // Well-formed but unsupported: the 5xx the HTTP RFCs prescribe. A
+    // coding we cannot decode under a final chunked: 501 (RFC 9112 6.1);
+    // without a final chunked the body's end is unknown: 400 (RFC 9112
+    // 6.3). HTTP/2 prior knowledge: its preface is a request line of its own.
+    let coded = |codings: &str| {
+        let post = "POST /registro/1.0/apps HTTP/1.1\r\nTransfer-Encoding: ";
+        format!("{post}{codings}\r\n\r\n").into_bytes()
+    };
+    let mut noise = Lcg(99).bytes(64 * 1024);
+    noise.retain(|&b| b != b'\n');
+    let cases: [(&str, Vec<u8>, &[Outcome]); 8] = [
+        (
+            "HTTP/2.0",
+            b"GET / HTTP/2.0\r\n\r\n".to_vec(),
+            &[Answered(505)],
+        ),
+        (
+            "gzip under chunked",
+            coded("gzip, chunked"),
+            &[Answered(501)],
+        ),
+        ("gzip alone", coded("gzip"), &[Answered(400)]),
+        (
+            "HTTP/2 preface",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            &[Answered(505), Answered(400), Dropped],
+        ),
+        ("TLS ClientHello", client_hello(), &[Answered(400), Dropped]),
+        (
+            "64 KiB of random bytes, no newline",
+            noise,
+            &[Answered(414), Dropped],
+        ),
+        (
+            "NUL bytes",
+            vec![0; 1024],
+            &[Answered(400), Answered(414), Dropped],
+        ),
+        (
+            "NUL line",
+            b"\0\0\0\0\r\n\r\n".to_vec(),
+            &[Answered(400), Dropped],
+        ),
+    ];
+    for (what, bytes, expected) in cases {
+        check_hostile(addr, what, &bytes, expected);
+    }
     for seed in 1..=4 {
         let bytes = Lcg(seed).bytes(4096);
         let what = format!("4 KiB of random bytes, seed {seed}");
@@ -435,26 +423,6 @@ fn hostile_bytes_get_a_4xx_or_a_closed_connection_and_the_server_keeps_serving()
             &[Answered(400), Answered(414), Dropped],
         );
     }
-    let mut noise = Lcg(99).bytes(64 * 1024);
-    noise.retain(|&b| b != b'\n');
-    check_hostile(
-        addr,
-        "64 KiB of random bytes without a newline",
-        &noise,
-        &[Answered(414), Dropped],
-    );
-    check_hostile(
-        addr,
-        "NUL bytes",
-        &[0u8; 1024],
-        &[Answered(400), Answered(414), Dropped],
-    );
-    check_hostile(
-        addr,
-        "NUL line",
-        b"\0\0\0\0\r\n\r\n",
-        &[Answered(400), Dropped],
-    );
 
     // Requests that stop half-way: the client half-closes, or goes away.
     let half_body =
@@ -499,24 +467,8 @@ fn heartbeats_stay_fast_under_2000_idle_and_300_slowloris_connections() {
     let rss_before = server.rss_kib();
     let started = Instant::now();
 
-    // Each idle connection has had one request answered and stays open; in
-    // batches, so the kernel's accept queue never overflows.
-    let mut idle = Vec::with_capacity(IDLE);
-    while idle.len() < IDLE {
-        let mut batch: Vec<TcpStream> = (0..BATCH)
-            .map(|_| connect(addr, Duration::from_secs(10)))
-            .collect();
-        for stream in &mut batch {
-            stream.write_all(GET_APPS).expect("send");
-        }
-        for stream in batch {
-            let mut reader = BufReader::new(stream);
-            let reply = read_reply(&mut reader).expect("an answer on an idle connection");
-            assert_eq!(reply.status, 200);
-            assert_eq!(reply.header("connection"), Some("keep-alive"));
-            idle.push(reader.into_inner());
-        }
-    }
+    // Each idle connection has had one request answered and stays open.
+    let idle = idle_connections(addr, IDLE);
 
     // Slowloris: each sends half a request, then one more header byte every
     // 200 ms. One `GET /apps` after each batch is queued behind it, so its
@@ -538,7 +490,7 @@ fn heartbeats_stay_fast_under_2000_idle_and_300_slowloris_connections() {
     // heartbeat meets a burst of slowloris traffic.
     let (stop, stopped) = mpsc::channel::<()>();
     let (tick, ticks) = mpsc::channel::<()>();
-    let writers: Vec<TcpStream> = slow.iter().map(|s| s.try_clone().expect("clone")).collect();
+    let writers: Vec<Stream> = slow.iter().map(|s| s.try_clone().expect("clone")).collect();
     let trickler = thread::spawn(move || {
         let mut writers = writers;
         let mut sent = 0usize;
@@ -567,7 +519,7 @@ fn heartbeats_stay_fast_under_2000_idle_and_300_slowloris_connections() {
         assert_eq!(reply.status, 204, "{reply:?}");
     }
     let rss_loaded = server.rss_kib();
-    let threads = proc_status(&server, "Threads:");
+    let threads = proc_status(server.child.id(), "Threads:");
 
     let _ = stop.send(());
     let trickled = trickler.join().expect("the trickler ends");
@@ -860,7 +812,7 @@ fn connections_over_the_limit_get_503_until_some_close() {
     let _guard = shared();
     let server = Proc::start(&["--max-connections", "50", "--threads", "2"]);
     let addr = server.addr;
-    let keep_alive = |stream: TcpStream| -> io::Result<TcpStream> {
+    let keep_alive = |stream: Stream| -> io::Result<Stream> {
         let mut stream = stream;
         stream.write_all(GET_APPS)?;
         let mut reader = BufReader::new(stream);
@@ -869,7 +821,7 @@ fn connections_over_the_limit_get_503_until_some_close() {
             other => Err(io::Error::other(format!("{other:?}"))),
         }
     };
-    let mut open: Vec<TcpStream> = (0..50)
+    let mut open: Vec<Stream> = (0..50)
         .map(|i| {
             keep_alive(connect(addr, Duration::from_secs(3)))
                 .unwrap_or_else(|e| panic!("connection {i}: {e}"))
@@ -918,7 +870,7 @@ fn a_client_that_reads_nothing_cannot_hold_the_stop() {
         // Full buffers: what waits unread stops growing between two polls.
         let mut before = 0;
         let buffered = eventually(Duration::from_secs(5), "the buffers to fill", || {
-            let now = rustix::io::ioctl_fionread(&greedy).unwrap_or(0);
+            let now = rustix::io::ioctl_fionread(&*greedy).unwrap_or(0);
             let full = now > 0 && now == before;
             before = now;
             full.then_some(now)
@@ -1029,7 +981,7 @@ fn a_burst_of_connections_cannot_pass_the_limit() {
         });
         // 120 connections at once, none sending anything: the server holds
         // 49 open beside the probe and refuses the rest with a 503.
-        let burst: Vec<TcpStream> = (0..120)
+        let burst: Vec<Stream> = (0..120)
             .map(|_| connect(addr, Duration::from_secs(1)))
             .collect();
         let mut refused = vec![false; burst.len()];

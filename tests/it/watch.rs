@@ -1,225 +1,122 @@
-//! Watches that wait (API.md Part 3 "Change index and watches"), against
-//! the real server: a watch is woken by each kind of change, not by a plain
-//! renewal, returns at `wait`, is answered at once on SIGTERM, and 10,000 of
-//! them hold no thread. These need the connection layer that parks a
-//! request (`Outcome::Wait`) without a thread.
+//! Watches that wait (API.md Part 3 "Change index and watches"): a watch is
+//! woken by each kind of change, not by a plain renewal, and returns at
+//! `wait` (a scenario, run on every store by `scenarios.rs`; watches woken
+//! by time are in `lifecycle.rs`); against the memory store, what a parked
+//! watch's connection does meanwhile, SIGTERM answering watches at once,
+//! and 10,000 of them holding no thread. These need the connection layer
+//! that parks a request (`Outcome::Wait`) without a thread.
 
 use std::io::{BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::thread::{self, JoinHandle};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::json;
 
-use crate::api::{app_body, check, register};
-use crate::support::{eventually, raise_nofile, read_reply, start_with, Conn, Proc, Reply};
+use crate::api::{app_body, check, instance_body, register};
+use crate::scenarios::{app_in, index, index_of, parked, status_in, table, timed, Registry, Watch};
+use crate::support::{
+    assert_within, proc_status, raise_nofile, read_reply, start_with, Conn, Proc,
+};
 
-/// How long a woken watch may take to answer: well under the waits of the
-/// watches here (30 s, 60 s), so an answer within it came from the change
-/// (its index and view say which), not from the wait's end. How much sooner
-/// depends on this machine's load; that the ticker wakes within a second
-/// of a due time is `sweeper::tests`' to show.
+table![Still: a_watch_is_woken_by_each_kind_of_change_and_only_by_one];
+
+/// How long a watch may take to answer past its `wait`: well under the
+/// waits of the watches here (30 s, 60 s), so an answer within it came
+/// from the change (its index and view say which), not from the wait's
+/// end. How much sooner depends on this machine's load.
 const PROMPT: Duration = Duration::from_secs(10);
 
-/// A watch in flight on a connection of its own.
-struct Watch {
-    thread: JoinHandle<(Reply, Duration)>,
-}
-
-impl Watch {
-    /// `GET /registro/1.0PATH`, answered on another thread.
-    fn start(addr: SocketAddr, path: &str) -> Watch {
-        let mut conn = Conn::open(addr);
-        let path = path.to_owned();
-        let sent = Instant::now();
-        let thread = thread::spawn(move || {
-            let reply = conn.get(&path);
-            (reply, sent.elapsed())
-        });
-        Watch { thread }
+fn a_watch_is_woken_by_each_kind_of_change_and_only_by_one(s: &Registry) {
+    // Changes through one server, watches on another (on one server, the
+    // same), with the index the first answered.
+    let (mut one, mut other) = (s.conn(0), s.conn(1));
+    check(&mut one, "POST", "/apps", &app_body("web"), 201);
+    register(&mut one, "web", "q", "10.0.0.9", 80);
+    check(&mut one, "PUT", "/apps/web/q", "", 204);
+    // Plain renewals through every server, and another app's change, wake
+    // no watch of this app: it answers at its wait, with the same index.
+    let before = index_of(&mut one, "/apps/web");
+    let sent = Instant::now();
+    let quiet = Watch::start(s.addr(1), &format!("/apps/web?index={before}&wait=1500ms"));
+    parked(&mut other, 1);
+    let mut c = s.client();
+    for _ in 0..6 {
+        check(&mut c, "PUT", "/apps/web/q", "", 204);
     }
+    check(&mut c, "POST", "/apps", &app_body("db"), 201);
+    let (reply, at) = quiet.answer();
+    let took = at - sent;
+    let wait = Duration::from_millis(1500);
+    assert!(
+        took >= wait && took < wait + PROMPT,
+        "answered after {took:?}"
+    );
+    assert_eq!(
+        (reply.status, index(&reply)),
+        (200, before),
+        "{}",
+        reply.body
+    );
+    assert_eq!(status_in(&reply.json(), "q").as_deref(), Some("up"));
+    // A filter applies to the answer.
+    let (reply, _) = Watch::start(
+        s.addr(1),
+        &format!("/apps/web?index={before}&wait=200ms&status=down"),
+    )
+    .answer();
+    assert_eq!(reply.json()["instances"], json!([]), "{}", reply.body);
 
-    /// The answer and how long it took.
-    fn answer(self) -> (Reply, Duration) {
-        self.thread.join().expect("the watch thread")
-    }
-}
-
-fn index(r: &Reply) -> u64 {
-    r.header("registro-index")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no Registro-Index in {:?}", r.headers))
-}
-
-fn index_of(c: &mut Conn, path: &str) -> u64 {
-    index(&check(c, "GET", path, "", 200))
-}
-
-/// Waits until the server counts `n` parked watches (through `/metrics`),
-/// so that a change made next must wake them rather than be seen on arrival.
-fn parked(c: &mut Conn, n: usize) {
-    let want = format!("registro_watches_waiting {n}");
-    eventually(Duration::from_secs(5), &want, || {
-        let r = c.send_raw(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n", false);
-        r.body.lines().any(|l| l.trim() == want).then_some(())
-    });
-}
-
-fn status_in(app: &Value, id: &str) -> Option<String> {
-    app["instances"]
-        .as_array()?
-        .iter()
-        .find(|i| i["id"] == id)
-        .and_then(|i| i["status"].as_str())
-        .map(str::to_owned)
-}
-
-/// One kind of change: what is set up, what is done, what the woken watch
-/// of `/apps/web` sees for instance `a` (`None`: absent), or 404 when the
-/// app itself went.
-struct Case {
-    name: &'static str,
-    setup: fn(&mut Conn),
-    change: fn(&mut Conn),
-    seen: Result<Option<&'static str>, u16>,
-}
-
-fn with_a(c: &mut Conn) {
-    register(c, "web", "a", "10.0.0.1", 80);
-}
-
-fn with_a_up(c: &mut Conn) {
-    with_a(c);
-    check(c, "PUT", "/apps/web/a", "", 204);
-}
-
-#[test]
-fn a_watch_is_woken_by_each_kind_of_change() {
-    let cases = [
-        Case {
-            name: "register",
-            setup: |_| {},
-            change: with_a,
-            seen: Ok(Some("starting")),
-        },
-        Case {
-            name: "heartbeat bringing it up",
-            setup: with_a,
-            change: |c| {
-                check(c, "PUT", "/apps/web/a", "", 204);
-            },
-            seen: Ok(Some("up")),
-        },
-        Case {
-            name: "DELETE",
-            setup: with_a_up,
-            change: |c| {
-                check(c, "DELETE", "/apps/web/a", "", 204);
-            },
-            seen: Ok(Some("out-of-service")),
-        },
-        Case {
-            name: "re-registration with other metadata",
-            setup: with_a,
-            change: |c| {
-                let body = r#"{"id":"a","ip":"10.0.0.1","port":80,"metadata":{"zone":"eu"}}"#;
-                check(c, "POST", "/apps/web", body, 201);
-            },
-            seen: Ok(Some("starting")),
-        },
-        Case {
-            name: "up to down by time",
-            setup: with_a_up,
-            change: |_| {},
-            seen: Ok(Some("down")),
-        },
+    // Each kind of change wakes a watch of the app and of the list.
+    let a = instance_body("a", "10.0.0.1", 80);
+    let zoned = r#"{"id":"a","ip":"10.0.0.1","port":80,"metadata":{"zone":"eu"}}"#;
+    let changes = [
+        ("register", "POST", "/apps/web", a.as_str(), 201, "starting"),
+        ("first heartbeat", "PUT", "/apps/web/a", "", 204, "up"),
+        (
+            "other metadata",
+            "POST",
+            "/apps/web",
+            zoned,
+            201,
+            "starting",
+        ),
+        ("DELETE", "DELETE", "/apps/web/a", "", 204, "out-of-service"),
     ];
-    for case in cases {
-        // Only the case of time needs a short --down-after: elsewhere `a`
-        // must not go down by itself while a loaded machine sets up.
-        let by_time = case.name == "up to down by time";
-        let server = start_with(|c| {
-            c.down_after = Duration::from_millis(if by_time { 500 } else { 60_000 });
-            c.evict_after = Duration::from_secs(120);
-            c.sweep_every = Duration::from_secs(3600);
-        });
-        let addr = server.local_addr();
-        let mut c = Conn::open(addr);
-        check(&mut c, "POST", "/apps", &app_body("web"), 201);
-        (case.setup)(&mut c);
-        let before = index_of(&mut c, "/apps/web");
-        let all = index_of(&mut c, "/apps");
-        let watch = Watch::start(addr, &format!("/apps/web?index={before}&wait=30s"));
-        let list = Watch::start(addr, &format!("/apps?index={all}&wait=30s"));
-        parked(&mut c, 2);
-        let changed = Instant::now();
-        (case.change)(&mut c);
-        for (w, path) in [(watch, "/apps/web"), (list, "/apps")] {
-            let (reply, _) = w.answer();
-            let late = changed.elapsed();
+    for (what, method, path, body, status, seen) in changes {
+        let app = index_of(&mut one, "/apps/web");
+        let all = index_of(&mut one, "/apps");
+        let w = Watch::start(s.addr(1), &format!("/apps/web?index={app}&wait=30s"));
+        let l = Watch::start(s.addr(1), &format!("/apps?index={all}&wait=30s"));
+        parked(&mut other, 2);
+        let (_, changed) = timed(|| check(&mut one, method, path, body, status));
+        let after = index_of(&mut one, "/apps/web");
+        for (watch, path, was) in [(w, "/apps/web", app), (l, "/apps", all)] {
+            let (reply, at) = watch.answer();
+            let late = at.saturating_duration_since(changed.answered);
             assert!(
-                late < PROMPT,
-                "{}: {path} answered {late:?} after the change",
-                case.name
+                late <= s.periods.seen_within,
+                "{what}: the watch of {path} answered {late:?} after the change"
             );
-            assert_eq!(reply.status, 200, "{}: {}", case.name, reply.body);
-            assert!(index(&reply) > before.min(all), "{}: {path}", case.name);
+            assert_eq!(reply.status, 200, "{what}: {}", reply.body);
+            assert!(index(&reply) > was, "{what}: {path}");
             let v = reply.json();
-            let app = if path == "/apps" {
-                v["applications"][0].clone()
+            let web = if path == "/apps" {
+                app_in(&v, "web")
             } else {
+                assert_eq!(index(&reply), after, "{what}: the servers' indexes differ");
                 v
             };
-            assert_eq!(
-                status_in(&app, "a").as_deref(),
-                case.seen.ok().flatten(),
-                "{}: {app}",
-                case.name
-            );
+            assert_eq!(status_in(&web, "a").as_deref(), Some(seen), "{what}: {web}");
         }
     }
 }
 
-#[test]
-fn a_watch_is_woken_by_removals_by_time() {
-    // The app goes an eviction period after its instance: 2 s for this
-    // test to watch it in between, on a loaded machine too.
-    let server = start_with(|c| {
-        c.down_after = Duration::from_millis(200);
-        c.evict_after = Duration::from_millis(2000);
-        c.sweep_every = Duration::from_secs(3600);
-    });
-    let addr = server.local_addr();
-    let mut c = Conn::open(addr);
+/// A memory server with the app `web`, and a connection to it.
+fn with_web() -> (registro::Server, Conn) {
+    let server = start_with(|_| {});
+    let mut c = Conn::open(server.local_addr());
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
-    with_a_up(&mut c);
-    // The index of the view where `a` reads down: a watch on it answers at
-    // the removal, or at once if the removal came meanwhile.
-    let before = eventually(Duration::from_secs(5), "a down", || {
-        let r = check(&mut c, "GET", "/apps/web", "", 200);
-        (status_in(&r.json(), "a").as_deref() == Some("down")).then(|| index(&r))
-    });
-    // The instance's removal.
-    let (reply, took) = Watch::start(addr, &format!("/apps/web?index={before}&wait=30s")).answer();
-    assert_eq!(reply.status, 200);
-    assert!(took < Duration::from_millis(2000) + PROMPT, "{took:?}");
-    assert_eq!(status_in(&reply.json(), "a"), None, "{}", reply.body);
-    // The empty app's removal: the app watch answers 404, the list without it.
-    let now = index(&reply);
-    let list = Watch::start(
-        addr,
-        &format!("/apps?index={}&wait=30s", index_of(&mut c, "/apps")),
-    );
-    let (reply, took) = Watch::start(addr, &format!("/apps/web?index={now}&wait=30s")).answer();
-    assert_eq!(reply.status, 404, "{}", reply.body);
-    assert!(took < Duration::from_millis(2000) + PROMPT, "{took:?}");
-    let (reply, _) = list.answer();
-    assert_eq!(
-        reply.json()["applications"],
-        serde_json::json!([]),
-        "{}",
-        reply.body
-    );
+    (server, c)
 }
 
 /// What a parked watch's client does meanwhile is seen at once: a request
@@ -227,11 +124,9 @@ fn a_watch_is_woken_by_removals_by_time() {
 /// hangs up stops counting as waiting long before its wait ends.
 #[test]
 fn a_parked_watch_keeps_what_comes_behind_it_and_sees_its_client_leave() {
-    let server = start_with(|_| {});
+    let (server, mut c) = with_web();
     let addr = server.local_addr();
-    let mut c = Conn::open(addr);
-    check(&mut c, "POST", "/apps", &app_body("web"), 201);
-    with_a_up(&mut c);
+    register(&mut c, "web", "a", "10.0.0.1", 80);
     let before = index_of(&mut c, "/apps/web");
     let watch =
         format!("GET /registro/1.0/apps/web?index={before}&wait=60s HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -265,51 +160,6 @@ fn a_parked_watch_keeps_what_comes_behind_it_and_sees_its_client_leave() {
 }
 
 #[test]
-fn a_plain_renewal_wakes_no_watch_and_a_watch_returns_at_wait() {
-    let server = start_with(|_| {});
-    let addr = server.local_addr();
-    let mut c = Conn::open(addr);
-    check(&mut c, "POST", "/apps", &app_body("web"), 201);
-    with_a_up(&mut c);
-    let before = index_of(&mut c, "/apps/web");
-    let watch = Watch::start(addr, &format!("/apps/web?index={before}&wait=1500ms"));
-    parked(&mut c, 1);
-    for _ in 0..20 {
-        check(&mut c, "PUT", "/apps/web/a", "", 204);
-    }
-    // Another app's change does not wake a watch of this one either.
-    check(&mut c, "POST", "/apps", &app_body("db"), 201);
-    let (reply, took) = watch.answer();
-    assert!(
-        took >= Duration::from_millis(1500),
-        "answered after {took:?}"
-    );
-    assert!(
-        took < Duration::from_millis(1500) + PROMPT,
-        "answered after {took:?}"
-    );
-    assert_eq!(
-        (reply.status, index(&reply)),
-        (200, before),
-        "{}",
-        reply.body
-    );
-    assert_eq!(status_in(&reply.json(), "a").as_deref(), Some("up"));
-    // A filter applies to the answer.
-    let (reply, _) = Watch::start(
-        addr,
-        &format!("/apps/web?index={before}&wait=200ms&status=down"),
-    )
-    .answer();
-    assert_eq!(
-        reply.json()["instances"],
-        serde_json::json!([]),
-        "{}",
-        reply.body
-    );
-}
-
-#[test]
 fn sigterm_answers_waiting_watches_at_once() {
     let mut server = Proc::start(&[]);
     let mut c = Conn::open(server.addr);
@@ -332,25 +182,9 @@ fn sigterm_answers_waiting_watches_at_once() {
         );
         assert_eq!(reply.json()["name"], "web");
     }
-    assert!(
-        stopped.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        stopped.elapsed()
-    );
+    assert_within(stopped, Duration::from_secs(1), "all answered");
     let (code, _) = server.wait_exit(Duration::from_secs(2));
     assert_eq!(code, Some(0));
-}
-
-fn threads_of(pid: u32) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:"))
-                .map(str::trim)
-                .and_then(|n| n.parse().ok())
-        })
-        .expect("Threads in /proc status")
 }
 
 #[test]
@@ -362,7 +196,7 @@ fn ten_thousand_watches_hold_no_threads() {
     let mut c = Conn::open(addr);
     check(&mut c, "POST", "/apps", &app_body("web"), 201);
     let before = index_of(&mut c, "/apps/web");
-    let threads = threads_of(server.child.id());
+    let threads = proc_status(server.child.id(), "Threads:");
     let rss = server.rss_kib();
     let request =
         format!("GET /registro/1.0/apps/web?index={before}&wait=60s HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -375,7 +209,7 @@ fn ten_thousand_watches_hold_no_threads() {
         streams.push(s);
     }
     parked(&mut c, WATCHES);
-    let grown = threads_of(server.child.id()).saturating_sub(threads);
+    let grown = proc_status(server.child.id(), "Threads:").saturating_sub(threads);
     let per_watch = (server.rss_kib().saturating_sub(rss) * 1024) as usize / WATCHES;
     eprintln!("{WATCHES} watches: {grown} more threads, about {per_watch} bytes each");
     assert!(grown <= 4, "{grown} more threads for {WATCHES} watches");
@@ -399,10 +233,8 @@ fn ten_thousand_watches_hold_no_threads() {
 /// unanswered, with the request behind it.
 #[test]
 fn a_half_closed_watch_is_answered_then_what_follows_it() {
-    let server = start_with(|_| {});
+    let (server, mut c) = with_web();
     let addr = server.local_addr();
-    let mut c = Conn::open(addr);
-    check(&mut c, "POST", "/apps", &app_body("web"), 201);
     let now = index_of(&mut c, "/apps/web");
     let mut stream = crate::support::connect(addr, Duration::from_secs(30));
     let bytes = format!(

@@ -435,18 +435,9 @@ pub fn refused(args: &[String]) -> (Option<i32>, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn registro");
-    let end = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("registro {args:?} still runs after 20 s; it should have exited 1");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = support::exited_within(&mut child, Duration::from_secs(20)).unwrap_or_else(|| {
+        panic!("registro {args:?} still ran after 20 s; it should have exited 1")
+    });
     let mut stderr = String::new();
     if let Some(mut pipe) = child.stderr.take() {
         use std::io::Read;

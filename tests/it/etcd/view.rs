@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::cluster::{installed, Cluster};
-use super::{pair, send};
+use super::{pair, send, with_web};
 use crate::api::{app_body, check, instance_body};
 use crate::support::{eventually, Conn, Reply};
 
@@ -44,8 +44,7 @@ fn a_paused_watched_member_is_noticed_left_and_caught_up() {
     }
     let mut cluster = Cluster::start("paused-watch");
     let (a, b) = pair(&cluster, "/paused/", &[]);
-    let mut ca = Conn::open(a.addr);
-    check(&mut ca, "POST", "/apps", &app_body("web"), 201);
+    let mut ca = with_web(a.addr);
     check(
         &mut ca,
         "POST",
