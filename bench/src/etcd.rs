@@ -506,7 +506,7 @@ fn measure_on(
     };
     load::create_apps(addrs[0], (0..APPS).map(|a| format!("app-{a}")))?;
     let window = if s.quick {
-        Duration::from_millis(200)
+        Duration::from_millis(100)
     } else {
         Duration::from_secs(5)
     };
