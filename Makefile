@@ -19,6 +19,12 @@ ARGS ?=
 # and its seed (empty: from the clock; every run prints the seed it used).
 FUZZ_CASES ?= 5000000
 FUZZ_SEED ?=
+# `make chaos`: seconds of faults, how many faults (at least 6 s apart), and
+# the seed of the nemesis's choices (empty: from the clock; every run prints
+# the seed it used, to run it again).
+CHAOS_SECONDS ?= 300
+CHAOS_FAULTS ?= 25
+SEED ?=
 # Flags for `make bench`, e.g. BENCH_ARGS=--quick.
 BENCH_ARGS ?=
 IMAGE ?= registro:latest
@@ -30,7 +36,11 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 STATIC_BIN := $(TARGET_DIR)/$(MUSL_TARGET)/release/registro
 DOCKER_CONTEXT := $(TARGET_DIR)/docker-context
 
+<<<<<<< HEAD
 .PHONY: help build run install test fuzz static docker bench clean
+=======
+.PHONY: help build run test fuzz chaos static docker bench clean
+>>>>>>> chaos
 
 help: ## Show the targets and what each does (the default)
 	@echo "usage: make TARGET [ADDR=:8080] [ARGS='--down-after 5']"
@@ -67,6 +77,11 @@ fuzz: ## Fuzz the request parser, the DNS responder and both over sockets, in re
 	  $(CARGO) test $(CARGOFLAGS) --release -p registro --lib fuzz -- --nocapture
 	REGISTRO_FUZZ_CASES='$(FUZZ_CASES)' REGISTRO_FUZZ_SEED='$(FUZZ_SEED)' \
 	  $(CARGO) test $(CARGOFLAGS) --release -p registro --test it fuzz:: -- --nocapture
+
+chaos: ## Kill and pause etcd members and servers under load for CHAOS_SECONDS (SEED=...), then check the history
+	@command -v etcd >/dev/null 2>&1 || { echo "make chaos: etcd not found; install it with: apt-get install etcd-server etcd-client" >&2; exit 1; }
+	REGISTRO_CHAOS_SECONDS='$(CHAOS_SECONDS)' REGISTRO_CHAOS_FAULTS='$(CHAOS_FAULTS)' REGISTRO_CHAOS_SEED='$(SEED)' \
+	  $(CARGO) test $(CARGOFLAGS) --release -p registro --test it etcd::chaos:: -- --nocapture
 
 static: ## Build the fully static, stripped musl server binary
 	@if command -v rustup >/dev/null 2>&1; then \

@@ -3,16 +3,23 @@
 //! here with its default timeouts, each member with its own data directory
 //! under the temporary directory, killed when the scenario ends).
 //!
-//! Measured: registrations through both servers (pipelined, 8 connections
-//! of 8 requests each per server); every instance's first heartbeat (a
-//! status change, so a write); steady heartbeats closed loop (32
-//! connections, half to each server) with p50/p99; then fleets of growing
-//! size at a 30 s heartbeat, each instance renewed once per period on a
-//! schedule spread evenly over it (open loop: a heartbeat's latency counts
-//! from when it was due, so a server that falls behind shows it), until
-//! one misses (an error, or p99 >= 50 ms); and the largest fleet carried
-//! once more with the etcd leader killed a third into the period.
-//! `--fleet N` measures that one fleet size instead of the growing ones.
+//! Measured: etcd's own write rate on the same cluster, before and after
+//! Registro's writes (keys a second in transactions of 128 puts, and lease
+//! grants a second, each from 32 clients on the gateway spread over the
+//! members); registrations through both servers from 32 clients (16 on
+//! each, one request at a time); every instance's first heartbeat (a
+//! status change, so a write), the same way; both as ratios of etcd's
+//! 128-put rate, and the answers 503 they got (sent again, and counted);
+//! steady heartbeats closed loop (32 connections, half to each server)
+//! with p50/p99; then fleets of growing size at a 30 s heartbeat, each
+//! instance renewed once per period on a schedule spread evenly over it
+//! (open loop: a heartbeat's latency counts from when it was due, so a
+//! server that falls behind shows it), until one misses (an error, or a p99
+//! of 50 ms or more); every instance of the largest fleet restarted at once
+//! (registered again, then its first heartbeat) and the time until both
+//! servers read all of them `up`; and the largest fleet carried once more
+//! with the etcd leader killed a third into the period. `--fleet N`
+//! measures that one fleet size instead of the growing ones.
 //!
 //! The servers run with `--down-after 300s --evict-after 3600s`: growing
 //! the fleet takes minutes, during which the instances already registered
@@ -21,7 +28,6 @@
 use crate::hist::Histogram;
 use crate::http::{self, Conn};
 use crate::load::{self, push_heartbeat, push_register, Fleet, Load, Outcome, APPS};
-use crate::load::{REG_CONNS, REG_DEPTH};
 use crate::report::{count, ms, thousands, Section, Verdict};
 use crate::{Bench, CONNS};
 use std::fmt::Write as _;
@@ -29,6 +35,7 @@ use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -38,6 +45,22 @@ const FLEET_CONNS: usize = 32;
 /// Each server's `--threads`: half of them may wait on etcd at once, and
 /// etcd commits concurrent changes together.
 const SERVER_THREADS: usize = 16;
+/// Concurrent clients of Registro's writes, and of etcd's own measurement.
+const CLIENTS: usize = 32;
+/// Puts in one transaction of etcd's own measurement (etcd's default
+/// `--max-txn-ops`), and the size of each value (an instance's is about it).
+const TXN_PUTS: usize = 128;
+const VALUE_BYTES: usize = 120;
+/// Registrations and first heartbeats must reach this share of etcd's
+/// 128-put rate.
+const RATIO_TARGET: f64 = 0.5;
+/// A client's pause before it sends again a change answered 503, and how
+/// many 503s in a row it takes before it gives up.
+const BACKOFF: Duration = Duration::from_millis(10);
+const MAX_TRIES: u32 = 3_000;
+/// How long a restarted fleet may take to read `up` before the scenario
+/// gives up waiting (and says so).
+const RESTART_LIMIT: Duration = Duration::from_secs(30 * 60);
 /// The fleet's p99 target, and the sizes its targets are stated for.
 const P99_TARGET_US: u64 = 50_000;
 const TARGET_REGISTRATIONS: usize = 50_000;
@@ -233,6 +256,181 @@ struct EtcdRun {
     growth_error: Option<String>,
     /// The largest carried fleet again, with the leader killed.
     leader_killed: Option<FleetRun>,
+    /// etcd's own rate, before Registro's registrations and after its
+    /// first heartbeats.
+    own: Vec<Own>,
+    /// Every instance of the largest fleet restarted at once.
+    restart: Option<Result<Restart, String>>,
+}
+
+/// etcd's own write rate, on the gateway, from [`CLIENTS`] clients.
+#[derive(Debug, Clone, Copy, Default)]
+struct Own {
+    /// Keys a second, written in transactions of [`TXN_PUTS`] puts.
+    keys: f64,
+    /// Lease grants a second.
+    grants: f64,
+    /// Calls that did not answer 200.
+    errors: u64,
+}
+
+/// A fleet restarted at once.
+#[derive(Debug, Clone, Copy)]
+struct Restart {
+    n: usize,
+    /// Every instance registered again (`starting`), then every one's first
+    /// heartbeat (`up`).
+    registered: Duration,
+    beaten: Duration,
+    /// From the first registration until both servers read every one `up`.
+    all_up: Duration,
+    /// Answers 503, sent again.
+    retried: u64,
+}
+
+/// Base64 (standard, padded), as etcd's gateway takes keys and values.
+fn b64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for k in 0..4 {
+            if k <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * k)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// etcd's own rate on `cluster` for `window` each: transactions of
+/// [`TXN_PUTS`] puts of new keys (under a prefix of their own, `round`
+/// apart), then lease grants (with a TTL that outlasts the run, so that no
+/// expiry costs etcd anything while Registro is measured), each from
+/// [`CLIENTS`] threads spread over the members, as Registro's servers
+/// reach them: through the HTTP/JSON gateway, on keep-alive connections.
+fn own_rate(cluster: &Cluster, window: Duration, round: usize) -> Own {
+    let value = b64(&[b'v'; VALUE_BYTES]);
+    let ports: Vec<u16> = cluster.members.iter().map(|m| m.client).collect();
+    let errors = AtomicU64::new(0);
+    let rate = |grant: bool| -> f64 {
+        let done = AtomicU64::new(0);
+        let start = Instant::now();
+        thread::scope(|scope| {
+            for t in 0..CLIENTS {
+                let (done, errors, value, port) = (&done, &errors, &value, ports[t % ports.len()]);
+                scope.spawn(move || {
+                    let agent: ureq::Agent = ureq::Agent::config_builder()
+                        .http_status_as_error(false)
+                        .timeout_global(Some(Duration::from_secs(10)))
+                        .build()
+                        .into();
+                    let path = if grant { "lease/grant" } else { "kv/txn" };
+                    let url = format!("http://127.0.0.1:{port}/v3/{path}");
+                    let mut k = 0usize;
+                    while start.elapsed() < window {
+                        let body = if grant {
+                            r#"{"TTL":"7200"}"#.to_string()
+                        } else {
+                            let puts: Vec<String> = (0..TXN_PUTS)
+                                .map(|_| {
+                                    k += 1;
+                                    let key =
+                                        b64(format!("/registro-bench-etcd-own/{round}/{t}/{k}")
+                                            .as_bytes());
+                                    format!(
+                                        r#"{{"request_put":{{"key":"{key}","value":"{value}"}}}}"#
+                                    )
+                                })
+                                .collect();
+                            format!(r#"{{"success":[{}]}}"#, puts.join(","))
+                        };
+                        let ok = agent
+                            .post(&url)
+                            .header("Content-Type", "application/json")
+                            .send(&body)
+                            .ok()
+                            .and_then(|mut r| {
+                                let status = r.status().as_u16();
+                                r.body_mut().read_to_string().ok()?;
+                                (status == 200).then_some(())
+                            });
+                        match ok {
+                            Some(()) => done.fetch_add(1, Ordering::Relaxed),
+                            None => errors.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                });
+            }
+        });
+        done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64().max(1e-9)
+    };
+    let keys = rate(false) * TXN_PUTS as f64;
+    let grants = rate(true);
+    Own {
+        keys,
+        grants,
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+/// The mean of etcd's own rates measured in this run.
+fn own_mean(r: &EtcdRun) -> Option<Own> {
+    let n = r.own.len() as f64;
+    (!r.own.is_empty()).then(|| Own {
+        keys: r.own.iter().map(|o| o.keys).sum::<f64>() / n,
+        grants: r.own.iter().map(|o| o.grants).sum::<f64>() / n,
+        errors: r.own.iter().map(|o| o.errors).sum(),
+    })
+}
+
+/// Every one of the `n` instances restarted at once: registered again
+/// (the same address: `starting` again), then each one's first heartbeat,
+/// through both servers from [`CLIENTS`] clients; done when both servers
+/// read none of them other than `up`.
+fn restart_all(addrs: [SocketAddr; 2], n: usize) -> Result<Restart, String> {
+    let start = Instant::now();
+    let (registered, a) = pipelined(addrs, 0..n, false)?;
+    let (beaten, b) = pipelined(addrs, 0..n, true)?;
+    let path = "/registro/1.0/apps?status=starting,down,out-of-service";
+    loop {
+        let mut left = 0;
+        for addr in addrs {
+            let (_, text) = http::expect(addr, "GET", path, None, 200)?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("GET {path}: {e}"))?;
+            left += v["applications"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| a["instances"].as_array().map_or(0, Vec::len))
+                .sum::<usize>();
+        }
+        if left == 0 {
+            break;
+        }
+        if start.elapsed() > RESTART_LIMIT {
+            return Err(format!(
+                "{left} instances still not up on the two servers after {:.0} s",
+                start.elapsed().as_secs_f64()
+            ));
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok(Restart {
+        n,
+        registered,
+        beaten,
+        all_up: start.elapsed(),
+        retried: a + b,
+    })
 }
 
 /// Runs the scenario and returns its section; without etcd installed, a
@@ -307,6 +505,14 @@ fn measure_on(
         (TARGET_REGISTRATIONS, sizes, Duration::from_secs(30))
     };
     load::create_apps(addrs[0], (0..APPS).map(|a| format!("app-{a}")))?;
+    let window = if s.quick {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_secs(5)
+    };
+    let own = own_rate(cluster, window, 0);
+    bench.progress(format_args!("etcd: {}", own_line(&own)));
+    run.own.push(own);
     let (took, retried) = pipelined(addrs, 0..registrations, false)?;
     run.registration = Some((registrations, took, retried));
     bench.progress(format_args!(
@@ -319,9 +525,12 @@ fn measure_on(
     let (took, retried) = pipelined(addrs, 0..registrations, true)?;
     run.first_beats = Some((registrations, took, retried));
     bench.progress(format_args!(
-        "etcd: first heartbeat of each (now up) in {:.1} s",
+        "etcd: first heartbeat of each (now up) in {:.1} s ({retried} answers 503 sent again)",
         took.as_secs_f64()
     ));
+    let own = own_rate(cluster, window, 1);
+    bench.progress(format_args!("etcd, again: {}", own_line(&own)));
+    run.own.push(own);
     for round in 0..s.runs {
         // Closed loop, `CONNS` connections, half to each server.
         let mut load = Load::heartbeats(addrs[0], registrations, CONNS, s.per_thread, s.secs);
@@ -371,6 +580,17 @@ fn measure_on(
         .map(|f| f.n)
         .max()
         .unwrap_or(sizes[0]);
+    let restart = restart_all(addrs, have);
+    match &restart {
+        Ok(r) => bench.progress(format_args!(
+            "etcd: {} instances restarted at once: all up on both servers after {:.1} s ({} answers 503 sent again)",
+            thousands(r.n as f64),
+            r.all_up.as_secs_f64(),
+            r.retried
+        )),
+        Err(e) => bench.progress(format_args!("etcd: the restarted fleet: {e}")),
+    }
+    run.restart = Some(restart);
     let leader = cluster.leader(Duration::from_secs(30))?;
     let f = paced(
         addrs,
@@ -384,20 +604,89 @@ fn measure_on(
 }
 
 /// Registers (or, with `renew`, renews once) instances `range` through
-/// both servers, `REG_CONNS` connections each pipelining `REG_DEPTH`:
-/// how long it took, and how many 503s were sent again.
+/// both servers from [`CLIENTS`] clients, half on each, each with one
+/// keep-alive connection and one request at a time. An answer 503 is sent
+/// again after [`BACKOFF`], as a client does (sent again at once, the 503s
+/// of a bound on changes in flight come back faster than any write): how
+/// long it took, and how many answers 503 there were.
 fn pipelined(
     addrs: [SocketAddr; 2],
     range: std::ops::Range<usize>,
     renew: bool,
 ) -> Result<(Duration, u64), String> {
     let fleet = Fleet::new(range.end);
-    if renew {
-        load::pipelined(&addrs, range, REG_CONNS, REG_DEPTH, 204, push_heartbeat)
-    } else {
-        let push = |out: &mut Vec<u8>, i| push_register(out, fleet, i);
-        load::pipelined(&addrs, range, REG_CONNS, REG_DEPTH, 201, push)
-    }
+    let expected = if renew { 204 } else { 201 };
+    let start = Instant::now();
+    let refused = AtomicU64::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let client = |c: usize| -> Result<(), String> {
+        let addr = addrs[c % addrs.len()];
+        let mut conn = Conn::connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
+        let mut buf = Vec::new();
+        for i in (range.start + c..range.end).step_by(CLIENTS) {
+            let mut tries = 0;
+            loop {
+                if failed.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                buf.clear();
+                if renew {
+                    push_heartbeat(&mut buf, i);
+                } else {
+                    push_register(&mut buf, fleet, i);
+                }
+                let r = conn
+                    .send(&buf)
+                    .and_then(|()| conn.read_response())
+                    .map_err(|e| format!("i-{i:07} through {addr}: {e}"))?;
+                if r.status == expected {
+                    break;
+                }
+                if r.status != 503 || tries >= MAX_TRIES {
+                    return Err(format!(
+                        "i-{i:07} through {addr}: status {} (expected {expected}; {tries} answers 503 before)",
+                        r.status
+                    ));
+                }
+                tries += 1;
+                refused.fetch_add(1, Ordering::Relaxed);
+                thread::sleep(BACKOFF);
+            }
+        }
+        Ok(())
+    };
+    let results: Vec<Result<(), String>> = thread::scope(|scope| {
+        let workers: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let (client, failed) = (&client, &failed);
+                scope.spawn(move || {
+                    let r = client(c);
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err("a client thread panicked".into()))
+            })
+            .collect()
+    });
+    results.into_iter().collect::<Result<(), String>>()?;
+    Ok((start.elapsed(), refused.load(Ordering::Relaxed)))
+}
+
+fn own_line(o: &Own) -> String {
+    format!(
+        "etcd itself, {CLIENTS} clients: {} keys/s in transactions of {TXN_PUTS} puts, {} lease grants/s ({} calls failed)",
+        thousands(o.keys),
+        thousands(o.grants),
+        o.errors
+    )
 }
 
 /// What one connection of the paced fleet saw.
@@ -562,25 +851,59 @@ fn render(s: &crate::Settings, r: &EtcdRun) -> String {
         if s.quick { "; quick mode" } else { "" }
     );
     sec.table(&["Measurement", "Figure"]);
-    let rate = |n: usize, took: Duration| thousands(n as f64 / took.as_secs_f64().max(1e-9));
-    if let Some((n, took, retried)) = r.registration {
+    let per_s = |n: usize, took: Duration| n as f64 / took.as_secs_f64().max(1e-9);
+    let own = own_mean(r);
+    // A rate as a share of etcd's own 128-put rate in this run.
+    let ratio = |rate: f64| {
+        own.filter(|o| o.keys > 0.0)
+            .map_or(f64::NAN, |o| rate / o.keys)
+    };
+    for (i, o) in r.own.iter().enumerate() {
         sec.row(&[
-            &format_args!("Registering {} instances through both servers", count(n)),
             &format_args!(
-                "{:.1} s ({}/s; {} answers 503 sent again)",
-                took.as_secs_f64(),
-                rate(n, took),
-                count(retried)
+                "etcd itself, {CLIENTS} clients on its gateway, {}",
+                if i == 0 {
+                    "before Registro's writes"
+                } else {
+                    "after them"
+                }
+            ),
+            &format_args!(
+                "{} keys/s in transactions of {TXN_PUTS} puts; {} lease grants/s{}",
+                thousands(o.keys),
+                thousands(o.grants),
+                if o.errors > 0 {
+                    format!("; {} calls failed", count(o.errors))
+                } else {
+                    String::new()
+                }
             ),
         ]);
     }
-    if let Some((n, took, retried)) = r.first_beats {
+    for (what, measured) in [
+        (
+            "Registering {n} instances through both servers, {CLIENTS} clients",
+            r.registration,
+        ),
+        (
+            "First heartbeat of each (starting to up: a write), {CLIENTS} clients",
+            r.first_beats,
+        ),
+    ] {
+        let Some((n, took, retried)) = measured else {
+            continue;
+        };
+        let rate = per_s(n, took);
         sec.row(&[
-            &"First heartbeat of each (starting to up: a write)",
+            &what
+                .replace("{n}", &count(n))
+                .replace("{CLIENTS}", &CLIENTS.to_string()),
             &format_args!(
-                "{:.1} s ({}/s; {} answers 503 sent again)",
+                "{:.1} s ({}/s, {:.3}x etcd's {TXN_PUTS}-put rate, {:.2}x its lease grants; {} answers 503 sent again)",
                 took.as_secs_f64(),
-                rate(n, took),
+                thousands(rate),
+                ratio(rate),
+                own.filter(|o| o.grants > 0.0).map_or(f64::NAN, |o| rate / o.grants),
                 count(retried)
             ),
         ]);
@@ -606,11 +929,56 @@ fn render(s: &crate::Settings, r: &EtcdRun) -> String {
     if let Some(e) = &r.growth_error {
         let _ = writeln!(sec, "| The fleet stopped growing: {e} |");
     }
+    match &r.restart {
+        Some(Ok(x)) => sec.row(&[
+            &format_args!(
+                "Every one of the {} instances restarted at once (registered again, then a first heartbeat)",
+                count(x.n)
+            ),
+            &format_args!(
+                "all `up` on both servers after {:.1} s (registrations {:.1} s, first heartbeats {:.1} s; {} answers 503 sent again)",
+                x.all_up.as_secs_f64(),
+                x.registered.as_secs_f64(),
+                x.beaten.as_secs_f64(),
+                count(x.retried)
+            ),
+        ]),
+        Some(Err(e)) => sec.row(&[&"Every instance restarted at once", &e]),
+        None => {}
+    }
     if let Some(f) = &r.leader_killed {
         let _ = writeln!(
             sec,
             "| Fleet with the etcd leader killed: {} |",
             fleet_line(f)
+        );
+    }
+    let full = !s.quick;
+    for (what, measured) in [
+        ("Registrations", r.registration),
+        ("First heartbeats", r.first_beats),
+    ] {
+        if let Some((n, took, _)) = measured {
+            let x = ratio(per_s(n, took));
+            sec.target(
+                format_args!(
+                    "{what} from {CLIENTS} clients through two servers: >= {RATIO_TARGET}x etcd's rate for {TXN_PUTS}-put transactions, in the same run"
+                ),
+                format_args!(
+                    "{x:.3}x ({}/s against {} keys/s)",
+                    thousands(per_s(n, took)),
+                    own.map_or("?".into(), |o| thousands(o.keys))
+                ),
+                Verdict::check(x, |x| x >= RATIO_TARGET).at_size(full),
+            );
+        }
+    }
+    if let (Some(a), Some(b)) = (r.registration, r.first_beats) {
+        let refused = a.2 + b.2;
+        sec.target(
+            "No answer 503 from a healthy cluster (registrations and first heartbeats)",
+            format_args!("{} answers 503", count(refused)),
+            Verdict::of(refused == 0),
         );
     }
     if let Some((n, took, _)) = r.registration {

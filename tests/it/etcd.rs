@@ -11,11 +11,13 @@
 //! compaction; a server whose periods differ from the registry's; a view
 //! that never falls behind silently (`view.rs`); no false `down` and no
 //! index reused (`liveness.rs`); no refusal from a lagging view and no 503
-//! for a committed change (`writes.rs`).
+//! for a committed change (`writes.rs`); and the chaos test (`chaos.rs`,
+//! `make chaos`), a short run of which is here.
 //!
 //! Without etcd installed these tests print one SKIP line, and fail when
 //! `CI=true`. Time is waited for by polling with a deadline.
 
+mod chaos;
 pub mod cluster;
 mod liveness;
 mod view;

@@ -47,12 +47,27 @@ fn pdeathsig() -> Option<PathBuf> {
         .clone()
 }
 
-/// A loopback port free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// A loopback port free a moment ago, below 32768: the kernel takes the
+/// ports above for outgoing connections, so one of them could be taken
+/// while a killed member is down, and its restart would fail.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let salt = u64::from(std::process::id()) << 20
+        | std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()));
+    for _ in 0..1000 {
+        let mut x = salt ^ NEXT.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        x ^= x >> 31;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x ^= x >> 29;
+        let port = 10_000 + (x % 22_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below 32768")
 }
 
 /// An agent for etcd's gateway: every status handed back, short timeouts.
@@ -127,7 +142,10 @@ impl Cluster {
             std::fs::create_dir_all(&root).expect("a temporary directory");
             let members: Vec<Member> = (1..=3)
                 .map(|i| Member {
-                    name: format!("m{i}"),
+                    // Named after the test, so that a command aimed at
+                    // another cluster's `m1` (such as `pkill -f 'name m1'`)
+                    // does not stop this one's.
+                    name: format!("{test}-m{i}"),
                     client: free_port(),
                     peer: free_port(),
                     dir: root.join(format!("m{i}")),
@@ -342,6 +360,11 @@ impl Cluster {
             call(m.client, "lease/leases", &serde_json::json!({})).expect("lease list");
         assert_eq!(code, 200, "lease list: {answer}");
         answer["leases"].as_array().map_or(0, Vec::len)
+    }
+
+    /// Member `i`'s log (its stderr).
+    pub fn log(&self, i: usize) -> PathBuf {
+        self.members[i].log()
     }
 
     /// SIGKILL of member `i` (it is waited for).
