@@ -36,11 +36,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 STATIC_BIN := $(TARGET_DIR)/$(MUSL_TARGET)/release/registro
 DOCKER_CONTEXT := $(TARGET_DIR)/docker-context
 
-<<<<<<< HEAD
-.PHONY: help build run install test fuzz static docker bench clean
-=======
-.PHONY: help build run test fuzz chaos static docker bench clean
->>>>>>> chaos
+.PHONY: help build run install test fuzz chaos static docker bench clean
 
 help: ## Show the targets and what each does (the default)
 	@echo "usage: make TARGET [ADDR=:8080] [ARGS='--down-after 5']"
