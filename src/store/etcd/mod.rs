@@ -34,6 +34,8 @@ pub mod keys;
 pub mod liveness;
 mod metrics;
 pub mod mirror;
+#[cfg(test)]
+mod property;
 mod watch;
 mod write;
 
