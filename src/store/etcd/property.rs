@@ -119,6 +119,9 @@ fn metadata(rng: &mut Rng) -> Option<Arc<Metadata>> {
     }
 }
 
+/// The puts and deletes of one transaction.
+type Writes = (Vec<(Key, Vec<u8>)>, Vec<Key>);
+
 /// One change the protocol could make now, for instance `id` of `app`
 /// (or for the app, or a server): its puts and deletes; `None` when the
 /// drawn change does not apply to the state.
@@ -128,7 +131,7 @@ fn change(
     app: &str,
     id: &str,
     wall: u64,
-) -> Option<(Vec<(Key, Vec<u8>)>, Vec<Key>)> {
+) -> Option<Writes> {
     let inst_key = || Key::Inst(app.into(), id.into());
     let alive_key = || Key::Alive(app.into(), id.into());
     let beat_key = || Key::Beat(app.into(), id.into());
@@ -188,7 +191,7 @@ fn change(
         4 => {
             let (held, _) = inst?.claim.as_ref()?;
             let next = if held.released {
-                claim(*rng.pick(&SERVERS), false)
+                claim(rng.pick(&SERVERS), false)
             } else {
                 Claim {
                     released: true,
