@@ -191,7 +191,8 @@ fn change(
         4 => {
             let (held, _) = inst?.claim.as_ref()?;
             let next = if held.released {
-                claim(rng.pick(&SERVERS), false)
+                let by: &&str = rng.pick(&SERVERS);
+                claim(by, false)
             } else {
                 Claim {
                     released: true,
