@@ -71,23 +71,6 @@ impl Periods {
     };
 }
 
-/// An instance's state as a store holds it, for [`Registry::apply_instance`].
-#[derive(Clone, Debug)]
-pub struct Applied<'a> {
-    /// The instance id.
-    pub id: &'a str,
-    /// Its address.
-    pub ip: &'a str,
-    /// Its port.
-    pub port: u16,
-    /// Its status, as read (no decay applies in a mirror).
-    pub status: Status,
-    /// Its metadata.
-    pub metadata: Option<Arc<Metadata>>,
-    /// When it last renewed (monotonic, converted by the caller).
-    pub last_renewal: Millis,
-}
-
 /// The status of an instance, as a reader sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -343,8 +326,9 @@ pub struct AppState {
     pub gone_at: Millis,
 }
 
-/// An instance as stored (its status not made effective at any `now`), as
-/// the data directory saves it.
+/// An instance's state as a store holds it, its status not made effective
+/// at any `now`: what the data directory saves and reads back, and what
+/// the etcd mirror gives [`Registry::apply_instance`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stored<'a> {
     /// The instance id.
@@ -353,12 +337,13 @@ pub struct Stored<'a> {
     pub ip: &'a str,
     /// Its port.
     pub port: u16,
-    /// Its stored status (`Up` may read `Down` by now).
+    /// Its status as stored (in memory, `Up` may read `Down` by now; a
+    /// mirror's status is as read, no decay applies to it).
     pub status: Status,
-    /// Its last renewal.
+    /// Its last renewal (monotonic).
     pub last_renewal: Millis,
     /// Its metadata, if any.
-    pub metadata: Option<&'a Metadata>,
+    pub metadata: Option<&'a Arc<Metadata>>,
 }
 
 /// What [`Registry::snapshot_step`] hands its visitor.
@@ -630,7 +615,7 @@ impl App {
             metadata: if self.metadata.is_empty() {
                 None
             } else {
-                self.metadata.get(&slot.id).map(|m| &**m)
+                self.metadata.get(&slot.id)
             },
         }
     }
@@ -1373,13 +1358,13 @@ impl Registry {
     /// (another address or metadata, or back to `Starting`), up, down, out of
     /// service; none if only `last_renewal` changed. Returns whether what a
     /// read answers changed. The caller sets the index.
-    pub fn apply_instance(&mut self, app: &str, state: Applied<'_>, now: Millis) -> bool {
+    pub fn apply_instance(&mut self, app: &str, state: Stored<'_>, now: Millis) -> bool {
         self.apply_app(app, now);
         let Some(app) = self.apps.get_mut(app) else {
             return false;
         };
         let book = &mut self.book;
-        let metadata = state.metadata.filter(|m| !m.is_empty());
+        let metadata = state.metadata.filter(|m| !m.is_empty()).cloned();
         let Some(&pos) = app.ids.get(state.id) else {
             let id: Arc<str> = Arc::from(state.id);
             let ip = Ip::new(state.ip);
@@ -2788,7 +2773,7 @@ mod tests {
             let events: Vec<String> = events.iter().map(event).collect();
             (names.join(","), events.join(" "))
         };
-        let a = |status, ip, last_renewal| Applied {
+        let a = |status, ip, last_renewal| Stored {
             id: "a",
             ip,
             port: 80,

@@ -111,7 +111,7 @@ impl InstanceRecord {
             port: self.port,
             status: self.status,
             last_renewal: self.renewal,
-            metadata: self.metadata.as_deref(),
+            metadata: self.metadata.as_ref(),
         }
     }
 }
@@ -226,9 +226,14 @@ fn instance(out: &mut Vec<u8>, app: &str, s: &Stored<'_>) {
     let status = STATUSES.iter().position(|&x| x == s.status).unwrap_or(0);
     out.push(status as u8);
     u64_(out, s.last_renewal);
-    let entries = s.metadata.map_or(0, Metadata::len);
+    let entries = s.metadata.map_or(0, |m| m.len());
     out.extend_from_slice(&u16::try_from(entries).unwrap_or(u16::MAX).to_le_bytes());
-    for (k, v) in s.metadata.into_iter().flatten().take(usize::from(u16::MAX)) {
+    for (k, v) in s
+        .metadata
+        .into_iter()
+        .flat_map(|m| m.iter())
+        .take(usize::from(u16::MAX))
+    {
         str_(out, k);
         str_(out, v);
     }

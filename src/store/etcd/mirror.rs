@@ -27,7 +27,7 @@ use std::sync::Arc;
 use super::client::{Kv, WatchEvent};
 use super::keys::{AppValue, Claim, InstValue, Key, Stored};
 use crate::clock::Now;
-use crate::registry::{Applied, Millis, Registry, Status};
+use crate::registry::{self, Millis, Registry, Status};
 
 /// An instance's claim as last seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,7 +206,7 @@ impl Mirror {
         }
         // What the view has and the range has not.
         let mut gone: Vec<(String, Option<String>)> = Vec::new();
-        if let Some((apps, _)) = view.apps(now.mono, crate::registry::StatusSet::ALL, None) {
+        if let Some((apps, _)) = view.apps(now.mono, registry::StatusSet::ALL, None) {
             for app in apps {
                 match mirror.apps.get(&app.name) {
                     None => gone.push((app.name.to_string(), None)),
@@ -456,19 +456,12 @@ impl Mirror {
     }
 
     /// An instance, or why it is not there.
-    pub fn instance(
-        &self,
-        app: &str,
-        id: &str,
-    ) -> Result<(&AppRec, &InstRec), crate::registry::Error> {
-        let rec = self
-            .apps
-            .get(app)
-            .ok_or(crate::registry::Error::NoSuchApp)?;
+    pub fn instance(&self, app: &str, id: &str) -> Result<(&AppRec, &InstRec), registry::Error> {
+        let rec = self.apps.get(app).ok_or(registry::Error::NoSuchApp)?;
         let inst = rec
             .instances
             .get(id)
-            .ok_or(crate::registry::Error::NoSuchInstance)?;
+            .ok_or(registry::Error::NoSuchInstance)?;
         Ok((rec, inst))
     }
 
@@ -494,14 +487,14 @@ impl Mirror {
 }
 
 /// The view's state of an instance of the mirror.
-pub fn applied<'a>(id: &'a str, inst: &'a InstRec, now: Now) -> Applied<'a> {
+pub fn applied<'a>(id: &'a str, inst: &'a InstRec, now: Now) -> registry::Stored<'a> {
     let stored = mono_of_wall(inst.renewed_wall(), now);
-    Applied {
+    registry::Stored {
         id,
         ip: &inst.value.ip,
         port: inst.value.port,
         status: inst.status(),
-        metadata: inst.value.metadata.clone(),
+        metadata: inst.value.metadata.as_ref(),
         last_renewal: inst.seen.map_or(stored, |seen| seen.max(stored)),
     }
 }
