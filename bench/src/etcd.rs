@@ -47,6 +47,10 @@ const FLEET_CONNS: usize = 32;
 const SERVER_THREADS: usize = 16;
 /// Concurrent clients of Registro's writes, and of etcd's own measurement.
 const CLIENTS: usize = 32;
+/// Clients (each a thread with one connection) of the measurement with as
+/// many writes in flight as etcd's own 128-put measurement has keys, in
+/// multiples of [`CLIENTS`]; also of a restart of the whole fleet.
+const DEEP: usize = 128;
 /// Puts in one transaction of etcd's own measurement (etcd's default
 /// `--max-txn-ops`), and the size of each value (an instance's is about it).
 const TXN_PUTS: usize = 128;
@@ -248,6 +252,10 @@ struct EtcdRun {
     registration: Option<(usize, Duration, u64)>,
     /// The same for every instance's first heartbeat.
     first_beats: Option<(usize, Duration, u64)>,
+    /// Both again for as many other instances, from `CLIENTS * DEEP`
+    /// clients.
+    deep_registration: Option<(usize, Duration, u64)>,
+    deep_first_beats: Option<(usize, Duration, u64)>,
     /// Steady heartbeats, closed loop, one per round.
     heartbeats: Vec<Outcome>,
     /// Fleets at the 30 s period, growing.
@@ -268,6 +276,8 @@ struct EtcdRun {
 struct Own {
     /// Keys a second, written in transactions of [`TXN_PUTS`] puts.
     keys: f64,
+    /// Keys a second, written in transactions of one put.
+    single: f64,
     /// Lease grants a second.
     grants: f64,
     /// Calls that did not answer 200.
@@ -320,7 +330,9 @@ fn own_rate(cluster: &Cluster, window: Duration, round: usize) -> Own {
     let value = b64(&[b'v'; VALUE_BYTES]);
     let ports: Vec<u16> = cluster.members.iter().map(|m| m.client).collect();
     let errors = AtomicU64::new(0);
-    let rate = |grant: bool| -> f64 {
+    // Calls a second of `puts` puts each (0: lease grants).
+    let rate = |puts: usize| -> f64 {
+        let grant = puts == 0;
         let done = AtomicU64::new(0);
         let start = Instant::now();
         thread::scope(|scope| {
@@ -339,7 +351,7 @@ fn own_rate(cluster: &Cluster, window: Duration, round: usize) -> Own {
                         let body = if grant {
                             r#"{"TTL":"7200"}"#.to_string()
                         } else {
-                            let puts: Vec<String> = (0..TXN_PUTS)
+                            let puts: Vec<String> = (0..puts)
                                 .map(|_| {
                                     k += 1;
                                     let key =
@@ -372,10 +384,12 @@ fn own_rate(cluster: &Cluster, window: Duration, round: usize) -> Own {
         });
         done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64().max(1e-9)
     };
-    let keys = rate(false) * TXN_PUTS as f64;
-    let grants = rate(true);
+    let keys = rate(TXN_PUTS) * TXN_PUTS as f64;
+    let single = rate(1);
+    let grants = rate(0);
     Own {
         keys,
+        single,
         grants,
         errors: errors.load(Ordering::Relaxed),
     }
@@ -386,6 +400,7 @@ fn own_mean(r: &EtcdRun) -> Option<Own> {
     let n = r.own.len() as f64;
     (!r.own.is_empty()).then(|| Own {
         keys: r.own.iter().map(|o| o.keys).sum::<f64>() / n,
+        single: r.own.iter().map(|o| o.single).sum::<f64>() / n,
         grants: r.own.iter().map(|o| o.grants).sum::<f64>() / n,
         errors: r.own.iter().map(|o| o.errors).sum(),
     })
@@ -397,8 +412,8 @@ fn own_mean(r: &EtcdRun) -> Option<Own> {
 /// read none of them other than `up`.
 fn restart_all(addrs: [SocketAddr; 2], n: usize) -> Result<Restart, String> {
     let start = Instant::now();
-    let (registered, a) = pipelined(addrs, 0..n, false)?;
-    let (beaten, b) = pipelined(addrs, 0..n, true)?;
+    let (registered, a) = pipelined(addrs, 0..n, false, CLIENTS * DEEP)?;
+    let (beaten, b) = pipelined(addrs, 0..n, true, CLIENTS * DEEP)?;
     let path = "/registro/1.0/apps?status=starting,down,out-of-service";
     loop {
         let mut left = 0;
@@ -513,7 +528,7 @@ fn measure_on(
     let own = own_rate(cluster, window, 0);
     bench.progress(format_args!("etcd: {}", own_line(&own)));
     run.own.push(own);
-    let (took, retried) = pipelined(addrs, 0..registrations, false)?;
+    let (took, retried) = pipelined(addrs, 0..registrations, false, CLIENTS)?;
     run.registration = Some((registrations, took, retried));
     bench.progress(format_args!(
             "etcd: registered {} instances through both servers in {:.1} s ({}/s; {retried} answers 503 sent again)",
@@ -522,10 +537,24 @@ fn measure_on(
             thousands(registrations as f64 / took.as_secs_f64().max(1e-9))
         ),
     );
-    let (took, retried) = pipelined(addrs, 0..registrations, true)?;
+    let (took, retried) = pipelined(addrs, 0..registrations, true, CLIENTS)?;
     run.first_beats = Some((registrations, took, retried));
     bench.progress(format_args!(
         "etcd: first heartbeat of each (now up) in {:.1} s ({retried} answers 503 sent again)",
+        took.as_secs_f64()
+    ));
+    // As many in flight as etcd's own measurement has keys: the next
+    // `registrations` instances.
+    let deep = registrations..2 * registrations;
+    let (took, retried) = pipelined(addrs, deep.clone(), false, CLIENTS * DEEP)?;
+    run.deep_registration = Some((registrations, took, retried));
+    let (took, retried) = pipelined(addrs, deep, true, CLIENTS * DEEP)?;
+    run.deep_first_beats = Some((registrations, took, retried));
+    bench.progress(format_args!(
+        "etcd: {} more registered and renewed from {} clients in {:.1} s and {:.1} s",
+        thousands(registrations as f64),
+        CLIENTS * DEEP,
+        run.deep_registration.map_or(0.0, |r| r.1.as_secs_f64()),
         took.as_secs_f64()
     ));
     let own = own_rate(cluster, window, 1);
@@ -544,11 +573,12 @@ fn measure_on(
         ));
         run.heartbeats.push(o);
     }
-    let mut have = registrations;
+    let mut have = 2 * registrations;
     for &n in &sizes {
         if n > have {
-            let grown = pipelined(addrs, have..n, false)
-                .and_then(|(took, _)| pipelined(addrs, have..n, true).map(|_| took));
+            let grown = pipelined(addrs, have..n, false, CLIENTS * DEEP).and_then(|(took, _)| {
+                pipelined(addrs, have..n, true, CLIENTS * DEEP).map(|_| took)
+            });
             match grown {
                 Ok(took) => bench.progress(format_args!(
                     "etcd: fleet grown to {} ({} registered in {:.1} s)",
@@ -604,7 +634,7 @@ fn measure_on(
 }
 
 /// Registers (or, with `renew`, renews once) instances `range` through
-/// both servers from [`CLIENTS`] clients, half on each, each with one
+/// both servers from `clients` client threads, half on each, each with one
 /// keep-alive connection and one request at a time. An answer 503 is sent
 /// again after [`BACKOFF`], as a client does (sent again at once, the 503s
 /// of a bound on changes in flight come back faster than any write): how
@@ -613,6 +643,7 @@ fn pipelined(
     addrs: [SocketAddr; 2],
     range: std::ops::Range<usize>,
     renew: bool,
+    clients: usize,
 ) -> Result<(Duration, u64), String> {
     let fleet = Fleet::new(range.end);
     let expected = if renew { 204 } else { 201 };
@@ -623,7 +654,7 @@ fn pipelined(
         let addr = addrs[c % addrs.len()];
         let mut conn = Conn::connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
         let mut buf = Vec::new();
-        for i in (range.start + c..range.end).step_by(CLIENTS) {
+        for i in (range.start + c..range.end).step_by(clients) {
             let mut tries = 0;
             loop {
                 if failed.load(Ordering::Relaxed) {
@@ -656,22 +687,25 @@ fn pipelined(
         Ok(())
     };
     let results: Vec<Result<(), String>> = thread::scope(|scope| {
-        let workers: Vec<_> = (0..CLIENTS)
+        let workers: Vec<_> = (0..clients)
             .map(|c| {
                 let (client, failed) = (&client, &failed);
-                scope.spawn(move || {
-                    let r = client(c);
-                    if r.is_err() {
-                        failed.store(true, Ordering::Relaxed);
-                    }
-                    r
-                })
+                thread::Builder::new()
+                    .stack_size(256 * 1024)
+                    .spawn_scoped(scope, move || {
+                        let r = client(c);
+                        if r.is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                        r
+                    })
+                    .map_err(|e| format!("client thread: {e}"))
             })
             .collect();
         workers
             .into_iter()
             .map(|w| {
-                w.join()
+                w?.join()
                     .unwrap_or_else(|_| Err("a client thread panicked".into()))
             })
             .collect()
@@ -682,8 +716,9 @@ fn pipelined(
 
 fn own_line(o: &Own) -> String {
     format!(
-        "etcd itself, {CLIENTS} clients: {} keys/s in transactions of {TXN_PUTS} puts, {} lease grants/s ({} calls failed)",
+        "etcd itself, {CLIENTS} clients: {} keys/s in transactions of {TXN_PUTS} puts, {} in transactions of one, {} lease grants/s ({} calls failed)",
         thousands(o.keys),
+        thousands(o.single),
         thousands(o.grants),
         o.errors
     )
@@ -869,8 +904,9 @@ fn render(s: &crate::Settings, r: &EtcdRun) -> String {
                 }
             ),
             &format_args!(
-                "{} keys/s in transactions of {TXN_PUTS} puts; {} lease grants/s{}",
+                "{} keys/s in transactions of {TXN_PUTS} puts; {} in transactions of one; {} lease grants/s{}",
                 thousands(o.keys),
+                thousands(o.single),
                 thousands(o.grants),
                 if o.errors > 0 {
                     format!("; {} calls failed", count(o.errors))
@@ -880,31 +916,39 @@ fn render(s: &crate::Settings, r: &EtcdRun) -> String {
             ),
         ]);
     }
-    for (what, measured) in [
+    let deep = format!("{} clients", count(CLIENTS * DEEP));
+    let writes = [
         (
-            "Registering {n} instances through both servers, {CLIENTS} clients",
+            "Registrations",
             r.registration,
+            format!("{CLIENTS} clients"),
         ),
         (
-            "First heartbeat of each (starting to up: a write), {CLIENTS} clients",
+            "First heartbeats",
             r.first_beats,
+            format!("{CLIENTS} clients"),
         ),
-    ] {
+        ("Registrations", r.deep_registration, deep.clone()),
+        ("First heartbeats", r.deep_first_beats, deep),
+    ];
+    for (what, measured, from) in &writes {
         let Some((n, took, retried)) = measured else {
             continue;
         };
-        let rate = per_s(n, took);
+        let rate = per_s(*n, *took);
         sec.row(&[
-            &what
-                .replace("{n}", &count(n))
-                .replace("{CLIENTS}", &CLIENTS.to_string()),
             &format_args!(
-                "{:.1} s ({}/s, {:.3}x etcd's {TXN_PUTS}-put rate, {:.2}x its lease grants; {} answers 503 sent again)",
+                "{what} of {} instances through both servers, {from} (a first heartbeat: starting to up, a write)",
+                count(*n)
+            ),
+            &format_args!(
+                "{:.1} s ({}/s, {:.3}x etcd's {TXN_PUTS}-put rate, {:.2}x its one-put rate, {:.2}x its lease grants; {} answers 503 sent again)",
                 took.as_secs_f64(),
                 thousands(rate),
                 ratio(rate),
+                own.filter(|o| o.single > 0.0).map_or(f64::NAN, |o| rate / o.single),
                 own.filter(|o| o.grants > 0.0).map_or(f64::NAN, |o| rate / o.grants),
-                count(retried)
+                count(*retried)
             ),
         ]);
     }
@@ -954,15 +998,12 @@ fn render(s: &crate::Settings, r: &EtcdRun) -> String {
         );
     }
     let full = !s.quick;
-    for (what, measured) in [
-        ("Registrations", r.registration),
-        ("First heartbeats", r.first_beats),
-    ] {
-        if let Some((n, took, _)) = measured {
+    for (what, measured, from) in &writes {
+        if let Some((n, took, _)) = *measured {
             let x = ratio(per_s(n, took));
             sec.target(
                 format_args!(
-                    "{what} from {CLIENTS} clients through two servers: >= {RATIO_TARGET}x etcd's rate for {TXN_PUTS}-put transactions, in the same run"
+                    "{what} from {from} through two servers: >= {RATIO_TARGET}x etcd's rate for {TXN_PUTS}-put transactions, in the same run"
                 ),
                 format_args!(
                     "{x:.3}x ({}/s against {} keys/s)",
@@ -973,8 +1014,8 @@ fn render(s: &crate::Settings, r: &EtcdRun) -> String {
             );
         }
     }
-    if let (Some(a), Some(b)) = (r.registration, r.first_beats) {
-        let refused = a.2 + b.2;
+    if writes.iter().any(|w| w.1.is_some()) {
+        let refused: u64 = writes.iter().filter_map(|w| w.1).map(|w| w.2).sum();
         sec.target(
             "No answer 503 from a healthy cluster (registrations and first heartbeats)",
             format_args!("{} answers 503", count(refused)),
