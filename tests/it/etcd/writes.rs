@@ -3,7 +3,7 @@
 //! members and real servers.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use crate::support::{Conn, Proc};
 
 use super::cluster::{installed, Cluster};
 use super::{lock, send_within};
-use crate::scenarios::{converged, status_in};
+use crate::scenarios::{converged, instance_in, status_in};
 
 /// A server whose watch stream is on a member that hangs (SIGSTOP): a
 /// registration through it is committed through another member, and is
@@ -124,5 +124,84 @@ fn an_instance_registered_elsewhere_is_never_refused_under_load() {
         "{} instances registered through one server and up through the other; {} answers 503 retried",
         CLIENTS * EACH,
         retried.load(Ordering::Relaxed)
+    );
+}
+
+/// Two servers asked at the same moment to register the same instance at
+/// different addresses: one answers 201 and the other 409 (its compare
+/// failed, and it was decided again from a view that has the other's),
+/// never both 201 and never 503; both servers then read the address of the
+/// 201. Sixteen such pairs at once, so that each server's calls to etcd
+/// carry several changes, of which some fail their compares while the
+/// others commit.
+#[test]
+fn the_same_instance_registered_through_two_servers_at_once_is_registered_once() {
+    if !installed("the_same_instance_registered_through_two_servers_at_once_is_registered_once") {
+        return;
+    }
+    const PAIRS: usize = 16;
+    const EACH: usize = 16;
+    let cluster = Cluster::start("once");
+    let (a, b) = super::pair(&cluster, "/once/", &[]);
+    let mut ca = Conn::open(a.addr);
+    check(&mut ca, "POST", "/apps", &app_body("web"), 201);
+    converged(&[a.addr, b.addr], Duration::from_secs(5), "the app");
+    // (instance, side, status): side 0 registers 10.0.0.1 through A, side 1
+    // 10.0.0.2 through B.
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..PAIRS)
+        .flat_map(|p| {
+            let together = Arc::new(Barrier::new(2));
+            [(0, a.addr), (1, b.addr)].map(|(side, addr)| {
+                let (together, answers) = (together.clone(), answers.clone());
+                thread::spawn(move || {
+                    let mut conn = Conn::open(addr);
+                    for i in 0..EACH {
+                        let id = format!("p{p}-{i}");
+                        let ip = format!("10.0.0.{}", side + 1);
+                        together.wait();
+                        let r = conn.send("POST", "/apps/web", &instance_body(&id, &ip, 80));
+                        lock(&answers).push((id, side, r.status));
+                    }
+                })
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("a client");
+    }
+    let (view, _) = converged(&[a.addr, b.addr], Duration::from_secs(10), "after");
+    let answers = lock(&answers).clone();
+    for p in 0..PAIRS {
+        for i in 0..EACH {
+            let id = format!("p{p}-{i}");
+            let mut got: Vec<(u16, usize)> = answers
+                .iter()
+                .filter(|(x, _, _)| *x == id)
+                .map(|(_, side, status)| (*status, *side))
+                .collect();
+            got.sort_unstable();
+            let statuses: Vec<u16> = got.iter().map(|g| g.0).collect();
+            assert_eq!(statuses, [201, 409], "{id}: {got:?}");
+            let ip = format!("10.0.0.{}", got[0].1 + 1);
+            let inst = instance_in(&view["applications"][0], &id);
+            assert_eq!(
+                inst.as_ref().and_then(|i| i["ip"].as_str()),
+                Some(ip.as_str()),
+                "{id}: {inst:?}"
+            );
+        }
+    }
+    let conflicts: f64 = [a.addr, b.addr]
+        .iter()
+        .filter_map(|addr| {
+            crate::ops::metrics(*addr)
+                .get(r#"registro_store_requests_total{op="txn",result="conflict"}"#)
+                .copied()
+        })
+        .sum();
+    println!(
+        "{} instances registered at once through both servers, each once; {conflicts} calls met a failed compare",
+        PAIRS * EACH
     );
 }
