@@ -938,8 +938,13 @@ fn render(s: &crate::Settings, r: &EtcdRun) -> String {
         let rate = per_s(*n, *took);
         sec.row(&[
             &format_args!(
-                "{what} of {} instances through both servers, {from} (a first heartbeat: starting to up, a write)",
-                count(*n)
+                "{what} of {} instances through both servers, {from}{}",
+                count(*n),
+                if what.starts_with("First") {
+                    " (starting to up: a write)"
+                } else {
+                    ""
+                }
             ),
             &format_args!(
                 "{:.1} s ({}/s, {:.3}x etcd's {TXN_PUTS}-put rate, {:.2}x its one-put rate, {:.2}x its lease grants; {} answers 503 sent again)",
