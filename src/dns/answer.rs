@@ -506,10 +506,7 @@ mod tests {
     use crate::registry::{Millis, Periods, Registry};
 
     const T0: Millis = 1_000_000;
-    const P: Periods = Periods {
-        down_after: 90_000,
-        evict_after: 600_000,
-    };
+    const P: Periods = Periods::DEFAULT;
 
     /// A registry with app `web`: `up` instances at 10.0.0.1:8001,
     /// 10.0.0.2:8002, [fd00::1]:9000; a `starting` one (10.0.0.9) and one out
