@@ -174,6 +174,26 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
+/// `method` of `url` through `agent`, with `body` on PUT and POST (JSON on
+/// POST): for tests that pick the method as they go.
+pub fn request(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    body: &str,
+) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    match method {
+        "GET" => agent.get(url).call(),
+        "PUT" => agent.put(url).send(body),
+        "POST" => agent
+            .post(url)
+            .header("Content-Type", "application/json")
+            .send(body),
+        "DELETE" => agent.delete(url).call(),
+        other => panic!("no such method in these tests: {other}"),
+    }
+}
+
 /// [`agent`]'s middleware (any agent's, with `.middleware(checked)`): reads
 /// the answer, checks it, and hands it on with the same bytes.
 pub fn checked(

@@ -286,19 +286,10 @@ impl Cluster {
     /// Compacts etcd's history up to its current revision (through the
     /// first running member), and returns that revision.
     pub fn compact(&self) -> u64 {
-        let m = self
-            .members
-            .iter()
-            .find(|m| m.child.is_some())
-            .expect("a running member");
-        let (_, status) =
-            call(m.client, "maintenance/status", &serde_json::json!({})).expect("status");
-        let revision: u64 = status["header"]["revision"]
-            .as_str()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or_else(|| panic!("no revision in {status}"));
+        let revision = self.revision();
         let body = serde_json::json!({"revision": revision.to_string(), "physical": true});
-        let (code, answer) = call(m.client, "kv/compaction", &body).expect("compaction");
+        let (code, answer) =
+            call(self.running().client, "kv/compaction", &body).expect("compaction");
         assert_eq!(code, 200, "compaction: {answer}");
         revision
     }
@@ -333,14 +324,18 @@ impl Cluster {
         }
     }
 
+    /// The first member that runs.
+    fn running(&self) -> &Member {
+        self.members
+            .iter()
+            .find(|m| m.child.is_some())
+            .expect("a running member")
+    }
+
     /// etcd's current revision (asked of the first running member): it
     /// moves with every write.
     pub fn revision(&self) -> u64 {
-        let m = self
-            .members
-            .iter()
-            .find(|m| m.child.is_some())
-            .expect("a running member");
+        let m = self.running();
         let (_, status) =
             call(m.client, "maintenance/status", &serde_json::json!({})).expect("status");
         status["header"]["revision"]
@@ -351,11 +346,7 @@ impl Cluster {
 
     /// How many leases etcd holds (asked of the first running member).
     pub fn leases(&self) -> usize {
-        let m = self
-            .members
-            .iter()
-            .find(|m| m.child.is_some())
-            .expect("a running member");
+        let m = self.running();
         let (code, answer) =
             call(m.client, "lease/leases", &serde_json::json!({})).expect("lease list");
         assert_eq!(code, 200, "lease list: {answer}");
