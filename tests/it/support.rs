@@ -716,6 +716,36 @@ pub fn idle_connections(addr: SocketAddr, n: usize) -> Vec<Stream> {
     idle
 }
 
+/// Runs `command` to its end, its stdout and stderr read as they come (so
+/// a full pipe never holds it up), killed after `deadline`: its status
+/// (`None` when it had to be killed), stdout and stderr.
+pub fn output_within(
+    command: &mut Command,
+    deadline: Duration,
+) -> (Option<std::process::ExitStatus>, String, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let status = exited_within(&mut child, deadline);
+    let stdout = stdout.join().expect("the stdout reader");
+    let stderr = stderr.join().expect("the stderr reader");
+    (status, stdout, stderr)
+}
+
 /// Waits up to `deadline` for `child` to exit: its status, or `None` once
 /// it has been killed for not exiting.
 pub fn exited_within(child: &mut Child, deadline: Duration) -> Option<std::process::ExitStatus> {

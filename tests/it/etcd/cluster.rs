@@ -447,21 +447,11 @@ impl Drop for Cluster {
 /// The `registro` binary with `args`, expected to refuse to start: its exit
 /// code and its stderr, within 20 s (killed and reported otherwise).
 pub fn refused(args: &[String]) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_registro"))
-        .args(["--addr", "127.0.0.1:0"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn registro");
-    let status = support::exited_within(&mut child, Duration::from_secs(20)).unwrap_or_else(|| {
+    let mut registro = Command::new(env!("CARGO_BIN_EXE_registro"));
+    registro.args(["--addr", "127.0.0.1:0"]).args(args);
+    let (status, _, stderr) = support::output_within(&mut registro, Duration::from_secs(20));
+    let status = status.unwrap_or_else(|| {
         panic!("registro {args:?} still ran after 20 s; it should have exited 1")
     });
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        use std::io::Read;
-        let _ = pipe.read_to_string(&mut stderr);
-    }
     (status.code(), stderr)
 }
