@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -58,6 +59,36 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Prometheus with `config` (written to `dir`, its data kept there too) on
+/// a free loopback port, killed when dropped: it, and that port.
+pub(crate) fn prometheus(dir: &Path, config: &str) -> (Killed, u16) {
+    let file = dir.join("prometheus.yml");
+    std::fs::write(&file, config).expect("prometheus.yml");
+    let port = free_port();
+    let prometheus = Killed::spawn(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+    );
+    (prometheus, port)
+}
+
+/// The JSON answer to `GET url`; `None` while there is none.
+pub(crate) fn get_json(agent: &ureq::Agent, url: &str) -> Option<serde_json::Value> {
+    let body = agent
+        .get(url)
+        .call()
+        .ok()?
+        .into_body()
+        .read_to_string()
+        .ok()?;
+    serde_json::from_str(&body).ok()
 }
 
 /// A path segment, percent-encoded but for RFC 3986's unreserved bytes.
@@ -438,15 +469,8 @@ fn prometheus_scrapes_the_server() {
     // configuration of docs/operations.md, `authorization:` and all.
     let dir = TempDir::new("prometheus");
     let (writer, reader) = ("w-prometheus-test", "r-prometheus-test");
-    let (write, read) = (dir.path().join("tokens"), dir.path().join("read-tokens"));
-    std::fs::write(&write, format!("{writer}\n")).unwrap();
-    std::fs::write(&read, format!("{reader}\n")).unwrap();
-    let server = support::start_with(|c| {
-        c.tokens = registro::TokenFiles {
-            write: Some(write),
-            read: Some(read.clone()),
-        }
-    });
+    let (tokens, read) = support::token_files(&dir, writer, reader);
+    let server = support::start_with(|c| c.tokens = tokens);
     let addr = server.local_addr();
     let mut c = Conn::open(addr);
     let mut send = |method: &str, path: &str, body: &str| {
@@ -471,39 +495,20 @@ fn prometheus_scrapes_the_server() {
         "/metrics without a token"
     );
 
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: registro\n    authorization:\n      type: Bearer\n      \
-             credentials_file: {}\n    static_configs:\n      - targets: ['{addr}']\n",
-            read.display()
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let data = dir.path().join("data");
-    let _prometheus = Killed::spawn(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", data.display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+         scrape_configs:\n  - job_name: registro\n    authorization:\n      type: Bearer\n      \
+         credentials_file: {}\n    static_configs:\n      - targets: ['{addr}']\n",
+        read.display()
     );
+    let (_prometheus, port) = prometheus(dir.path(), &config);
     let agent = support::agent();
     let url = format!("http://127.0.0.1:{port}/api/v1/query?query=registro_instances");
     let up = eventually(
         Duration::from_secs(60),
         "Prometheus to have scraped",
         || {
-            let body = agent
-                .get(&url)
-                .call()
-                .ok()?
-                .into_body()
-                .read_to_string()
-                .ok()?;
-            let reply: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let reply = get_json(&agent, &url)?;
             let results = reply["data"]["result"].as_array()?;
             results
                 .iter()

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -683,6 +684,19 @@ impl TempDir {
         std::fs::write(&path, text).expect("write a file");
         path
     }
+}
+
+/// Token files in `dir`: writes take `writer`, reads `reader` (or
+/// `writer`). The files for `Config::tokens`, and the read file's path (a
+/// scraper's `credentials_file`).
+pub fn token_files(dir: &TempDir, writer: &str, reader: &str) -> (registro::TokenFiles, PathBuf) {
+    let write = dir.file("tokens", &format!("{writer}\n"));
+    let read = dir.file("read-tokens", &format!("{reader}\n"));
+    let files = registro::TokenFiles {
+        write: Some(write),
+        read: Some(read.clone()),
+    };
+    (files, read)
 }
 
 impl Drop for TempDir {
