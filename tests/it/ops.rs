@@ -62,33 +62,48 @@ impl Drop for Killed {
 }
 
 /// Prometheus with `config` (written to `dir`, its data kept there too) on
-/// a free loopback port, killed when dropped: it, and that port.
-pub(crate) fn prometheus(dir: &Path, config: &str) -> (Killed, u16) {
-    let file = dir.join("prometheus.yml");
-    std::fs::write(&file, config).expect("prometheus.yml");
-    let port = free_port();
-    let prometheus = Killed::spawn(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", file.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}")),
-    );
-    (prometheus, port)
+/// a free loopback port, killed when dropped.
+pub(crate) struct Prometheus {
+    _child: Killed,
+    port: u16,
+    /// A plain agent: the contract check of `support::agent` is for
+    /// Registro's answers, and this port may be one that a server of
+    /// another test had.
+    agent: ureq::Agent,
 }
 
-/// The JSON answer to `GET url`; `None` while there is none.
-pub(crate) fn get_json(agent: &ureq::Agent, url: &str) -> Option<serde_json::Value> {
-    let body = agent
-        .get(url)
-        .call()
-        .ok()?
-        .into_body()
-        .read_to_string()
-        .ok()?;
-    serde_json::from_str(&body).ok()
+impl Prometheus {
+    pub(crate) fn start(dir: &Path, config: &str) -> Prometheus {
+        let file = dir.join("prometheus.yml");
+        std::fs::write(&file, config).expect("prometheus.yml");
+        let port = free_port();
+        let child = Killed::spawn(
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", file.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+        );
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        Prometheus {
+            _child: child,
+            port,
+            agent,
+        }
+    }
+
+    /// The JSON its HTTP API answers to `GET path`; `None` while it does
+    /// not answer 200 with JSON.
+    pub(crate) fn get(&self, path: &str) -> Option<serde_json::Value> {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let mut answer = self.agent.get(&url).call().ok()?;
+        serde_json::from_str(&answer.body_mut().read_to_string().ok()?).ok()
+    }
 }
 
 /// A path segment, percent-encoded but for RFC 3986's unreserved bytes.
@@ -501,14 +516,12 @@ fn prometheus_scrapes_the_server() {
          credentials_file: {}\n    static_configs:\n      - targets: ['{addr}']\n",
         read.display()
     );
-    let (_prometheus, port) = prometheus(dir.path(), &config);
-    let agent = support::agent();
-    let url = format!("http://127.0.0.1:{port}/api/v1/query?query=registro_instances");
+    let prometheus = Prometheus::start(dir.path(), &config);
     let up = eventually(
         Duration::from_secs(60),
         "Prometheus to have scraped",
         || {
-            let reply = get_json(&agent, &url)?;
+            let reply = prometheus.get("/api/v1/query?query=registro_instances")?;
             let results = reply["data"]["result"].as_array()?;
             results
                 .iter()

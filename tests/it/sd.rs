@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::api::app_body;
-use crate::ops::{get_json, prometheus};
+use crate::ops::Prometheus;
 use crate::support::{self, eventually, Conn, Reply, TempDir};
 
 /// Sends `METHOD /registro/1.0PATH` with `body` and, if given, a bearer token.
@@ -301,12 +301,10 @@ fn prometheus_discovers_up_instances_and_drops_one_that_goes_down() {
          \x20       target_label: __metrics_path__\n",
         read.display()
     );
-    let (_prometheus, web) = prometheus(dir.path(), &config);
-    let agent = support::agent();
-    let url = format!("http://127.0.0.1:{web}/api/v1/targets?state=active");
+    let prometheus = Prometheus::start(dir.path(), &config);
     // instance -> (app, zone, scrape URL, the status label as discovered)
     let seen = || -> Option<BTreeMap<String, (String, String, String, String)>> {
-        let reply = get_json(&agent, &url)?;
+        let reply = prometheus.get("/api/v1/targets?state=active")?;
         let targets = reply["data"]["activeTargets"].as_array()?;
         Some(
             targets
