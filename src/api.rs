@@ -697,33 +697,12 @@ fn parse_metadata(value: serde_json::Value) -> Result<Option<Arc<Metadata>>, Res
 /// Reads the query of a GET of a list: `status=` (a comma-separated list,
 /// repeatable), `index=` and `wait=`; other parameters are ignored.
 fn parse_query(target: &str) -> Result<ListQuery, Response> {
-    let query = target
-        .split('#')
-        .next()
-        .and_then(|t| t.split_once('?'))
-        .map_or("", |(_, q)| q);
     let mut filter = None;
     let (mut index, mut wait) = (None, None);
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (key, value) in query_pairs(target) {
         let value = decode_query(value)?;
         match key {
-            "status" => {
-                for name in value.split(',') {
-                    let status = Status::ALL
-                        .into_iter()
-                        .find(|s| status_name(*s) == name)
-                        .ok_or_else(|| {
-                            error(
-                                400,
-                                format!(
-                                    "unknown status {name:?} in ?status=; use up, down, starting or out-of-service, separated by commas"
-                                ),
-                            )
-                        })?;
-                    filter = Some(filter.unwrap_or(StatusSet::NONE).with(status));
-                }
-            }
+            "status" => add_statuses(&mut filter, &value)?,
             "index" => {
                 index = Some(value.parse::<u64>().map_err(|_| {
                     error(
@@ -745,13 +724,8 @@ fn parse_query(target: &str) -> Result<ListQuery, Response> {
 /// Whether the query asks for `view=summary`; `view=full` (or none) is
 /// the list with instances, any other view a 400.
 fn wants_summary(target: &str) -> Result<bool, Response> {
-    let query = target
-        .split('#')
-        .next()
-        .and_then(|t| t.split_once('?'))
-        .map_or("", |(_, q)| q);
     let mut summary = false;
-    for pair in query.split('&') {
+    for pair in query_of(target).split('&') {
         let Some(value) = pair.strip_prefix("view=") else {
             continue;
         };
@@ -767,6 +741,44 @@ fn wants_summary(target: &str) -> Result<bool, Response> {
         };
     }
     Ok(summary)
+}
+
+/// The query of a request's target: after `?`, before `#`.
+fn query_of(target: &str) -> &str {
+    target
+        .split('#')
+        .next()
+        .and_then(|t| t.split_once('?'))
+        .map_or("", |(_, q)| q)
+}
+
+/// The query's `key=value` pairs, values still encoded (`key` alone has an
+/// empty value).
+fn query_pairs(target: &str) -> impl Iterator<Item = (&str, &str)> {
+    query_of(target)
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
+/// Adds the statuses a decoded `status=` value names (separated by
+/// commas) to `filter`; an unknown name is a 400.
+fn add_statuses(filter: &mut Option<StatusSet>, value: &str) -> Result<(), Response> {
+    for name in value.split(',') {
+        let status = Status::ALL
+            .into_iter()
+            .find(|s| status_name(*s) == name)
+            .ok_or_else(|| {
+                error(
+                    400,
+                    format!(
+                        "unknown status {name:?} in ?status=; use up, down, starting or out-of-service, separated by commas"
+                    ),
+                )
+            })?;
+        *filter = Some(filter.unwrap_or(StatusSet::NONE).with(status));
+    }
+    Ok(())
 }
 
 /// `500ms`, `30s`, `5m` or plain seconds, at most [`MAX_WAIT`].
@@ -1119,10 +1131,7 @@ mod tests {
             .expect("no logger thread")
             .log();
         let access = Access::load(&crate::auth::TokenFiles::default()).expect("no token files");
-        let periods = Periods {
-            down_after: 90_000,
-            evict_after: 600_000,
-        };
+        let periods = Periods::DEFAULT;
         let view = Arc::new(View::new(Registry::new(periods), log));
         let settings = store::Settings {
             periods,
@@ -1403,35 +1412,22 @@ mod tests {
     /// A store that cannot be reached: every change answers 503 with JSON.
     struct Unreachable;
 
+    fn unreachable() -> store::Answer {
+        Err(store::Error::Unavailable("etcd is unreachable".into()))
+    }
+
     impl Store for Unreachable {
-        fn create_app(&self, _: &View, _: &str, _: Now) -> Result<store::Progress, store::Error> {
-            Err(store::Error::Unavailable("etcd is unreachable".into()))
+        fn create_app(&self, _: &View, _: &str, _: Now) -> store::Answer {
+            unreachable()
         }
-        fn register(
-            &self,
-            _: &View,
-            _: &Registration<'_>,
-            _: Now,
-        ) -> Result<store::Progress, store::Error> {
-            Err(store::Error::Unavailable("etcd is unreachable".into()))
+        fn register(&self, _: &View, _: &Registration<'_>, _: Now) -> store::Answer {
+            unreachable()
         }
-        fn renew(
-            &self,
-            _: &View,
-            _: &str,
-            _: &str,
-            _: Now,
-        ) -> Result<store::Progress, store::Error> {
-            Err(store::Error::Unavailable("etcd is unreachable".into()))
+        fn renew(&self, _: &View, _: &str, _: &str, _: Now) -> store::Answer {
+            unreachable()
         }
-        fn take_out_of_service(
-            &self,
-            _: &View,
-            _: &str,
-            _: &str,
-            _: Now,
-        ) -> Result<store::Progress, store::Error> {
-            Err(store::Error::Unavailable("etcd is unreachable".into()))
+        fn take_out_of_service(&self, _: &View, _: &str, _: &str, _: Now) -> store::Answer {
+            unreachable()
         }
         fn health(&self) -> Result<(), &'static str> {
             Err("store unreachable")
@@ -1450,10 +1446,7 @@ mod tests {
             .expect("no logger thread")
             .log();
         let access = Access::load(&crate::auth::TokenFiles::default()).expect("no token files");
-        let periods = Periods {
-            down_after: 90_000,
-            evict_after: 600_000,
-        };
+        let periods = Periods::DEFAULT;
         let view = Arc::new(View::new(Registry::new(periods), log));
         let api = Api::new(view, Box::new(Unreachable), access);
         let now = Now {

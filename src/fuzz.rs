@@ -21,54 +21,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use crate::http::{
     self, Parsed, Parser, ReadError, Request, MAX_BODY, MAX_CHUNKED_RAW, MAX_HEADER_BYTES, MAX_LINE,
 };
-
-/// xorshift64*: small, fast, seeded.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, one_in: usize) -> bool {
-        self.below(one_in) == 0
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("REGISTRO_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
-}
-
-fn cases() -> usize {
-    std::env::var("REGISTRO_FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(50_000)
-}
+use crate::rng::{fuzz_cases, fuzz_seed, Rng};
 
 /// A valid request and what it must parse to.
 fn valid(rng: &mut Rng) -> (Vec<u8>, Request) {
@@ -265,7 +218,7 @@ const MOST_BUFFERED: usize = MAX_HEADER_BYTES + MAX_LINE + 16 + MAX_CHUNKED_RAW;
 /// arrive in pieces (sizes from `split`, or all at once), a `Parser` resumes
 /// on the growing buffer, and a complete request's bytes are drained.
 fn parse_all(data: &[u8], split: Option<u64>) -> Stream {
-    let mut pieces = split.map(Rng::new);
+    let mut pieces = split.map(Rng::seeded);
     let mut buf: Vec<u8> = Vec::new();
     let mut parser = Parser::default();
     let mut requests = Vec::new();
@@ -501,9 +454,9 @@ fn replayable(seed: u64, n: usize, what: &str, data: &[u8], f: impl FnOnce()) {
 
 #[test]
 fn random_splits_of_valid_pipelines_parse_to_the_same_requests() {
-    let seed = seed();
-    let cases = cases();
-    let mut rng = Rng::new(seed);
+    let seed = fuzz_seed();
+    let cases = fuzz_cases();
+    let mut rng = Rng::seeded(seed);
     let started = std::time::Instant::now();
     let mut requests = 0;
     for n in 0..cases {
@@ -536,9 +489,9 @@ fn random_splits_of_valid_pipelines_parse_to_the_same_requests() {
 
 #[test]
 fn mutated_and_random_bytes_end_in_requests_and_an_error() {
-    let seed = seed();
-    let cases = cases();
-    let mut rng = Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15);
+    let seed = fuzz_seed();
+    let cases = fuzz_cases();
+    let mut rng = Rng::seeded(seed ^ 0x9e37_79b9_7f4a_7c15);
     let started = std::time::Instant::now();
     let (mut parsed, mut errors) = (0usize, std::collections::BTreeMap::new());
     let mut smuggling = 0;

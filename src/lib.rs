@@ -30,6 +30,7 @@ mod metrics;
 mod ops;
 mod persist;
 pub mod registry;
+mod rng;
 mod server;
 mod store;
 mod sweeper;

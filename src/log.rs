@@ -195,18 +195,13 @@ fn write_lines(shared: &Shared, out: &mut dyn Write) {
     let mut batch = String::new();
     loop {
         let (dropped, last) = {
-            let mut state = lock(&shared.state);
-            while state.lines.is_empty() && !state.closed {
-                let left = next_summary.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                state = shared
-                    .queued
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
+            let left = next_summary.saturating_duration_since(Instant::now());
+            let (mut state, _) = shared
+                .queued
+                .wait_timeout_while(lock(&shared.state), left, |s| {
+                    s.lines.is_empty() && !s.closed
+                })
+                .unwrap_or_else(PoisonError::into_inner);
             while batch.len() < BATCH {
                 let Some(line) = state.lines.pop_front() else {
                     break;
@@ -288,18 +283,14 @@ impl Log {
         };
         let mut state = lock(&shared.state);
         if wait && !state.stalled && !state.closed {
-            let until = Instant::now() + WAIT_FOR_ROOM;
-            while state.lines.len() >= QUEUE && !state.closed {
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    state.stalled = true;
-                    break;
-                }
-                state = shared
-                    .progressed
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
+            let full = |s: &mut State| s.lines.len() >= QUEUE && !s.closed;
+            let timeout;
+            (state, timeout) = shared
+                .progressed
+                .wait_timeout_while(state, WAIT_FOR_ROOM, full)
+                .unwrap_or_else(PoisonError::into_inner);
+            if timeout.timed_out() {
+                state.stalled = true;
             }
         }
         if state.lines.len() >= QUEUE || state.closed {

@@ -69,6 +69,14 @@ impl Periods {
         down_after: Millis::MAX / 4,
         evict_after: Millis::MAX / 2,
     };
+
+    /// The server's defaults, 90 s to down and 10 min to removal, as tests
+    /// use them.
+    #[cfg(test)]
+    pub const DEFAULT: Periods = Periods {
+        down_after: 90_000,
+        evict_after: 600_000,
+    };
 }
 
 /// The status of an instance, as a reader sees it.
@@ -620,6 +628,34 @@ impl App {
         }
     }
 
+    /// Adds instance `new.id` (not in the app) as given (empty metadata is
+    /// none), counted in `book`: the event it makes. The caller moves the
+    /// index and the due time.
+    fn add(&mut self, book: &mut Book, new: Stored<'_>) -> Event {
+        let id: Arc<str> = Arc::from(new.id);
+        let ip = Ip::new(new.ip);
+        self.ids.insert(id.clone(), self.slots.len());
+        if let Some(m) = new.metadata.filter(|m| !m.is_empty()) {
+            self.metadata.insert(id.clone(), m.clone());
+        }
+        self.slots.push(Slot {
+            id: id.clone(),
+            ip: ip.clone(),
+            last_renewal: new.last_renewal,
+            port: new.port,
+            status: new.status,
+        });
+        self.empty_since = None;
+        book.counts[new.status.ix()] += 1;
+        self.counts[new.status.ix()] += 1;
+        Event::InstanceAdded {
+            app: self.name.clone(),
+            id,
+            ip,
+            port: new.port,
+        }
+    }
+
     /// When the app, if empty, expires.
     fn empty_due(&self, periods: Periods) -> Millis {
         self.empty_since.map_or(Millis::MAX, |since| {
@@ -839,15 +875,24 @@ impl Registry {
         filter: StatusSet,
         unless_index: Option<u64>,
     ) -> Option<(Vec<AppView>, u64)> {
+        let periods = self.periods;
+        self.listing(now, unless_index, |app| app.view(now, periods, filter))
+    }
+
+    /// Every app present at `now`, in name order, as `each` makes it, and
+    /// the global index, once everything due is settled; `None` when the
+    /// global index is `unless_index`.
+    fn listing<T>(
+        &mut self,
+        now: Millis,
+        unless_index: Option<u64>,
+        each: impl Fn(&App) -> T,
+    ) -> Option<(Vec<T>, u64)> {
         self.settle_due(now);
         if unless_index == Some(self.book.index) {
             return None;
         }
-        let views = self
-            .present(now)
-            .map(|app| app.view(now, self.periods, filter))
-            .collect();
-        Some((views, self.book.index))
+        Some((self.present(now).map(each).collect(), self.book.index))
     }
 
     /// The apps present at `now`, in name order.
@@ -868,19 +913,11 @@ impl Registry {
         now: Millis,
         unless_index: Option<u64>,
     ) -> Option<(Vec<AppSummary>, u64)> {
-        self.settle_due(now);
-        if unless_index == Some(self.book.index) {
-            return None;
-        }
-        let summaries = self
-            .present(now)
-            .map(|app| AppSummary {
-                name: app.name.clone(),
-                index: app.index,
-                counts: app.counts,
-            })
-            .collect();
-        Some((summaries, self.book.index))
+        self.listing(now, unless_index, |app| AppSummary {
+            name: app.name.clone(),
+            index: app.index,
+            counts: app.counts,
+        })
     }
 
     /// Settles every app that is due at `now`, so that what is stored is
@@ -987,33 +1024,21 @@ impl Registry {
             }
             return Ok(event);
         }
-        let id: Arc<str> = Arc::from(id);
-        let ip = Ip::new(ip);
-        app.ids.insert(id.clone(), app.slots.len());
-        if let Some(m) = metadata {
-            app.metadata.insert(id.clone(), m);
-        }
-        app.slots.push(Slot {
-            id: id.clone(),
-            ip: ip.clone(),
-            last_renewal: now,
+        let new = Stored {
+            id,
+            ip,
             port,
             status: Status::Starting,
-        });
-        app.empty_since = None;
-        book.counts[Status::Starting.ix()] += 1;
-        app.counts[Status::Starting.ix()] += 1;
+            last_renewal: now,
+            metadata: metadata.as_ref(),
+        };
+        let added = app.add(book, new);
         book.bump(app);
         book.lower_due(
             app,
             now.saturating_add(periods.evict_after).saturating_add(1),
         );
-        Ok(Event::InstanceAdded {
-            app: app.name.clone(),
-            id,
-            ip,
-            port,
-        })
+        Ok(added)
     }
 
     /// A heartbeat: the instance becomes `Up` with `last_renewal = now` (or
@@ -1366,28 +1391,8 @@ impl Registry {
         let book = &mut self.book;
         let metadata = state.metadata.filter(|m| !m.is_empty()).cloned();
         let Some(&pos) = app.ids.get(state.id) else {
-            let id: Arc<str> = Arc::from(state.id);
-            let ip = Ip::new(state.ip);
-            app.ids.insert(id.clone(), app.slots.len());
-            if let Some(m) = metadata {
-                app.metadata.insert(id.clone(), m);
-            }
-            app.slots.push(Slot {
-                id: id.clone(),
-                ip: ip.clone(),
-                last_renewal: state.last_renewal,
-                port: state.port,
-                status: state.status,
-            });
-            app.empty_since = None;
-            book.counts[state.status.ix()] += 1;
-            app.counts[state.status.ix()] += 1;
-            book.events.push(Event::InstanceAdded {
-                app: app.name.clone(),
-                id,
-                ip,
-                port: state.port,
-            });
+            let added = app.add(book, state);
+            book.events.push(added);
             return true;
         };
         let slot = &mut app.slots[pos];
@@ -1653,10 +1658,7 @@ mod tests {
     /// The base instant of every test; scripts give offsets from it.
     const T0: Millis = 1_795_890_765_000;
     /// The default periods of the server: 90 s to down, 10 min to removal.
-    const P: Periods = Periods {
-        down_after: 90_000,
-        evict_after: 600_000,
-    };
+    const P: Periods = Periods::DEFAULT;
     /// App `web` with instance `a` at 10.0.0.1:80, both made at offset 0.
     const SETUP: &str = "
         0 create web => app-created:web
@@ -2390,14 +2392,22 @@ mod tests {
         assert_eq!(stats.checked, 10, "a settled before");
     }
 
-    #[test]
-    fn a_read_that_settles_an_app_makes_a_stepped_scan_of_it_moot() {
+    /// App `big` with 100 instances, all expired at the `now` returned, and
+    /// a stepped scan that has spent a budget of 17 on it (not done yet):
+    /// the registry, `now`, and the scan's cursor and stats.
+    fn big_app_scan_begun() -> (Registry, Millis, SweepCursor, SweepStats) {
         let mut reg = Registry::new(P);
         reg.create_app("big", T0).unwrap();
         fill(&mut reg, "big", "big", 100, T0);
         let now = T0 + 600_001;
         let (mut cursor, mut stats) = (SweepCursor::default(), SweepStats::default());
         assert!(!reg.settle_due_step(now, &mut cursor, 17, &mut stats));
+        (reg, now, cursor, stats)
+    }
+
+    #[test]
+    fn a_read_that_settles_an_app_makes_a_stepped_scan_of_it_moot() {
+        let (mut reg, now, mut cursor, mut stats) = big_app_scan_begun();
         assert_eq!(stats.removed, 9);
         let view = reg.app("big", now, StatusSet::ALL, None).unwrap().unwrap();
         assert!(view.instances.is_empty());
@@ -2410,12 +2420,7 @@ mod tests {
 
     #[test]
     fn a_list_read_settles_the_app_a_stepped_scan_is_in() {
-        let mut reg = Registry::new(P);
-        reg.create_app("big", T0).unwrap();
-        fill(&mut reg, "big", "big", 100, T0);
-        let now = T0 + 600_001;
-        let (mut cursor, mut stats) = (SweepCursor::default(), SweepStats::default());
-        assert!(!reg.settle_due_step(now, &mut cursor, 17, &mut stats));
+        let (mut reg, now, _, _) = big_app_scan_begun();
         let before = reg.index();
         let (views, index) = reg.apps(now, StatusSet::ALL, None).unwrap();
         assert!(views[0].instances.is_empty());

@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 use std::thread;
 
-use super::{decode_query, error, status_name, views, Api};
+use super::{add_statuses, decode_query, query_pairs, status_name, views, Api};
 use crate::clock::Now;
 use crate::http::Response;
 use crate::registry::{AppView, InstanceView, Status, StatusSet};
@@ -54,32 +54,11 @@ impl Api {
 /// `?status=` (as on the listing: a comma-separated list, repeatable; `up`
 /// when absent) and `?app=` (repeatable); other parameters are ignored.
 fn parse(target: &str) -> Result<Query, Response> {
-    let query = target
-        .split('#')
-        .next()
-        .and_then(|t| t.split_once('?'))
-        .map_or("", |(_, q)| q);
     let mut filter = None;
     let mut apps: Option<BTreeSet<String>> = None;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (key, value) in query_pairs(target) {
         match key {
-            "status" => {
-                for name in decode_query(value)?.split(',') {
-                    let status = Status::ALL
-                        .into_iter()
-                        .find(|s| status_name(*s) == name)
-                        .ok_or_else(|| {
-                            error(
-                                400,
-                                format!(
-                                    "unknown status {name:?} in ?status=; use up, down, starting or out-of-service, separated by commas"
-                                ),
-                            )
-                        })?;
-                    filter = Some(filter.unwrap_or(StatusSet::NONE).with(status));
-                }
-            }
+            "status" => add_statuses(&mut filter, &decode_query(value)?)?,
             "app" => {
                 apps.get_or_insert_with(BTreeSet::new)
                     .insert(decode_query(value)?);

@@ -498,7 +498,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use simple_dns::rdata::RData;
-    use simple_dns::{Packet, PacketFlag};
+    use simple_dns::{Packet, PacketFlag, ResourceRecord};
 
     use super::*;
     use crate::dns::wire::query;
@@ -506,10 +506,7 @@ mod tests {
     use crate::registry::{Millis, Periods, Registry};
 
     const T0: Millis = 1_000_000;
-    const P: Periods = Periods {
-        down_after: 90_000,
-        evict_after: 600_000,
-    };
+    const P: Periods = Periods::DEFAULT;
 
     /// A registry with app `web`: `up` instances at 10.0.0.1:8001,
     /// 10.0.0.2:8002, [fd00::1]:9000; a `starting` one (10.0.0.9) and one out
@@ -568,10 +565,9 @@ mod tests {
             .unwrap_or_else(|e| panic!("the answer does not parse: {e:?}: {bytes:?}"))
     }
 
-    /// The answer section as text, sorted (the order is random).
-    fn answers(bytes: &[u8]) -> Vec<String> {
-        let mut out: Vec<String> = parse(bytes)
-            .answers
+    /// A section's records as text, sorted (the order is random).
+    fn texts(records: &[ResourceRecord<'_>]) -> Vec<String> {
+        let mut out: Vec<String> = records
             .iter()
             .map(|rr| format!("{} {}", rr.name, rdata(&rr.rdata)))
             .collect();
@@ -579,14 +575,12 @@ mod tests {
         out
     }
 
+    fn answers(bytes: &[u8]) -> Vec<String> {
+        texts(&parse(bytes).answers)
+    }
+
     fn additional(bytes: &[u8]) -> Vec<String> {
-        let mut out: Vec<String> = parse(bytes)
-            .additional_records
-            .iter()
-            .map(|rr| format!("{} {}", rr.name, rdata(&rr.rdata)))
-            .collect();
-        out.sort();
-        out
+        texts(&parse(bytes).additional_records)
     }
 
     fn rdata(data: &RData<'_>) -> String {

@@ -25,35 +25,19 @@ use super::answer::{respond, Transport, Zone};
 use super::wire::{self, query, TYPE_A, TYPE_AAAA, TYPE_ANY, TYPE_SOA, TYPE_SRV};
 use super::{targets, up_in, Rng};
 use crate::registry::{Millis, Periods, Registry};
+use crate::rng::{fuzz_cases, fuzz_seed};
 
 const T0: Millis = 5_000_000;
 
-fn seed() -> u64 {
-    std::env::var("REGISTRO_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
-}
-
+/// A tenth of the HTTP fuzz's cases: a DNS case costs more.
 fn cases() -> usize {
-    std::env::var("REGISTRO_FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(50_000)
-        / 10
+    fuzz_cases() / 10
 }
 
 /// Apps: `web` (3 up, one of them IPv6, one address twice), `big` (300 up:
 /// answers that do not fit), `idle` (none up).
 fn registry() -> Registry {
-    let mut r = Registry::new(Periods {
-        down_after: 90_000,
-        evict_after: 600_000,
-    });
+    let mut r = Registry::new(Periods::DEFAULT);
     for app in ["web", "big", "idle"] {
         r.create_app(app, T0).unwrap();
     }
@@ -226,7 +210,7 @@ fn check(
 
 #[test]
 fn fuzz_dns_valid_queries_get_the_answer_their_name_calls_for() {
-    let seed = seed();
+    let seed = fuzz_seed();
     println!(
         "dns valid-query fuzz: seed {seed} (REGISTRO_FUZZ_SEED), {} cases",
         cases()
@@ -252,7 +236,7 @@ fn fuzz_dns_valid_queries_get_the_answer_their_name_calls_for() {
 
 #[test]
 fn fuzz_dns_mutated_and_random_bytes_never_panic_and_answer_well_formed() {
-    let seed = seed();
+    let seed = fuzz_seed();
     println!(
         "dns mutation fuzz: seed {seed} (REGISTRO_FUZZ_SEED), {} cases",
         cases()

@@ -17,7 +17,6 @@ mod tcp;
 mod udp;
 mod wire;
 
-use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -31,6 +30,7 @@ pub use metrics::Queries;
 
 use crate::clock;
 use crate::registry::{AppView, Millis, Registry, Status, StatusSet};
+pub use crate::rng::Rng;
 use crate::view::View;
 use answer::{Target, Transport};
 
@@ -304,34 +304,4 @@ fn targets(view: &AppView) -> Vec<Target> {
             Some((ip.to_canonical(), i.port))
         })
         .collect()
-}
-
-/// xorshift64*, seeded from the process's random hash keys: the order of
-/// answers, not a secret.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new() -> Rng {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(clock::now().mono);
-        Rng::seeded(hasher.finish())
-    }
-
-    pub fn seeded(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A number in `0..n` (`n` > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }

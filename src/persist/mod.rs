@@ -399,10 +399,7 @@ pub(super) fn app_record(name: &str, state: registry::AppState) -> Record {
 
 /// The periods the tests of the data directory run with: the defaults.
 #[cfg(test)]
-const TEST_PERIODS: registry::Periods = registry::Periods {
-    down_after: 90_000,
-    evict_after: 600_000,
-};
+const TEST_PERIODS: registry::Periods = registry::Periods::DEFAULT;
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Error, Progress, Registration, Settings, Store, Threads};
+use super::{Answer, Error, Progress, Registration, Settings, Store, Threads};
 use crate::clock::Now;
 use crate::registry::{Millis, Status};
 use crate::sweeper::Sweeper;
@@ -39,7 +39,7 @@ fn saving(view: &View, now: Now) -> Result<(), Error> {
 }
 
 impl Store for Memory {
-    fn create_app(&self, view: &View, name: &str, now: Now) -> Result<Progress, Error> {
+    fn create_app(&self, view: &View, name: &str, now: Now) -> Answer {
         saving(view, now)?;
         let mut registry = view.lock();
         let event = registry.create_app(name, now.mono)?;
@@ -48,7 +48,7 @@ impl Store for Memory {
         Ok(Progress::Done)
     }
 
-    fn register(&self, view: &View, new: &Registration<'_>, now: Now) -> Result<Progress, Error> {
+    fn register(&self, view: &View, new: &Registration<'_>, now: Now) -> Answer {
         saving(view, now)?;
         let mut registry = view.lock();
         let event = registry.register(
@@ -64,7 +64,7 @@ impl Store for Memory {
         Ok(Progress::Done)
     }
 
-    fn renew(&self, view: &View, app: &str, id: &str, now: Now) -> Result<Progress, Error> {
+    fn renew(&self, view: &View, app: &str, id: &str, now: Now) -> Answer {
         let asked = Instant::now();
         let mut registry = view.lock();
         // Its time is when the lock is had: the wait on it is added, so a
@@ -91,13 +91,7 @@ impl Store for Memory {
         Ok(Progress::Done)
     }
 
-    fn take_out_of_service(
-        &self,
-        view: &View,
-        app: &str,
-        id: &str,
-        now: Now,
-    ) -> Result<Progress, Error> {
+    fn take_out_of_service(&self, view: &View, app: &str, id: &str, now: Now) -> Answer {
         saving(view, now)?;
         let mut registry = view.lock();
         if let Some(event) = registry.take_out_of_service(app, id, now.mono)? {

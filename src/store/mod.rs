@@ -126,6 +126,9 @@ impl From<registry::Error> for Error {
     }
 }
 
+/// What a change answers: how far the store got, or why it refused.
+pub type Answer = Result<Progress, Error>;
+
 /// How far a store got with a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
@@ -142,19 +145,13 @@ pub enum Progress {
 /// with the ticket of a change the store is still making.
 pub trait Store: Send + Sync {
     /// Creates an application.
-    fn create_app(&self, view: &View, name: &str, now: Now) -> Result<Progress, Error>;
+    fn create_app(&self, view: &View, name: &str, now: Now) -> Answer;
     /// Registers an instance (API.md Part 2's rules).
-    fn register(&self, view: &View, new: &Registration<'_>, now: Now) -> Result<Progress, Error>;
+    fn register(&self, view: &View, new: &Registration<'_>, now: Now) -> Answer;
     /// A heartbeat.
-    fn renew(&self, view: &View, app: &str, id: &str, now: Now) -> Result<Progress, Error>;
+    fn renew(&self, view: &View, app: &str, id: &str, now: Now) -> Answer;
     /// Takes an instance out of service.
-    fn take_out_of_service(
-        &self,
-        view: &View,
-        app: &str,
-        id: &str,
-        now: Now,
-    ) -> Result<Progress, Error>;
+    fn take_out_of_service(&self, view: &View, app: &str, id: &str, now: Now) -> Answer;
     /// The answer to the change of `ticket` (see [`Progress::Waiting`]),
     /// once there is one; taken once.
     fn finish(&self, _ticket: u64) -> Option<Result<(), Error>> {

@@ -3,13 +3,12 @@
 //! `--addr :PORT`, one UTC-stamped log line per event (and none per
 //! heartbeat), and a prompt exit 0 on SIGTERM and SIGINT.
 
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::api::{app_body, check, register};
-use crate::support::{eventually, Conn, Proc};
+use crate::support::{eventually, output_within, Conn, Proc};
 
 /// What one run of the binary printed, and how it ended.
 struct Run {
@@ -21,34 +20,10 @@ struct Run {
 /// Runs `registro ARGS` to its end (killing it after 10 s: a run that does
 /// not end on its own is a failure).
 fn run(args: &[&str]) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_registro"))
-        .args(args)
-        .env("RUST_BACKTRACE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn registro");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("registro {args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        let _ = out.read_to_string(&mut stdout);
-    }
-    if let Some(mut err) = child.stderr.take() {
-        let _ = err.read_to_string(&mut stderr);
-    }
+    let mut registro = Command::new(env!("CARGO_BIN_EXE_registro"));
+    registro.args(args).env("RUST_BACKTRACE", "1");
+    let (status, stdout, stderr) = output_within(&mut registro, Duration::from_secs(10));
+    let status = status.unwrap_or_else(|| panic!("registro {args:?} did not exit"));
     Run {
         code: status.code(),
         stdout,

@@ -72,16 +72,7 @@ fn send_within(
         .build()
         .into();
     let url = format!("http://{addr}{path}");
-    let result = match method {
-        "GET" => agent.get(&url).call(),
-        "PUT" => agent.put(&url).send(body),
-        "POST" => agent
-            .post(&url)
-            .header("Content-Type", "application/json")
-            .send(body),
-        "DELETE" => agent.delete(&url).call(),
-        other => panic!("no such method in these tests: {other}"),
-    };
+    let result = crate::support::request(&agent, method, &url, body);
     let mut r = result.ok()?;
     let status = r.status().as_u16();
     let text = r.body_mut().read_to_string().unwrap_or_default();

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -57,6 +58,51 @@ impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Prometheus with `config` (written to `dir`, its data kept there too) on
+/// a free loopback port, killed when dropped.
+pub(crate) struct Prometheus {
+    _child: Killed,
+    port: u16,
+    /// A plain agent: the contract check of `support::agent` is for
+    /// Registro's answers, and this port may be one that a server of
+    /// another test had.
+    agent: ureq::Agent,
+}
+
+impl Prometheus {
+    pub(crate) fn start(dir: &Path, config: &str) -> Prometheus {
+        let file = dir.join("prometheus.yml");
+        std::fs::write(&file, config).expect("prometheus.yml");
+        let port = free_port();
+        let child = Killed::spawn(
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", file.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+        );
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        Prometheus {
+            _child: child,
+            port,
+            agent,
+        }
+    }
+
+    /// The JSON its HTTP API answers to `GET path`; `None` while it does
+    /// not answer 200 with JSON.
+    pub(crate) fn get(&self, path: &str) -> Option<serde_json::Value> {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let mut answer = self.agent.get(&url).call().ok()?;
+        serde_json::from_str(&answer.body_mut().read_to_string().ok()?).ok()
     }
 }
 
@@ -438,15 +484,8 @@ fn prometheus_scrapes_the_server() {
     // configuration of docs/operations.md, `authorization:` and all.
     let dir = TempDir::new("prometheus");
     let (writer, reader) = ("w-prometheus-test", "r-prometheus-test");
-    let (write, read) = (dir.path().join("tokens"), dir.path().join("read-tokens"));
-    std::fs::write(&write, format!("{writer}\n")).unwrap();
-    std::fs::write(&read, format!("{reader}\n")).unwrap();
-    let server = support::start_with(|c| {
-        c.tokens = registro::TokenFiles {
-            write: Some(write),
-            read: Some(read.clone()),
-        }
-    });
+    let (tokens, read) = support::token_files(&dir, writer, reader);
+    let server = support::start_with(|c| c.tokens = tokens);
     let addr = server.local_addr();
     let mut c = Conn::open(addr);
     let mut send = |method: &str, path: &str, body: &str| {
@@ -471,39 +510,18 @@ fn prometheus_scrapes_the_server() {
         "/metrics without a token"
     );
 
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: registro\n    authorization:\n      type: Bearer\n      \
-             credentials_file: {}\n    static_configs:\n      - targets: ['{addr}']\n",
-            read.display()
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let data = dir.path().join("data");
-    let _prometheus = Killed::spawn(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", data.display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+         scrape_configs:\n  - job_name: registro\n    authorization:\n      type: Bearer\n      \
+         credentials_file: {}\n    static_configs:\n      - targets: ['{addr}']\n",
+        read.display()
     );
-    let agent = support::agent();
-    let url = format!("http://127.0.0.1:{port}/api/v1/query?query=registro_instances");
+    let prometheus = Prometheus::start(dir.path(), &config);
     let up = eventually(
         Duration::from_secs(60),
         "Prometheus to have scraped",
         || {
-            let body = agent
-                .get(&url)
-                .call()
-                .ok()?
-                .into_body()
-                .read_to_string()
-                .ok()?;
-            let reply: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let reply = prometheus.get("/api/v1/query?query=registro_instances")?;
             let results = reply["data"]["result"].as_array()?;
             results
                 .iter()

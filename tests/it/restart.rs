@@ -4,16 +4,16 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{read_reply, Conn, Proc, Reply};
+use crate::support::{output_within, read_reply, Conn, Proc, Reply};
 
 /// The `Registro-Index` of a reply.
 fn index(r: &Reply) -> u64 {
@@ -336,34 +336,10 @@ fn a_crash_under_load_keeps_everything_answered_a_second_before() {
 #[track_caller]
 pub(crate) fn refuses(dir: &Dir, args: &[&str], why: &[&str]) -> String {
     let before = dir.files();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_registro"))
-        .args(["--addr", "127.0.0.1:0"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run registro");
-    let mut pipe = child.stderr.take().expect("stderr");
-    let reader = thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        text
-    });
+    let mut registro = Command::new(env!("CARGO_BIN_EXE_registro"));
+    registro.args(["--addr", "127.0.0.1:0"]).args(args);
     // A server that starts instead of refusing is stopped, not waited for.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let stderr = reader.join().expect("the stderr reader");
+    let (status, _, stderr) = output_within(&mut registro, Duration::from_secs(20));
     let Some(status) = status else {
         panic!("it started instead of refusing: {stderr}");
     };

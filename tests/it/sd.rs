@@ -8,8 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -18,7 +16,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::api::app_body;
-use crate::support::{self, eventually, Conn, Reply};
+use crate::ops::Prometheus;
+use crate::support::{self, eventually, Conn, Reply, TempDir};
 
 /// Sends `METHOD /registro/1.0PATH` with `body` and, if given, a bearer token.
 fn send(c: &mut Conn, method: &str, path: &str, body: &str, token: Option<&str>) -> Reply {
@@ -183,15 +182,8 @@ fn target_groups_carry_the_labels_of_up_instances() {
 #[test]
 fn discovery_needs_a_read_token_where_reads_do() {
     let dir = TempDir::new("sd-tokens");
-    let (write, read) = (dir.0.join("tokens"), dir.0.join("read-tokens"));
-    std::fs::write(&write, "w-token\n").unwrap();
-    std::fs::write(&read, "r-token\n").unwrap();
-    let server = support::start_with(|c| {
-        c.tokens = registro::TokenFiles {
-            write: Some(write),
-            read: Some(read),
-        }
-    });
+    let (tokens, _) = support::token_files(&dir, "w-token", "r-token");
+    let server = support::start_with(|c| c.tokens = tokens);
     let mut c = Conn::open(server.local_addr());
     register(
         &mut c,
@@ -226,17 +218,12 @@ fn prometheus_discovers_up_instances_and_drops_one_that_goes_down() {
     }
     let dir = TempDir::new("prometheus-sd");
     let (writer, reader) = ("w-sd-test", "r-sd-test");
-    let (write, read) = (dir.0.join("tokens"), dir.0.join("read-tokens"));
-    std::fs::write(&write, format!("{writer}\n")).unwrap();
-    std::fs::write(&read, format!("{reader}\n")).unwrap();
+    let (tokens, read) = support::token_files(&dir, writer, reader);
     // Heartbeats every 200 ms keep instances up for 5 s.
     let server = support::start_with(|c| {
         c.down_after = Duration::from_secs(5);
         c.evict_after = Duration::from_secs(600);
-        c.tokens = registro::TokenFiles {
-            write: Some(write),
-            read: Some(read.clone()),
-        };
+        c.tokens = tokens;
     });
     let addr = server.local_addr();
     let mut c = Conn::open(addr);
@@ -292,60 +279,32 @@ fn prometheus_discovers_up_instances_and_drops_one_that_goes_down() {
 
     // docs/prometheus.md's configuration: the read token, and labels
     // relabelled from the instance's metadata.
-    let config = dir.0.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1m\n\
-             scrape_configs:\n\
-             \x20 - job_name: registro-sd\n\
-             \x20   http_sd_configs:\n\
-             \x20     - url: http://{addr}/registro/1.0/sd/prometheus\n\
-             \x20       refresh_interval: 1s\n\
-             \x20       authorization:\n\
-             \x20         type: Bearer\n\
-             \x20         credentials_file: {}\n\
-             \x20   relabel_configs:\n\
-             \x20     - source_labels: [__meta_registro_app]\n\
-             \x20       target_label: app\n\
-             \x20     - source_labels: [__meta_registro_instance]\n\
-             \x20       target_label: instance\n\
-             \x20     - source_labels: [__meta_registro_metadata_zone]\n\
-             \x20       target_label: zone\n\
-             \x20     - source_labels: [__meta_registro_metadata_metrics_path]\n\
-             \x20       regex: (.+)\n\
-             \x20       target_label: __metrics_path__\n",
-            read.display()
-        ),
-    )
-    .unwrap();
-    let web = free_port();
-    let _prometheus = Killed(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.0.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{web}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus starts"),
+    let config = format!(
+        "global:\n  scrape_interval: 1m\n\
+         scrape_configs:\n\
+         \x20 - job_name: registro-sd\n\
+         \x20   http_sd_configs:\n\
+         \x20     - url: http://{addr}/registro/1.0/sd/prometheus\n\
+         \x20       refresh_interval: 1s\n\
+         \x20       authorization:\n\
+         \x20         type: Bearer\n\
+         \x20         credentials_file: {}\n\
+         \x20   relabel_configs:\n\
+         \x20     - source_labels: [__meta_registro_app]\n\
+         \x20       target_label: app\n\
+         \x20     - source_labels: [__meta_registro_instance]\n\
+         \x20       target_label: instance\n\
+         \x20     - source_labels: [__meta_registro_metadata_zone]\n\
+         \x20       target_label: zone\n\
+         \x20     - source_labels: [__meta_registro_metadata_metrics_path]\n\
+         \x20       regex: (.+)\n\
+         \x20       target_label: __metrics_path__\n",
+        read.display()
     );
-    let agent = support::agent();
-    let url = format!("http://127.0.0.1:{web}/api/v1/targets?state=active");
+    let prometheus = Prometheus::start(dir.path(), &config);
     // instance -> (app, zone, scrape URL, the status label as discovered)
     let seen = || -> Option<BTreeMap<String, (String, String, String, String)>> {
-        let body = agent
-            .get(&url)
-            .call()
-            .ok()?
-            .into_body()
-            .read_to_string()
-            .ok()?;
-        let reply: Value = serde_json::from_str(&body).ok()?;
+        let reply = prometheus.get("/api/v1/targets?state=active")?;
         let targets = reply["data"]["activeTargets"].as_array()?;
         Some(
             targets
@@ -416,44 +375,5 @@ struct Stop(Arc<AtomicBool>);
 impl Drop for Stop {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Relaxed);
-    }
-}
-
-/// A directory of its own under the system's temporary directory, removed
-/// on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "registro-{what}-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).expect("temporary directory");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// A child process killed and reaped on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -172,6 +173,26 @@ pub fn agent() -> ureq::Agent {
         .middleware(checked)
         .build()
         .into()
+}
+
+/// `method` of `url` through `agent`, with `body` on PUT and POST (JSON on
+/// POST): for tests that pick the method as they go.
+pub fn request(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    body: &str,
+) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    match method {
+        "GET" => agent.get(url).call(),
+        "PUT" => agent.put(url).send(body),
+        "POST" => agent
+            .post(url)
+            .header("Content-Type", "application/json")
+            .send(body),
+        "DELETE" => agent.delete(url).call(),
+        other => panic!("no such method in these tests: {other}"),
+    }
 }
 
 /// [`agent`]'s middleware (any agent's, with `.middleware(checked)`): reads
@@ -665,6 +686,19 @@ impl TempDir {
     }
 }
 
+/// Token files in `dir`: writes take `writer`, reads `reader` (or
+/// `writer`). The files for `Config::tokens`, and the read file's path (a
+/// scraper's `credentials_file`).
+pub fn token_files(dir: &TempDir, writer: &str, reader: &str) -> (registro::TokenFiles, PathBuf) {
+    let write = dir.file("tokens", &format!("{writer}\n"));
+    let read = dir.file("read-tokens", &format!("{reader}\n"));
+    let files = registro::TokenFiles {
+        write: Some(write),
+        read: Some(read.clone()),
+    };
+    (files, read)
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -694,6 +728,36 @@ pub fn idle_connections(addr: SocketAddr, n: usize) -> Vec<Stream> {
         }
     }
     idle
+}
+
+/// Runs `command` to its end, its stdout and stderr read as they come (so
+/// a full pipe never holds it up), killed after `deadline`: its status
+/// (`None` when it had to be killed), stdout and stderr.
+pub fn output_within(
+    command: &mut Command,
+    deadline: Duration,
+) -> (Option<std::process::ExitStatus>, String, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let status = exited_within(&mut child, deadline);
+    let stdout = stdout.join().expect("the stdout reader");
+    let stderr = stderr.join().expect("the stderr reader");
+    (status, stdout, stderr)
 }
 
 /// Waits up to `deadline` for `child` to exit: its status, or `None` once

@@ -312,9 +312,7 @@ impl Action {
 
 #[cfg(test)]
 mod tests {
-    use super::super::mirror::tests::{
-        a, alive, app_value, claim, inst, now, server, web, History, P, WALL,
-    };
+    use super::super::mirror::tests::{a, app_value, claimed, inst, now, web, History, P, WALL};
     use super::*;
     use crate::registry::Registry;
 
@@ -335,17 +333,7 @@ mod tests {
     /// A registry with `web/a` up, claimed by `by` (released or not), and
     /// servers `s1` and `s2`.
     fn mirror(by: &str, released: bool) -> Mirror {
-        let mut h = History::new();
-        h.txn(
-            &[
-                (web(), app_value(WALL)),
-                (server("s1"), b"{}".to_vec()),
-                (server("s2"), b"{}".to_vec()),
-            ],
-            &[],
-        );
-        h.txn(&[(a(), inst(Stored::Starting, "10.0.0.1", WALL))], &[]);
-        h.txn(&[(alive(), claim(by, released))], &[]);
+        let h = claimed(by, released);
         let mut view = Registry::mirror();
         Mirror::from_range(P, &h.range(), h.rev, &mut view, now(), None)
     }

@@ -616,6 +616,23 @@ pub(super) mod tests {
         Key::Server(id.into())
     }
 
+    /// `web` with `a` starting, claimed by `by` (released or not), and
+    /// servers `s1` and `s2`.
+    pub fn claimed(by: &str, released: bool) -> History {
+        let mut h = History::new();
+        h.txn(
+            &[
+                (web(), app_value(WALL)),
+                (server("s1"), b"{}".to_vec()),
+                (server("s2"), b"{}".to_vec()),
+            ],
+            &[],
+        );
+        h.txn(&[(a(), inst(Stored::Starting, "10.0.0.1", WALL))], &[]);
+        h.txn(&[(alive(), claim(by, released))], &[]);
+        h
+    }
+
     fn events(view: &mut Registry) -> Vec<String> {
         let (mut apps, mut events) = (Vec::new(), Vec::new());
         view.drain_changes(&mut apps, &mut events);
@@ -698,17 +715,7 @@ pub(super) mod tests {
     /// its heartbeats, the release it saw, the servers it saw go.
     #[test]
     fn a_range_keeps_what_only_this_server_knows() {
-        let mut h = History::new();
-        h.txn(
-            &[
-                (web(), app_value(WALL)),
-                (server("s1"), b"{}".to_vec()),
-                (server("s2"), b"{}".to_vec()),
-            ],
-            &[],
-        );
-        h.txn(&[(a(), inst(Stored::Starting, "10.0.0.1", WALL))], &[]);
-        h.txn(&[(alive(), claim("s1", true))], &[]);
+        let mut h = claimed("s1", true);
         let mut view = Registry::mirror();
         let mut mirror = Mirror::from_range(P, &h.range(), h.rev, &mut view, now(), None);
         let inst = mirror.instance_mut("web", "a").unwrap();

@@ -17,28 +17,7 @@ use super::keys::{AppValue, Claim, InstValue, Key, Stored};
 use super::mirror::tests::{now, History, P, WALL};
 use super::mirror::Mirror;
 use crate::registry::{Metadata, Registry, Status, StatusSet};
-
-/// A seeded xorshift: the same seed, the same histories.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
+use crate::rng::Rng;
 
 const APPS: [&str; 3] = ["a0", "a1", "a2"];
 const IDS: [&str; 3] = ["i0", "i1", "i2"];
@@ -155,7 +134,7 @@ fn change(
         // Register (Part 2's rules): new, the same again, or replacing.
         1 | 2 => {
             instances?;
-            let ip = *rng.pick(&IPS);
+            let ip = rng.pick(&IPS);
             let metadata = metadata(rng);
             let mut value = InstValue {
                 ip: ip.into(),
@@ -191,7 +170,7 @@ fn change(
         4 => {
             let (held, _) = inst?.claim.as_ref()?;
             let next = if held.released {
-                let by: &&str = rng.pick(&SERVERS);
+                let by = rng.pick(&SERVERS);
                 claim(by, false)
             } else {
                 Claim {
@@ -269,7 +248,7 @@ fn change(
         }
         // A server's key written, or gone with its lease.
         _ => {
-            let server = Key::Server((*rng.pick(&SERVERS)).into());
+            let server = Key::Server((rng.pick(&SERVERS)).into());
             if rng.below(2) == 0 {
                 Some((vec![(server, b"{}".to_vec())], vec![]))
             } else {
@@ -311,7 +290,7 @@ fn seen(view: &mut Registry) -> Seen {
 /// One random lawful history of `steps` transactions, checked as the
 /// module says; panics naming the seed and revision that differ.
 fn check(seed: u64, steps: usize) {
-    let mut rng = Rng(seed.max(1));
+    let mut rng = Rng::seeded(seed);
     let mut h = History::new();
     for step in 0..steps {
         let apps = state(&h);
@@ -321,7 +300,7 @@ fn check(seed: u64, steps: usize) {
         let mut deletes: Vec<Key> = Vec::new();
         let mut touched: Vec<(String, String)> = Vec::new();
         for _ in 0..1 + rng.below(3) {
-            let (app, id) = (*rng.pick(&APPS), *rng.pick(&IDS));
+            let (app, id) = (rng.pick(&APPS), rng.pick(&IDS));
             // A change of an app's own keys goes alone with its app.
             if touched.iter().any(|(a, _)| a == app) {
                 continue;

@@ -409,35 +409,26 @@ impl Shared {
 
 fn log_note(s: &Shared, members: &[String], note: Note) {
     let at = |m: usize| members.get(m).map_or("?", String::as_str);
-    match note {
-        Note::CannotOpen(m, why) => s.log.line(format_args!(
-            "store: cannot watch etcd at {} ({why}); trying the next member",
+    let line = match note {
+        Note::CannotOpen(m, why) => {
+            format!("cannot watch etcd at {} ({why}); trying the next member", at(m))
+        }
+        Note::Lost(m, why) => format!("watch stream from etcd at {} lost ({why}); reconnecting", at(m)),
+        Note::Silent(m, ms) => format!(
+            "no news from etcd at {} for {ms} ms (paused or cut off?); moving the watch to the next member",
             at(m)
-        )),
-        Note::Lost(m, why) => s.log.line(format_args!(
-            "store: watch stream from etcd at {} lost ({why}); reconnecting",
-            at(m)
-        )),
-        Note::Silent(m, ms) => s.log.line(format_args!(
-            "store: no news from etcd at {} for {ms} ms (paused or cut off?); moving the watch to the next member",
-            at(m)
-        )),
-        Note::Moved(m, why) => s.log.line(format_args!(
-            "store: moving the watch off etcd at {} ({why})",
-            at(m)
-        )),
-        Note::Canceled(compacted, why) => s.log.line(format_args!(
-            "store: the watch was canceled by etcd ({}); reading the registry again",
+        ),
+        Note::Moved(m, why) => format!("moving the watch off etcd at {} ({why})", at(m)),
+        Note::Canceled(compacted, why) => format!(
+            "the watch was canceled by etcd ({}); reading the registry again",
             match compacted {
                 Some(at) => format!("history compacted at revision {at}"),
                 None => why,
             }
-        )),
-        Note::Restarted(m, from) => s.log.line(format_args!(
-            "store: watch restarted on etcd at {} from revision {from}",
-            at(m)
-        )),
-    }
+        ),
+        Note::Restarted(m, from) => format!("watch restarted on etcd at {} from revision {from}", at(m)),
+    };
+    s.log.line(format_args!("store: {line}"));
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use super::mirror::Mirror;
 use super::{lock, Shared};
 use crate::clock::Now;
 use crate::registry::{self, Metadata, Status};
-use crate::store::{Error, Progress, Registration};
+use crate::store::{Answer, Error, Progress, Registration};
 use crate::view::View;
 use std::sync::Arc;
 
@@ -216,13 +216,7 @@ impl Shared {
         self.change(register(self.prefix.clone(), new, now, self.nonce()), now)
     }
 
-    pub(super) fn renew(
-        &self,
-        view: &View,
-        app: &str,
-        id: &str,
-        now: Now,
-    ) -> Result<Progress, Error> {
+    pub(super) fn renew(&self, view: &View, app: &str, id: &str, now: Now) -> Answer {
         if !self.healthy.load(Ordering::SeqCst) {
             // So that its client tries another server.
             return Err(self.unavailable());
@@ -259,12 +253,7 @@ impl Shared {
         self.submit(decide).map(Progress::Waiting)
     }
 
-    pub(super) fn take_out_of_service(
-        &self,
-        app: &str,
-        id: &str,
-        now: Now,
-    ) -> Result<Progress, Error> {
+    pub(super) fn take_out_of_service(&self, app: &str, id: &str, now: Now) -> Answer {
         let decide = take_out_of_service(
             self.prefix.clone(),
             app.into(),

@@ -186,16 +186,7 @@ impl Ctx {
     ) -> (Outcome, Option<View>) {
         let url = format!("http://{}{path}", self.addrs[server]);
         let sent = self.now();
-        let result = match method {
-            "GET" => agent.get(&url).call(),
-            "PUT" => agent.put(&url).send(body),
-            "POST" => agent
-                .post(&url)
-                .header("Content-Type", "application/json")
-                .send(body),
-            "DELETE" => agent.delete(&url).call(),
-            other => panic!("no method {other} here"),
-        };
+        let result = crate::support::request(agent, method, &url, body);
         let (outcome, view) = match result {
             Err(e) => (Outcome::Failed(failure(e)), None),
             Ok(mut r) => {

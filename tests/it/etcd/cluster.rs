@@ -286,19 +286,10 @@ impl Cluster {
     /// Compacts etcd's history up to its current revision (through the
     /// first running member), and returns that revision.
     pub fn compact(&self) -> u64 {
-        let m = self
-            .members
-            .iter()
-            .find(|m| m.child.is_some())
-            .expect("a running member");
-        let (_, status) =
-            call(m.client, "maintenance/status", &serde_json::json!({})).expect("status");
-        let revision: u64 = status["header"]["revision"]
-            .as_str()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or_else(|| panic!("no revision in {status}"));
+        let revision = self.revision();
         let body = serde_json::json!({"revision": revision.to_string(), "physical": true});
-        let (code, answer) = call(m.client, "kv/compaction", &body).expect("compaction");
+        let (code, answer) =
+            call(self.running().client, "kv/compaction", &body).expect("compaction");
         assert_eq!(code, 200, "compaction: {answer}");
         revision
     }
@@ -333,14 +324,18 @@ impl Cluster {
         }
     }
 
+    /// The first member that runs.
+    fn running(&self) -> &Member {
+        self.members
+            .iter()
+            .find(|m| m.child.is_some())
+            .expect("a running member")
+    }
+
     /// etcd's current revision (asked of the first running member): it
     /// moves with every write.
     pub fn revision(&self) -> u64 {
-        let m = self
-            .members
-            .iter()
-            .find(|m| m.child.is_some())
-            .expect("a running member");
+        let m = self.running();
         let (_, status) =
             call(m.client, "maintenance/status", &serde_json::json!({})).expect("status");
         status["header"]["revision"]
@@ -351,11 +346,7 @@ impl Cluster {
 
     /// How many leases etcd holds (asked of the first running member).
     pub fn leases(&self) -> usize {
-        let m = self
-            .members
-            .iter()
-            .find(|m| m.child.is_some())
-            .expect("a running member");
+        let m = self.running();
         let (code, answer) =
             call(m.client, "lease/leases", &serde_json::json!({})).expect("lease list");
         assert_eq!(code, 200, "lease list: {answer}");
@@ -456,21 +447,11 @@ impl Drop for Cluster {
 /// The `registro` binary with `args`, expected to refuse to start: its exit
 /// code and its stderr, within 20 s (killed and reported otherwise).
 pub fn refused(args: &[String]) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_registro"))
-        .args(["--addr", "127.0.0.1:0"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn registro");
-    let status = support::exited_within(&mut child, Duration::from_secs(20)).unwrap_or_else(|| {
+    let mut registro = Command::new(env!("CARGO_BIN_EXE_registro"));
+    registro.args(["--addr", "127.0.0.1:0"]).args(args);
+    let (status, _, stderr) = support::output_within(&mut registro, Duration::from_secs(20));
+    let status = status.unwrap_or_else(|| {
         panic!("registro {args:?} still ran after 20 s; it should have exited 1")
     });
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        use std::io::Read;
-        let _ = pipe.read_to_string(&mut stderr);
-    }
     (status.code(), stderr)
 }
