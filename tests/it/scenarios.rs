@@ -214,11 +214,12 @@ enum Servers {
 impl Store<'_> {
     fn periods(&self, timing: Timing) -> Periods {
         let (soon, evict, late, seen_within) = match self {
-            // A lease's TTL is whole seconds, at least 1 s with the test
-            // cluster's election timeout, and its expiry is found within
-            // about a second; eviction comes well after `down`, so that an
+            // A silent instance is found by its claim's server within one
+            // pass of the evictor (at most 1 s) and marked `down` by a
+            // change, which may take up to its commit bound (5 s) on a
+            // loaded machine; eviction comes well after that, so that an
             // instance is seen `down` before it goes.
-            Store::Etcd(_) => (1_000, 4_000, 2_000, 1_000),
+            Store::Etcd(_) => (1_000, 9_000, 6_000, 1_000),
             // Reads are exact to the millisecond; a woken watch is
             // answered at once, but this machine may be loaded.
             Store::Memory | Store::DataDir => (300, 3_000, 20, 10_000),
