@@ -109,6 +109,8 @@ impl Default for Config {
 /// Descriptors kept free for everything but connections: the listener, the
 /// poller, stdio, token files, a refused connection's 503.
 const FD_RESERVE: u64 = 64;
+/// Connections the kernel completes and holds for `accept` at most.
+const LISTEN_BACKLOG: i32 = 4096;
 
 /// What the descriptor limit allows once the soft limit is raised to the
 /// hard one (as `registro` does at start), less a reserve.
@@ -177,6 +179,11 @@ impl Server {
     /// Binds `config.addr` and starts serving at once.
     pub fn start(config: Config) -> io::Result<Server> {
         let std_listener = std::net::TcpListener::bind(config.addr)?;
+        // std listens with a backlog of 128: a burst of connects beyond it
+        // while the poller is busy has SYNs dropped, and each such client
+        // waits a second for its SYN to be sent again. Linux caps this at
+        // `net.core.somaxconn` (4096 by default).
+        rustix::net::listen(&std_listener, LISTEN_BACKLOG)?;
         std_listener.set_nonblocking(true)?;
         let local_addr = std_listener.local_addr()?;
         let mut listener = TcpListener::from_std(std_listener);
