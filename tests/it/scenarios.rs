@@ -405,7 +405,8 @@ pub fn read(c: &mut impl Exchange, app: &str, id: &str) -> Option<Value> {
 /// so that a change made next must wake them rather than be seen on arrival.
 pub fn parked(c: &mut Conn, n: usize) {
     let want = format!("registro_watches_waiting {n}");
-    eventually(Duration::from_secs(5), &want, || {
+    // A deadline for a loaded machine: passing costs none of it.
+    eventually(Duration::from_secs(60), &want, || {
         let r = c.send_raw(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n", false);
         r.body.lines().any(|l| l.trim() == want).then_some(())
     });

@@ -198,8 +198,13 @@ fn ten_thousand_watches_hold_no_threads() {
     let before = index_of(&mut c, "/apps/web");
     let threads = proc_status(server.child.id(), "Threads:");
     let rss = server.rss_kib();
+    // Opening 10,000 connections can take minutes on a loaded machine (a
+    // full accept queue makes a connect wait for its SYN to be sent
+    // again): the watches wait as long as the API allows, and the
+    // connection that changes the registry is opened once they are all in
+    // (one kept idle meanwhile would pass the server's idle timeout).
     let request =
-        format!("GET /registro/1.0/apps/web?index={before}&wait=60s HTTP/1.1\r\nHost: t\r\n\r\n");
+        format!("GET /registro/1.0/apps/web?index={before}&wait=600s HTTP/1.1\r\nHost: t\r\n\r\n");
     let mut streams = Vec::with_capacity(WATCHES);
     for _ in 0..WATCHES {
         let mut s = TcpStream::connect(addr).expect("connect");
@@ -208,6 +213,7 @@ fn ten_thousand_watches_hold_no_threads() {
         s.write_all(request.as_bytes()).expect("send");
         streams.push(s);
     }
+    let mut c = Conn::open(addr);
     parked(&mut c, WATCHES);
     let grown = proc_status(server.child.id(), "Threads:").saturating_sub(threads);
     let per_watch = (server.rss_kib().saturating_sub(rss) * 1024) as usize / WATCHES;
