@@ -30,7 +30,8 @@ mod metrics;
 mod ops;
 mod persist;
 pub mod registry;
-mod rng;
+#[doc(hidden)]
+pub mod rng;
 mod server;
 mod store;
 mod sweeper;

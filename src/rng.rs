@@ -1,12 +1,20 @@
 //! xorshift64*: a small, fast, seeded generator for what is not a secret:
 //! the order of DNS answers, and the random cases of the fuzz and property
-//! tests (the same seed, the same cases).
+//! tests, the integration tests' too (the same seed, the same cases). Not
+//! part of the library's interface: public for `tests/` only.
 
 use std::hash::{BuildHasher, Hasher};
 
 use crate::clock;
 
+/// The generator's state.
 pub struct Rng(u64);
+
+impl Default for Rng {
+    fn default() -> Rng {
+        Rng::new()
+    }
+}
 
 impl Rng {
     /// Seeded from the process's random hash keys and the clock.
@@ -20,7 +28,7 @@ impl Rng {
         Rng(seed.max(1))
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -31,17 +39,15 @@ impl Rng {
 
     /// A number in `0..n` (`n` > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
 
     /// True once in `one_in` times, on average.
-    #[cfg(test)]
     pub fn chance(&mut self, one_in: usize) -> bool {
         self.below(one_in) == 0
     }
 
     /// One of `items` (not empty).
-    #[cfg(test)]
     pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
         items[self.below(items.len())]
     }
@@ -49,7 +55,6 @@ impl Rng {
 
 /// A fuzz run's seed: `REGISTRO_FUZZ_SEED`, else the clock (the tests
 /// print it, to replay a failure).
-#[cfg(test)]
 pub fn fuzz_seed() -> u64 {
     std::env::var("REGISTRO_FUZZ_SEED")
         .ok()
@@ -61,11 +66,11 @@ pub fn fuzz_seed() -> u64 {
         })
 }
 
-/// How many cases a fuzz property runs: `REGISTRO_FUZZ_CASES`, else 50,000.
-#[cfg(test)]
-pub fn fuzz_cases() -> usize {
+/// How many cases a fuzz property runs: `REGISTRO_FUZZ_CASES`, else
+/// `default`.
+pub fn fuzz_cases(default: usize) -> usize {
     std::env::var("REGISTRO_FUZZ_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(50_000)
+        .unwrap_or(default)
 }

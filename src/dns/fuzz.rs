@@ -31,7 +31,7 @@ const T0: Millis = 5_000_000;
 
 /// A tenth of the HTTP fuzz's cases: a DNS case costs more.
 fn cases() -> usize {
-    fuzz_cases() / 10
+    fuzz_cases(50_000) / 10
 }
 
 /// Apps: `web` (3 up, one of them IPv6, one address twice), `big` (300 up:

@@ -17,56 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::start_with;
 
-/// xorshift64*: small, fast, good enough to pick mutations, and seeded.
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-
-    pub(crate) fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A number in `0..n` (`n` > 0).
-    pub(crate) fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    pub(crate) fn chance(&mut self, one_in: usize) -> bool {
-        self.below(one_in) == 0
-    }
-
-    pub(crate) fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-}
-
-/// `REGISTRO_FUZZ_SEED`, or one from the clock (printed, to reproduce).
-pub(crate) fn seed() -> u64 {
-    std::env::var("REGISTRO_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
-}
-
-/// `REGISTRO_FUZZ_CASES`, or `default`.
-pub(crate) fn cases(default: usize) -> usize {
-    std::env::var("REGISTRO_FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
+pub(crate) use registro::rng::{fuzz_cases as cases, fuzz_seed as seed, Rng};
 
 const ROOT: &str = "/registro/1.0";
 
@@ -191,7 +142,7 @@ pub(crate) fn mutate(rng: &mut Rng, data: &mut Vec<u8>) {
         }
         1 if !data.is_empty() => {
             let i = rng.below(data.len());
-            data[i] = rng.next() as u8;
+            data[i] = rng.next_u64() as u8;
         }
         2 => {
             let i = at(rng, data);
@@ -227,7 +178,7 @@ pub(crate) fn mutate(rng: &mut Rng, data: &mut Vec<u8>) {
         7 => {
             let i = at(rng, data);
             let n = rng.below(32);
-            let noise: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+            let noise: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
             data.splice(i..i, noise);
         }
         _ => {
@@ -241,7 +192,7 @@ pub(crate) fn mutate(rng: &mut Rng, data: &mut Vec<u8>) {
 /// sometimes several pipelined.
 pub(crate) fn case(rng: &mut Rng) -> Vec<u8> {
     match rng.below(10) {
-        0 => (0..rng.below(512)).map(|_| rng.next() as u8).collect(),
+        0 => (0..rng.below(512)).map(|_| rng.next_u64() as u8).collect(),
         1 | 2 => {
             let mut out = Vec::new();
             for _ in 0..1 + rng.below(4) {
@@ -430,7 +381,7 @@ fn whole_request_path_over_tcp_survives_random_input() {
         for client in 0..CLIENTS {
             let totals = &totals;
             s.spawn(move || {
-                let mut rng = Rng::new(seed.wrapping_add(client));
+                let mut rng = Rng::seeded(seed.wrapping_add(client));
                 let share = cases / CLIENTS as usize + usize::from((client as usize) < cases % CLIENTS as usize);
                 for n in 0..share {
                     let data = case(&mut rng);

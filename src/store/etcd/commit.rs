@@ -144,23 +144,19 @@ impl Shared {
         }
         p.next_ticket += 1;
         let ticket = p.next_ticket;
-        p.queue.push_back(Change {
-            ticket,
-            decide,
-            deadline: Instant::now() + COMMIT_WITHIN,
-            caught_up: false,
-            decisions: 0,
-        });
-        drop(p);
-        self.queued.notify_one();
+        self.queue(p, ticket, decide);
         Ok(ticket)
     }
 
     /// A change nobody waits for (the evictor's).
     pub(super) fn submit_quietly(&self, decide: Decide) {
-        let mut p = lock(&self.pipeline);
+        self.queue(lock(&self.pipeline), 0, decide);
+    }
+
+    /// Queues a change (ticket 0: nobody waits for it) and wakes a committer.
+    fn queue(&self, mut p: std::sync::MutexGuard<'_, Pipeline>, ticket: u64, decide: Decide) {
         p.queue.push_back(Change {
-            ticket: 0,
+            ticket,
             decide,
             deadline: Instant::now() + COMMIT_WITHIN,
             caught_up: false,

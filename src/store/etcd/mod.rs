@@ -476,26 +476,24 @@ impl Shared {
     /// The view has applied the events (or the range) up to `revision`:
     /// the changes waiting for it are answered or decided again.
     fn set_applied(&self, revision: i64, view: &Weak<View>) {
-        let applied = {
-            let mut applied = lock(&self.applied);
-            if revision <= applied.events {
-                return;
-            }
-            applied.events = revision;
-            self.applied_changed.notify_all();
-            *applied
-        };
-        self.applied_to(applied, view);
+        self.advance(view, |a| &mut a.events, revision);
     }
 
     /// The watch's member has sent everything up to `revision`.
     fn set_progress(&self, revision: i64, view: &Weak<View>) {
+        self.advance(view, |a| &mut a.progress, revision);
+    }
+
+    /// Moves one of the view's revisions forward (never back), and hands
+    /// the changes waiting on it what follows.
+    fn advance(&self, view: &Weak<View>, which: fn(&mut Applied) -> &mut i64, revision: i64) {
         let applied = {
             let mut applied = lock(&self.applied);
-            if revision <= applied.progress {
+            let field = which(&mut applied);
+            if revision <= *field {
                 return;
             }
-            applied.progress = revision;
+            *field = revision;
             self.applied_changed.notify_all();
             *applied
         };

@@ -108,7 +108,7 @@ fn fuzz_dns_over_udp_and_tcp() {
     let seed = seed();
     let cases = cases();
     println!("live DNS fuzz: seed {seed} (REGISTRO_FUZZ_SEED), {cases} cases");
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::seeded(seed);
     let (server, dns) = start_dns(|_| {});
     let mut c = Conn::open(server.local_addr());
     up(&mut c, "web", "a", "10.0.0.1", 80);

@@ -345,7 +345,7 @@ impl Ctx {
     /// first), or creates an app.
     fn churn(self: &Arc<Self>, seed: u64, count: u32) {
         let agent = agent();
-        let mut rng = Rng::new(seed ^ 0x5eed_c4a0_5c4a_0500);
+        let mut rng = Rng::seeded(seed ^ 0x5eed_c4a0_5c4a_0500);
         let mut apps = 0;
         let never = AtomicBool::new(false);
         let mut next = Instant::now();
@@ -769,7 +769,7 @@ fn run(settings: &Settings) {
 
     // The nemesis: the faults spread over the seconds, the four kinds in a
     // seeded order, each kind once in every four faults.
-    let mut rng = Rng::new(settings.seed);
+    let mut rng = Rng::seeded(settings.seed);
     let mut faults = Vec::new();
     let began = Instant::now();
     let slot = if settings.faults == 0 {

@@ -66,11 +66,7 @@ fn an_instance_registered_elsewhere_is_never_refused_under_load() {
     }
     const CLIENTS: usize = 32;
     const EACH: usize = 16;
-    let cluster = Cluster::start("elsewhere");
-    let (a, b) = super::pair(&cluster, "/elsewhere/", &[]);
-    let mut ca = Conn::open(a.addr);
-    check(&mut ca, "POST", "/apps", &app_body("web"), 201);
-    converged(&[a.addr, b.addr], Duration::from_secs(5), "the app");
+    let (_cluster, a, b) = web_on_two("elsewhere");
     let wrong = Arc::new(Mutex::new(Vec::new()));
     let retried = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..CLIENTS)
@@ -141,11 +137,7 @@ fn the_same_instance_registered_through_two_servers_at_once_is_registered_once()
     }
     const PAIRS: usize = 16;
     const EACH: usize = 16;
-    let cluster = Cluster::start("once");
-    let (a, b) = super::pair(&cluster, "/once/", &[]);
-    let mut ca = Conn::open(a.addr);
-    check(&mut ca, "POST", "/apps", &app_body("web"), 201);
-    converged(&[a.addr, b.addr], Duration::from_secs(5), "the app");
+    let (_cluster, a, b) = web_on_two("once");
     // (instance, side, status): side 0 registers 10.0.0.1 through A, side 1
     // 10.0.0.2 through B.
     let answers = Arc::new(Mutex::new(Vec::new()));
@@ -204,4 +196,20 @@ fn the_same_instance_registered_through_two_servers_at_once_is_registered_once()
         "{} instances registered at once through both servers, each once; {conflicts} calls met a failed compare",
         PAIRS * EACH
     );
+}
+
+/// A cluster and two servers over it (prefix `/NAME/`) that both read the
+/// app `web`.
+fn web_on_two(name: &str) -> (Cluster, Proc, Proc) {
+    let cluster = Cluster::start(name);
+    let (a, b) = super::pair(&cluster, &format!("/{name}/"), &[]);
+    check(
+        &mut Conn::open(a.addr),
+        "POST",
+        "/apps",
+        &app_body("web"),
+        201,
+    );
+    converged(&[a.addr, b.addr], Duration::from_secs(5), "the app");
+    (cluster, a, b)
 }
