@@ -32,8 +32,6 @@ const ALLOW_READ: &str = "GET, HEAD";
 /// The OpenAPI 3.1 document of every route, served from the binary (no file
 /// needed, so it is there in a `FROM scratch` image too).
 pub const OPENAPI: &str = include_str!("../docs/openapi.json");
-/// Where the document is served.
-pub const OPENAPI_PATH: &str = "/registro/1.0/openapi.json";
 
 /// The HTTP API: reads the view, sends every write to the store.
 pub struct Api {

@@ -21,6 +21,9 @@ use crate::http::{Request, Response};
 use crate::log::Log;
 use crate::registry::Millis;
 
+/// Where the API serves its OpenAPI document, which any client may read.
+const OPENAPI_PATH: &str = "/registro/1.0/openapi.json";
+
 /// The token files named on the command line.
 #[derive(Clone, Debug, Default)]
 pub struct TokenFiles {
@@ -319,7 +322,7 @@ impl Access {
         // and must load to ask for a token when its requests get a 401; nor
         // does the API's OpenAPI document.
         if path == "/healthz"
-            || get && (path == "/" || path == "/favicon.ico" || path == crate::api::OPENAPI_PATH)
+            || get && (path == "/" || path == "/favicon.ico" || path == OPENAPI_PATH)
         {
             return Need::Nothing;
         }

@@ -9,6 +9,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// Instances by status and the number of apps, as the registry reports them.
@@ -381,8 +382,9 @@ pub struct Metrics {
     shards: Box<[Shard]>,
     /// The data directory's saves (shown only with `--data-dir`).
     pub saves: Saves,
-    /// DNS queries (shown only with `--dns-addr`).
-    pub dns: crate::dns::Queries,
+    /// Families kept by the rooms that count them (DNS queries, with
+    /// `--dns-addr`), rendered after these.
+    families: Mutex<Vec<Arc<dyn Family>>>,
     /// Unix seconds when the server started.
     started: f64,
 }
@@ -399,14 +401,28 @@ impl Default for Metrics {
     }
 }
 
+/// A family of metrics that another room keeps and renders.
+pub trait Family: Send + Sync {
+    /// Its lines in the text exposition format.
+    fn render(&self, o: &mut String);
+}
+
 impl Metrics {
+    /// Shows `family` on every scrape from now on.
+    pub fn add(&self, family: Arc<dyn Family>) {
+        self.families
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(family);
+    }
+
     /// Every counter at zero, the start time now.
     pub fn new() -> Metrics {
         let now = crate::clock::now();
         Metrics {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             saves: Saves::default(),
-            dns: crate::dns::Queries::default(),
+            families: Mutex::new(Vec::new()),
             // The wall time of the clock's origin, which is the process's
             // first clock reading: the start of the process, give or take.
             started: now
@@ -571,7 +587,14 @@ impl Metrics {
         }
         self.render_requests(o);
         self.saves.render(o);
-        self.dns.render(o);
+        for f in self
+            .families
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            f.render(o);
+        }
         family(
             o,
             "registro_build_info",

@@ -1,9 +1,9 @@
 //! `registro_dns_queries_total{type,rcode}`: queries by type (7 values) and
 //! response code (7 values, `dropped` for what got no answer), so no asker
-//! can grow the table. Shown only when DNS is on.
+//! can grow the table. Added to the server's metrics when DNS is on.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::answer::Kind;
 use super::wire::Rcode;
@@ -34,27 +34,20 @@ fn rcode_label(rcode: Option<Rcode>) -> &'static str {
 /// plain relaxed atomics (no shards).
 #[derive(Debug, Default)]
 pub struct Queries {
-    enabled: AtomicBool,
     counts: [[AtomicU64; RCODES.len()]; Kind::ALL.len()],
 }
 
 impl Queries {
-    /// Shows the family (a server with `--dns-addr`).
-    pub fn enable(&self) {
-        self.enabled.store(true, Relaxed);
-    }
-
     /// One query answered with `rcode` (`None`: dropped).
     pub fn count(&self, kind: Kind, rcode: Option<Rcode>) {
         let k = Kind::ALL.iter().position(|&k| k == kind).unwrap_or(0);
         let r = RCODES.iter().position(|&r| r == rcode).unwrap_or(0);
         self.counts[k][r].fetch_add(1, Relaxed);
     }
+}
 
-    pub fn render(&self, o: &mut String) {
-        if !self.enabled.load(Relaxed) {
-            return;
-        }
+impl crate::metrics::Family for Queries {
+    fn render(&self, o: &mut String) {
         let name = "registro_dns_queries_total";
         let _ = writeln!(
             o,

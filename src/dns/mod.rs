@@ -67,6 +67,8 @@ pub struct Dns {
 /// What both threads share.
 struct Shared {
     zone: Zone,
+    /// Counted here, shown in the server's metrics.
+    queries: Arc<Queries>,
     view: Arc<View>,
     stop: AtomicBool,
     /// Panics caught (each one's query goes unanswered).
@@ -117,9 +119,11 @@ impl Dns {
         udp.set_read_timeout(Some(POLL))?;
         let poller = tcp::Poller::new(tcp)?;
         let waker = poller.waker();
-        view.log().metrics().dns.enable();
+        let queries = Arc::new(Queries::default());
+        view.log().metrics().add(queries.clone());
         let shared = Arc::new(Shared {
             zone,
+            queries,
             view: Arc::clone(view),
             stop: AtomicBool::new(false),
             panics: AtomicU64::new(0),
@@ -241,11 +245,7 @@ impl Shared {
         }));
         match answered {
             Ok(answer) => {
-                self.view
-                    .log()
-                    .metrics()
-                    .dns
-                    .count(answer.kind, answer.rcode);
+                self.queries.count(answer.kind, answer.rcode);
                 answer.bytes
             }
             Err(_) => {
