@@ -30,8 +30,9 @@ const ALLOW_INSTANCE: &str = "DELETE, GET, HEAD, PUT";
 const ALLOW_READ: &str = "GET, HEAD";
 
 /// The OpenAPI 3.1 document of every route, served from the binary (no file
-/// needed, so it is there in a `FROM scratch` image too).
-pub const OPENAPI: &str = include_str!("../docs/openapi.json");
+/// needed, so it is there in a `FROM scratch` image too), as `build.rs`
+/// compacted it.
+pub const OPENAPI: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.json"));
 
 /// The HTTP API: reads the view, sends every write to the store.
 pub struct Api {
