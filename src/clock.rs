@@ -5,6 +5,7 @@
 //! made before the start); the wall
 //! clock (`wall`, Unix milliseconds) is only for showing `lastRenewal`.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -61,12 +62,36 @@ pub fn now() -> Now {
 /// Both clocks, the monotonic one as of `mono` (an `Instant` the caller has
 /// just read, and needs for itself too).
 pub fn at(mono: Instant) -> Now {
+    static HELD: AtomicU64 = AtomicU64::new(0);
+    let mono = mono_of(mono);
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     Now {
-        mono: mono_of(mono),
-        wall: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        mono,
+        wall: steady_wall(&HELD, mono, wall),
     }
+}
+
+/// How far the wall clock may move from the offset held between the two
+/// clocks before the offset follows it (a step or a slew of the system
+/// clock): more than reading both clocks one after the other ever differs.
+const WALL_SLACK: Millis = 100;
+
+/// The wall clock as `mono` plus the offset `held` between the two clocks,
+/// which follows `wall` (just read) only once it is [`WALL_SLACK`] away.
+/// Read one after the other, the two clocks give offsets a millisecond
+/// apart from one call to the next, so one moment (a registration) would
+/// show as `lastRenewal` in one second in one answer and the next second
+/// in another.
+fn steady_wall(held: &AtomicU64, mono: Millis, wall: Millis) -> Millis {
+    let offset = wall.saturating_sub(mono);
+    let kept = held.load(Relaxed);
+    if kept == 0 || kept.abs_diff(offset) > WALL_SLACK {
+        held.store(offset, Relaxed);
+        return mono.saturating_add(offset);
+    }
+    mono.saturating_add(kept)
 }
 
 /// The monotonic reading of `t` (0 for an instant before the first reading).
@@ -89,4 +114,24 @@ pub fn index_floor() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
         .clamp(1, (1 << 53) - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Readings a millisecond apart in offset keep one offset, so a moment
+    /// shows the same wall time from every reading; a step of the wall
+    /// clock beyond the slack is followed at once.
+    #[test]
+    fn the_wall_clock_holds_its_offset_until_it_steps() {
+        let held = AtomicU64::new(0);
+        assert_eq!(steady_wall(&held, 1_000, 5_000_000), 5_000_000);
+        // 1 ms later on the monotonic clock, 2 ms on the wall clock.
+        assert_eq!(steady_wall(&held, 1_001, 5_000_002), 5_000_001);
+        assert_eq!(steady_wall(&held, 1_002, 5_000_001), 5_000_002);
+        // The wall clock stepped 10 s forward, then 10 s back.
+        assert_eq!(steady_wall(&held, 1_003, 5_010_003), 5_010_003);
+        assert_eq!(steady_wall(&held, 1_004, 5_000_004), 5_000_004);
+    }
 }
