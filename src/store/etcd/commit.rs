@@ -342,9 +342,9 @@ struct Batch {
     compared: HashSet<Vec<u8>>,
     width: usize,
     bytes: usize,
-    /// Every change's compares, each once, in order.
-    compares: Vec<Compare>,
-    distinct: HashSet<Compare>,
+    /// Every change's compares, each once (etcd checks a flat call's
+    /// compares in any order).
+    compares: HashSet<Compare>,
     ops: usize,
 }
 
@@ -352,13 +352,15 @@ impl Batch {
     /// Whether `s` may join; it does if so.
     fn offer(&mut self, s: Sending) -> Result<(), Sending> {
         let width = self.width.max(s.width());
-        let new: HashSet<&Compare> = s
+        // Its compares the batch does not have yet, each counted once.
+        let new = s
             .compares
             .iter()
-            .filter(|c| !self.distinct.contains(*c))
-            .collect();
+            .enumerate()
+            .filter(|&(i, c)| !self.compares.contains(c) && !s.compares[..i].contains(c))
+            .count();
         let fits = self.sending.len() + 1 + width <= MAX_TXN_OPS
-            && self.compares.len() + new.len() <= MAX_TXN_OPS
+            && self.compares.len() + new <= MAX_TXN_OPS
             && self.ops + s.ops.len() <= MAX_TXN_OPS
             && self.bytes + s.bytes() <= CALL_BYTES
             && !(s.prefixes() || self.sending.iter().any(Sending::prefixes));
@@ -378,11 +380,7 @@ impl Batch {
     fn take(&mut self, s: Sending, width: usize) -> Result<(), Sending> {
         self.changed.extend(s.keys().map(<[u8]>::to_vec));
         self.compared.extend(s.compared().map(<[u8]>::to_vec));
-        for c in &s.compares {
-            if self.distinct.insert(c.clone()) {
-                self.compares.push(c.clone());
-            }
-        }
+        self.compares.extend(s.compares.iter().cloned());
         self.ops += s.ops.len();
         self.width = width;
         self.bytes += s.bytes();
@@ -394,7 +392,7 @@ impl Batch {
     /// change's operations.
     fn flat(&self) -> (Vec<Compare>, Vec<Op>) {
         let ops = self.sending.iter().flat_map(|s| s.ops.iter().cloned());
-        (self.compares.clone(), ops.collect())
+        (self.compares.iter().cloned().collect(), ops.collect())
     }
 
     fn is_full(&self) -> bool {
@@ -558,8 +556,7 @@ impl Shared {
             _ => self.health(Ok(())),
         }
         let mut p = lock(&self.pipeline);
-        let n = batch.sending.len() as f64;
-        let sample = n / took.as_secs_f64().max(0.001);
+        let sample = n as f64 / took.as_secs_f64().max(0.001);
         p.rate = if p.rate == 0.0 {
             sample
         } else {
